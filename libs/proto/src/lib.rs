@@ -1,0 +1,62 @@
+//! Generated code for Sterling's contracts in `proto/`: one module per package.
+#![allow(missing_docs, clippy::all)]
+
+/// The encoded `FileDescriptorSet` of every contract, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/sterling_descriptor.bin"));
+
+/// Shared messages.
+pub mod common {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.common.v1");
+    }
+}
+
+/// The cards service.
+pub mod cards {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.cards.v1");
+    }
+}
+
+/// The fx service.
+pub mod fx {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.fx.v1");
+    }
+}
+
+/// The ledger service.
+pub mod ledger {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.ledger.v1");
+    }
+}
+
+/// The transactions service.
+pub mod transactions {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.transactions.v1");
+    }
+}
+
+/// The card-processing service.
+pub mod cardprocessing {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.cardprocessing.v1");
+    }
+}
+
+/// Events on the bus.
+pub mod events {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.events.v1");
+    }
+}

@@ -1,0 +1,298 @@
+//! The storage conformance suite: the semantics every [`Store`] backend must share.
+//!
+//! Each backend's tests open a store with [`MIGRATIONS`] and call [`run_all`]; the assertions
+//! are the same for SQLite and Cassandra.
+
+use std::time::Duration;
+
+use crate::{Applied, Condition, Migration, Mutation, Query, Row, Store, Value};
+
+/// The schema the suite runs against.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_conformance.cql",
+    cql: "CREATE TABLE IF NOT EXISTS kv (id text PRIMARY KEY, body text, n bigint, flag boolean, at timestamp, raw blob, ref uuid);
+          CREATE TABLE IF NOT EXISTS entries (owner text, seq bigint, label text, PRIMARY KEY ((owner), seq)) WITH CLUSTERING ORDER BY (seq DESC);
+          CREATE TABLE IF NOT EXISTS pairs (owner text, a text, b bigint, v text, PRIMARY KEY ((owner), a, b));",
+}];
+
+/// Runs every check in order, each on its own keys so they do not interfere.
+pub async fn run_all(store: &dyn Store, prefix: &str) {
+    round_trips_every_type(store, prefix).await;
+    insert_is_an_upsert_of_given_columns(store, prefix).await;
+    insert_if_not_exists_is_compare_and_set(store, prefix).await;
+    conditional_update_compares_then_sets(store, prefix).await;
+    conditional_batch_is_all_or_nothing(store, prefix).await;
+    conditional_batch_must_stay_in_one_partition(store, prefix).await;
+    partitions_read_in_clustering_order_with_cursor(store, prefix).await;
+    composite_clustering_cursor(store, prefix).await;
+    ttl_expires_rows(store, prefix).await;
+    delete_if_exists(store, prefix).await;
+    store.check().await.expect("health check");
+}
+
+fn key(id: &str) -> Row {
+    Row::new().with("id", id)
+}
+
+/// Every column type survives a write and a read.
+pub async fn round_trips_every_type(store: &dyn Store, p: &str) {
+    let id = format!("{p}types");
+    let reference = uuid::Uuid::now_v7();
+    let row = key(&id)
+        .with("body", "héllo")
+        .with("n", -42i64)
+        .with("flag", true)
+        .with("at", Value::Timestamp(1_700_000_000_123))
+        .with("raw", vec![0u8, 1, 255])
+        .with("ref", reference);
+    assert!(
+        store
+            .apply(vec![Mutation::insert("kv", row.clone())])
+            .await
+            .unwrap()
+            .applied()
+    );
+    let read = store.get("kv", &key(&id)).await.unwrap().expect("row");
+    assert_eq!(read, row);
+    assert_eq!(read.text("body").unwrap(), "héllo");
+    assert_eq!(read.i64("n").unwrap(), -42);
+    assert!(read.bool("flag").unwrap());
+    assert_eq!(read.timestamp("at").unwrap(), 1_700_000_000_123);
+    assert_eq!(read.blob("raw").unwrap(), &[0u8, 1, 255]);
+    assert_eq!(read.uuid("ref").unwrap(), reference);
+    assert!(store.get("kv", &key("absent")).await.unwrap().is_none());
+}
+
+/// An insert writes only the columns it names and leaves the others.
+pub async fn insert_is_an_upsert_of_given_columns(store: &dyn Store, p: &str) {
+    let id = format!("{p}upsert");
+    store
+        .apply(vec![Mutation::insert(
+            "kv",
+            key(&id).with("body", "a").with("n", 1i64),
+        )])
+        .await
+        .unwrap();
+    store
+        .apply(vec![Mutation::insert("kv", key(&id).with("n", 2i64))])
+        .await
+        .unwrap();
+    let row = store.get("kv", &key(&id)).await.unwrap().unwrap();
+    assert_eq!(row.text("body").unwrap(), "a");
+    assert_eq!(row.i64("n").unwrap(), 2);
+}
+
+/// `IF NOT EXISTS` applies once and then reports the current row.
+pub async fn insert_if_not_exists_is_compare_and_set(store: &dyn Store, p: &str) {
+    let id = format!("{p}cas");
+    let first = store
+        .apply(vec![Mutation::insert_if_not_exists(
+            "kv",
+            key(&id).with("body", "first"),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(first, Applied::Yes);
+    let second = store
+        .apply(vec![Mutation::insert_if_not_exists(
+            "kv",
+            key(&id).with("body", "second"),
+        )])
+        .await
+        .unwrap();
+    match second {
+        Applied::No(current) => {
+            assert_eq!(current.len(), 1);
+            assert_eq!(
+                current[0].as_ref().unwrap().text("body").unwrap(),
+                "first"
+            );
+        }
+        Applied::Yes => panic!("second IF NOT EXISTS must not apply"),
+    }
+}
+
+/// `IF col = v` applies only when the row exists with that value.
+pub async fn conditional_update_compares_then_sets(store: &dyn Store, p: &str) {
+    let id = format!("{p}version");
+    let update = |expected: i64, next: i64| {
+        Mutation::update(
+            "kv",
+            key(&id),
+            Row::new().with("n", next),
+            vec![Condition::Equals("n".into(), Value::BigInt(expected))],
+        )
+    };
+    // No row yet: a conditional update does not create one.
+    assert!(!store.apply(vec![update(0, 1)]).await.unwrap().applied());
+    assert!(store.get("kv", &key(&id)).await.unwrap().is_none());
+    store
+        .apply(vec![Mutation::insert("kv", key(&id).with("n", 0i64))])
+        .await
+        .unwrap();
+    assert!(store.apply(vec![update(0, 1)]).await.unwrap().applied());
+    assert!(!store.apply(vec![update(0, 2)]).await.unwrap().applied());
+    assert_eq!(
+        store
+            .get("kv", &key(&id))
+            .await
+            .unwrap()
+            .unwrap()
+            .i64("n")
+            .unwrap(),
+        1
+    );
+}
+
+/// Conditional mutations on several rows of one partition apply together or not at all.
+pub async fn conditional_batch_is_all_or_nothing(store: &dyn Store, p: &str) {
+    let owner = format!("{p}batch");
+    let entry = |seq: i64, label: &str| Row::new().with("owner", owner.as_str()).with("seq", seq).with("label", label);
+    store
+        .apply(vec![Mutation::insert("entries", entry(0, "summary"))])
+        .await
+        .unwrap();
+    let batch = |label: &str| {
+        vec![
+            Mutation::insert_if_not_exists("entries", entry(1, label)),
+            Mutation::update(
+                "entries",
+                Row::new().with("owner", owner.as_str()).with("seq", 0i64),
+                Row::new().with("label", label),
+                vec![Condition::Equals("label".into(), "summary".into())],
+            ),
+        ]
+    };
+    assert!(store.apply(batch("one")).await.unwrap().applied());
+    // Both conditions now fail; nothing of the second batch may be written.
+    let again = store.apply(batch("two")).await.unwrap();
+    assert!(!again.applied());
+    let rows = store
+        .query(Query::partition("entries", Row::new().with("owner", owner.as_str())))
+        .await
+        .unwrap();
+    let labels: Vec<&str> = rows.iter().map(|r| r.text("label").unwrap()).collect();
+    assert_eq!(labels, vec!["one", "one"]);
+}
+
+/// A conditional batch across partitions is refused, not half applied.
+pub async fn conditional_batch_must_stay_in_one_partition(store: &dyn Store, p: &str) {
+    let a = format!("{p}part-a");
+    let b = format!("{p}part-b");
+    let result = store
+        .apply(vec![
+            Mutation::insert_if_not_exists("kv", key(&a)),
+            Mutation::insert_if_not_exists("kv", key(&b)),
+        ])
+        .await;
+    assert!(result.is_err());
+    assert!(store.get("kv", &key(&a)).await.unwrap().is_none());
+}
+
+/// Rows come back in clustering order (here descending), with limits, ranges and cursors.
+pub async fn partitions_read_in_clustering_order_with_cursor(store: &dyn Store, p: &str) {
+    let owner = format!("{p}order");
+    let mut batch = Vec::new();
+    for seq in [3i64, 1, 5, 2, 4] {
+        batch.push(Mutation::insert(
+            "entries",
+            Row::new()
+                .with("owner", owner.as_str())
+                .with("seq", seq)
+                .with("label", format!("e{seq}")),
+        ));
+    }
+    store.apply(batch).await.unwrap();
+    let partition = Row::new().with("owner", owner.as_str());
+    let page = store
+        .query(Query::partition("entries", partition.clone()).limit(2))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = page.iter().map(|r| r.i64("seq").unwrap()).collect();
+    assert_eq!(seqs, vec![5, 4]);
+    let next = store
+        .query(Query {
+            after: Some(page[1].clone()),
+            ..Query::partition("entries", partition.clone()).limit(2)
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = next.iter().map(|r| r.i64("seq").unwrap()).collect();
+    assert_eq!(seqs, vec![3, 2]);
+    let ranged = store
+        .query(Query {
+            from: Some(Value::BigInt(2)),
+            to: Some(Value::BigInt(4)),
+            ..Query::partition("entries", partition)
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = ranged.iter().map(|r| r.i64("seq").unwrap()).collect();
+    assert_eq!(seqs, vec![3, 2]);
+}
+
+/// A cursor over two clustering columns resumes exactly after the last row.
+pub async fn composite_clustering_cursor(store: &dyn Store, p: &str) {
+    let owner = format!("{p}pairs");
+    let mut batch = Vec::new();
+    for (a, b) in [("x", 2i64), ("x", 1), ("y", 1), ("w", 9)] {
+        batch.push(Mutation::insert(
+            "pairs",
+            Row::new()
+                .with("owner", owner.as_str())
+                .with("a", a)
+                .with("b", b)
+                .with("v", format!("{a}{b}")),
+        ));
+    }
+    store.apply(batch).await.unwrap();
+    let partition = Row::new().with("owner", owner.as_str());
+    let all = store
+        .query(Query::partition("pairs", partition.clone()))
+        .await
+        .unwrap();
+    let values: Vec<&str> = all.iter().map(|r| r.text("v").unwrap()).collect();
+    assert_eq!(values, vec!["w9", "x1", "x2", "y1"]);
+    let rest = store
+        .query(Query {
+            after: Some(all[1].clone()),
+            ..Query::partition("pairs", partition)
+        })
+        .await
+        .unwrap();
+    let values: Vec<&str> = rest.iter().map(|r| r.text("v").unwrap()).collect();
+    assert_eq!(values, vec!["x2", "y1"]);
+}
+
+/// A row written with a TTL disappears after it, and its key can be claimed again.
+pub async fn ttl_expires_rows(store: &dyn Store, p: &str) {
+    let id = format!("{p}ttl");
+    let claim = || {
+        Mutation::insert_if_not_exists("kv", key(&id).with("body", "claimed"))
+            .with_ttl(Duration::from_secs(1))
+    };
+    assert!(store.apply(vec![claim()]).await.unwrap().applied());
+    assert!(store.get("kv", &key(&id)).await.unwrap().is_some());
+    assert!(!store.apply(vec![claim()]).await.unwrap().applied());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(store.get("kv", &key(&id)).await.unwrap().is_none());
+    assert!(store.apply(vec![claim()]).await.unwrap().applied());
+}
+
+/// `DELETE ... IF EXISTS` reports whether there was a row.
+pub async fn delete_if_exists(store: &dyn Store, p: &str) {
+    let id = format!("{p}delete");
+    let delete = || Mutation::Delete {
+        table: "kv".into(),
+        key: key(&id),
+        if_exists: true,
+    };
+    assert!(!store.apply(vec![delete()]).await.unwrap().applied());
+    store
+        .apply(vec![Mutation::insert("kv", key(&id).with("n", 1i64))])
+        .await
+        .unwrap();
+    assert!(store.apply(vec![delete()]).await.unwrap().applied());
+    assert!(store.get("kv", &key(&id)).await.unwrap().is_none());
+}

@@ -1,0 +1,406 @@
+//! Storage with Cassandra's data model as the one abstraction.
+//!
+//! A service declares its tables in versioned CQL migrations (`migrations/*.cql`) and talks to a
+//! [`Store`]: rows addressed by partition key and clustering key, conditional writes
+//! (`IF NOT EXISTS`, `IF col = ?`) batched within one partition, and TTLs. The embedded backend
+//! ([`embedded::SqliteStore`]) keeps the same semantics in a local SQLite file so the whole bank
+//! runs on a fresh machine; the Cassandra backend runs the same migrations on a real cluster.
+
+pub mod conformance;
+pub mod embedded;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+pub use schema::{ColumnType, Migration, Order, TableSchema};
+
+/// Errors from storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A migration or schema could not be read.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// The request does not fit the schema (unknown table or column, wrong type, bad batch).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The engine failed or cannot be reached; the request may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be decoded as asked.
+    #[error("decode: {0}")]
+    Decode(String),
+}
+
+/// Result of a storage operation.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// One column value, typed as in CQL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Value {
+    /// No value.
+    Null,
+    /// `text`.
+    Text(String),
+    /// `bigint` (and the smaller integers).
+    BigInt(i64),
+    /// `boolean`.
+    Boolean(bool),
+    /// `uuid`.
+    Uuid(uuid::Uuid),
+    /// `timestamp`, milliseconds since the Unix epoch.
+    Timestamp(i64),
+    /// `blob`.
+    Blob(Vec<u8>),
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::BigInt(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Boolean(v)
+    }
+}
+impl From<uuid::Uuid> for Value {
+    fn from(v: uuid::Uuid) -> Self {
+        Value::Uuid(v)
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value::Blob(v)
+    }
+}
+
+/// A row (or a key, or a set of assignments): column name to value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row(pub BTreeMap<String, Value>);
+
+impl Row {
+    /// An empty row.
+    pub fn new() -> Self {
+        Row::default()
+    }
+
+    /// Adds a column, builder style: `Row::new().with("token", "abc")`.
+    pub fn with(mut self, column: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(column.to_string(), value.into());
+        self
+    }
+
+    /// Sets a column.
+    pub fn set(&mut self, column: &str, value: impl Into<Value>) {
+        self.0.insert(column.to_string(), value.into());
+    }
+
+    /// The value of a column, if present and not null.
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.0.get(column).filter(|v| **v != Value::Null)
+    }
+
+    fn missing(column: &str) -> StorageError {
+        StorageError::Decode(format!("column {column} is missing or has another type"))
+    }
+
+    /// A `text` column.
+    pub fn text(&self, column: &str) -> Result<&str> {
+        match self.get(column) {
+            Some(Value::Text(v)) => Ok(v),
+            _ => Err(Self::missing(column)),
+        }
+    }
+
+    /// A `bigint` column.
+    pub fn i64(&self, column: &str) -> Result<i64> {
+        match self.get(column) {
+            Some(Value::BigInt(v)) => Ok(*v),
+            _ => Err(Self::missing(column)),
+        }
+    }
+
+    /// A `boolean` column.
+    pub fn bool(&self, column: &str) -> Result<bool> {
+        match self.get(column) {
+            Some(Value::Boolean(v)) => Ok(*v),
+            _ => Err(Self::missing(column)),
+        }
+    }
+
+    /// A `timestamp` column in milliseconds.
+    pub fn timestamp(&self, column: &str) -> Result<i64> {
+        match self.get(column) {
+            Some(Value::Timestamp(v)) => Ok(*v),
+            _ => Err(Self::missing(column)),
+        }
+    }
+
+    /// A `uuid` column.
+    pub fn uuid(&self, column: &str) -> Result<uuid::Uuid> {
+        match self.get(column) {
+            Some(Value::Uuid(v)) => Ok(*v),
+            _ => Err(Self::missing(column)),
+        }
+    }
+
+    /// A `blob` column.
+    pub fn blob(&self, column: &str) -> Result<&[u8]> {
+        match self.get(column) {
+            Some(Value::Blob(v)) => Ok(v),
+            _ => Err(Self::missing(column)),
+        }
+    }
+}
+
+/// A condition of a conditional update, as CQL's `IF`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `IF EXISTS`.
+    Exists,
+    /// `IF column = value` (the row must exist).
+    Equals(String, Value),
+}
+
+/// One write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// `INSERT` (an upsert), or with `if_not_exists` a compare-and-set on absence.
+    Insert {
+        /// Table name.
+        table: String,
+        /// Every column to write, primary key included.
+        row: Row,
+        /// `IF NOT EXISTS`.
+        if_not_exists: bool,
+        /// `USING TTL`.
+        ttl: Option<Duration>,
+    },
+    /// `UPDATE ... SET ... WHERE key [IF ...]`; without conditions an upsert.
+    Update {
+        /// Table name.
+        table: String,
+        /// Full primary key.
+        key: Row,
+        /// Columns to assign.
+        set: Row,
+        /// All must hold for the batch to apply.
+        conditions: Vec<Condition>,
+    },
+    /// `DELETE ... WHERE key [IF EXISTS]`.
+    Delete {
+        /// Table name.
+        table: String,
+        /// Full primary key.
+        key: Row,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+}
+
+impl Mutation {
+    /// An unconditional insert (upsert).
+    pub fn insert(table: &str, row: Row) -> Self {
+        Mutation::Insert {
+            table: table.to_string(),
+            row,
+            if_not_exists: false,
+            ttl: None,
+        }
+    }
+
+    /// An insert that applies only if the row does not exist yet.
+    pub fn insert_if_not_exists(table: &str, row: Row) -> Self {
+        Mutation::Insert {
+            table: table.to_string(),
+            row,
+            if_not_exists: true,
+            ttl: None,
+        }
+    }
+
+    /// An update with conditions (none for an upsert).
+    pub fn update(table: &str, key: Row, set: Row, conditions: Vec<Condition>) -> Self {
+        Mutation::Update {
+            table: table.to_string(),
+            key,
+            set,
+            conditions,
+        }
+    }
+
+    /// Sets a TTL on an insert; other mutations are left as they are.
+    pub fn with_ttl(mut self, duration: Duration) -> Self {
+        if let Mutation::Insert { ttl, .. } = &mut self {
+            *ttl = Some(duration);
+        }
+        self
+    }
+
+    /// The table written to.
+    pub fn table(&self) -> &str {
+        match self {
+            Mutation::Insert { table, .. }
+            | Mutation::Update { table, .. }
+            | Mutation::Delete { table, .. } => table,
+        }
+    }
+
+    /// Whether this mutation carries a condition (making its batch a compare-and-set).
+    pub fn is_conditional(&self) -> bool {
+        match self {
+            Mutation::Insert { if_not_exists, .. } => *if_not_exists,
+            Mutation::Update { conditions, .. } => !conditions.is_empty(),
+            Mutation::Delete { if_exists, .. } => *if_exists,
+        }
+    }
+}
+
+/// Outcome of [`Store::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Every mutation was written.
+    Yes,
+    /// A condition failed and nothing was written; the current rows the conditions looked at,
+    /// in mutation order (`None` where the row does not exist).
+    No(Vec<Option<Row>>),
+}
+
+impl Applied {
+    /// Whether the batch was applied.
+    pub fn applied(&self) -> bool {
+        matches!(self, Applied::Yes)
+    }
+}
+
+/// A read of one partition, in clustering order.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Table name.
+    pub table: String,
+    /// Every partition-key column.
+    pub partition: Row,
+    /// Only rows whose first clustering column is `>=` this value.
+    pub from: Option<Value>,
+    /// Only rows whose first clustering column is `<` this value.
+    pub to: Option<Value>,
+    /// Resume after this clustering key (from a previous page's last row).
+    pub after: Option<Row>,
+    /// At most this many rows.
+    pub limit: Option<usize>,
+}
+
+impl Query {
+    /// A read of the whole partition.
+    pub fn partition(table: &str, partition: Row) -> Self {
+        Query {
+            table: table.to_string(),
+            partition,
+            ..Query::default()
+        }
+    }
+
+    /// Limits the number of rows.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// A service's private store: its keyspace (Cassandra) or its file (embedded).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one row by its full primary key.
+    async fn get(&self, table: &str, key: &Row) -> Result<Option<Row>>;
+
+    /// Reads rows of one partition in clustering order.
+    async fn query(&self, query: Query) -> Result<Vec<Row>>;
+
+    /// Applies mutations atomically. Conditional mutations must all target one partition of one
+    /// table (Cassandra's rule for conditional batches); then either all apply or none.
+    async fn apply(&self, mutations: Vec<Mutation>) -> Result<Applied>;
+
+    /// Proves the store can be read and written (for health checks).
+    async fn check(&self) -> Result<()>;
+
+    /// The schemas of the tables, as read from the migrations.
+    fn tables(&self) -> &BTreeMap<String, TableSchema>;
+}
+
+/// A shared handle to a store.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Checks a batch against the schemas: known tables and columns, full keys, and the rule that a
+/// conditional batch stays within one partition of one table.
+pub fn validate_batch(
+    tables: &BTreeMap<String, TableSchema>,
+    mutations: &[Mutation],
+) -> Result<()> {
+    let mut conditional_partition: Option<(String, Vec<Value>)> = None;
+    let any_conditional = mutations.iter().any(Mutation::is_conditional);
+    for m in mutations {
+        let schema = tables
+            .get(m.table())
+            .ok_or_else(|| StorageError::Invalid(format!("unknown table {}", m.table())))?;
+        let (key_source, columns): (&Row, Vec<&String>) = match m {
+            Mutation::Insert { row, .. } => (row, row.0.keys().collect()),
+            Mutation::Update { key, set, .. } => (key, key.0.keys().chain(set.0.keys()).collect()),
+            Mutation::Delete { key, .. } => (key, key.0.keys().collect()),
+        };
+        for column in columns {
+            if schema.column_type(column).is_none() {
+                return Err(StorageError::Invalid(format!(
+                    "table {} has no column {column}",
+                    schema.name
+                )));
+            }
+        }
+        for key in schema.primary_key() {
+            if key_source.get(key).is_none() {
+                return Err(StorageError::Invalid(format!(
+                    "table {}: key column {key} missing",
+                    schema.name
+                )));
+            }
+        }
+        if any_conditional {
+            let partition: Vec<Value> = schema
+                .partition_key
+                .iter()
+                .map(|k| key_source.0[k].clone())
+                .collect();
+            let this = (schema.name.clone(), partition);
+            match &conditional_partition {
+                None => conditional_partition = Some(this),
+                Some(first) if *first == this => {}
+                Some(_) => {
+                    return Err(StorageError::Invalid(
+                        "a conditional batch must stay within one partition of one table".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

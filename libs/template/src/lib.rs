@@ -1,0 +1,22 @@
+//! The Sterling service template: everything a service gets by writing handlers only.
+//!
+//! - [`platform`]: configuration, a service's store, lifecycle (start, register, heartbeat,
+//!   health checks, drain, deregister) and [`platform::main`] for a thin `main.rs`;
+//! - [`server`]: the layer that gives each request its context, span, log line and panic guard;
+//! - [`client`]: channels to a service name through discovery, carrying the context;
+//! - [`context`]: request id, deadline, W3C trace context, hop count;
+//! - [`error`]: the one error type with stable dotted codes, across gRPC and HTTP;
+//! - [`discovery`]: registrations with TTL, embedded and static backends;
+//! - [`telemetry`]: JSON logs carrying request and trace ids.
+
+pub mod client;
+pub mod context;
+pub mod discovery;
+pub mod error;
+pub mod money;
+pub mod platform;
+pub mod server;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+pub use platform::{Api, ServiceContext, ServiceDefinition};

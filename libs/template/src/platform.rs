@@ -1,0 +1,492 @@
+//! What a service is given and how it is run: configuration, its store, discovery, clients,
+//! health, and the lifecycle (start, register, heartbeat, drain, deregister).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use sterling_storage::embedded::{Durability, SqliteStore};
+use sterling_storage::{Migration, SharedStore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tracing::Instrument;
+
+use crate::client::GrpcChannel;
+use crate::discovery::{Protocol, Registration, SharedDiscovery, StaticDiscovery};
+use crate::error::{Error, Result};
+use crate::server::{ServerContextLayer, context_from_headers};
+
+/// Platform-wide settings, read from `STERLING_*` environment variables.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Where embedded stores keep their files (`STERLING_DATA_DIR`, default `./data`).
+    pub data_dir: PathBuf,
+    /// fsync policy of embedded stores (`STERLING_DURABILITY`: `full` or `normal`).
+    pub durability: Durability,
+    /// Timeout of a call made outside any request (`STERLING_CALL_TIMEOUT_MS`, default 2000).
+    pub call_timeout: Duration,
+    /// How long a registration lives without a heartbeat (`STERLING_REGISTRATION_TTL_MS`).
+    pub registration_ttl: Duration,
+    /// Bound on draining in-flight requests at shutdown (`STERLING_DRAIN_TIMEOUT_MS`).
+    pub drain_timeout: Duration,
+    /// This instance's zone (`STERLING_ZONE`).
+    pub zone: String,
+    /// Per-service settings, `STERLING_<SERVICE>_<NAME>` in the environment; entries here win.
+    pub settings: HashMap<String, String>,
+}
+
+fn env_ms(name: &str, default: u64) -> Duration {
+    Duration::from_millis(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+impl PlatformConfig {
+    /// Reads the environment, with defaults that work on a fresh machine.
+    pub fn from_env() -> Self {
+        PlatformConfig {
+            data_dir: std::env::var("STERLING_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from("data")),
+            durability: match std::env::var("STERLING_DURABILITY").as_deref() {
+                Ok("normal") => Durability::Normal,
+                _ => Durability::Full,
+            },
+            call_timeout: env_ms("STERLING_CALL_TIMEOUT_MS", 2000),
+            registration_ttl: env_ms("STERLING_REGISTRATION_TTL_MS", 10_000),
+            drain_timeout: env_ms("STERLING_DRAIN_TIMEOUT_MS", 10_000),
+            zone: std::env::var("STERLING_ZONE").unwrap_or_default(),
+            settings: HashMap::new(),
+        }
+    }
+}
+
+/// What every service in a process shares: configuration and discovery.
+#[derive(Clone)]
+pub struct Platform {
+    /// Settings.
+    pub config: PlatformConfig,
+    /// The discovery backend.
+    pub discovery: SharedDiscovery,
+}
+
+impl Platform {
+    /// A platform from the environment: discovery from `STERLING_DISCOVERY`
+    /// (`static:name=host:port,...` or `file:PATH`, default `file:<data dir>/endpoints.json`).
+    pub fn from_env() -> Result<Platform> {
+        let config = PlatformConfig::from_env();
+        let spec = std::env::var("STERLING_DISCOVERY")
+            .unwrap_or_else(|_| format!("file:{}", config.data_dir.join("endpoints.json").display()));
+        let discovery: SharedDiscovery = if let Some(list) = spec.strip_prefix("static:") {
+            Arc::new(StaticDiscovery::parse(list)?)
+        } else if let Some(path) = spec.strip_prefix("file:") {
+            Arc::new(StaticDiscovery::File(PathBuf::from(path)))
+        } else {
+            return Err(Error::bad_request(
+                "discovery",
+                format!("unknown STERLING_DISCOVERY {spec}"),
+            ));
+        };
+        Ok(Platform { config, discovery })
+    }
+}
+
+/// An in-band health check: storage can read and write, a dependency is reachable, ...
+#[async_trait]
+pub trait Checker: Send + Sync + 'static {
+    /// Short name, shown when the check fails.
+    fn name(&self) -> &str;
+    /// Ok when healthy; the reason otherwise.
+    async fn check(&self) -> std::result::Result<(), String>;
+}
+
+struct StoreChecker(SharedStore);
+
+#[async_trait]
+impl Checker for StoreChecker {
+    fn name(&self) -> &str {
+        "storage"
+    }
+    async fn check(&self) -> std::result::Result<(), String> {
+        self.0.check().await.map_err(|e| e.to_string())
+    }
+}
+
+/// What a service's builder is handed.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// The service name.
+    pub name: &'static str,
+    /// The service's own store, migrations applied.
+    pub store: SharedStore,
+    /// The platform it runs on.
+    pub platform: Platform,
+    checkers: Arc<Mutex<Vec<Arc<dyn Checker>>>>,
+    channels: Arc<tokio::sync::Mutex<HashMap<String, GrpcChannel>>>,
+}
+
+impl ServiceContext {
+    /// A channel to another service, shared by every client of that service in this one.
+    pub async fn channel(&self, service: &str) -> Result<GrpcChannel> {
+        let mut channels = self.channels.lock().await;
+        if let Some(channel) = channels.get(service) {
+            return Ok(channel.clone());
+        }
+        let channel = GrpcChannel::connect(
+            self.platform.discovery.clone(),
+            service,
+            self.platform.config.call_timeout,
+        )
+        .await?;
+        channels.insert(service.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A setting of this service: `STERLING_<SERVICE>_<NAME>` (upper case, `-` as `_`), or
+    /// `default`.
+    pub fn setting(&self, name: &str, default: &str) -> String {
+        let key = format!("STERLING_{}_{}", self.name, name)
+            .to_ascii_uppercase()
+            .replace('-', "_");
+        self.platform
+            .config
+            .settings
+            .get(&key)
+            .cloned()
+            .or_else(|| std::env::var(&key).ok())
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    /// Adds a health check.
+    pub fn add_checker(&self, checker: Arc<dyn Checker>) {
+        self.checkers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(checker);
+    }
+}
+
+/// The API a service serves.
+pub enum Api {
+    /// gRPC services; health and reflection are added by the template.
+    Grpc(tonic::service::Routes),
+    /// An HTTP/JSON API (e.g. a webhook receiver for a card processor).
+    Http(axum::Router),
+}
+
+/// A service: name, migrations and how to build its API from a [`ServiceContext`].
+#[derive(Clone, Copy)]
+pub struct ServiceDefinition {
+    /// Service name; also its keyspace suffix and discovery name.
+    pub name: &'static str,
+    /// Its versioned CQL migrations.
+    pub migrations: &'static [Migration],
+    /// Builds the API.
+    pub build: fn(ServiceContext) -> BoxFuture<'static, anyhow::Result<Api>>,
+}
+
+/// A started service.
+pub struct RunningService {
+    /// Service name.
+    pub name: &'static str,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Protocol at the address.
+    pub protocol: Protocol,
+    /// Its context (store, clients), for tools and tests in the same process.
+    pub context: ServiceContext,
+    registration: Registration,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    health: Option<tonic_health::server::HealthReporter>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RunningService {
+    /// Whether every checker passed on the last round.
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Graceful stop: leave discovery, report not serving, stop accepting, drain in-flight
+    /// requests within the drain bound.
+    pub async fn stop(mut self) {
+        let _ = self
+            .context
+            .platform
+            .discovery
+            .deregister(self.name, &self.registration.instance)
+            .await;
+        if let Some(health) = &self.health {
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(self.name, ServingStatus::NotServing).await;
+        }
+        self.shutdown.cancel();
+        for task in &self.background {
+            task.abort();
+        }
+        if let Some(mut server) = self.server.take() {
+            let drain = self.context.platform.config.drain_timeout;
+            if tokio::time::timeout(drain, &mut server).await.is_err() {
+                tracing::warn!(service = self.name, "drain bound reached; aborting in-flight requests");
+                server.abort();
+            }
+        }
+        tracing::info!(service = self.name, "stopped");
+    }
+}
+
+/// Opens a service's embedded store under the platform's data directory.
+pub fn open_embedded_store(
+    config: &PlatformConfig,
+    name: &str,
+    migrations: &[Migration],
+) -> Result<SharedStore> {
+    let path = config.data_dir.join(format!("{name}.sqlite"));
+    let store = SqliteStore::open(&path, migrations, config.durability)?;
+    Ok(Arc::new(store))
+}
+
+/// Starts a service on `listen`: opens its store, builds its API, serves it with the template's
+/// layers, registers it in discovery with a heartbeat and runs its health checks.
+pub async fn start(
+    definition: &ServiceDefinition,
+    platform: &Platform,
+    listen: SocketAddr,
+) -> anyhow::Result<RunningService> {
+    let store = open_embedded_store(&platform.config, definition.name, definition.migrations)?;
+    let context = ServiceContext {
+        name: definition.name,
+        store: store.clone(),
+        platform: platform.clone(),
+        checkers: Arc::new(Mutex::new(vec![Arc::new(StoreChecker(store)) as Arc<dyn Checker>])),
+        channels: Arc::default(),
+    };
+    let api = (definition.build)(context.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let address = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let name = definition.name;
+    let (protocol, server, health) = match api {
+        Api::Grpc(routes) => {
+            let (health, health_service) = tonic_health::server::health_reporter();
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(sterling_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?;
+            let routes = routes.add_service(health_service).add_service(reflection);
+            let signal = shutdown.clone();
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let server = tokio::spawn(async move {
+                let result = tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                    .layer(ServerContextLayer::new(name))
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, signal.cancelled_owned())
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(service = name, error = %e, "server failed");
+                }
+            });
+            (Protocol::Grpc, server, Some(health))
+        }
+        Api::Http(router) => {
+            let router = router.layer(axum::middleware::from_fn_with_state(
+                name,
+                http_request_context,
+            ));
+            let signal = shutdown.clone();
+            let server = tokio::spawn(async move {
+                let result = axum::serve(listener, router)
+                    .with_graceful_shutdown(signal.cancelled_owned())
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(service = name, error = %e, "server failed");
+                }
+            });
+            (Protocol::Http, server, None)
+        }
+    };
+    let registration = Registration {
+        service: name.to_string(),
+        instance: format!("{name}-{}", uuid::Uuid::now_v7()),
+        address: address.to_string(),
+        protocol,
+        zone: platform.config.zone.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        routes: Vec::new(),
+    };
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health_loop = tokio::spawn(
+        run_checks(context.clone(), health.clone(), ready.clone()).instrument(tracing::info_span!("health", service = name)),
+    );
+    run_checks_once(&context, health.as_ref(), &ready).await;
+    let ttl = platform.config.registration_ttl;
+    platform.discovery.register(&registration, ttl).await?;
+    let heartbeat = {
+        let discovery = platform.discovery.clone();
+        let registration = registration.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            loop {
+                tick.tick().await;
+                if let Err(e) = discovery.register(&registration, ttl).await {
+                    tracing::warn!(service = %registration.service, error = %e, "heartbeat failed");
+                }
+            }
+        })
+    };
+    tracing::info!(service = name, %address, ?protocol, "serving");
+    Ok(RunningService {
+        name,
+        address,
+        protocol,
+        context,
+        registration,
+        shutdown,
+        server: Some(server),
+        background: vec![health_loop, heartbeat],
+        health,
+        ready,
+    })
+}
+
+async fn run_checks_once(
+    context: &ServiceContext,
+    health: Option<&tonic_health::server::HealthReporter>,
+    ready: &std::sync::atomic::AtomicBool,
+) {
+    let checkers: Vec<Arc<dyn Checker>> = context
+        .checkers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut failures = Vec::new();
+    for checker in checkers {
+        let outcome = tokio::time::timeout(Duration::from_secs(2), checker.check()).await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => failures.push(format!("{}: {why}", checker.name())),
+            Err(_) => failures.push(format!("{}: check timed out", checker.name())),
+        }
+    }
+    let healthy = failures.is_empty();
+    let was = ready.swap(healthy, std::sync::atomic::Ordering::Relaxed);
+    if was != healthy || !healthy {
+        if healthy {
+            tracing::info!("ready");
+        } else {
+            tracing::warn!(failures = ?failures, "not ready");
+        }
+    }
+    if let Some(health) = health {
+        let status = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health.set_service_status(context.name, status).await;
+    }
+}
+
+async fn run_checks(
+    context: ServiceContext,
+    health: Option<tonic_health::server::HealthReporter>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        run_checks_once(&context, health.as_ref(), &ready).await;
+    }
+}
+
+/// HTTP counterpart of the gRPC server layer: request context, span, one log line per request.
+async fn http_request_context(
+    axum::extract::State(service): axum::extract::State<&'static str>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let context = context_from_headers(request.headers(), None);
+    let span = tracing::info_span!(
+        "request",
+        service,
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %context.request_id,
+        trace_id = %context.trace.trace_id,
+        span_id = %context.trace.span_id,
+        hop = context.hop,
+    );
+    let request_id = context.request_id.clone();
+    let started = Instant::now();
+    let mut response = context
+        .scope(async move {
+            let response = next.run(request).await;
+            tracing::info!(
+                http_status = response.status().as_u16(),
+                duration_us = started.elapsed().as_micros() as u64,
+                "request handled"
+            );
+            response
+        })
+        .instrument(span)
+        .await;
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(crate::context::REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+/// Runs one service as its own process: logging, platform from the environment, listen on
+/// `STERLING_LISTEN` (default `127.0.0.1:0`), stop gracefully on SIGTERM or Ctrl-C.
+pub fn main(definition: ServiceDefinition) -> anyhow::Result<()> {
+    crate::telemetry::init(crate::telemetry::LogFormat::from_env());
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let platform = Platform::from_env()?;
+        let listen: SocketAddr = std::env::var("STERLING_LISTEN")
+            .unwrap_or_else(|_| "127.0.0.1:0".to_string())
+            .parse()?;
+        let service = start(&definition, &platform, listen).await?;
+        shutdown_signal().await;
+        service.stop().await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,31 @@
+//! fx: converts amounts between currencies at the rates in `data/rates.csv` (or the file named
+//! by `STERLING_FX_RATES_FILE`), rounding half away from zero to the target's exponent.
+
+pub mod handlers;
+pub mod rates;
+
+use sterling_proto::fx::v1::fx_server::FxServer;
+use sterling_template::{Api, ServiceContext, ServiceDefinition};
+
+use crate::handlers::FxHandlers;
+use crate::rates::{BUILTIN_RATES, RateTable};
+
+/// The fx service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: "fx",
+    migrations: &[],
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let file = ctx.setting("rates_file", "");
+    let text = if file.is_empty() {
+        BUILTIN_RATES.to_string()
+    } else {
+        std::fs::read_to_string(&file)?
+    };
+    let rates = RateTable::parse(&text)?;
+    Ok(Api::Grpc(tonic::service::Routes::new(FxServer::new(
+        FxHandlers { rates },
+    ))))
+}
