@@ -1,1 +1,6 @@
+//! The `sterling` command's library: run the bank in one process ([`bank`]) and act on a
+//! running bank ([`tools`]). Tests use it to run the real services end to end.
 
+pub mod bank;
+pub mod bench;
+pub mod tools;

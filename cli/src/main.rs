@@ -1,1 +1,276 @@
-fn main(){}
+//! `sterling`: run the bank, seed a customer, swipe a card.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use sterling::bank::{Bank, BankOptions};
+use sterling::bench;
+use sterling_storage::embedded::Durability;
+use sterling::tools::{self, Clients};
+use sterling_money::{Currency, Money};
+use sterling_template::discovery::{Discovery, Protocol, StaticDiscovery};
+use sterling_template::platform::{PlatformConfig, shutdown_signal};
+use sterling_template::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "sterling", about = "Run and use the Sterling bank", version)]
+struct Cli {
+    /// Data directory (embedded stores, endpoints.json).
+    #[arg(long, global = true, env = "STERLING_DATA_DIR", default_value = "data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole bank in this process.
+    Up {
+        /// First gRPC port; services take consecutive ports.
+        #[arg(long, default_value_t = 7101)]
+        grpc_base_port: u16,
+        /// card-api's HTTP port.
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// Services not to start, comma separated (run them yourself).
+        #[arg(long, value_delimiter = ',')]
+        except: Vec<String>,
+    },
+    /// Open a funded test customer account with a card.
+    Seed {
+        /// Account currency.
+        #[arg(long, default_value = "GBP")]
+        currency: String,
+        /// Opening balance in major units.
+        #[arg(long, default_value = "100.00")]
+        amount: String,
+        /// Idempotency key (default: a fresh one).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Play the card processor: sign an authorisation and send it to card-api.
+    Pay {
+        /// Card token.
+        #[arg(long)]
+        card: String,
+        /// Amount in major units, e.g. 3.50.
+        #[arg(long)]
+        amount: String,
+        /// Currency the merchant charges in.
+        #[arg(long, default_value = "GBP")]
+        currency: String,
+        /// Merchant descriptor.
+        #[arg(long, default_value = "STERLING TEST SHOP LONDON GB")]
+        merchant: String,
+        /// Merchant category code.
+        #[arg(long, default_value = "5812")]
+        mcc: String,
+        /// Processor authorisation id (default: a fresh one). Send one twice to see idempotence.
+        #[arg(long)]
+        id: Option<String>,
+        /// Shared webhook secret.
+        #[arg(long, env = "STERLING_CARD_API_SECRET", default_value = card_api::DEVELOPMENT_SECRET)]
+        secret: String,
+    },
+    /// Measure authorisation latency and throughput through card-api on a bank started here.
+    Bench {
+        /// Number of authorisations.
+        #[arg(long, default_value_t = 2000)]
+        payments: usize,
+        /// Authorisations in flight at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Embedded store durability: full (fsync every commit) or normal.
+        #[arg(long, default_value = "full")]
+        durability: String,
+    },
+    /// Freeze a card.
+    Freeze {
+        /// Card token.
+        card: String,
+    },
+    /// Unfreeze a card.
+    Unfreeze {
+        /// Card token.
+        card: String,
+    },
+    /// Show an account's balance.
+    Balance {
+        /// Ledger account id.
+        account: String,
+    },
+    /// List an account's latest transactions.
+    Transactions {
+        /// Ledger account id.
+        account: String,
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
+}
+
+fn discovery(data: &std::path::Path) -> Arc<StaticDiscovery> {
+    Arc::new(StaticDiscovery::File(data.join("endpoints.json")))
+}
+
+fn show_money(m: Option<sterling_proto::common::v1::Money>) -> String {
+    m.and_then(|m| {
+        Currency::from_code(&m.currency)
+            .ok()
+            .map(|c| Money::from_minor(m.minor_units, c).to_string())
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            grpc_base_port,
+            http_port,
+            except,
+        } => {
+            telemetry::init(LogFormat::from_env());
+            let mut config = PlatformConfig::from_env();
+            config.data_dir = cli.data.clone();
+            let bank = Bank::start(BankOptions {
+                config,
+                grpc_base_port,
+                http_port,
+                except,
+            })
+            .await?;
+            println!(
+                "Sterling is up. Data in {}.\n{}",
+                cli.data.display(),
+                bank.describe()
+            );
+            println!(
+                "Next: `sterling seed`, then `sterling pay --card <token> --amount 3.50 --currency EUR`."
+            );
+            shutdown_signal().await;
+            bank.stop().await;
+        }
+        Command::Seed {
+            currency,
+            amount,
+            key,
+        } => {
+            let currency = Currency::from_code(&currency)?;
+            let funded = Money::parse(&amount, currency)?;
+            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+            let seeded = tools::seed(&clients, &key, funded).await?;
+            println!(
+                "account {}  funded with {}",
+                seeded.account_id, seeded.funded
+            );
+            println!(
+                "card    {}  (last four {})",
+                seeded.card.token, seeded.card.last_four
+            );
+        }
+        Command::Pay {
+            card,
+            amount,
+            currency,
+            merchant,
+            mcc,
+            id,
+            secret,
+        } => {
+            let currency = Currency::from_code(&currency)?;
+            let amount = Money::parse(&amount, currency)?;
+            let card_api = discovery(&cli.data)
+                .resolve("card-api")
+                .await?
+                .into_iter()
+                .find(|r| r.protocol == Protocol::Http)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("card-api is not running (no endpoints.json entry)")
+                })?;
+            let id = id.unwrap_or_else(|| format!("auth_{}", uuid::Uuid::now_v7().simple()));
+            let request = tools::authorisation_json(&id, &card, amount, &merchant, &mcc);
+            let outcome = tools::pay(
+                &reqwest::Client::new(),
+                &format!("http://{}", card_api.address),
+                secret.as_bytes(),
+                &request,
+                None,
+            )
+            .await?;
+            let b = &outcome.body;
+            if outcome.status == 200 {
+                println!(
+                    "{} ({}) {} held {} {}  in {:.1} ms  [authorisation {}]",
+                    b["result"].as_str().unwrap_or("?"),
+                    b["reason"].as_str().unwrap_or("?"),
+                    amount,
+                    b["held_currency"].as_str().unwrap_or(""),
+                    b["held_amount"],
+                    outcome.latency.as_secs_f64() * 1000.0,
+                    id
+                );
+            } else {
+                println!(
+                    "HTTP {}: {}",
+                    outcome.status,
+                    serde_json::to_string_pretty(b)?
+                );
+                std::process::exit(1);
+            }
+        }
+        Command::Bench { payments, concurrency, durability } => {
+            let durability = match durability.as_str() {
+                "normal" => Durability::Normal,
+                _ => Durability::Full,
+            };
+            let report = bench::run(bench::BenchOptions { payments, concurrency: concurrency.max(1), durability }).await?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "authorisations {} (approved {}), concurrency {concurrency}, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  throughput {:.0}/s",
+                report.payments, report.approved, ms(report.p50), ms(report.p99), ms(report.max), report.throughput
+            );
+        }
+        Command::Freeze { card } => {
+            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let c = tools::set_frozen(&clients, &card, true).await?;
+            println!("card {} is frozen (status {})", c.token, c.status);
+        }
+        Command::Unfreeze { card } => {
+            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let c = tools::set_frozen(&clients, &card, false).await?;
+            println!("card {} is active (status {})", c.token, c.status);
+        }
+        Command::Balance { account } => {
+            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let b = tools::balance(&clients, &account).await?;
+            println!(
+                "balance {}  held {}  available {}",
+                show_money(b.balance),
+                show_money(b.held),
+                show_money(b.available)
+            );
+        }
+        Command::Transactions { account, limit } => {
+            let clients = Clients::connect(discovery(&cli.data)).await?;
+            for t in tools::transactions(&clients, &account, limit).await? {
+                println!(
+                    "{}  {:<10} {:>14}  {}",
+                    t.transaction_id,
+                    match t.status {
+                        1 => "pending",
+                        2 => "settled",
+                        3 => "released",
+                        _ => "?",
+                    },
+                    show_money(t.amount),
+                    t.merchant_descriptor
+                );
+            }
+        }
+    }
+    Ok(())
+}

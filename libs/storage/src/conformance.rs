@@ -104,10 +104,7 @@ pub async fn insert_if_not_exists_is_compare_and_set(store: &dyn Store, p: &str)
     match second {
         Applied::No(current) => {
             assert_eq!(current.len(), 1);
-            assert_eq!(
-                current[0].as_ref().unwrap().text("body").unwrap(),
-                "first"
-            );
+            assert_eq!(current[0].as_ref().unwrap().text("body").unwrap(), "first");
         }
         Applied::Yes => panic!("second IF NOT EXISTS must not apply"),
     }
@@ -148,7 +145,12 @@ pub async fn conditional_update_compares_then_sets(store: &dyn Store, p: &str) {
 /// Conditional mutations on several rows of one partition apply together or not at all.
 pub async fn conditional_batch_is_all_or_nothing(store: &dyn Store, p: &str) {
     let owner = format!("{p}batch");
-    let entry = |seq: i64, label: &str| Row::new().with("owner", owner.as_str()).with("seq", seq).with("label", label);
+    let entry = |seq: i64, label: &str| {
+        Row::new()
+            .with("owner", owner.as_str())
+            .with("seq", seq)
+            .with("label", label)
+    };
     store
         .apply(vec![Mutation::insert("entries", entry(0, "summary"))])
         .await
@@ -169,7 +171,10 @@ pub async fn conditional_batch_is_all_or_nothing(store: &dyn Store, p: &str) {
     let again = store.apply(batch("two")).await.unwrap();
     assert!(!again.applied());
     let rows = store
-        .query(Query::partition("entries", Row::new().with("owner", owner.as_str())))
+        .query(Query::partition(
+            "entries",
+            Row::new().with("owner", owner.as_str()),
+        ))
         .await
         .unwrap();
     let labels: Vec<&str> = rows.iter().map(|r| r.text("label").unwrap()).collect();

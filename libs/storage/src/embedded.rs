@@ -315,7 +315,9 @@ fn upsert(
         .keys()
         .filter(|c| !table.primary_key().any(|k| k == c.as_str()))
         .map(|c| format!("{0} = excluded.{0}", quote(c)))
-        .chain(std::iter::once("__expires_at = excluded.__expires_at".to_string()))
+        .chain(std::iter::once(
+            "__expires_at = excluded.__expires_at".to_string(),
+        ))
         .collect();
     let sql = if replace_expired {
         format!(
@@ -485,7 +487,13 @@ fn run_query(
     let order_by: Vec<String> = table
         .clustering_key
         .iter()
-        .map(|(c, o)| format!("{} {}", quote(c), if *o == Order::Asc { "ASC" } else { "DESC" }))
+        .map(|(c, o)| {
+            format!(
+                "{} {}",
+                quote(c),
+                if *o == Order::Asc { "ASC" } else { "DESC" }
+            )
+        })
         .collect();
     let mut sql = format!(
         "SELECT {} FROM {} WHERE {}",

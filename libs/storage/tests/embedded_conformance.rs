@@ -7,8 +7,8 @@ use sterling_storage::{Mutation, Row, Store};
 #[tokio::test]
 async fn embedded_store_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("c.sqlite"), MIGRATIONS, Durability::Normal)
-        .unwrap();
+    let store =
+        SqliteStore::open(&dir.path().join("c.sqlite"), MIGRATIONS, Durability::Normal).unwrap();
     conformance::run_all(&store, "t1-").await;
 }
 
@@ -39,10 +39,31 @@ async fn data_survives_closing_and_reopening() {
 async fn writes_that_do_not_fit_the_schema_are_refused() {
     let store = SqliteStore::in_memory(MIGRATIONS).unwrap();
     let wrong_type = Row::new().with("id", "x").with("n", "not a number");
-    assert!(store.apply(vec![Mutation::insert("kv", wrong_type)]).await.is_err());
+    assert!(
+        store
+            .apply(vec![Mutation::insert("kv", wrong_type)])
+            .await
+            .is_err()
+    );
     let unknown_column = Row::new().with("id", "x").with("nope", 1i64);
-    assert!(store.apply(vec![Mutation::insert("kv", unknown_column)]).await.is_err());
+    assert!(
+        store
+            .apply(vec![Mutation::insert("kv", unknown_column)])
+            .await
+            .is_err()
+    );
     let no_key = Row::new().with("body", "x");
-    assert!(store.apply(vec![Mutation::insert("kv", no_key)]).await.is_err());
-    assert!(store.get("kv", &Row::new().with("id", "x")).await.unwrap().is_none());
+    assert!(
+        store
+            .apply(vec![Mutation::insert("kv", no_key)])
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .get("kv", &Row::new().with("id", "x"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -200,14 +200,18 @@ mod tests {
         assert_ne!(t.child().span_id, t.span_id);
         assert!(TraceContext::parse("garbage").is_none());
         assert!(
-            TraceContext::parse("00-00000000000000000000000000000000-0000000000000001-01").is_none()
+            TraceContext::parse("00-00000000000000000000000000000000-0000000000000001-01")
+                .is_none()
         );
     }
 
     #[test]
     fn grpc_timeout_round_trips() {
         assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("30000u"), Some(Duration::from_millis(30)));
+        assert_eq!(
+            parse_grpc_timeout("30000u"),
+            Some(Duration::from_millis(30))
+        );
         assert_eq!(parse_grpc_timeout("5x"), None);
         let d = Duration::from_micros(29_999);
         assert_eq!(parse_grpc_timeout(&format_grpc_timeout(d)), Some(d));

@@ -123,9 +123,14 @@ impl Discovery for EmbeddedDiscovery {
             expires_at: Instant::now() + ttl,
         };
         let changed = {
-            let mut entries = self.registry.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut entries = self
+                .registry
+                .entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let previous = entries.insert(key, entry);
-            previous.is_none_or(|p| p.registration != *registration || p.expires_at < Instant::now())
+            previous
+                .is_none_or(|p| p.registration != *registration || p.expires_at < Instant::now())
         };
         if changed {
             self.changes.send_modify(|g| *g += 1);
@@ -157,18 +162,23 @@ impl Discovery for EmbeddedDiscovery {
             self.registry.clone(),
             service.to_string(),
         );
-        let stream = futures::stream::unfold(state, |(mut changes, last, registry, service)| async move {
-            loop {
-                let current = registry.snapshot(&service);
-                if last.as_ref() != Some(&current) {
-                    return Some((current.clone(), (changes, Some(current), registry, service)));
+        let stream =
+            futures::stream::unfold(state, |(mut changes, last, registry, service)| async move {
+                loop {
+                    let current = registry.snapshot(&service);
+                    if last.as_ref() != Some(&current) {
+                        return Some((
+                            current.clone(),
+                            (changes, Some(current), registry, service),
+                        ));
+                    }
+                    if let Ok(Err(_)) = tokio::time::timeout(EXPIRY_CHECK, changes.changed()).await
+                    {
+                        // Discovery itself is gone: keep re-checking expiry only.
+                        tokio::time::sleep(EXPIRY_CHECK).await;
+                    }
                 }
-                if let Ok(Err(_)) = tokio::time::timeout(EXPIRY_CHECK, changes.changed()).await {
-                    // Discovery itself is gone: keep re-checking expiry only.
-                    tokio::time::sleep(EXPIRY_CHECK).await;
-                }
-            }
-        });
+            });
         Ok(Box::pin(stream))
     }
 }
@@ -211,7 +221,10 @@ impl StaticDiscovery {
                     Error::unavailable("discovery", format!("{}: {e}", path.display()))
                 })?;
                 serde_json::from_str(&text).map_err(|e| {
-                    Error::internal(format!("{} is not a registration list: {e}", path.display()))
+                    Error::internal(format!(
+                        "{} is not a registration list: {e}",
+                        path.display()
+                    ))
                 })
             }
         }
@@ -238,7 +251,9 @@ impl Discovery for StaticDiscovery {
 
     async fn watch(&self, service: &str) -> Result<BoxStream<'static, Vec<Registration>>> {
         let now = self.resolve(service).await?;
-        Ok(Box::pin(futures::stream::once(async move { now }).chain(futures::stream::pending())))
+        Ok(Box::pin(
+            futures::stream::once(async move { now }).chain(futures::stream::pending()),
+        ))
     }
 }
 
@@ -265,10 +280,14 @@ mod tests {
         let d = EmbeddedDiscovery::new();
         let mut watch = d.watch("cards").await.unwrap();
         assert!(watch.next().await.unwrap().is_empty());
-        d.register(&reg("a"), Duration::from_millis(300)).await.unwrap();
+        d.register(&reg("a"), Duration::from_millis(300))
+            .await
+            .unwrap();
         assert_eq!(watch.next().await.unwrap().len(), 1);
         // No renewal: it vanishes after its TTL.
-        let gone = tokio::time::timeout(Duration::from_secs(2), watch.next()).await.unwrap();
+        let gone = tokio::time::timeout(Duration::from_secs(2), watch.next())
+            .await
+            .unwrap();
         assert!(gone.unwrap().is_empty());
         assert!(d.resolve("cards").await.unwrap().is_empty());
     }
@@ -276,8 +295,12 @@ mod tests {
     #[tokio::test]
     async fn deregister_removes_at_once() {
         let d = EmbeddedDiscovery::new();
-        d.register(&reg("a"), Duration::from_secs(30)).await.unwrap();
-        d.register(&reg("b"), Duration::from_secs(30)).await.unwrap();
+        d.register(&reg("a"), Duration::from_secs(30))
+            .await
+            .unwrap();
+        d.register(&reg("b"), Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(d.resolve("cards").await.unwrap().len(), 2);
         d.deregister("cards", "a").await.unwrap();
         let live = d.resolve("cards").await.unwrap();
@@ -288,7 +311,10 @@ mod tests {
     #[tokio::test]
     async fn static_lists_parse() {
         let d = StaticDiscovery::parse("cards=127.0.0.1:7001, ledger=127.0.0.1:7002").unwrap();
-        assert_eq!(d.resolve("ledger").await.unwrap()[0].address, "127.0.0.1:7002");
+        assert_eq!(
+            d.resolve("ledger").await.unwrap()[0].address,
+            "127.0.0.1:7002"
+        );
         assert!(StaticDiscovery::parse("nonsense").is_err());
     }
 }

@@ -266,7 +266,10 @@ mod tests {
         let e = Error::from(tonic::Status::unavailable("down"));
         assert_eq!(e.code(), "unavailable");
         assert!(e.retryable());
-        assert_eq!(Error::from(tonic::Status::not_found("x")).code(), "not_found");
+        assert_eq!(
+            Error::from(tonic::Status::not_found("x")).code(),
+            "not_found"
+        );
     }
 
     #[test]

@@ -83,8 +83,9 @@ impl Platform {
     /// (`static:name=host:port,...` or `file:PATH`, default `file:<data dir>/endpoints.json`).
     pub fn from_env() -> Result<Platform> {
         let config = PlatformConfig::from_env();
-        let spec = std::env::var("STERLING_DISCOVERY")
-            .unwrap_or_else(|_| format!("file:{}", config.data_dir.join("endpoints.json").display()));
+        let spec = std::env::var("STERLING_DISCOVERY").unwrap_or_else(|_| {
+            format!("file:{}", config.data_dir.join("endpoints.json").display())
+        });
         let discovery: SharedDiscovery = if let Some(list) = spec.strip_prefix("static:") {
             Arc::new(StaticDiscovery::parse(list)?)
         } else if let Some(path) = spec.strip_prefix("file:") {
@@ -227,8 +228,12 @@ impl RunningService {
             .deregister(self.name, &self.registration.instance)
             .await;
         if let Some(health) = &self.health {
-            health.set_service_status("", ServingStatus::NotServing).await;
-            health.set_service_status(self.name, ServingStatus::NotServing).await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(self.name, ServingStatus::NotServing)
+                .await;
         }
         self.shutdown.cancel();
         for task in &self.background {
@@ -237,7 +242,10 @@ impl RunningService {
         if let Some(mut server) = self.server.take() {
             let drain = self.context.platform.config.drain_timeout;
             if tokio::time::timeout(drain, &mut server).await.is_err() {
-                tracing::warn!(service = self.name, "drain bound reached; aborting in-flight requests");
+                tracing::warn!(
+                    service = self.name,
+                    "drain bound reached; aborting in-flight requests"
+                );
                 server.abort();
             }
         }
@@ -268,7 +276,9 @@ pub async fn start(
         name: definition.name,
         store: store.clone(),
         platform: platform.clone(),
-        checkers: Arc::new(Mutex::new(vec![Arc::new(StoreChecker(store)) as Arc<dyn Checker>])),
+        checkers: Arc::new(Mutex::new(vec![
+            Arc::new(StoreChecker(store)) as Arc<dyn Checker>
+        ])),
         channels: Arc::default(),
     };
     let api = (definition.build)(context.clone()).await?;
@@ -285,7 +295,8 @@ pub async fn start(
                 .build_v1()?;
             let routes = routes.add_service(health_service).add_service(reflection);
             let signal = shutdown.clone();
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let server = tokio::spawn(async move {
                 let result = tonic::transport::Server::builder()
                     .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -306,6 +317,9 @@ pub async fn start(
             ));
             let signal = shutdown.clone();
             let server = tokio::spawn(async move {
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let result = axum::serve(listener, router)
                     .with_graceful_shutdown(signal.cancelled_owned())
                     .await;
@@ -327,7 +341,8 @@ pub async fn start(
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health_loop = tokio::spawn(
-        run_checks(context.clone(), health.clone(), ready.clone()).instrument(tracing::info_span!("health", service = name)),
+        run_checks(context.clone(), health.clone(), ready.clone())
+            .instrument(tracing::info_span!("health", service = name)),
     );
     run_checks_once(&context, health.as_ref(), &ready).await;
     let ttl = platform.config.registration_ttl;
@@ -473,13 +488,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -27,14 +27,13 @@ pub fn context_from_headers(
     let deadline = header(GRPC_TIMEOUT_HEADER)
         .and_then(parse_grpc_timeout)
         .or(default_deadline);
-    let mut context = RequestContext::new_root(header(REQUEST_ID_HEADER).map(str::to_string), deadline);
+    let mut context =
+        RequestContext::new_root(header(REQUEST_ID_HEADER).map(str::to_string), deadline);
     if let Some(parent) = header(TRACEPARENT_HEADER).and_then(TraceContext::parse) {
         // This hop is a child of the caller's span.
         context.trace = parent.child();
     }
-    context.hop = header(HOP_HEADER)
-        .and_then(|h| h.parse().ok())
-        .unwrap_or(0);
+    context.hop = header(HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
     context
 }
 

@@ -1,1 +1,43 @@
+//! card-processing: decides card authorisations within the processor's budget. Checks the card
+//! (cards), converts the amount into the account's currency (fx), places the hold (ledger) and
+//! records the pending transaction (transactions); idempotent on the processor's authorisation
+//! id; on a deadline miss it declines and releases.
 
+pub mod decide;
+pub mod handlers;
+pub mod storage;
+
+use sterling_proto::cardprocessing::v1::card_processing_server::CardProcessingServer;
+use sterling_proto::cards::v1::cards_client::CardsClient;
+use sterling_proto::fx::v1::fx_client::FxClient;
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
+use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
+use sterling_storage::Migration;
+use sterling_template::{Api, ServiceContext, ServiceDefinition};
+
+use crate::decide::Decider;
+use crate::handlers::CardProcessingHandlers;
+use crate::storage::AuthorisationStore;
+
+/// The versioned migrations of the `sterling_card_processing` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_authorisations.cql");
+
+/// The card-processing service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: "card-processing",
+    migrations: MIGRATIONS,
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let decider = Decider {
+        store: AuthorisationStore::new(ctx.store.clone()),
+        cards: CardsClient::new(ctx.channel("cards").await?),
+        fx: FxClient::new(ctx.channel("fx").await?),
+        ledger: LedgerClient::new(ctx.channel("ledger").await?),
+        transactions: TransactionsClient::new(ctx.channel("transactions").await?),
+    };
+    Ok(Api::Grpc(tonic::service::Routes::new(
+        CardProcessingServer::new(CardProcessingHandlers { decider }),
+    )))
+}

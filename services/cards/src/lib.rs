@@ -1,1 +1,29 @@
+//! cards: issues cards against ledger accounts, looks them up for authorisations, freezes and
+//! unfreezes them.
 
+pub mod handlers;
+pub mod storage;
+
+use sterling_proto::cards::v1::cards_server::CardsServer;
+use sterling_storage::Migration;
+use sterling_template::{Api, ServiceContext, ServiceDefinition};
+
+use crate::handlers::CardsHandlers;
+use crate::storage::CardStore;
+
+/// The versioned migrations of the `sterling_cards` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_cards.cql");
+
+/// The cards service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: "cards",
+    migrations: MIGRATIONS,
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let cards = CardStore::new(ctx.store.clone());
+    Ok(Api::Grpc(tonic::service::Routes::new(CardsServer::new(
+        CardsHandlers { cards },
+    ))))
+}

@@ -41,9 +41,14 @@ impl RateTable {
                 continue;
             }
             let bad = |why: &str| Error::internal(format!("rates line {}: {why}", n + 1));
-            let (code, rate) = line.split_once(',').ok_or_else(|| bad("expected code,rate"))?;
+            let (code, rate) = line
+                .split_once(',')
+                .ok_or_else(|| bad("expected code,rate"))?;
             let currency = Currency::from_code(code.trim()).map_err(|e| bad(&e.to_string()))?;
-            let rate: Decimal = rate.trim().parse().map_err(|_| bad("rate is not a decimal"))?;
+            let rate: Decimal = rate
+                .trim()
+                .parse()
+                .map_err(|_| bad("rate is not a decimal"))?;
             if rate <= Decimal::ZERO {
                 return Err(bad("rate must be positive"));
             }
@@ -54,11 +59,8 @@ impl RateTable {
 
     fn rate_of(&self, currency: Currency) -> Result<Decimal> {
         self.per_eur.get(&currency).copied().ok_or_else(|| {
-            Error::precondition_failed(
-                "currency_not_supported",
-                format!("no rate for {currency}"),
-            )
-            .with_param("currency", currency)
+            Error::precondition_failed("currency_not_supported", format!("no rate for {currency}"))
+                .with_param("currency", currency)
         })
     }
 

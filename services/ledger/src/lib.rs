@@ -1,1 +1,29 @@
+//! ledger: the double-entry book of the bank. Accounts, immutable postings, holds; every change
+//! keyed by an id the caller supplies, every balance change a compare-and-set.
 
+pub mod book;
+pub mod handlers;
+
+use sterling_proto::ledger::v1::ledger_server::LedgerServer;
+use sterling_storage::Migration;
+use sterling_template::{Api, ServiceContext, ServiceDefinition};
+
+use crate::book::Book;
+use crate::handlers::LedgerHandlers;
+
+/// The versioned migrations of the `sterling_ledger` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_ledger.cql");
+
+/// The ledger service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: "ledger",
+    migrations: MIGRATIONS,
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let book = Book::new(ctx.store.clone());
+    Ok(Api::Grpc(tonic::service::Routes::new(LedgerServer::new(
+        LedgerHandlers { book },
+    ))))
+}

@@ -1,1 +1,3 @@
-fn main() {}
+fn main() -> anyhow::Result<()> {
+    sterling_template::platform::main(ledger::SERVICE)
+}

@@ -1,0 +1,146 @@
+//! The whole bank in one process: every service a real gRPC (or HTTP) server on loopback,
+//! sharing in-process discovery, each with its own store under the data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sterling_template::ServiceDefinition;
+use sterling_template::discovery::{EmbeddedDiscovery, Protocol, Registration};
+use sterling_template::platform::{self, Platform, PlatformConfig, RunningService};
+
+/// Every service of the bank, in start order.
+pub const SERVICES: &[ServiceDefinition] = &[
+    fx::SERVICE,
+    cards::SERVICE,
+    ledger::SERVICE,
+    transactions::SERVICE,
+    card_processing::SERVICE,
+    card_api::SERVICE,
+];
+
+/// How to run the bank.
+#[derive(Debug, Clone)]
+pub struct BankOptions {
+    /// Platform settings (data directory, durability, per-service settings).
+    pub config: PlatformConfig,
+    /// First gRPC port; services take consecutive ports. 0 for ephemeral ports.
+    pub grpc_base_port: u16,
+    /// card-api's HTTP port. 0 for an ephemeral port.
+    pub http_port: u16,
+    /// Services not to start (they run elsewhere, e.g. from an IDE).
+    pub except: Vec<String>,
+}
+
+impl BankOptions {
+    /// Ephemeral ports, everything started, data under `data_dir`.
+    pub fn ephemeral(data_dir: &Path) -> Self {
+        let mut config = PlatformConfig::from_env();
+        config.data_dir = data_dir.to_path_buf();
+        BankOptions {
+            config,
+            grpc_base_port: 0,
+            http_port: 0,
+            except: Vec::new(),
+        }
+    }
+}
+
+/// A running bank.
+pub struct Bank {
+    /// The platform its services share.
+    pub platform: Platform,
+    /// The running services.
+    pub services: Vec<RunningService>,
+}
+
+impl Bank {
+    /// Starts every service not excepted.
+    pub async fn start(options: BankOptions) -> anyhow::Result<Bank> {
+        let platform = Platform {
+            config: options.config.clone(),
+            discovery: Arc::new(EmbeddedDiscovery::new()),
+        };
+        let mut services = Vec::new();
+        let mut grpc_index = 0u16;
+        for definition in SERVICES {
+            if options.except.iter().any(|e| e == definition.name) {
+                continue;
+            }
+            let port = if definition.name == "card-api" {
+                options.http_port
+            } else if options.grpc_base_port == 0 {
+                0
+            } else {
+                grpc_index += 1;
+                options.grpc_base_port + grpc_index - 1
+            };
+            let listen = SocketAddr::from(([127, 0, 0, 1], port));
+            services.push(platform::start(definition, &platform, listen).await?);
+        }
+        let bank = Bank { platform, services };
+        bank.write_endpoints()?;
+        Ok(bank)
+    }
+
+    /// Where a service listens.
+    pub fn address(&self, service: &str) -> Option<SocketAddr> {
+        self.services
+            .iter()
+            .find(|s| s.name == service)
+            .map(|s| s.address)
+    }
+
+    /// card-api's base URL.
+    pub fn card_api_url(&self) -> Option<String> {
+        self.address("card-api").map(|a| format!("http://{a}"))
+    }
+
+    /// The file tools read to find the services: `<data dir>/endpoints.json`.
+    pub fn endpoints_file(&self) -> PathBuf {
+        self.platform.config.data_dir.join("endpoints.json")
+    }
+
+    fn write_endpoints(&self) -> anyhow::Result<()> {
+        let registrations: Vec<Registration> = self
+            .services
+            .iter()
+            .map(|s| Registration {
+                service: s.name.to_string(),
+                instance: format!("{}-{}", s.name, s.address),
+                address: s.address.to_string(),
+                protocol: s.protocol,
+                zone: String::new(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                routes: Vec::new(),
+            })
+            .collect();
+        std::fs::create_dir_all(&self.platform.config.data_dir)?;
+        let path = self.endpoints_file();
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&registrations)?)?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// A printable table of what listens where.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for s in &self.services {
+            let scheme = match s.protocol {
+                Protocol::Grpc => "grpc",
+                Protocol::Http => "http",
+            };
+            out.push_str(&format!("  {:<16} {scheme}://{}\n", s.name, s.address));
+        }
+        out
+    }
+
+    /// Stops every service gracefully, last started first.
+    pub async fn stop(mut self) {
+        while let Some(service) = self.services.pop() {
+            service.stop().await;
+        }
+        let _ = std::fs::remove_file(self.endpoints_file());
+    }
+}

@@ -1,0 +1,91 @@
+//! Shared set-up for end-to-end tests: a whole bank in this process on ephemeral ports.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use sterling::bank::{Bank, BankOptions};
+use sterling::tools::{self, Clients, PayOutcome, Seeded};
+use sterling_money::{Currency, Money};
+use sterling_storage::embedded::Durability;
+
+/// The webhook secret the test bank uses.
+pub const SECRET: &[u8] = b"test-secret";
+
+/// A running bank with clients.
+pub struct TestBank {
+    pub bank: Bank,
+    pub clients: Clients,
+    pub http: reqwest::Client,
+    pub url: String,
+}
+
+/// Starts the bank with data under `dir`; `settings` are extra `STERLING_*` settings.
+pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> TestBank {
+    let mut options = BankOptions::ephemeral(dir);
+    options.config.durability = Durability::Normal;
+    options.config.settings.insert(
+        "STERLING_CARD_API_SECRET".into(),
+        String::from_utf8(SECRET.to_vec()).unwrap(),
+    );
+    for (k, v) in settings {
+        options.config.settings.insert(k.to_string(), v.to_string());
+    }
+    let bank = Bank::start(options).await.expect("bank starts");
+    let clients = Clients::connect(bank.platform.discovery.clone())
+        .await
+        .unwrap();
+    let url = bank.card_api_url().unwrap();
+    TestBank {
+        bank,
+        clients,
+        http: reqwest::Client::new(),
+        url,
+    }
+}
+
+pub fn money(text: &str, code: &str) -> Money {
+    Money::parse(text, Currency::from_code(code).unwrap()).unwrap()
+}
+
+impl TestBank {
+    pub async fn seed(&self, key: &str, funds: Money) -> Seeded {
+        tools::seed(&self.clients, key, funds).await.expect("seed")
+    }
+
+    pub async fn pay(&self, id: &str, card: &str, amount: Money) -> PayOutcome {
+        self.pay_with_request_id(id, card, amount, None).await
+    }
+
+    pub async fn pay_with_request_id(
+        &self,
+        id: &str,
+        card: &str,
+        amount: Money,
+        request_id: Option<&str>,
+    ) -> PayOutcome {
+        let body = tools::authorisation_json(id, card, amount, "PRET A MANGER LONDON GB", "5812");
+        tools::pay(&self.http, &self.url, SECRET, &body, request_id)
+            .await
+            .expect("card-api answers")
+    }
+
+    /// (balance, held, available) in minor units.
+    pub async fn balance(&self, account_id: &str) -> (i64, i64, i64) {
+        let b = tools::balance(&self.clients, account_id).await.unwrap();
+        (
+            b.balance.unwrap().minor_units,
+            b.held.unwrap().minor_units,
+            b.available.unwrap().minor_units,
+        )
+    }
+}
+
+/// "APPROVED" or "DECLINED", and the reason.
+pub fn decision(outcome: &PayOutcome) -> (String, String) {
+    assert_eq!(outcome.status, 200, "unexpected answer: {}", outcome.body);
+    (
+        outcome.body["result"].as_str().unwrap().to_string(),
+        outcome.body["reason"].as_str().unwrap().to_string(),
+    )
+}

@@ -1,0 +1,93 @@
+//! gRPC handlers of cards.
+
+use sterling_proto::cards::v1::cards_server::Cards;
+use sterling_proto::cards::v1::{
+    Card as CardMessage, CardStatus as StatusMessage, FreezeCardRequest, GetCardRequest,
+    IssueCardRequest, UnfreezeCardRequest,
+};
+use sterling_template::{Error, money};
+use tonic::{Request, Response, Status};
+
+use crate::storage::{Card, CardStatus, CardStore};
+
+/// The cards gRPC service.
+pub struct CardsHandlers {
+    /// Card records.
+    pub cards: CardStore,
+}
+
+fn to_message(card: Card) -> CardMessage {
+    CardMessage {
+        token: card.token,
+        account_id: card.account_id,
+        currency: card.currency,
+        status: match card.status {
+            CardStatus::Active => StatusMessage::Active,
+            CardStatus::Frozen => StatusMessage::Frozen,
+        } as i32,
+        last_four: card.last_four,
+        created_at_ms: card.created_at_ms,
+    }
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
+    if value.is_empty() || value.len() > 128 {
+        Err(
+            Error::bad_request(field, format!("{field} is required (at most 128 bytes)"))
+                .with_param("field", field),
+        )
+    } else {
+        Ok(value)
+    }
+}
+
+#[tonic::async_trait]
+impl Cards for CardsHandlers {
+    async fn issue_card(
+        &self,
+        request: Request<IssueCardRequest>,
+    ) -> Result<Response<CardMessage>, Status> {
+        let r = request.into_inner();
+        let key = required("idempotency_key", &r.idempotency_key)?;
+        let account_id = required("account_id", &r.account_id)?;
+        let currency = money::currency("currency", &r.currency)?;
+        let card = self.cards.issue(key, account_id, currency.code()).await?;
+        tracing::info!(token = %card.token, account_id, "card issued");
+        Ok(Response::new(to_message(card)))
+    }
+
+    async fn get_card(
+        &self,
+        request: Request<GetCardRequest>,
+    ) -> Result<Response<CardMessage>, Status> {
+        let token = request.into_inner().token;
+        let card = self.cards.get(required("token", &token)?).await?;
+        Ok(Response::new(to_message(card)))
+    }
+
+    async fn freeze_card(
+        &self,
+        request: Request<FreezeCardRequest>,
+    ) -> Result<Response<CardMessage>, Status> {
+        let token = request.into_inner().token;
+        let card = self
+            .cards
+            .set_status(required("token", &token)?, CardStatus::Frozen)
+            .await?;
+        tracing::info!(token = %card.token, "card frozen");
+        Ok(Response::new(to_message(card)))
+    }
+
+    async fn unfreeze_card(
+        &self,
+        request: Request<UnfreezeCardRequest>,
+    ) -> Result<Response<CardMessage>, Status> {
+        let token = request.into_inner().token;
+        let card = self
+            .cards
+            .set_status(required("token", &token)?, CardStatus::Active)
+            .await?;
+        tracing::info!(token = %card.token, "card unfrozen");
+        Ok(Response::new(to_message(card)))
+    }
+}

@@ -1,0 +1,493 @@
+//! The double-entry book: accounts, immutable postings, holds.
+//!
+//! Invariants: every transfer writes two postings of opposite sign (so all balances sum to zero
+//! per currency); at most one transfer per transfer id and one hold per hold id; a hold resolves
+//! at most once; a customer account's available amount (balance - held) never goes below zero.
+//! Each change is a compare-and-set on the account's `version`, batched with the posting or hold
+//! row in the same partition, retried on contention.
+
+use sterling_money::{Currency, Money};
+use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value, now_millis};
+use sterling_template::{Error, Result};
+
+/// How many compare-and-set rounds an operation may take before giving up as contended.
+const MAX_ROUNDS: usize = 1000;
+
+/// Whether an account may go below zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    /// A customer's money: available may never be negative.
+    Customer,
+    /// The bank's own account (funding, settlement): may be negative.
+    Internal,
+}
+
+impl AccountKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Customer => "customer",
+            AccountKind::Internal => "internal",
+        }
+    }
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "customer" => Ok(AccountKind::Customer),
+            "internal" => Ok(AccountKind::Internal),
+            other => Err(Error::internal(format!("stored account kind {other:?}"))),
+        }
+    }
+}
+
+/// A ledger account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Caller-supplied id.
+    pub account_id: String,
+    /// Its one currency.
+    pub currency: Currency,
+    /// Customer or internal.
+    pub kind: AccountKind,
+}
+
+/// An account's balances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    /// Sum of postings.
+    pub balance: Money,
+    /// Sum of active holds.
+    pub held: Money,
+    /// `balance - held`.
+    pub available: Money,
+    version: i64,
+}
+
+/// Whether a hold still reserves funds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldStatus {
+    /// Reserving funds.
+    Active,
+    /// Released; reserves nothing.
+    Released,
+}
+
+/// A hold on an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// Caller-supplied id (for card payments: the processor's authorisation id).
+    pub hold_id: String,
+    /// The account.
+    pub account_id: String,
+    /// Amount reserved.
+    pub amount: Money,
+    /// Active or released.
+    pub status: HoldStatus,
+}
+
+/// A transfer request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Caller-supplied id: at most one transfer per id.
+    pub transfer_id: String,
+    /// Account whose balance goes down.
+    pub debit_account_id: String,
+    /// Account whose balance goes up.
+    pub credit_account_id: String,
+    /// Positive amount in both accounts' currency.
+    pub amount: Money,
+    /// Free text.
+    pub description: String,
+}
+
+/// The ledger's data access and rules.
+#[derive(Clone)]
+pub struct Book {
+    store: SharedStore,
+}
+
+fn entry_key(account_id: &str, entry: &str) -> Row {
+    Row::new()
+        .with("account_id", account_id)
+        .with("entry", entry)
+}
+
+const BALANCE: &str = "balance";
+
+fn hold_entry(hold_id: &str) -> String {
+    format!("hold:{hold_id}")
+}
+
+fn posting_entry(transfer_id: &str) -> String {
+    format!("posting:{transfer_id}")
+}
+
+fn contended() -> Error {
+    Error::unavailable("contention", "too much contention on the account; retry")
+}
+
+fn insufficient(account_id: &str, available: Money, amount: Money) -> Error {
+    Error::precondition_failed("insufficient_funds", "insufficient available funds")
+        .with_param("account_id", account_id)
+        .with_param("available", available)
+        .with_param("amount", amount)
+}
+
+impl Book {
+    /// Wraps the ledger's store.
+    pub fn new(store: SharedStore) -> Self {
+        Book { store }
+    }
+
+    /// Opens an account; a repeat with the same currency and kind returns it.
+    pub async fn create_account(
+        &self,
+        account_id: &str,
+        currency: Currency,
+        kind: AccountKind,
+    ) -> Result<Account> {
+        let row = Row::new()
+            .with("account_id", account_id)
+            .with("currency", currency.code())
+            .with("kind", kind.as_str())
+            .with("created_at", Value::Timestamp(now_millis()));
+        if let Applied::No(_) = self
+            .store
+            .apply(vec![Mutation::insert_if_not_exists("accounts", row)])
+            .await?
+        {
+            let existing = self.account(account_id).await?;
+            if existing.currency != currency || existing.kind != kind {
+                return Err(Error::conflict(
+                    "account",
+                    "account exists with another currency or kind",
+                )
+                .with_param("account_id", account_id));
+            }
+        }
+        let balance = entry_key(account_id, BALANCE)
+            .with("balance", 0i64)
+            .with("held", 0i64)
+            .with("version", 0i64);
+        self.store
+            .apply(vec![Mutation::insert_if_not_exists(
+                "account_entries",
+                balance,
+            )])
+            .await?;
+        self.account(account_id).await
+    }
+
+    /// An account by id.
+    pub async fn account(&self, account_id: &str) -> Result<Account> {
+        let row = self
+            .store
+            .get("accounts", &Row::new().with("account_id", account_id))
+            .await?
+            .ok_or_else(|| {
+                Error::not_found("account", "no such account").with_param("account_id", account_id)
+            })?;
+        Ok(Account {
+            account_id: account_id.to_string(),
+            currency: Currency::from_code(row.text("currency")?)
+                .map_err(|e| Error::internal(e.to_string()))?,
+            kind: AccountKind::parse(row.text("kind")?)?,
+        })
+    }
+
+    /// An account's balance, held and available amounts.
+    pub async fn balance(&self, account: &Account) -> Result<Balance> {
+        let row = self
+            .store
+            .get("account_entries", &entry_key(&account.account_id, BALANCE))
+            .await?
+            .ok_or_else(|| Error::internal("account has no balance row"))?;
+        let balance = Money::from_minor(row.i64("balance")?, account.currency);
+        let held = Money::from_minor(row.i64("held")?, account.currency);
+        Ok(Balance {
+            balance,
+            held,
+            available: balance
+                .checked_sub(held)
+                .map_err(|e| Error::internal(e.to_string()))?,
+            version: row.i64("version")?,
+        })
+    }
+
+    fn check_currency(account: &Account, amount: Money) -> Result<()> {
+        if account.currency != amount.currency() {
+            return Err(Error::bad_request(
+                "currency",
+                format!(
+                    "account is in {}, amount in {}",
+                    account.currency,
+                    amount.currency()
+                ),
+            )
+            .with_param("account_id", &account.account_id));
+        }
+        Ok(())
+    }
+
+    fn balance_cas(account_id: &str, b: &Balance, balance: i64, held: i64) -> Mutation {
+        Mutation::update(
+            "account_entries",
+            entry_key(account_id, BALANCE),
+            Row::new()
+                .with("balance", balance)
+                .with("held", held)
+                .with("version", b.version + 1),
+            vec![Condition::Equals(
+                "version".into(),
+                Value::BigInt(b.version),
+            )],
+        )
+    }
+
+    /// Reserves `amount` on a customer account, once per `hold_id`.
+    pub async fn place_hold(&self, hold_id: &str, account_id: &str, amount: Money) -> Result<Hold> {
+        let account = self.account(account_id).await?;
+        Self::check_currency(&account, amount)?;
+        for _ in 0..MAX_ROUNDS {
+            if let Some(existing) = self.hold(hold_id, account_id).await? {
+                if existing.amount != amount {
+                    return Err(
+                        Error::conflict("hold", "hold id already used for another amount")
+                            .with_param("hold_id", hold_id),
+                    );
+                }
+                return Ok(existing);
+            }
+            let b = self.balance(&account).await?;
+            if account.kind == AccountKind::Customer
+                && b.available.minor_units() < amount.minor_units()
+            {
+                return Err(insufficient(account_id, b.available, amount));
+            }
+            let held = b
+                .held
+                .minor_units()
+                .checked_add(amount.minor_units())
+                .ok_or_else(|| Error::bad_request("amount", "amount out of range"))?;
+            let hold = entry_key(account_id, &hold_entry(hold_id))
+                .with("amount", amount.minor_units())
+                .with("status", "active")
+                .with("created_at", Value::Timestamp(now_millis()));
+            let batch = vec![
+                Mutation::insert_if_not_exists("account_entries", hold),
+                Self::balance_cas(account_id, &b, b.balance.minor_units(), held),
+            ];
+            if self.store.apply(batch).await?.applied() {
+                return Ok(Hold {
+                    hold_id: hold_id.to_string(),
+                    account_id: account_id.to_string(),
+                    amount,
+                    status: HoldStatus::Active,
+                });
+            }
+        }
+        Err(contended())
+    }
+
+    /// A hold, if there is one.
+    pub async fn hold(&self, hold_id: &str, account_id: &str) -> Result<Option<Hold>> {
+        let Some(row) = self
+            .store
+            .get(
+                "account_entries",
+                &entry_key(account_id, &hold_entry(hold_id)),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let account = self.account(account_id).await?;
+        Ok(Some(Hold {
+            hold_id: hold_id.to_string(),
+            account_id: account_id.to_string(),
+            amount: Money::from_minor(row.i64("amount")?, account.currency),
+            status: match row.text("status")? {
+                "active" => HoldStatus::Active,
+                _ => HoldStatus::Released,
+            },
+        }))
+    }
+
+    /// Releases an active hold; releasing a released hold returns it unchanged.
+    ///
+    /// Releasing a hold that does not exist (yet) records it as released with a zero amount, so
+    /// a placement still in flight, e.g. from a caller that gave up at its deadline, can never
+    /// land afterwards: it finds the tombstone and reserves nothing.
+    pub async fn release_hold(&self, hold_id: &str, account_id: &str) -> Result<Hold> {
+        let account = self.account(account_id).await?;
+        for _ in 0..MAX_ROUNDS {
+            let Some(hold) = self.hold(hold_id, account_id).await? else {
+                let tombstone = entry_key(account_id, &hold_entry(hold_id))
+                    .with("amount", 0i64)
+                    .with("status", "released")
+                    .with("created_at", Value::Timestamp(now_millis()));
+                self.store
+                    .apply(vec![Mutation::insert_if_not_exists(
+                        "account_entries",
+                        tombstone,
+                    )])
+                    .await?;
+                continue;
+            };
+            if hold.status == HoldStatus::Released {
+                return Ok(hold);
+            }
+            let b = self.balance(&account).await?;
+            let batch = vec![
+                Mutation::update(
+                    "account_entries",
+                    entry_key(account_id, &hold_entry(hold_id)),
+                    Row::new().with("status", "released"),
+                    vec![Condition::Equals("status".into(), "active".into())],
+                ),
+                Self::balance_cas(
+                    account_id,
+                    &b,
+                    b.balance.minor_units(),
+                    b.held.minor_units() - hold.amount.minor_units(),
+                ),
+            ];
+            if self.store.apply(batch).await?.applied() {
+                return Ok(Hold {
+                    status: HoldStatus::Released,
+                    ..hold
+                });
+            }
+        }
+        Err(contended())
+    }
+
+    /// Moves money with two postings, at most once per transfer id. A retry of a transfer
+    /// interrupted half way completes it.
+    pub async fn transfer(&self, t: &Transfer) -> Result<()> {
+        if t.debit_account_id == t.credit_account_id {
+            return Err(Error::bad_request(
+                "transfer",
+                "debit and credit accounts are the same",
+            ));
+        }
+        let debit = self.account(&t.debit_account_id).await?;
+        let credit = self.account(&t.credit_account_id).await?;
+        Self::check_currency(&debit, t.amount)?;
+        Self::check_currency(&credit, t.amount)?;
+        let record = Row::new()
+            .with("transfer_id", t.transfer_id.as_str())
+            .with("debit_account_id", t.debit_account_id.as_str())
+            .with("credit_account_id", t.credit_account_id.as_str())
+            .with("amount", t.amount.minor_units())
+            .with("currency", t.amount.currency().code())
+            .with("description", t.description.as_str())
+            .with("state", "pending")
+            .with("created_at", Value::Timestamp(now_millis()));
+        if let Applied::No(current) = self
+            .store
+            .apply(vec![Mutation::insert_if_not_exists("transfers", record)])
+            .await?
+        {
+            let existing =
+                current.into_iter().flatten().next().ok_or_else(|| {
+                    Error::internal("transfer claim failed without a current row")
+                })?;
+            let same = existing.text("debit_account_id")? == t.debit_account_id
+                && existing.text("credit_account_id")? == t.credit_account_id
+                && existing.i64("amount")? == t.amount.minor_units()
+                && existing.text("currency")? == t.amount.currency().code();
+            if !same {
+                return Err(Error::conflict(
+                    "transfer",
+                    "transfer id already used for another transfer",
+                )
+                .with_param("transfer_id", &t.transfer_id));
+            }
+            match existing.text("state")? {
+                "completed" => return Ok(()),
+                "failed" => {
+                    return Err(Error::precondition_failed(
+                        "insufficient_funds",
+                        "this transfer failed for insufficient funds",
+                    )
+                    .with_param("transfer_id", &t.transfer_id));
+                }
+                _ => {}
+            }
+        }
+        let amount = t.amount.minor_units();
+        if let Err(e) = self
+            .post(&debit, &t.transfer_id, -amount, &t.credit_account_id)
+            .await
+        {
+            if e.code() == "precondition_failed.insufficient_funds" {
+                self.set_transfer_state(&t.transfer_id, "failed").await?;
+            }
+            return Err(e);
+        }
+        self.post(&credit, &t.transfer_id, amount, &t.debit_account_id)
+            .await?;
+        self.set_transfer_state(&t.transfer_id, "completed").await
+    }
+
+    async fn set_transfer_state(&self, transfer_id: &str, state: &str) -> Result<()> {
+        self.store
+            .apply(vec![Mutation::update(
+                "transfers",
+                Row::new().with("transfer_id", transfer_id),
+                Row::new().with("state", state),
+                vec![Condition::Equals("state".into(), "pending".into())],
+            )])
+            .await?;
+        Ok(())
+    }
+
+    /// Writes one posting of a transfer to one account, once.
+    async fn post(
+        &self,
+        account: &Account,
+        transfer_id: &str,
+        amount: i64,
+        counterparty: &str,
+    ) -> Result<()> {
+        let entry = posting_entry(transfer_id);
+        for _ in 0..MAX_ROUNDS {
+            if self
+                .store
+                .get("account_entries", &entry_key(&account.account_id, &entry))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let b = self.balance(account).await?;
+            let balance = b
+                .balance
+                .minor_units()
+                .checked_add(amount)
+                .ok_or_else(|| Error::bad_request("amount", "amount out of range"))?;
+            if account.kind == AccountKind::Customer
+                && amount < 0
+                && balance - b.held.minor_units() < 0
+            {
+                return Err(insufficient(
+                    &account.account_id,
+                    b.available,
+                    Money::from_minor(-amount, account.currency),
+                ));
+            }
+            let posting = entry_key(&account.account_id, &entry)
+                .with("amount", amount)
+                .with("transfer_id", transfer_id)
+                .with("counterparty", counterparty)
+                .with("created_at", Value::Timestamp(now_millis()));
+            let batch = vec![
+                Mutation::insert_if_not_exists("account_entries", posting),
+                Self::balance_cas(&account.account_id, &b, balance, b.held.minor_units()),
+            ];
+            if self.store.apply(batch).await?.applied() {
+                return Ok(());
+            }
+        }
+        Err(contended())
+    }
+}

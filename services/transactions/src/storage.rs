@@ -1,0 +1,173 @@
+//! Transaction records in the transactions keyspace.
+
+use sterling_storage::{Applied, Mutation, Query, Row, SharedStore, Value};
+use sterling_template::{Error, Result};
+
+/// A stored transaction. Amounts are minor units of the named currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionRecord {
+    /// UUIDv7 text, chosen by the caller.
+    pub transaction_id: String,
+    /// Ledger account.
+    pub account_id: String,
+    /// Processor authorisation id.
+    pub authorisation_id: String,
+    /// Card used.
+    pub card_token: String,
+    /// Amount in the account's currency.
+    pub amount: i64,
+    /// The account's currency.
+    pub currency: String,
+    /// Amount as charged.
+    pub local_amount: i64,
+    /// Currency as charged.
+    pub local_currency: String,
+    /// Merchant descriptor as the processor sent it.
+    pub merchant_descriptor: String,
+    /// Merchant category code.
+    pub mcc: String,
+    /// pending | settled | released.
+    pub status: String,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
+}
+
+impl TransactionRecord {
+    fn to_row(&self) -> Row {
+        Row::new()
+            .with("account_id", self.account_id.as_str())
+            .with("transaction_id", self.transaction_id.as_str())
+            .with("authorisation_id", self.authorisation_id.as_str())
+            .with("card_token", self.card_token.as_str())
+            .with("amount", self.amount)
+            .with("currency", self.currency.as_str())
+            .with("local_amount", self.local_amount)
+            .with("local_currency", self.local_currency.as_str())
+            .with("merchant_descriptor", self.merchant_descriptor.as_str())
+            .with("mcc", self.mcc.as_str())
+            .with("status", self.status.as_str())
+            .with("created_at", Value::Timestamp(self.created_at_ms))
+    }
+
+    fn from_row(row: &Row) -> Result<Self> {
+        let text = |c: &str| row.text(c).map(str::to_string).unwrap_or_default();
+        Ok(TransactionRecord {
+            transaction_id: row.text("transaction_id")?.to_string(),
+            account_id: row.text("account_id")?.to_string(),
+            authorisation_id: text("authorisation_id"),
+            card_token: text("card_token"),
+            amount: row.i64("amount")?,
+            currency: row.text("currency")?.to_string(),
+            local_amount: row.i64("local_amount")?,
+            local_currency: row.text("local_currency")?.to_string(),
+            merchant_descriptor: text("merchant_descriptor"),
+            mcc: text("mcc"),
+            status: row.text("status")?.to_string(),
+            created_at_ms: row.timestamp("created_at")?,
+        })
+    }
+}
+
+/// Data access of the transactions service.
+#[derive(Clone)]
+pub struct TransactionStore {
+    store: SharedStore,
+}
+
+impl TransactionStore {
+    /// Wraps the service's store.
+    pub fn new(store: SharedStore) -> Self {
+        TransactionStore { store }
+    }
+
+    /// Records a transaction once per id; a repeat returns the stored one.
+    pub async fn record(&self, record: &TransactionRecord) -> Result<TransactionRecord> {
+        let stored = match self
+            .store
+            .apply(vec![Mutation::insert_if_not_exists(
+                "transactions_by_account",
+                record.to_row(),
+            )])
+            .await?
+        {
+            Applied::Yes => record.clone(),
+            Applied::No(current) => {
+                let existing = current
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .ok_or_else(|| Error::internal("insert failed without a current row"))?;
+                let existing = TransactionRecord::from_row(&existing)?;
+                if existing.authorisation_id != record.authorisation_id
+                    || existing.amount != record.amount
+                {
+                    return Err(Error::conflict(
+                        "transaction",
+                        "transaction id already used for another transaction",
+                    )
+                    .with_param("transaction_id", &record.transaction_id));
+                }
+                existing
+            }
+        };
+        self.store
+            .apply(vec![Mutation::insert(
+                "transactions",
+                Row::new()
+                    .with("transaction_id", record.transaction_id.as_str())
+                    .with("account_id", record.account_id.as_str()),
+            )])
+            .await?;
+        Ok(stored)
+    }
+
+    /// A transaction by id.
+    pub async fn get(&self, transaction_id: &str) -> Result<TransactionRecord> {
+        let not_found = || {
+            Error::not_found("transaction", "no such transaction")
+                .with_param("transaction_id", transaction_id)
+        };
+        let index = self
+            .store
+            .get(
+                "transactions",
+                &Row::new().with("transaction_id", transaction_id),
+            )
+            .await?
+            .ok_or_else(not_found)?;
+        let row = self
+            .store
+            .get(
+                "transactions_by_account",
+                &Row::new()
+                    .with("account_id", index.text("account_id")?)
+                    .with("transaction_id", transaction_id),
+            )
+            .await?
+            .ok_or_else(not_found)?;
+        TransactionRecord::from_row(&row)
+    }
+
+    /// A page of an account's transactions, newest first, after `cursor` (a transaction id).
+    pub async fn list(
+        &self,
+        account_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Vec<TransactionRecord>> {
+        let query = Query {
+            after: cursor.map(|c| Row::new().with("transaction_id", c)),
+            ..Query::partition(
+                "transactions_by_account",
+                Row::new().with("account_id", account_id),
+            )
+            .limit(limit)
+        };
+        self.store
+            .query(query)
+            .await?
+            .iter()
+            .map(TransactionRecord::from_row)
+            .collect()
+    }
+}
