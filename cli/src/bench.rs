@@ -52,23 +52,38 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut bank_options = BankOptions::ephemeral(&dir);
     bank_options.config.durability = options.durability;
     let secret = b"bench-secret".to_vec();
-    bank_options
-        .config
-        .settings
-        .insert("STERLING_CARD_API_SECRET".into(), String::from_utf8(secret.clone())?);
+    bank_options.config.settings.insert(
+        "STERLING_CARD_API_SECRET".into(),
+        String::from_utf8(secret.clone())?,
+    );
     let bank = Bank::start(bank_options).await?;
     let clients = Clients::connect(bank.platform.discovery.clone()).await?;
-    let url = bank.card_api_url().ok_or_else(|| anyhow::anyhow!("card-api not started"))?;
+    let url = bank
+        .card_api_url()
+        .ok_or_else(|| anyhow::anyhow!("card-api not started"))?;
     let gbp = Currency::from_code("GBP")?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(options.concurrency).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .build()?;
     let mut cards = Vec::new();
     for worker in 0..options.concurrency {
-        let seeded = tools::seed(&clients, &format!("bench-{worker}"), Money::from_minor(1_000_000_000, gbp)).await?;
+        let seeded = tools::seed(
+            &clients,
+            &format!("bench-{worker}"),
+            Money::from_minor(1_000_000_000, gbp),
+        )
+        .await?;
         cards.push(seeded.card.token);
     }
     // Warm every connection before measuring.
     for (i, card) in cards.iter().enumerate() {
-        let body = tools::authorisation_json(&format!("warm-{i}"), card, Money::from_minor(1, gbp), "WARM UP", "5812");
+        let body = tools::authorisation_json(
+            &format!("warm-{i}"),
+            card,
+            Money::from_minor(1, gbp),
+            "WARM UP",
+            "5812",
+        );
         tools::pay(&http, &url, &secret, &body, None).await?;
     }
     let per_worker = options.payments.div_ceil(options.concurrency);

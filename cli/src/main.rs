@@ -6,9 +6,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use sterling::bank::{Bank, BankOptions};
 use sterling::bench;
-use sterling_storage::embedded::Durability;
 use sterling::tools::{self, Clients};
 use sterling_money::{Currency, Money};
+use sterling_storage::embedded::Durability;
 use sterling_template::discovery::{Discovery, Protocol, StaticDiscovery};
 use sterling_template::platform::{PlatformConfig, shutdown_signal};
 use sterling_template::telemetry::{self, LogFormat};
@@ -222,16 +222,30 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Bench { payments, concurrency, durability } => {
+        Command::Bench {
+            payments,
+            concurrency,
+            durability,
+        } => {
             let durability = match durability.as_str() {
                 "normal" => Durability::Normal,
                 _ => Durability::Full,
             };
-            let report = bench::run(bench::BenchOptions { payments, concurrency: concurrency.max(1), durability }).await?;
+            let report = bench::run(bench::BenchOptions {
+                payments,
+                concurrency: concurrency.max(1),
+                durability,
+            })
+            .await?;
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
             println!(
                 "authorisations {} (approved {}), concurrency {concurrency}, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  throughput {:.0}/s",
-                report.payments, report.approved, ms(report.p50), ms(report.p99), ms(report.max), report.throughput
+                report.payments,
+                report.approved,
+                ms(report.p50),
+                ms(report.p99),
+                ms(report.max),
+                report.throughput
             );
         }
         Command::Freeze { card } => {
