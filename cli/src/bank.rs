@@ -3,10 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 use sterling_template::ServiceDefinition;
-use sterling_template::discovery::{EmbeddedDiscovery, Protocol, Registration};
+use sterling_template::discovery::{Protocol, Registration};
 use sterling_template::platform::{self, Platform, PlatformConfig, RunningService};
 
 /// Every service of the bank, in start order.
@@ -57,10 +55,7 @@ pub struct Bank {
 impl Bank {
     /// Starts every service not excepted.
     pub async fn start(options: BankOptions) -> anyhow::Result<Bank> {
-        let platform = Platform {
-            config: options.config.clone(),
-            discovery: Arc::new(EmbeddedDiscovery::new()),
-        };
+        let platform = Platform::embedded(options.config.clone())?;
         let mut services = Vec::new();
         let mut grpc_index = 0u16;
         for definition in SERVICES {

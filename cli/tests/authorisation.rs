@@ -7,9 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{SECRET, decision, money, start};
+use prost::Message;
 use sterling::tools;
+use sterling_bus::ConsumerConfig;
 use sterling_proto::cardprocessing::v1::GetAuthorisationRequest;
 use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
+use sterling_proto::events::v1::CardAuthorisationDecided;
+use sterling_proto::transactions::v1::TransactionStatus;
 use sterling_template::Error;
 use sterling_template::client::GrpcChannel;
 
@@ -370,6 +374,93 @@ async fn a_missed_deadline_declines_and_leaves_no_hold() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(held, 0);
+    // A pending transaction recorded before the deadline passed is released too.
+    let mut pending = usize::MAX;
+    for _ in 0..100 {
+        let listed = tools::transactions(&bank.clients, &customer.account_id, 10)
+            .await
+            .unwrap();
+        pending = listed
+            .iter()
+            .filter(|t| t.status == TransactionStatus::Pending as i32)
+            .count();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pending, 0);
+    bank.bank.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_announced_once_on_the_bus_with_its_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = start(dir.path(), RELAXED).await;
+    let customer = bank.seed("events", money("5.00", "GBP")).await;
+    let mut events = bank
+        .bank
+        .platform
+        .bus
+        .subscribe(ConsumerConfig::new(
+            "test-observer",
+            &["card.authorisation.*"],
+        ))
+        .await
+        .unwrap();
+    let approved = bank
+        .pay_with_request_id(
+            "auth-ev-1",
+            &customer.card.token,
+            money("3.50", "EUR"),
+            Some("req-ev-1"),
+        )
+        .await;
+    assert_eq!(decision(&approved).0, "APPROVED");
+    let declined = bank
+        .pay("auth-ev-2", &customer.card.token, money("9.00", "GBP"))
+        .await;
+    assert_eq!(decision(&declined).1, "insufficient_funds");
+    // A repeat of a decided authorisation announces nothing new.
+    bank.pay("auth-ev-1", &customer.card.token, money("3.50", "EUR"))
+        .await;
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event")
+            .unwrap();
+        let payload = CardAuthorisationDecided::decode(d.envelope.payload.as_slice()).unwrap();
+        seen.push((d.envelope.clone(), payload));
+        d.ack().await.unwrap();
+    }
+    seen.sort_by(|a, b| {
+        a.1.processor_authorisation_id
+            .cmp(&b.1.processor_authorisation_id)
+    });
+    let (envelope, payload) = &seen[0];
+    assert_eq!(envelope.r#type, "card.authorisation.approved");
+    assert_eq!(envelope.request_id, "req-ev-1");
+    assert!(envelope.traceparent.starts_with("00-"));
+    assert!(payload.approved);
+    assert_eq!(payload.account_id, customer.account_id);
+    assert_eq!(payload.amount.as_ref().unwrap().minor_units, 300);
+    assert_eq!(payload.local_amount.as_ref().unwrap().currency, "EUR");
+    assert_eq!(
+        payload.transaction_id,
+        approved.body["transaction_id"].as_str().unwrap()
+    );
+    assert_eq!(payload.merchant_descriptor, "PRET A MANGER LONDON GB");
+    let (envelope, payload) = &seen[1];
+    assert_eq!(envelope.r#type, "card.authorisation.declined");
+    assert_eq!(payload.reason, "insufficient_funds");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), events.next())
+            .await
+            .is_err(),
+        "each decision is announced exactly once"
+    );
     bank.bank.stop().await;
 }
 

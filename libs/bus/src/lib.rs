@@ -1,1 +1,219 @@
+//! The durable event bus.
+//!
+//! Events travel in the [`Envelope`] of `proto/sterling/events/v1/envelope.proto`; the subject is
+//! the event type (`card.authorisation.approved`). Publishing is idempotent on the event id.
+//! Each subscriber is a durable consumer: at-least-once delivery with explicit ack, redelivery
+//! after `ack_wait` or a nak (with a backoff schedule), and after `max_deliver` attempts the
+//! event goes to the dead-letter subject `deadletter.<consumer>.<type>`. Consumers make their
+//! handling idempotent on the event id.
+//!
+//! Backends: [`embedded::SqliteBus`] (in-process, persisted in SQLite) and NATS JetStream, both
+//! passing [`conformance`].
 
+pub mod conformance;
+pub mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+pub use sterling_proto::events::v1::Envelope;
+
+/// Errors from the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus cannot be reached or failed; retry.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The request is invalid (e.g. an envelope without id or type).
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+/// Result of a bus operation.
+pub type Result<T, E = BusError> = std::result::Result<T, E>;
+
+/// What publishing answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishAck {
+    /// Position in the stream.
+    pub sequence: u64,
+    /// The event id was published before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Subject prefix of dead letters.
+pub const DEAD_LETTER_PREFIX: &str = "deadletter";
+
+/// A durable consumer's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Durable name, shared by every instance of the subscribing service.
+    pub durable: String,
+    /// Subject filters, NATS style: `card.authorisation.*`, `transaction.>`.
+    pub subjects: Vec<String>,
+    /// An unacknowledged delivery is redelivered after this long.
+    pub ack_wait: Duration,
+    /// Deliveries before the event is dead-lettered.
+    pub max_deliver: u32,
+    /// Delay before the n-th redelivery after a nak; the last entry repeats.
+    pub backoff: Vec<Duration>,
+}
+
+impl ConsumerConfig {
+    /// A consumer with default timings: ack wait 30 s, 8 deliveries, backoff 100 ms to 1 min.
+    pub fn new(durable: &str, subjects: &[&str]) -> Self {
+        ConsumerConfig {
+            durable: durable.to_string(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 8,
+            backoff: [100, 500, 2_000, 10_000, 60_000]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+        }
+    }
+
+    /// The delay before redelivering after the `attempt`-th delivery failed.
+    pub fn backoff_for(&self, attempt: u32) -> Duration {
+        let index = (attempt.max(1) as usize - 1).min(self.backoff.len().saturating_sub(1));
+        self.backoff
+            .get(index)
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Whether the consumer wants `subject`.
+    pub fn wants(&self, subject: &str) -> bool {
+        self.subjects.iter().any(|f| subject_matches(f, subject))
+    }
+}
+
+/// NATS subject matching: tokens split on `.`, `*` matches one token, `>` the rest.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Settles one delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Handled: never deliver again.
+    async fn ack(&self) -> Result<()>;
+    /// Not handled: deliver again after `delay`.
+    async fn nak(&self, delay: Duration) -> Result<()>;
+    /// Cannot ever be handled: dead-letter it now.
+    async fn term(&self, reason: &str) -> Result<()>;
+}
+
+/// One delivery of an event to a consumer.
+pub struct Delivery {
+    /// The event.
+    pub envelope: Envelope,
+    /// 1 for the first delivery, 2 for the first redelivery, ...
+    pub attempt: u32,
+    backoff: Duration,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    /// A delivery settled through `acker`; `backoff` is the delay a plain [`Delivery::nak`] uses.
+    pub fn new(envelope: Envelope, attempt: u32, backoff: Duration, acker: Box<dyn Acker>) -> Self {
+        Delivery {
+            envelope,
+            attempt,
+            backoff,
+            acker,
+        }
+    }
+
+    /// Handled.
+    pub async fn ack(self) -> Result<()> {
+        self.acker.ack().await
+    }
+
+    /// Not handled this time: redeliver after the consumer's backoff for this attempt.
+    pub async fn nak(self) -> Result<()> {
+        self.acker.nak(self.backoff).await
+    }
+
+    /// Not handled: redeliver after `delay`.
+    pub async fn nak_after(self, delay: Duration) -> Result<()> {
+        self.acker.nak(delay).await
+    }
+
+    /// Never handleable: dead-letter now.
+    pub async fn term(self, reason: &str) -> Result<()> {
+        self.acker.term(reason).await
+    }
+}
+
+/// A durable consumer's stream of deliveries.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery, waiting until there is one.
+    async fn next(&mut self) -> Result<Delivery>;
+}
+
+/// A bus backend.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes an event, once per event id.
+    async fn publish(&self, envelope: &Envelope) -> Result<PublishAck>;
+    /// Joins (or creates) a durable consumer.
+    async fn subscribe(&self, config: ConsumerConfig) -> Result<Box<dyn Subscription>>;
+    /// Proves the bus is reachable (for health checks).
+    async fn check(&self) -> Result<()>;
+}
+
+/// Checks an envelope has what every event needs.
+pub fn validate(envelope: &Envelope) -> Result<()> {
+    if envelope.event_id.is_empty() || envelope.r#type.is_empty() {
+        return Err(BusError::Invalid("an event needs an id and a type".into()));
+    }
+    if envelope.r#type.starts_with(DEAD_LETTER_PREFIX) && !envelope.r#type.contains('.') {
+        return Err(BusError::Invalid("bad event type".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_match_like_nats() {
+        assert!(subject_matches(
+            "card.authorisation.approved",
+            "card.authorisation.approved"
+        ));
+        assert!(subject_matches(
+            "card.authorisation.*",
+            "card.authorisation.declined"
+        ));
+        assert!(subject_matches("card.>", "card.authorisation.declined"));
+        assert!(!subject_matches("card.*", "card.authorisation.declined"));
+        assert!(!subject_matches(
+            "card.authorisation.approved",
+            "card.authorisation"
+        ));
+        assert!(!subject_matches("transaction.>", "transaction"));
+    }
+
+    #[test]
+    fn backoff_repeats_its_last_step() {
+        let c = ConsumerConfig::new("x", &["a"]);
+        assert_eq!(c.backoff_for(1), Duration::from_millis(100));
+        assert_eq!(c.backoff_for(5), Duration::from_secs(60));
+        assert_eq!(c.backoff_for(50), Duration::from_secs(60));
+    }
+}

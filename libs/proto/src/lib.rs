@@ -59,4 +59,12 @@ pub mod events {
     pub mod v1 {
         tonic::include_proto!("sterling.events.v1");
     }
+
+    /// Event types, which are also the bus subjects.
+    pub mod types {
+        /// A card authorisation was approved (`CardAuthorisationDecided`).
+        pub const CARD_AUTHORISATION_APPROVED: &str = "card.authorisation.approved";
+        /// A card authorisation was declined (`CardAuthorisationDecided`).
+        pub const CARD_AUTHORISATION_DECLINED: &str = "card.authorisation.declined";
+    }
 }

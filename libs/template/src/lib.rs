@@ -6,6 +6,7 @@
 //! - [`client`]: channels to a service name through discovery, carrying the context;
 //! - [`context`]: request id, deadline, W3C trace context, hop count;
 //! - [`error`]: the one error type with stable dotted codes, across gRPC and HTTP;
+//! - [`outbox`]: events published with the state change they announce, crash or not;
 //! - [`discovery`]: registrations with TTL, embedded and static backends;
 //! - [`telemetry`]: JSON logs carrying request and trace ids.
 
@@ -14,6 +15,7 @@ pub mod context;
 pub mod discovery;
 pub mod error;
 pub mod money;
+pub mod outbox;
 pub mod platform;
 pub mod server;
 pub mod telemetry;

@@ -16,9 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
+use sterling_bus::embedded::SqliteBus;
+use sterling_bus::{Bus, ConsumerConfig, Envelope};
+
 use crate::client::GrpcChannel;
+use crate::context::{RequestContext, TraceContext};
 use crate::discovery::{Protocol, Registration, SharedDiscovery, StaticDiscovery};
 use crate::error::{Error, Result};
+use crate::outbox::{Confirm, OUTBOX_GRACE, OUTBOX_MIGRATION, Outbox};
 use crate::server::{ServerContextLayer, context_from_headers};
 
 /// Platform-wide settings, read from `STERLING_*` environment variables.
@@ -69,18 +74,22 @@ impl PlatformConfig {
     }
 }
 
-/// What every service in a process shares: configuration and discovery.
+/// What every service in a process shares: configuration, discovery and the event bus.
 #[derive(Clone)]
 pub struct Platform {
     /// Settings.
     pub config: PlatformConfig,
     /// The discovery backend.
     pub discovery: SharedDiscovery,
+    /// The event bus.
+    pub bus: Arc<dyn Bus>,
 }
 
 impl Platform {
     /// A platform from the environment: discovery from `STERLING_DISCOVERY`
-    /// (`static:name=host:port,...` or `file:PATH`, default `file:<data dir>/endpoints.json`).
+    /// (`static:name=host:port,...` or `file:PATH`, default `file:<data dir>/endpoints.json`),
+    /// the bus from `STERLING_BUS` (`embedded:PATH`, default `embedded:<data dir>/bus.sqlite`,
+    /// which processes on one machine can share).
     pub fn from_env() -> Result<Platform> {
         let config = PlatformConfig::from_env();
         let spec = std::env::var("STERLING_DISCOVERY").unwrap_or_else(|_| {
@@ -96,7 +105,38 @@ impl Platform {
                 format!("unknown STERLING_DISCOVERY {spec}"),
             ));
         };
-        Ok(Platform { config, discovery })
+        let bus_spec = std::env::var("STERLING_BUS").unwrap_or_else(|_| {
+            format!("embedded:{}", config.data_dir.join("bus.sqlite").display())
+        });
+        let bus: Arc<dyn Bus> = match bus_spec.strip_prefix("embedded:") {
+            Some(path) => Arc::new(
+                SqliteBus::open(std::path::Path::new(path))
+                    .map_err(|e| Error::unavailable("bus", e.to_string()))?,
+            ),
+            None => {
+                return Err(Error::bad_request(
+                    "bus",
+                    format!("unknown STERLING_BUS {bus_spec}"),
+                ));
+            }
+        };
+        Ok(Platform {
+            config,
+            discovery,
+            bus,
+        })
+    }
+
+    /// A platform for services in one process: in-process discovery and the embedded bus under
+    /// the data directory.
+    pub fn embedded(config: PlatformConfig) -> Result<Platform> {
+        let bus = SqliteBus::open(&config.data_dir.join("bus.sqlite"))
+            .map_err(|e| Error::unavailable("bus", e.to_string()))?;
+        Ok(Platform {
+            config,
+            discovery: Arc::new(crate::discovery::EmbeddedDiscovery::new()),
+            bus: Arc::new(bus),
+        })
     }
 }
 
@@ -107,6 +147,18 @@ pub trait Checker: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Ok when healthy; the reason otherwise.
     async fn check(&self) -> std::result::Result<(), String>;
+}
+
+struct BusChecker(Arc<dyn Bus>);
+
+#[async_trait]
+impl Checker for BusChecker {
+    fn name(&self) -> &str {
+        "bus"
+    }
+    async fn check(&self) -> std::result::Result<(), String> {
+        self.0.check().await.map_err(|e| e.to_string())
+    }
 }
 
 struct StoreChecker(SharedStore);
@@ -132,6 +184,7 @@ pub struct ServiceContext {
     pub platform: Platform,
     checkers: Arc<Mutex<Vec<Arc<dyn Checker>>>>,
     channels: Arc<tokio::sync::Mutex<HashMap<String, GrpcChannel>>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl ServiceContext {
@@ -164,6 +217,94 @@ impl ServiceContext {
             .cloned()
             .or_else(|| std::env::var(&key).ok())
             .unwrap_or_else(|| default.to_string())
+    }
+
+    /// The service's outbox: events staged with state changes, published after them; its relay
+    /// runs for the life of the service.
+    pub fn outbox(&self, confirm: Arc<dyn Confirm>) -> Outbox {
+        let outbox = Outbox::new(
+            self.store.clone(),
+            self.platform.bus.clone(),
+            confirm,
+            OUTBOX_GRACE,
+        );
+        self.add_checker(Arc::new(BusChecker(self.platform.bus.clone())));
+        self.add_task(outbox.spawn_relay(OUTBOX_GRACE));
+        outbox
+    }
+
+    /// Runs `handler` for every event of a durable consumer, for the life of the service. Each
+    /// event is handled in the request context it carries (request id, trace); `Ok` acks it,
+    /// an error naks it for redelivery with backoff, a `bad_request` dead-letters it at once.
+    pub fn consume<F, Fut>(&self, config: ConsumerConfig, handler: F)
+    where
+        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        self.add_checker(Arc::new(BusChecker(self.platform.bus.clone())));
+        let bus = self.platform.bus.clone();
+        let service = self.name;
+        self.add_task(tokio::spawn(async move {
+            let mut subscription = loop {
+                match bus.subscribe(config.clone()).await {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        tracing::warn!(service, error = %e, "cannot subscribe yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            loop {
+                let delivery = match subscription.next().await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(service, error = %e, "bus error; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                let envelope = delivery.envelope.clone();
+                let mut context = RequestContext::new_root(
+                    Some(envelope.request_id.clone()).filter(|r| !r.is_empty()),
+                    None,
+                );
+                if let Some(parent) = TraceContext::parse(&envelope.traceparent) {
+                    context.trace = parent.child();
+                }
+                let span = tracing::info_span!(
+                    "event",
+                    service,
+                    event_type = %envelope.r#type,
+                    event_id = %envelope.event_id,
+                    attempt = delivery.attempt,
+                    request_id = %context.request_id,
+                    trace_id = %context.trace.trace_id,
+                    span_id = %context.trace.span_id,
+                );
+                let outcome = context.scope(handler(envelope)).instrument(span.clone()).await;
+                let settled = match outcome {
+                    Ok(()) => delivery.ack().await,
+                    Err(e) if e.class() == "bad_request" => {
+                        span.in_scope(|| tracing::warn!(code = e.code(), "event rejected"));
+                        delivery.term(e.code()).await
+                    }
+                    Err(e) => {
+                        span.in_scope(|| tracing::warn!(code = e.code(), error = %e, "event handling failed; will retry"));
+                        delivery.nak().await
+                    }
+                };
+                if let Err(e) = settled {
+                    tracing::warn!(service, error = %e, "could not settle a delivery");
+                }
+            }
+        }));
+    }
+
+    fn add_task(&self, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
     }
 
     /// Adds a health check.
@@ -235,6 +376,15 @@ impl RunningService {
                 .set_service_status(self.name, ServingStatus::NotServing)
                 .await;
         }
+        for task in self
+            .context
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
         self.shutdown.cancel();
         for task in &self.background {
             task.abort();
@@ -271,7 +421,9 @@ pub async fn start(
     platform: &Platform,
     listen: SocketAddr,
 ) -> anyhow::Result<RunningService> {
-    let store = open_embedded_store(&platform.config, definition.name, definition.migrations)?;
+    let mut migrations = definition.migrations.to_vec();
+    migrations.push(OUTBOX_MIGRATION);
+    let store = open_embedded_store(&platform.config, definition.name, &migrations)?;
     let context = ServiceContext {
         name: definition.name,
         store: store.clone(),
@@ -280,6 +432,7 @@ pub async fn start(
             Arc::new(StoreChecker(store)) as Arc<dyn Checker>
         ])),
         channels: Arc::default(),
+        tasks: Arc::default(),
     };
     let api = (definition.build)(context.clone()).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -2,18 +2,24 @@
 
 use std::time::Duration;
 
+use prost::Message;
 use rust_decimal::Decimal;
 use sterling_money::Money;
 use sterling_proto::cards::v1::cards_client::CardsClient;
 use sterling_proto::cards::v1::{CardStatus, GetCardRequest};
+use sterling_proto::events::types;
+use sterling_proto::events::v1::CardAuthorisationDecided;
 use sterling_proto::fx::v1::ConvertRequest;
 use sterling_proto::fx::v1::fx_client::FxClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::ledger::v1::{PlaceHoldRequest, ReleaseHoldRequest};
 use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
-use sterling_proto::transactions::v1::{RecordPendingRequest, Transaction, TransactionStatus};
+use sterling_proto::transactions::v1::{
+    RecordPendingRequest, ReleaseTransactionRequest, Transaction, TransactionStatus,
+};
 use sterling_template::client::GrpcChannel;
 use sterling_template::context::RequestContext;
+use sterling_template::outbox::{self, Confirm, Outbox, Verdict};
 use sterling_template::{Error, Result, money};
 
 use crate::storage::{AuthorisationStore, Claim, Decision};
@@ -58,6 +64,10 @@ pub struct Authorisation {
     pub merchant_descriptor: String,
     /// Merchant category code.
     pub mcc: String,
+    /// Merchant country (ISO 3166 alpha-2).
+    pub merchant_country: String,
+    /// Merchant city.
+    pub merchant_city: String,
 }
 
 impl Authorisation {
@@ -103,6 +113,8 @@ pub struct Decider {
     pub ledger: LedgerClient<GrpcChannel>,
     /// transactions client.
     pub transactions: TransactionsClient<GrpcChannel>,
+    /// Where decision events are staged and published from.
+    pub outbox: Outbox,
 }
 
 fn declined(a: &Authorisation, reason: &str, account_id: &str, transaction_id: &str) -> Decision {
@@ -114,6 +126,7 @@ fn declined(a: &Authorisation, reason: &str, account_id: &str, transaction_id: &
         held_amount: 0,
         held_currency: String::new(),
         transaction_id: transaction_id.to_string(),
+        event_id: String::new(),
     }
 }
 
@@ -125,6 +138,55 @@ fn reason_for(error: &Error) -> &'static str {
         "precondition_failed.card_frozen" => reason::CARD_FROZEN,
         "timeout" => reason::TIMEOUT,
         _ => reason::SYSTEM_ERROR,
+    }
+}
+
+/// The event announcing a decision.
+fn decision_event(a: &Authorisation, d: &Decision) -> sterling_bus::Envelope {
+    let payload = CardAuthorisationDecided {
+        processor_authorisation_id: a.processor_authorisation_id.clone(),
+        card_token: a.card_token.clone(),
+        account_id: d.account_id.clone(),
+        approved: d.approved,
+        reason: d.reason.clone(),
+        amount: (!d.held_currency.is_empty()).then_some(sterling_proto::common::v1::Money {
+            minor_units: d.held_amount,
+            currency: d.held_currency.clone(),
+        }),
+        local_amount: Some(money::to_proto(a.amount)),
+        merchant_descriptor: a.merchant_descriptor.clone(),
+        mcc: a.mcc.clone(),
+        transaction_id: d.transaction_id.clone(),
+        merchant_country: a.merchant_country.clone(),
+        merchant_city: a.merchant_city.clone(),
+        decided_at_ms: sterling_storage::now_millis(),
+    };
+    let event_type = if d.approved {
+        types::CARD_AUTHORISATION_APPROVED
+    } else {
+        types::CARD_AUTHORISATION_DECLINED
+    };
+    outbox::event(event_type, &payload)
+}
+
+/// Tells the outbox relay whether a staged decision event stands.
+pub struct DecisionConfirm {
+    /// Authorisation records.
+    pub store: AuthorisationStore,
+}
+
+#[async_trait::async_trait]
+impl Confirm for DecisionConfirm {
+    async fn confirm(&self, envelope: &sterling_bus::Envelope) -> Result<Verdict> {
+        let event = CardAuthorisationDecided::decode(envelope.payload.as_slice())
+            .map_err(|e| Error::internal(format!("staged event is not a decision: {e}")))?;
+        match self.store.decision(&event.processor_authorisation_id).await {
+            Ok(Some(d)) if d.event_id == envelope.event_id => Ok(Verdict::Publish),
+            Ok(Some(_)) => Ok(Verdict::Discard),
+            Ok(None) => Ok(Verdict::Wait),
+            Err(e) if e.class() == "not_found" => Ok(Verdict::Discard),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -155,8 +217,17 @@ impl Decider {
                     claim,
                     transaction_id,
                 } => {
-                    let decision = self.decide(a, &transaction_id, deadline).await;
+                    let mut decision = self.decide(a, &transaction_id, deadline).await;
+                    // Stage the announcement before recording the decision it announces.
+                    let event = decision_event(a, &decision);
+                    decision.event_id = event.event_id.clone();
+                    self.outbox.stage(&event).await?;
                     let stored = self.store.decide(&claim, decision).await?;
+                    if stored.event_id == event.event_id {
+                        self.outbox.publish_soon(event);
+                    } else {
+                        self.outbox.discard(&event).await?;
+                    }
                     tracing::info!(
                         approved = stored.approved,
                         reason = %stored.reason,
@@ -187,14 +258,14 @@ impl Decider {
             Ok(Err((error, hold_maybe_placed))) => {
                 tracing::info!(code = error.code(), "declining");
                 if hold_maybe_placed {
-                    self.release_in_background(a, &account_id);
+                    self.release_in_background(a, &account_id, transaction_id);
                 }
                 declined(a, reason_for(&error), &account_id, transaction_id)
             }
             Err(_) => {
                 tracing::warn!("deadline reached; declining and releasing");
                 if !account_id.is_empty() {
-                    self.release_in_background(a, &account_id);
+                    self.release_in_background(a, &account_id, transaction_id);
                 }
                 declined(a, reason::TIMEOUT, &account_id, transaction_id)
             }
@@ -285,36 +356,51 @@ impl Decider {
             held_amount: held.minor_units(),
             held_currency: held.currency().code().to_string(),
             transaction_id: transaction_id.to_string(),
+            event_id: String::new(),
         })
     }
 
-    /// Releases the hold of a declined authorisation outside the request's deadline, retrying
-    /// until the ledger confirms (a release before the hold lands leaves a tombstone).
-    fn release_in_background(&self, a: &Authorisation, account_id: &str) {
+    /// Undoes whatever a declined authorisation may have done, outside the request's deadline:
+    /// releases the hold and the pending transaction, retrying until both services confirm.
+    /// A release that arrives before its placement leaves a tombstone, so a placement still in
+    /// flight can never land afterwards.
+    fn release_in_background(&self, a: &Authorisation, account_id: &str, transaction_id: &str) {
         let mut ledger = self.ledger.clone();
-        let request = ReleaseHoldRequest {
+        let mut transactions = self.transactions.clone();
+        let hold = ReleaseHoldRequest {
             hold_id: a.processor_authorisation_id.clone(),
             account_id: account_id.to_string(),
+        };
+        let transaction = ReleaseTransactionRequest {
+            transaction_id: transaction_id.to_string(),
+            account_id: account_id.to_string(),
+            authorisation_id: a.processor_authorisation_id.clone(),
         };
         let mut context =
             RequestContext::current().unwrap_or_else(|| RequestContext::new_root(None, None));
         context.deadline = None;
         tokio::spawn(context.scope(async move {
             let mut backoff = Duration::from_millis(20);
-            for _ in 0..10 {
-                match ledger.release_hold(request.clone()).await {
-                    Ok(_) => {
-                        tracing::info!(hold_id = %request.hold_id, "hold released after decline");
-                        return;
-                    }
-                    Err(status) => {
-                        tracing::warn!(error = %Error::from(status), "release failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
+            let (mut hold_done, mut transaction_done) = (false, false);
+            for _ in 0..12 {
+                if !hold_done {
+                    hold_done = ledger.release_hold(hold.clone()).await.is_ok();
                 }
+                if !transaction_done {
+                    transaction_done = transactions
+                        .release_transaction(transaction.clone())
+                        .await
+                        .is_ok();
+                }
+                if hold_done && transaction_done {
+                    tracing::info!(hold_id = %hold.hold_id, "released after decline");
+                    return;
+                }
+                tracing::warn!(hold_done, transaction_done, "release incomplete; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            tracing::error!(hold_id = %request.hold_id, "could not release hold");
+            tracing::error!(hold_id = %hold.hold_id, "could not release after decline");
         }));
     }
 }

@@ -65,6 +65,8 @@ impl CardProcessing for CardProcessingHandlers {
             amount,
             merchant_descriptor: merchant.descriptor,
             mcc: merchant.mcc,
+            merchant_country: merchant.country,
+            merchant_city: merchant.city,
         };
         let decision = self.decider.authorise(&authorisation).await?;
         Ok(Response::new(to_message(decision)))

@@ -1,7 +1,8 @@
 //! card-processing: decides card authorisations within the processor's budget. Checks the card
 //! (cards), converts the amount into the account's currency (fx), places the hold (ledger) and
 //! records the pending transaction (transactions); idempotent on the processor's authorisation
-//! id; on a deadline miss it declines and releases.
+//! id; on a deadline miss it declines and releases. Every decision is announced on the bus
+//! (`card.authorisation.approved` / `.declined`) through the outbox.
 
 pub mod decide;
 pub mod handlers;
@@ -15,7 +16,9 @@ use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
 use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
 
-use crate::decide::Decider;
+use std::sync::Arc;
+
+use crate::decide::{Decider, DecisionConfirm};
 use crate::handlers::CardProcessingHandlers;
 use crate::storage::AuthorisationStore;
 
@@ -30,8 +33,13 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let store = AuthorisationStore::new(ctx.store.clone());
+    let outbox = ctx.outbox(Arc::new(DecisionConfirm {
+        store: store.clone(),
+    }));
     let decider = Decider {
-        store: AuthorisationStore::new(ctx.store.clone()),
+        store,
+        outbox,
         cards: CardsClient::new(ctx.channel("cards").await?),
         fx: FxClient::new(ctx.channel("fx").await?),
         ledger: LedgerClient::new(ctx.channel("ledger").await?),

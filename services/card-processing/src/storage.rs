@@ -25,6 +25,8 @@ pub struct Decision {
     pub held_currency: String,
     /// Transaction id (UUIDv7).
     pub transaction_id: String,
+    /// The event announcing this decision.
+    pub event_id: String,
 }
 
 /// What [`AuthorisationStore::claim`] found.
@@ -62,6 +64,7 @@ fn decision_from_row(id: &str, row: &Row) -> Result<Decision> {
         held_amount: row.i64("held_amount").unwrap_or_default(),
         held_currency: row.text("held_currency").unwrap_or_default().to_string(),
         transaction_id: row.text("transaction_id")?.to_string(),
+        event_id: row.text("event_id").unwrap_or_default().to_string(),
     })
 }
 
@@ -153,6 +156,7 @@ impl AuthorisationStore {
             .with("account_id", decision.account_id.as_str())
             .with("held_amount", decision.held_amount)
             .with("held_currency", decision.held_currency.as_str())
+            .with("event_id", decision.event_id.as_str())
             .with("decided_at", Value::Timestamp(now_millis()));
         let update = Mutation::update(
             "authorisations",

@@ -3,7 +3,7 @@
 use sterling_proto::transactions::v1::transactions_server::Transactions;
 use sterling_proto::transactions::v1::{
     GetTransactionRequest, ListTransactionsRequest, ListTransactionsResponse, RecordPendingRequest,
-    Transaction, TransactionStatus,
+    ReleaseTransactionRequest, Transaction, TransactionStatus,
 };
 use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
@@ -98,6 +98,24 @@ impl Transactions for TransactionsHandlers {
         let stored = self.transactions.record(&record).await?;
         tracing::info!(transaction_id = %stored.transaction_id, "pending transaction recorded");
         Ok(Response::new(to_message(stored)))
+    }
+
+    async fn release_transaction(
+        &self,
+        request: Request<ReleaseTransactionRequest>,
+    ) -> Result<Response<Transaction>, Status> {
+        let r = request.into_inner();
+        let id = uuid_text("transaction_id", &r.transaction_id)?;
+        let released = self
+            .transactions
+            .release(
+                &id,
+                required("account_id", &r.account_id)?,
+                required("authorisation_id", &r.authorisation_id)?,
+            )
+            .await?;
+        tracing::info!(transaction_id = %id, "transaction released");
+        Ok(Response::new(to_message(released)))
     }
 
     async fn get_transaction(

@@ -1,6 +1,6 @@
 //! Transaction records in the transactions keyspace.
 
-use sterling_storage::{Applied, Mutation, Query, Row, SharedStore, Value};
+use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value};
 use sterling_template::{Error, Result};
 
 /// A stored transaction. Amounts are minor units of the named currency.
@@ -33,6 +33,11 @@ pub struct TransactionRecord {
 }
 
 impl TransactionRecord {
+    /// Whether this is the record of a release that came before the transaction itself.
+    pub fn is_tombstone(&self) -> bool {
+        self.status == "released" && self.amount == 0
+    }
+
     fn to_row(&self) -> Row {
         Row::new()
             .with("account_id", self.account_id.as_str())
@@ -98,6 +103,10 @@ impl TransactionStore {
                     .next()
                     .ok_or_else(|| Error::internal("insert failed without a current row"))?;
                 let existing = TransactionRecord::from_row(&existing)?;
+                if existing.is_tombstone() {
+                    // Released before it was recorded: it stays released.
+                    return Ok(existing);
+                }
                 if existing.authorisation_id != record.authorisation_id
                     || existing.amount != record.amount
                 {
@@ -119,6 +128,71 @@ impl TransactionStore {
             )])
             .await?;
         Ok(stored)
+    }
+
+    /// Marks a transaction released; one not recorded yet is recorded as a released tombstone
+    /// (zero amount) so that a late [`TransactionStore::record`] cannot revive it.
+    pub async fn release(
+        &self,
+        transaction_id: &str,
+        account_id: &str,
+        authorisation_id: &str,
+    ) -> Result<TransactionRecord> {
+        let key = Row::new()
+            .with("account_id", account_id)
+            .with("transaction_id", transaction_id);
+        loop {
+            match self.store.get("transactions_by_account", &key).await? {
+                Some(row) => {
+                    let record = TransactionRecord::from_row(&row)?;
+                    if record.status != "pending" {
+                        return Ok(record);
+                    }
+                    let release = Mutation::update(
+                        "transactions_by_account",
+                        key.clone(),
+                        Row::new().with("status", "released"),
+                        vec![Condition::Equals("status".into(), "pending".into())],
+                    );
+                    if self.store.apply(vec![release]).await?.applied() {
+                        return Ok(TransactionRecord {
+                            status: "released".into(),
+                            ..record
+                        });
+                    }
+                }
+                None => {
+                    let tombstone = TransactionRecord {
+                        transaction_id: transaction_id.to_string(),
+                        account_id: account_id.to_string(),
+                        authorisation_id: authorisation_id.to_string(),
+                        card_token: String::new(),
+                        amount: 0,
+                        currency: String::new(),
+                        local_amount: 0,
+                        local_currency: String::new(),
+                        merchant_descriptor: String::new(),
+                        mcc: String::new(),
+                        status: "released".into(),
+                        created_at_ms: sterling_storage::now_millis(),
+                    };
+                    self.store
+                        .apply(vec![Mutation::insert_if_not_exists(
+                            "transactions_by_account",
+                            tombstone.to_row(),
+                        )])
+                        .await?;
+                    self.store
+                        .apply(vec![Mutation::insert(
+                            "transactions",
+                            Row::new()
+                                .with("transaction_id", transaction_id)
+                                .with("account_id", account_id),
+                        )])
+                        .await?;
+                }
+            }
+        }
     }
 
     /// A transaction by id.

@@ -1,0 +1,202 @@
+//! The bus conformance suite: the semantics every [`Bus`] backend must share. Each check uses
+//! its own subjects (under `prefix`) so the checks can run against one shared bus.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::{Bus, ConsumerConfig, Envelope};
+
+/// Runs every check.
+pub async fn run_all(bus: &dyn Bus, prefix: &str) {
+    publishing_is_idempotent_on_the_event_id(bus, prefix).await;
+    acked_events_are_not_redelivered(bus, prefix).await;
+    a_nak_redelivers_after_the_delay(bus, prefix).await;
+    an_unacked_delivery_comes_back_after_ack_wait(bus, prefix).await;
+    too_many_deliveries_go_to_the_dead_letter_subject(bus, prefix).await;
+    every_durable_consumer_gets_every_event_once_shared_among_its_instances(bus, prefix).await;
+    bus.check().await.expect("bus health check");
+}
+
+/// A test event.
+pub fn event(id: &str, subject: &str) -> Envelope {
+    Envelope {
+        event_id: id.to_string(),
+        r#type: subject.to_string(),
+        occurred_at_ms: 1,
+        request_id: format!("req-{id}"),
+        traceparent: String::new(),
+        payload: id.as_bytes().to_vec(),
+    }
+}
+
+fn fast(durable: &str, subjects: &[&str]) -> ConsumerConfig {
+    ConsumerConfig {
+        ack_wait: Duration::from_millis(400),
+        max_deliver: 3,
+        backoff: vec![Duration::from_millis(50)],
+        ..ConsumerConfig::new(durable, subjects)
+    }
+}
+
+async fn next(sub: &mut Box<dyn crate::Subscription>) -> crate::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("delivery")
+}
+
+async fn nothing_within(sub: &mut Box<dyn crate::Subscription>, wait: Duration) {
+    if let Ok(Ok(d)) = tokio::time::timeout(wait, sub.next()).await {
+        panic!("unexpected delivery of {}", d.envelope.event_id);
+    }
+}
+
+/// The same event id published twice is stored and delivered once.
+pub async fn publishing_is_idempotent_on_the_event_id(bus: &dyn Bus, p: &str) {
+    let subject = format!("{p}dedup.created");
+    let first = bus
+        .publish(&event(&format!("{p}dedup-1"), &subject))
+        .await
+        .unwrap();
+    let again = bus
+        .publish(&event(&format!("{p}dedup-1"), &subject))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(first.sequence, again.sequence);
+    let mut sub = bus
+        .subscribe(fast(&format!("{p}dedup"), &[&subject]))
+        .await
+        .unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(d.envelope.event_id, format!("{p}dedup-1"));
+    assert_eq!(d.envelope.request_id, format!("req-{p}dedup-1"));
+    d.ack().await.unwrap();
+    nothing_within(&mut sub, Duration::from_millis(600)).await;
+}
+
+/// Acked events stay acked; a filter sees only its subjects.
+pub async fn acked_events_are_not_redelivered(bus: &dyn Bus, p: &str) {
+    let wanted = format!("{p}ack.wanted");
+    bus.publish(&event(&format!("{p}ack-1"), &format!("{p}ack.other")))
+        .await
+        .unwrap();
+    bus.publish(&event(&format!("{p}ack-2"), &wanted))
+        .await
+        .unwrap();
+    let mut sub = bus
+        .subscribe(fast(&format!("{p}ack"), &[&wanted]))
+        .await
+        .unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(d.envelope.event_id, format!("{p}ack-2"));
+    assert_eq!(d.attempt, 1);
+    d.ack().await.unwrap();
+    nothing_within(&mut sub, Duration::from_millis(700)).await;
+}
+
+/// A nak brings the event back, counted as the next attempt.
+pub async fn a_nak_redelivers_after_the_delay(bus: &dyn Bus, p: &str) {
+    let subject = format!("{p}nak.created");
+    bus.publish(&event(&format!("{p}nak-1"), &subject))
+        .await
+        .unwrap();
+    let mut sub = bus
+        .subscribe(fast(&format!("{p}nak"), &[&subject]))
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    assert_eq!(first.attempt, 1);
+    first.nak().await.unwrap();
+    let second = next(&mut sub).await;
+    assert_eq!(second.envelope.event_id, format!("{p}nak-1"));
+    assert_eq!(second.attempt, 2);
+    second.ack().await.unwrap();
+}
+
+/// A delivery neither acked nor nakked (a crashed consumer) is redelivered after ack wait.
+pub async fn an_unacked_delivery_comes_back_after_ack_wait(bus: &dyn Bus, p: &str) {
+    let subject = format!("{p}lost.created");
+    bus.publish(&event(&format!("{p}lost-1"), &subject))
+        .await
+        .unwrap();
+    let mut sub = bus
+        .subscribe(fast(&format!("{p}lost"), &[&subject]))
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    drop(first);
+    let again = next(&mut sub).await;
+    assert_eq!(again.envelope.event_id, format!("{p}lost-1"));
+    assert_eq!(again.attempt, 2);
+    again.ack().await.unwrap();
+}
+
+/// After `max_deliver` failed deliveries the event goes to `deadletter.<durable>.<subject>`.
+pub async fn too_many_deliveries_go_to_the_dead_letter_subject(bus: &dyn Bus, p: &str) {
+    let subject = format!("{p}poison.created");
+    let durable = format!("{p}poison");
+    bus.publish(&event(&format!("{p}poison-1"), &subject))
+        .await
+        .unwrap();
+    let mut dead = bus
+        .subscribe(fast(
+            &format!("{p}poison-dlq"),
+            &[&format!("deadletter.{durable}.>")],
+        ))
+        .await
+        .unwrap();
+    let mut sub = bus.subscribe(fast(&durable, &[&subject])).await.unwrap();
+    for attempt in 1..=3 {
+        let d = next(&mut sub).await;
+        assert_eq!(d.attempt, attempt);
+        d.nak().await.unwrap();
+    }
+    let d = next(&mut dead).await;
+    assert_eq!(d.envelope.r#type, format!("deadletter.{durable}.{subject}"));
+    assert_eq!(d.envelope.payload, format!("{p}poison-1").as_bytes());
+    d.ack().await.unwrap();
+    nothing_within(&mut sub, Duration::from_millis(600)).await;
+}
+
+/// Two durable consumers each get every event; two instances of one consumer share them.
+pub async fn every_durable_consumer_gets_every_event_once_shared_among_its_instances(
+    bus: &dyn Bus,
+    p: &str,
+) {
+    let subject = format!("{p}fan.created");
+    let ids: BTreeSet<String> = (0..10).map(|i| format!("{p}fan-{i}")).collect();
+    for id in &ids {
+        bus.publish(&event(id, &subject)).await.unwrap();
+    }
+    let mut feed = bus
+        .subscribe(fast(&format!("{p}fan-feed"), &[&subject]))
+        .await
+        .unwrap();
+    let mut push_a = bus
+        .subscribe(fast(&format!("{p}fan-push"), &[&subject]))
+        .await
+        .unwrap();
+    let mut push_b = bus
+        .subscribe(fast(&format!("{p}fan-push"), &[&subject]))
+        .await
+        .unwrap();
+    let mut fed = BTreeSet::new();
+    for _ in 0..10 {
+        let d = next(&mut feed).await;
+        fed.insert(d.envelope.event_id.clone());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(fed, ids);
+    let mut pushed = Vec::new();
+    for i in 0..10 {
+        let sub = if i % 2 == 0 { &mut push_a } else { &mut push_b };
+        let d = next(sub).await;
+        pushed.push(d.envelope.event_id.clone());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(pushed.iter().cloned().collect::<BTreeSet<_>>(), ids);
+    assert_eq!(pushed.len(), 10, "each event went to one instance only");
+    nothing_within(&mut push_a, Duration::from_millis(300)).await;
+}

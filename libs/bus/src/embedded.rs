@@ -1,0 +1,400 @@
+//! The embedded bus: a persisted stream in SQLite with durable consumers, for running the bank
+//! in one process. Same semantics as the JetStream backend: dedup on event id, at-least-once,
+//! ack wait, nak with backoff, dead letters after `max_deliver`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::watch;
+
+use crate::{
+    Acker, Bus, BusError, ConsumerConfig, DEAD_LETTER_PREFIX, Delivery, Envelope, PublishAck,
+    Result, Subscription, validate,
+};
+
+/// How long a waiting consumer sleeps at most before looking again.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn err(e: rusqlite::Error) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+struct Shared {
+    connection: Mutex<Connection>,
+    published: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn with<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut guard = self
+            .connection
+            .lock()
+            .map_err(|_| BusError::Unavailable("bus lock poisoned".into()))?;
+        work(&mut guard)
+    }
+}
+
+/// The in-process bus.
+#[derive(Clone)]
+pub struct SqliteBus {
+    shared: Arc<Shared>,
+}
+
+impl SqliteBus {
+    /// Opens (or creates) the bus stored at `path`.
+    pub fn open(path: &Path) -> Result<SqliteBus> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        }
+        Self::with_connection(Connection::open(path).map_err(err)?)
+    }
+
+    /// A bus that lives in memory only (tests).
+    pub fn in_memory() -> Result<SqliteBus> {
+        Self::with_connection(Connection::open_in_memory().map_err(err)?)
+    }
+
+    fn with_connection(connection: Connection) -> Result<SqliteBus> {
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
+                 CREATE TABLE IF NOT EXISTS messages (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     event_id TEXT NOT NULL UNIQUE,
+                     subject TEXT NOT NULL,
+                     body BLOB NOT NULL,
+                     published_at INTEGER NOT NULL);
+                 CREATE TABLE IF NOT EXISTS consumers (
+                     durable TEXT PRIMARY KEY,
+                     cursor INTEGER NOT NULL);
+                 CREATE TABLE IF NOT EXISTS pending (
+                     durable TEXT NOT NULL,
+                     seq INTEGER NOT NULL,
+                     deliveries INTEGER NOT NULL,
+                     next_at INTEGER NOT NULL,
+                     PRIMARY KEY (durable, seq)) WITHOUT ROWID;",
+            )
+            .map_err(err)?;
+        Ok(SqliteBus {
+            shared: Arc::new(Shared {
+                connection: Mutex::new(connection),
+                published: watch::channel(0).0,
+            }),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.with(work))
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?
+    }
+}
+
+fn insert_message(tx: &Connection, id: &str, subject: &str, body: &[u8]) -> Result<PublishAck> {
+    let inserted = tx
+        .execute(
+            "INSERT OR IGNORE INTO messages (event_id, subject, body, published_at) VALUES (?1, ?2, ?3, ?4)",
+            params![id, subject, body, now_ms()],
+        )
+        .map_err(err)?;
+    let sequence: i64 = tx
+        .query_row("SELECT seq FROM messages WHERE event_id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .map_err(err)?;
+    Ok(PublishAck {
+        sequence: sequence as u64,
+        duplicate: inserted == 0,
+    })
+}
+
+/// The subject of dead letters from `durable` for an event of type `subject`.
+pub fn dead_letter_subject(durable: &str, subject: &str) -> String {
+    format!("{DEAD_LETTER_PREFIX}.{durable}.{subject}")
+}
+
+fn dead_letter(tx: &Connection, durable: &str, seq: i64, reason: &str) -> Result<()> {
+    let found: Option<(String, String, Vec<u8>)> = tx
+        .query_row(
+            "SELECT event_id, subject, body FROM messages WHERE seq = ?1",
+            [seq],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(err)?;
+    if let Some((event_id, subject, body)) = found {
+        let dead_subject = dead_letter_subject(durable, &subject);
+        let mut envelope =
+            Envelope::decode(body.as_slice()).map_err(|e| BusError::Invalid(e.to_string()))?;
+        envelope.r#type = dead_subject.clone();
+        insert_message(
+            tx,
+            &format!("{event_id}/{durable}/dead"),
+            &dead_subject,
+            &envelope.encode_to_vec(),
+        )?;
+        tracing::warn!(durable, %event_id, reason, "event dead-lettered");
+    }
+    tx.execute(
+        "DELETE FROM pending WHERE durable = ?1 AND seq = ?2",
+        params![durable, seq],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+/// Takes the next due delivery for `config`, leasing it for `ack_wait`.
+fn take_next(
+    conn: &mut Connection,
+    config: &ConsumerConfig,
+) -> Result<Option<(i64, u32, Vec<u8>)>> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let durable = config.durable.as_str();
+    tx.execute(
+        "INSERT OR IGNORE INTO consumers (durable, cursor) VALUES (?1, 0)",
+        [durable],
+    )
+    .map_err(err)?;
+    let cursor: i64 = tx
+        .query_row(
+            "SELECT cursor FROM consumers WHERE durable = ?1",
+            [durable],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    let fresh: Vec<(i64, String)> = {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT seq, subject FROM messages WHERE seq > ?1 ORDER BY seq LIMIT 512",
+            )
+            .map_err(err)?;
+        stmt.query_map([cursor], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(err)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(err)?
+    };
+    if let Some((last, _)) = fresh.last() {
+        for (seq, subject) in &fresh {
+            if config.wants(subject) {
+                tx.execute(
+                    "INSERT OR IGNORE INTO pending (durable, seq, deliveries, next_at) VALUES (?1, ?2, 0, 0)",
+                    params![durable, seq],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.execute(
+            "UPDATE consumers SET cursor = ?2 WHERE durable = ?1",
+            params![durable, last],
+        )
+        .map_err(err)?;
+    }
+    let now = now_ms();
+    let result = loop {
+        let due: Option<(i64, u32)> = tx
+            .query_row(
+                "SELECT seq, deliveries FROM pending WHERE durable = ?1 AND next_at <= ?2 ORDER BY seq LIMIT 1",
+                params![durable, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((seq, deliveries)) = due else {
+            break None;
+        };
+        if deliveries >= config.max_deliver {
+            dead_letter(&tx, durable, seq, "max deliveries reached")?;
+            continue;
+        }
+        tx.execute(
+            "UPDATE pending SET deliveries = deliveries + 1, next_at = ?3 WHERE durable = ?1 AND seq = ?2",
+            params![durable, seq, now + config.ack_wait.as_millis() as i64],
+        )
+        .map_err(err)?;
+        let body: Vec<u8> = tx
+            .query_row("SELECT body FROM messages WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .map_err(err)?;
+        break Some((seq, deliveries + 1, body));
+    };
+    tx.commit().map_err(err)?;
+    Ok(result)
+}
+
+/// When the next pending delivery of `durable` falls due, if any.
+fn next_due(conn: &mut Connection, durable: &str) -> Result<Option<i64>> {
+    conn.query_row(
+        "SELECT MIN(next_at) FROM pending WHERE durable = ?1",
+        [durable],
+        |r| r.get(0),
+    )
+    .map_err(err)
+}
+
+struct SqliteAcker {
+    bus: SqliteBus,
+    durable: String,
+    seq: i64,
+    max_deliver: u32,
+}
+
+#[async_trait]
+impl Acker for SqliteAcker {
+    async fn ack(&self) -> Result<()> {
+        let (durable, seq) = (self.durable.clone(), self.seq);
+        self.bus
+            .blocking(move |c| {
+                c.execute(
+                    "DELETE FROM pending WHERE durable = ?1 AND seq = ?2",
+                    params![durable, seq],
+                )
+                .map_err(err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn nak(&self, delay: Duration) -> Result<()> {
+        let (durable, seq, max) = (self.durable.clone(), self.seq, self.max_deliver);
+        let at = now_ms() + delay.as_millis() as i64;
+        let dead = self
+            .bus
+            .blocking(move |c| {
+                let tx = c.transaction().map_err(err)?;
+                let deliveries: Option<u32> = tx
+                    .query_row(
+                        "SELECT deliveries FROM pending WHERE durable = ?1 AND seq = ?2",
+                        params![durable, seq],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(err)?;
+                let dead = deliveries.is_some_and(|d| d >= max);
+                if dead {
+                    dead_letter(&tx, &durable, seq, "max deliveries reached")?;
+                } else {
+                    tx.execute(
+                        "UPDATE pending SET next_at = ?3 WHERE durable = ?1 AND seq = ?2",
+                        params![durable, seq, at],
+                    )
+                    .map_err(err)?;
+                }
+                tx.commit().map_err(err)?;
+                Ok(dead)
+            })
+            .await?;
+        if dead {
+            self.bus.shared.published.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
+    async fn term(&self, reason: &str) -> Result<()> {
+        let (durable, seq, reason) = (self.durable.clone(), self.seq, reason.to_string());
+        self.bus
+            .blocking(move |c| {
+                let tx = c.transaction().map_err(err)?;
+                dead_letter(&tx, &durable, seq, &reason)?;
+                tx.commit().map_err(err)
+            })
+            .await?;
+        self.bus.shared.published.send_modify(|n| *n += 1);
+        Ok(())
+    }
+}
+
+struct SqliteSubscription {
+    bus: SqliteBus,
+    config: ConsumerConfig,
+    published: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl Subscription for SqliteSubscription {
+    async fn next(&mut self) -> Result<Delivery> {
+        loop {
+            let config = self.config.clone();
+            self.published.borrow_and_update();
+            if let Some((seq, attempt, body)) =
+                self.bus.blocking(move |c| take_next(c, &config)).await?
+            {
+                let envelope = Envelope::decode(body.as_slice())
+                    .map_err(|e| BusError::Invalid(e.to_string()))?;
+                let acker = SqliteAcker {
+                    bus: self.bus.clone(),
+                    durable: self.config.durable.clone(),
+                    seq,
+                    max_deliver: self.config.max_deliver,
+                };
+                let backoff = self.config.backoff_for(attempt);
+                return Ok(Delivery::new(envelope, attempt, backoff, Box::new(acker)));
+            }
+            let durable = self.config.durable.clone();
+            let due = self.bus.blocking(move |c| next_due(c, &durable)).await?;
+            let wait = due
+                .map(|at| Duration::from_millis((at - now_ms()).max(1) as u64))
+                .unwrap_or(IDLE_POLL)
+                .min(IDLE_POLL);
+            let _ = tokio::time::timeout(wait, self.published.changed()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for SqliteBus {
+    async fn publish(&self, envelope: &Envelope) -> Result<PublishAck> {
+        validate(envelope)?;
+        let (id, subject, body) = (
+            envelope.event_id.clone(),
+            envelope.r#type.clone(),
+            envelope.encode_to_vec(),
+        );
+        let ack = self
+            .blocking(move |c| insert_message(c, &id, &subject, &body))
+            .await?;
+        if !ack.duplicate {
+            self.shared.published.send_modify(|n| *n += 1);
+        }
+        Ok(ack)
+    }
+
+    async fn subscribe(&self, config: ConsumerConfig) -> Result<Box<dyn Subscription>> {
+        if config.durable.is_empty() || config.subjects.is_empty() || config.max_deliver == 0 {
+            return Err(BusError::Invalid(
+                "a consumer needs a name, subjects and max_deliver >= 1".into(),
+            ));
+        }
+        Ok(Box::new(SqliteSubscription {
+            bus: self.clone(),
+            published: self.shared.published.subscribe(),
+            config,
+        }))
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.blocking(|c| {
+            c.query_row("SELECT COUNT(*) FROM consumers", [], |r| r.get::<_, i64>(0))
+                .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+}

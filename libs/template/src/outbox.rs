@@ -1,0 +1,208 @@
+//! The transactional outbox: an event is staged in the service's own store before the state
+//! change it announces, published right after it, and published by the relay if the process
+//! died in between, so a crash loses nothing.
+//!
+//! 1. [`Outbox::stage`] writes the event to the `outbox` table.
+//! 2. The service applies its state change, recording the event id with it.
+//! 3. [`Outbox::publish_soon`] publishes it in the background and removes it from the outbox
+//!    ([`Outbox::discard`] if the state change did not happen).
+//! 4. The relay looks at events staged longer than the grace period and asks the service's
+//!    [`Confirm`] whether the state change happened: publish, discard or wait.
+//!
+//! Publishing is idempotent on the event id, so the relay and the fast path may both publish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prost::Message;
+use sterling_bus::{Bus, Envelope};
+use sterling_storage::{Migration, Mutation, Query, Row, SharedStore, Value, now_millis};
+
+use crate::context::RequestContext;
+use crate::error::{Error, Result};
+
+/// The outbox table, added to every service's store by the template.
+pub const OUTBOX_MIGRATION: Migration = Migration {
+    version: 1_000_001,
+    name: "template_0001_outbox.cql",
+    cql: "CREATE TABLE IF NOT EXISTS outbox (
+              shard bigint,
+              event_id text,
+              type text,
+              envelope blob,
+              staged_at timestamp,
+              PRIMARY KEY ((shard), event_id));",
+};
+
+/// How long the relay leaves a staged event to the fast path before it asks [`Confirm`].
+pub const OUTBOX_GRACE: Duration = Duration::from_secs(2);
+
+/// Partitions of the outbox table.
+pub const SHARDS: i64 = 8;
+
+/// What the relay should do with an event staged long ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The state change happened: publish.
+    Publish,
+    /// It did not and never will: drop the event.
+    Discard,
+    /// Not known yet (the change may still be in progress): look again later.
+    Wait,
+}
+
+/// The service's answer to "did the state change behind this event happen?".
+#[async_trait]
+pub trait Confirm: Send + Sync + 'static {
+    /// Looks at the service's own state for the event.
+    async fn confirm(&self, envelope: &Envelope) -> Result<Verdict>;
+}
+
+/// A service's outbox.
+#[derive(Clone)]
+pub struct Outbox {
+    store: SharedStore,
+    bus: Arc<dyn Bus>,
+    confirm: Arc<dyn Confirm>,
+    grace: Duration,
+}
+
+fn shard_of(event_id: &str) -> i64 {
+    let hash = event_id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    (hash % SHARDS as u64) as i64
+}
+
+fn key(event_id: &str) -> Row {
+    Row::new()
+        .with("shard", shard_of(event_id))
+        .with("event_id", event_id)
+}
+
+/// A new event of `event_type` carrying `payload`, stamped with the current request's id and
+/// trace context.
+pub fn event(event_type: &str, payload: &impl Message) -> Envelope {
+    let context = RequestContext::current();
+    Envelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        r#type: event_type.to_string(),
+        occurred_at_ms: now_millis(),
+        request_id: context
+            .as_ref()
+            .map(|c| c.request_id.clone())
+            .unwrap_or_default(),
+        traceparent: context
+            .as_ref()
+            .map(|c| c.trace.child().header())
+            .unwrap_or_default(),
+        payload: payload.encode_to_vec(),
+    }
+}
+
+impl Outbox {
+    /// An outbox over the service's store; `grace` is how long the relay leaves a staged event
+    /// to the fast path.
+    pub fn new(
+        store: SharedStore,
+        bus: Arc<dyn Bus>,
+        confirm: Arc<dyn Confirm>,
+        grace: Duration,
+    ) -> Self {
+        Outbox {
+            store,
+            bus,
+            confirm,
+            grace,
+        }
+    }
+
+    /// Stages an event before the state change it announces.
+    pub async fn stage(&self, envelope: &Envelope) -> Result<()> {
+        let row = key(&envelope.event_id)
+            .with("type", envelope.r#type.as_str())
+            .with("envelope", envelope.encode_to_vec())
+            .with("staged_at", Value::Timestamp(now_millis()));
+        self.store
+            .apply(vec![Mutation::insert("outbox", row)])
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a staged event in the background, then removes it; on failure the relay
+    /// publishes it later.
+    pub fn publish_soon(&self, envelope: Envelope) {
+        let outbox = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = outbox.publish(&envelope).await {
+                tracing::warn!(event_id = %envelope.event_id, error = %e, "publish failed; the relay will retry");
+            }
+        });
+    }
+
+    /// Publishes a staged event now, then removes it from the outbox.
+    pub async fn publish(&self, envelope: &Envelope) -> Result<()> {
+        self.bus
+            .publish(envelope)
+            .await
+            .map_err(|e| Error::unavailable("bus", e.to_string()))?;
+        self.discard(envelope).await
+    }
+
+    /// Removes a staged event whose state change did not happen.
+    pub async fn discard(&self, envelope: &Envelope) -> Result<()> {
+        self.store
+            .apply(vec![Mutation::Delete {
+                table: "outbox".into(),
+                key: key(&envelope.event_id),
+                if_exists: false,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// One pass of the relay over events staged longer than the grace period; returns how
+    /// many it published.
+    pub async fn relay_once(&self) -> Result<usize> {
+        let cutoff = now_millis() - self.grace.as_millis() as i64;
+        let mut published = 0;
+        for shard in 0..SHARDS {
+            let rows = self
+                .store
+                .query(Query::partition("outbox", Row::new().with("shard", shard)).limit(500))
+                .await?;
+            for row in rows {
+                if row.timestamp("staged_at")? > cutoff {
+                    continue;
+                }
+                let envelope = Envelope::decode(row.blob("envelope")?)
+                    .map_err(|e| Error::internal(format!("outbox row is not an envelope: {e}")))?;
+                match self.confirm.confirm(&envelope).await? {
+                    Verdict::Publish => {
+                        self.publish(&envelope).await?;
+                        published += 1;
+                        tracing::info!(event_id = %envelope.event_id, "relay published a staged event");
+                    }
+                    Verdict::Discard => self.discard(&envelope).await?,
+                    Verdict::Wait => {}
+                }
+            }
+        }
+        Ok(published)
+    }
+
+    /// Runs the relay every `interval` until the task is aborted.
+    pub fn spawn_relay(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let outbox = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                if let Err(e) = outbox.relay_once().await {
+                    tracing::warn!(error = %e, "outbox relay pass failed");
+                }
+            }
+        })
+    }
+}

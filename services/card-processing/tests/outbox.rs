@@ -1,0 +1,140 @@
+//! A decision is announced exactly when it is recorded, even if the process dies between
+//! recording it and publishing: the outbox relay asks card-processing's confirmation and
+//! publishes or discards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use card_processing::decide::DecisionConfirm;
+use card_processing::storage::{AuthorisationStore, Claim, Decision};
+use prost::Message;
+use sterling_bus::embedded::SqliteBus;
+use sterling_bus::{Bus, ConsumerConfig};
+use sterling_proto::events::v1::CardAuthorisationDecided;
+use sterling_storage::embedded::SqliteStore;
+use sterling_template::outbox::{self, OUTBOX_MIGRATION, Outbox};
+
+fn migrations() -> Vec<sterling_storage::Migration> {
+    let mut m = card_processing::MIGRATIONS.to_vec();
+    m.push(OUTBOX_MIGRATION);
+    m
+}
+
+fn decided(id: &str, event_id: &str, transaction_id: &str) -> Decision {
+    Decision {
+        processor_authorisation_id: id.into(),
+        approved: true,
+        reason: "approved".into(),
+        account_id: "acc".into(),
+        held_amount: 100,
+        held_currency: "GBP".into(),
+        transaction_id: transaction_id.into(),
+        event_id: event_id.into(),
+    }
+}
+
+fn announcement(id: &str) -> sterling_bus::Envelope {
+    outbox::event(
+        "card.authorisation.approved",
+        &CardAuthorisationDecided {
+            processor_authorisation_id: id.into(),
+            approved: true,
+            ..Default::default()
+        },
+    )
+}
+
+async fn claim(store: &AuthorisationStore, id: &str) -> (String, String) {
+    match store.claim(id, "fp", "card", 100, "GBP").await.unwrap() {
+        Claim::Won {
+            claim,
+            transaction_id,
+        } => (claim, transaction_id),
+        other => panic!("expected to win the claim, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_recorded_but_never_published_is_published_by_the_relay() {
+    let store = Arc::new(SqliteStore::in_memory(&migrations()).unwrap());
+    let bus = Arc::new(SqliteBus::in_memory().unwrap());
+    let authorisations = AuthorisationStore::new(store.clone());
+    let confirm = Arc::new(DecisionConfirm {
+        store: authorisations.clone(),
+    });
+    let outbox = Outbox::new(store.clone(), bus.clone(), confirm, Duration::ZERO);
+
+    // Decided and staged, then the process "dies" before publishing.
+    let (c, transaction_id) = claim(&authorisations, "auth-crash").await;
+    let event = announcement("auth-crash");
+    outbox.stage(&event).await.unwrap();
+    authorisations
+        .decide(&c, decided("auth-crash", &event.event_id, &transaction_id))
+        .await
+        .unwrap();
+
+    // Staged but the decision never recorded (the process died before it): the relay waits.
+    let (_c2, _) = claim(&authorisations, "auth-undecided").await;
+    let orphan = announcement("auth-undecided");
+    outbox.stage(&orphan).await.unwrap();
+
+    // Staged for an authorisation that was never even claimed: discarded.
+    let stray = announcement("auth-never");
+    outbox.stage(&stray).await.unwrap();
+
+    assert_eq!(outbox.relay_once().await.unwrap(), 1);
+    // A second pass publishes nothing new: the published event left the outbox.
+    assert_eq!(outbox.relay_once().await.unwrap(), 0);
+
+    let mut sub = bus
+        .subscribe(ConsumerConfig::new("test", &["card.authorisation.*"]))
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.envelope.event_id, event.event_id);
+    let payload = CardAuthorisationDecided::decode(delivery.envelope.payload.as_slice()).unwrap();
+    assert_eq!(payload.processor_authorisation_id, "auth-crash");
+    delivery.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "only the recorded decision is announced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_whose_decision_went_another_way_is_discarded() {
+    let store = Arc::new(SqliteStore::in_memory(&migrations()).unwrap());
+    let bus = Arc::new(SqliteBus::in_memory().unwrap());
+    let authorisations = AuthorisationStore::new(store.clone());
+    let confirm = Arc::new(DecisionConfirm {
+        store: authorisations.clone(),
+    });
+    let outbox = Outbox::new(store.clone(), bus.clone(), confirm, Duration::ZERO);
+
+    let (c, transaction_id) = claim(&authorisations, "auth-other").await;
+    let losing = announcement("auth-other");
+    outbox.stage(&losing).await.unwrap();
+    let winning = announcement("auth-other");
+    authorisations
+        .decide(
+            &c,
+            decided("auth-other", &winning.event_id, &transaction_id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outbox.relay_once().await.unwrap(), 0);
+    let mut sub = bus
+        .subscribe(ConsumerConfig::new("test", &["card.>"]))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err()
+    );
+}
