@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATA ?= data
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run build test lint fmt bench clean
+.PHONY: run build test test-engines engines-up engines-down lint fmt bench bench-engines clean
 
 ## run: the whole bank in one process on embedded backends (no Java, no NATS needed)
 run: build
@@ -15,6 +15,26 @@ build:
 ## test: every unit, conformance and end-to-end test on the embedded backends
 test:
 	$(CARGO) test --workspace
+
+## engines-up / engines-down: one Cassandra node and one NATS server on loopback (fetched on first use)
+engines-up:
+	deploy/local/cassandra.sh up
+	deploy/local/nats.sh up
+
+engines-down:
+	deploy/local/nats.sh stop
+	deploy/local/cassandra.sh stop
+
+## test-engines: the conformance suites and the authorisation tests on Cassandra + NATS, then
+## the fault tests (NATS restarted, Cassandra stopped, a service killed)
+test-engines: engines-up
+	$(CARGO) test -p sterling-storage --test cassandra_conformance -- --ignored
+	$(CARGO) test -p sterling-bus --test nats_conformance -- --ignored
+	$(CARGO) test -p sterling-template --test discovery_conformance -- --ignored
+	STERLING_TEST_ENGINES=real $(CARGO) test -p card-processing --test outbox
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test authorisation
+	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \
+		$(CARGO) test -p sterling --test engine_faults -- --ignored --test-threads=1
 
 ## lint: formatting and clippy with warnings as errors
 lint:
@@ -29,6 +49,12 @@ bench:
 	$(CARGO) build --release -p sterling
 	$(TARGET_DIR)/release/sterling bench --payments 2000 --concurrency 1
 	$(TARGET_DIR)/release/sterling bench --payments 5000 --concurrency 16
+
+## bench-engines: the same on Cassandra + NATS
+bench-engines: engines-up
+	$(CARGO) build --release -p sterling
+	$(TARGET_DIR)/release/sterling bench --engines real --payments 1000 --concurrency 1
+	$(TARGET_DIR)/release/sterling bench --engines real --payments 2000 --concurrency 16
 
 clean:
 	rm -rf $(DATA)

@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use sterling_storage::cassandra::CassandraConfig;
 use sterling_template::ServiceDefinition;
 use sterling_template::discovery::{Protocol, Registration};
-use sterling_template::platform::{self, Platform, PlatformConfig, RunningService};
+use sterling_template::platform::{self, Platform, PlatformConfig, RunningService, StorageBackend};
 
 /// Every service of the bank, in start order.
 pub const SERVICES: &[ServiceDefinition] = &[
@@ -17,9 +18,23 @@ pub const SERVICES: &[ServiceDefinition] = &[
     card_api::SERVICE,
 ];
 
+/// Which engines the bank runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engines {
+    /// SQLite stores, in-process discovery, SQLite bus: nothing to install.
+    #[default]
+    Embedded,
+    /// Bus and discovery on NATS (so services in other processes join), stores embedded.
+    Nats,
+    /// Cassandra stores, NATS JetStream bus, NATS KV discovery.
+    Real,
+}
+
 /// How to run the bank.
 #[derive(Debug, Clone)]
 pub struct BankOptions {
+    /// Engines behind the seams.
+    pub engines: Engines,
     /// Platform settings (data directory, durability, per-service settings).
     pub config: PlatformConfig,
     /// First gRPC port; services take consecutive ports. 0 for ephemeral ports.
@@ -36,6 +51,7 @@ impl BankOptions {
         let mut config = PlatformConfig::from_env();
         config.data_dir = data_dir.to_path_buf();
         BankOptions {
+            engines: Engines::Embedded,
             config,
             grpc_base_port: 0,
             http_port: 0,
@@ -55,7 +71,17 @@ pub struct Bank {
 impl Bank {
     /// Starts every service not excepted.
     pub async fn start(options: BankOptions) -> anyhow::Result<Bank> {
-        let platform = Platform::embedded(options.config.clone())?;
+        let platform = match options.engines {
+            Engines::Embedded => Platform::embedded(options.config.clone())?,
+            Engines::Nats => Platform::nats(options.config.clone()).await?,
+            Engines::Real => {
+                let mut config = options.config.clone();
+                if matches!(config.storage, StorageBackend::Embedded) {
+                    config.storage = StorageBackend::Cassandra(CassandraConfig::from_env());
+                }
+                Platform::nats(config).await?
+            }
+        };
         let mut services = Vec::new();
         let mut grpc_index = 0u16;
         for definition in SERVICES {

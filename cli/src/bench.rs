@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sterling_money::{Currency, Money};
 use sterling_storage::embedded::Durability;
 
-use crate::bank::{Bank, BankOptions};
+use crate::bank::{Bank, BankOptions, Engines};
 use crate::tools::{self, Clients};
 
 /// What to measure.
@@ -19,6 +19,8 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Embedded store durability.
     pub durability: Durability,
+    /// Engines to run on.
+    pub engines: Engines,
 }
 
 /// Latency summary.
@@ -51,6 +53,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let dir = std::env::temp_dir().join(format!("sterling-bench-{}", uuid::Uuid::now_v7()));
     let mut bank_options = BankOptions::ephemeral(&dir);
     bank_options.config.durability = options.durability;
+    bank_options.engines = options.engines;
+    if options.engines != Engines::Embedded {
+        // A namespace of its own: fresh keyspaces, stream and discovery bucket.
+        bank_options.config.namespace =
+            format!("bench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    }
     let secret = b"bench-secret".to_vec();
     bank_options.config.settings.insert(
         "STERLING_CARD_API_SECRET".into(),

@@ -1,16 +1,15 @@
 //! `sterling`: run the bank, seed a customer, swipe a card.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sterling::bank::{Bank, BankOptions};
+use sterling::bank::{Bank, BankOptions, Engines};
 use sterling::bench;
 use sterling::tools::{self, Clients};
 use sterling_money::{Currency, Money};
 use sterling_storage::embedded::Durability;
-use sterling_template::discovery::{Discovery, Protocol, StaticDiscovery};
-use sterling_template::platform::{PlatformConfig, shutdown_signal};
+use sterling_template::discovery::{Protocol, SharedDiscovery};
+use sterling_template::platform::{PlatformConfig, discovery_from_spec, shutdown_signal};
 use sterling_template::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -33,9 +32,14 @@ enum Command {
         /// card-api's HTTP port.
         #[arg(long, default_value_t = 8080)]
         http_port: u16,
-        /// Services not to start, comma separated (run them yourself).
+        /// Services not to start, comma separated (run them yourself, with the bus and
+        /// discovery on NATS: `--engines nats` or `real`).
         #[arg(long, value_delimiter = ',')]
         except: Vec<String>,
+        /// embedded (nothing to install), nats (bus and discovery on NATS) or real
+        /// (Cassandra + NATS; start them with deploy/local/*.sh up).
+        #[arg(long, default_value = "embedded")]
+        engines: String,
     },
     /// Open a funded test customer account with a card.
     Seed {
@@ -84,6 +88,9 @@ enum Command {
         /// Embedded store durability: full (fsync every commit) or normal.
         #[arg(long, default_value = "full")]
         durability: String,
+        /// embedded, nats or real (Cassandra + NATS).
+        #[arg(long, default_value = "embedded")]
+        engines: String,
     },
     /// Freeze a card.
     Freeze {
@@ -110,8 +117,12 @@ enum Command {
     },
 }
 
-fn discovery(data: &std::path::Path) -> Arc<StaticDiscovery> {
-    Arc::new(StaticDiscovery::File(data.join("endpoints.json")))
+/// Finds the running bank: `STERLING_DISCOVERY` (e.g. `nats`), else the `endpoints.json`
+/// that `sterling up` writes into the data directory.
+async fn discovery(data: &std::path::Path) -> anyhow::Result<SharedDiscovery> {
+    let spec = std::env::var("STERLING_DISCOVERY")
+        .unwrap_or_else(|_| format!("file:{}", data.join("endpoints.json").display()));
+    Ok(discovery_from_spec(&spec, &PlatformConfig::from_env()).await?)
 }
 
 fn show_money(m: Option<sterling_proto::common::v1::Money>) -> String {
@@ -123,6 +134,15 @@ fn show_money(m: Option<sterling_proto::common::v1::Money>) -> String {
     .unwrap_or_else(|| "-".into())
 }
 
+fn parse_engines(name: &str) -> anyhow::Result<Engines> {
+    Ok(match name {
+        "embedded" => Engines::Embedded,
+        "nats" => Engines::Nats,
+        "real" => Engines::Real,
+        other => anyhow::bail!("unknown engines {other}: embedded, nats or real"),
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -131,11 +151,14 @@ async fn main() -> anyhow::Result<()> {
             grpc_base_port,
             http_port,
             except,
+            engines,
         } => {
             telemetry::init(LogFormat::from_env());
             let mut config = PlatformConfig::from_env();
             config.data_dir = cli.data.clone();
+            let engines = parse_engines(&engines)?;
             let bank = Bank::start(BankOptions {
+                engines,
                 config,
                 grpc_base_port,
                 http_port,
@@ -160,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let currency = Currency::from_code(&currency)?;
             let funded = Money::parse(&amount, currency)?;
-            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let clients = Clients::connect(discovery(&cli.data).await?).await?;
             let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
             let seeded = tools::seed(&clients, &key, funded).await?;
             println!(
@@ -184,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
             let currency = Currency::from_code(&currency)?;
             let amount = Money::parse(&amount, currency)?;
             let card_api = discovery(&cli.data)
+                .await?
                 .resolve("card-api")
                 .await?
                 .into_iter()
@@ -226,7 +250,9 @@ async fn main() -> anyhow::Result<()> {
             payments,
             concurrency,
             durability,
+            engines,
         } => {
+            let engines = parse_engines(&engines)?;
             let durability = match durability.as_str() {
                 "normal" => Durability::Normal,
                 _ => Durability::Full,
@@ -235,11 +261,12 @@ async fn main() -> anyhow::Result<()> {
                 payments,
                 concurrency: concurrency.max(1),
                 durability,
+                engines,
             })
             .await?;
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
             println!(
-                "authorisations {} (approved {}), concurrency {concurrency}, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  throughput {:.0}/s",
+                "authorisations {} (approved {}), engines {engines:?}, concurrency {concurrency}, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  throughput {:.0}/s",
                 report.payments,
                 report.approved,
                 ms(report.p50),
@@ -249,17 +276,17 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Freeze { card } => {
-            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let clients = Clients::connect(discovery(&cli.data).await?).await?;
             let c = tools::set_frozen(&clients, &card, true).await?;
             println!("card {} is frozen (status {})", c.token, c.status);
         }
         Command::Unfreeze { card } => {
-            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let clients = Clients::connect(discovery(&cli.data).await?).await?;
             let c = tools::set_frozen(&clients, &card, false).await?;
             println!("card {} is active (status {})", c.token, c.status);
         }
         Command::Balance { account } => {
-            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let clients = Clients::connect(discovery(&cli.data).await?).await?;
             let b = tools::balance(&clients, &account).await?;
             println!(
                 "balance {}  held {}  available {}",
@@ -269,7 +296,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Transactions { account, limit } => {
-            let clients = Clients::connect(discovery(&cli.data)).await?;
+            let clients = Clients::connect(discovery(&cli.data).await?).await?;
             for t in tools::transactions(&clients, &account, limit).await? {
                 println!(
                     "{}  {:<10} {:>14}  {}",

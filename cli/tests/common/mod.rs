@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
-use sterling::bank::{Bank, BankOptions};
+use sterling::bank::{Bank, BankOptions, Engines};
 use sterling::tools::{self, Clients, PayOutcome, Seeded};
 use sterling_money::{Currency, Money};
+use sterling_storage::cassandra::CassandraConfig;
 use sterling_storage::embedded::Durability;
+use sterling_template::platform::StorageBackend;
 
 /// The webhook secret the test bank uses.
 pub const SECRET: &[u8] = b"test-secret";
@@ -20,10 +22,34 @@ pub struct TestBank {
     pub url: String,
 }
 
+/// Whether the tests run on Cassandra + NATS (`STERLING_TEST_ENGINES=real`, what
+/// `make test-engines` sets) rather than the embedded engines.
+pub fn real_engines() -> bool {
+    std::env::var("STERLING_TEST_ENGINES").as_deref() == Ok("real")
+}
+
+/// A namespace of its own per test directory (kept in the directory, so a restarted bank finds
+/// its keyspaces, stream and discovery bucket again).
+fn namespace_for(dir: &Path) -> String {
+    let file = dir.join("namespace");
+    if let Ok(ns) = std::fs::read_to_string(&file) {
+        return ns;
+    }
+    let ns = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&file, &ns).unwrap();
+    ns
+}
+
 /// Starts the bank with data under `dir`; `settings` are extra `STERLING_*` settings.
 pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> TestBank {
     let mut options = BankOptions::ephemeral(dir);
     options.config.durability = Durability::Normal;
+    if real_engines() {
+        options.engines = Engines::Real;
+        options.config.namespace = namespace_for(dir);
+        options.config.storage = StorageBackend::Cassandra(CassandraConfig::from_env());
+    }
     options.config.settings.insert(
         "STERLING_CARD_API_SECRET".into(),
         String::from_utf8(SECRET.to_vec()).unwrap(),

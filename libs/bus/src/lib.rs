@@ -12,6 +12,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod nats;
 
 use std::time::Duration;
 

@@ -12,7 +12,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "0001_conformance.cql",
     cql: "CREATE TABLE IF NOT EXISTS kv (id text PRIMARY KEY, body text, n bigint, flag boolean, at timestamp, raw blob, ref uuid);
-          CREATE TABLE IF NOT EXISTS entries (owner text, seq bigint, label text, PRIMARY KEY ((owner), seq)) WITH CLUSTERING ORDER BY (seq DESC);
+          CREATE TABLE IF NOT EXISTS journal (owner text, seq bigint, label text, PRIMARY KEY ((owner), seq)) WITH CLUSTERING ORDER BY (seq DESC);
           CREATE TABLE IF NOT EXISTS pairs (owner text, a text, b bigint, v text, PRIMARY KEY ((owner), a, b));",
 }];
 
@@ -152,14 +152,14 @@ pub async fn conditional_batch_is_all_or_nothing(store: &dyn Store, p: &str) {
             .with("label", label)
     };
     store
-        .apply(vec![Mutation::insert("entries", entry(0, "summary"))])
+        .apply(vec![Mutation::insert("journal", entry(0, "summary"))])
         .await
         .unwrap();
     let batch = |label: &str| {
         vec![
-            Mutation::insert_if_not_exists("entries", entry(1, label)),
+            Mutation::insert_if_not_exists("journal", entry(1, label)),
             Mutation::update(
-                "entries",
+                "journal",
                 Row::new().with("owner", owner.as_str()).with("seq", 0i64),
                 Row::new().with("label", label),
                 vec![Condition::Equals("label".into(), "summary".into())],
@@ -172,7 +172,7 @@ pub async fn conditional_batch_is_all_or_nothing(store: &dyn Store, p: &str) {
     assert!(!again.applied());
     let rows = store
         .query(Query::partition(
-            "entries",
+            "journal",
             Row::new().with("owner", owner.as_str()),
         ))
         .await
@@ -201,7 +201,7 @@ pub async fn partitions_read_in_clustering_order_with_cursor(store: &dyn Store, 
     let mut batch = Vec::new();
     for seq in [3i64, 1, 5, 2, 4] {
         batch.push(Mutation::insert(
-            "entries",
+            "journal",
             Row::new()
                 .with("owner", owner.as_str())
                 .with("seq", seq)
@@ -211,7 +211,7 @@ pub async fn partitions_read_in_clustering_order_with_cursor(store: &dyn Store, 
     store.apply(batch).await.unwrap();
     let partition = Row::new().with("owner", owner.as_str());
     let page = store
-        .query(Query::partition("entries", partition.clone()).limit(2))
+        .query(Query::partition("journal", partition.clone()).limit(2))
         .await
         .unwrap();
     let seqs: Vec<i64> = page.iter().map(|r| r.i64("seq").unwrap()).collect();
@@ -219,7 +219,7 @@ pub async fn partitions_read_in_clustering_order_with_cursor(store: &dyn Store, 
     let next = store
         .query(Query {
             after: Some(page[1].clone()),
-            ..Query::partition("entries", partition.clone()).limit(2)
+            ..Query::partition("journal", partition.clone()).limit(2)
         })
         .await
         .unwrap();
@@ -229,7 +229,7 @@ pub async fn partitions_read_in_clustering_order_with_cursor(store: &dyn Store, 
         .query(Query {
             from: Some(Value::BigInt(2)),
             to: Some(Value::BigInt(4)),
-            ..Query::partition("entries", partition)
+            ..Query::partition("journal", partition)
         })
         .await
         .unwrap();

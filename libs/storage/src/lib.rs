@@ -6,6 +6,7 @@
 //! ([`embedded::SqliteStore`]) keeps the same semantics in a local SQLite file so the whole bank
 //! runs on a fresh machine; the Cassandra backend runs the same migrations on a real cluster.
 
+pub mod cassandra;
 pub mod conformance;
 pub mod embedded;
 pub mod schema;

@@ -13,7 +13,8 @@ use crate::StorageError;
 pub enum ColumnType {
     /// `text`, `varchar`, `ascii`.
     Text,
-    /// `bigint`, `int`, `smallint`, `tinyint`, `counter`-free integers.
+    /// `bigint` (the one integer type: `int` and smaller are refused so that both backends
+    /// bind the same 64-bit values).
     BigInt,
     /// `boolean`.
     Boolean,
@@ -29,7 +30,7 @@ impl ColumnType {
     fn parse(cql: &str) -> Result<Self, StorageError> {
         Ok(match cql.to_ascii_lowercase().as_str() {
             "text" | "varchar" | "ascii" => ColumnType::Text,
-            "bigint" | "int" | "smallint" | "tinyint" => ColumnType::BigInt,
+            "bigint" => ColumnType::BigInt,
             "boolean" => ColumnType::Boolean,
             "uuid" | "timeuuid" => ColumnType::Uuid,
             "timestamp" => ColumnType::Timestamp,
@@ -300,6 +301,7 @@ mod tests {
     fn refuses_undeclared_keys_and_unknown_types() {
         assert!(parse_create_table("CREATE TABLE t (a text, PRIMARY KEY (b))").is_err());
         assert!(parse_create_table("CREATE TABLE t (a list<text> PRIMARY KEY)").is_err());
+        assert!(parse_create_table("CREATE TABLE t (a text PRIMARY KEY, n int)").is_err());
         assert!(parse_create_table("CREATE TABLE t (a text)").is_err());
     }
 

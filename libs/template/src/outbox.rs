@@ -35,6 +35,21 @@ pub const OUTBOX_MIGRATION: Migration = Migration {
               PRIMARY KEY ((shard), event_id));",
 };
 
+/// The record of events a consumer has handled, added to every service's store by the
+/// template: a redelivered event already handled is acknowledged without running the handler.
+pub const PROCESSED_EVENTS_MIGRATION: Migration = Migration {
+    version: 1_000_002,
+    name: "template_0002_processed_events.cql",
+    cql: "CREATE TABLE IF NOT EXISTS processed_events (
+              consumer text,
+              event_id text,
+              processed_at timestamp,
+              PRIMARY KEY ((consumer, event_id)));",
+};
+
+/// How long a handled event's id is remembered (longer than any redelivery schedule).
+pub const PROCESSED_EVENTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How long the relay leaves a staged event to the fast path before it asks [`Confirm`].
 pub const OUTBOX_GRACE: Duration = Duration::from_secs(2);
 

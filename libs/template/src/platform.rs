@@ -10,20 +10,26 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use sterling_storage::embedded::{Durability, SqliteStore};
-use sterling_storage::{Migration, SharedStore};
+use sterling_storage::{Migration, Mutation, Row, SharedStore, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
 use sterling_bus::embedded::SqliteBus;
+use sterling_bus::nats::{NatsBus, NatsConfig};
 use sterling_bus::{Bus, ConsumerConfig, Envelope};
+use sterling_storage::cassandra::{CassandraConfig, CassandraStore, keyspace_of};
 
 use crate::client::GrpcChannel;
 use crate::context::{RequestContext, TraceContext};
+use crate::discovery::nats::NatsDiscovery;
 use crate::discovery::{Protocol, Registration, SharedDiscovery, StaticDiscovery};
 use crate::error::{Error, Result};
-use crate::outbox::{Confirm, OUTBOX_GRACE, OUTBOX_MIGRATION, Outbox};
+use crate::outbox::{
+    Confirm, OUTBOX_GRACE, OUTBOX_MIGRATION, Outbox, PROCESSED_EVENTS_MIGRATION,
+    PROCESSED_EVENTS_TTL,
+};
 use crate::server::{ServerContextLayer, context_from_headers};
 
 /// Platform-wide settings, read from `STERLING_*` environment variables.
@@ -41,8 +47,27 @@ pub struct PlatformConfig {
     pub drain_timeout: Duration,
     /// This instance's zone (`STERLING_ZONE`).
     pub zone: String,
+    /// How often health checks run (`STERLING_HEALTH_INTERVAL_MS`, default 5000).
+    pub health_interval: Duration,
     /// Per-service settings, `STERLING_<SERVICE>_<NAME>` in the environment; entries here win.
     pub settings: HashMap<String, String>,
+    /// Names the deployment's keyspaces (`<namespace>_<service>`), event stream and discovery
+    /// bucket, so several deployments can share one cluster (`STERLING_NAMESPACE`, default
+    /// `sterling`).
+    pub namespace: String,
+    /// Where services keep their data (`STERLING_STORAGE`: `embedded` or `cassandra`).
+    pub storage: StorageBackend,
+    /// NATS server for the `nats` bus and discovery (`STERLING_NATS_URL`).
+    pub nats_url: String,
+}
+
+/// The engine behind every service's store.
+#[derive(Debug, Clone)]
+pub enum StorageBackend {
+    /// One SQLite file per service under the data directory.
+    Embedded,
+    /// One keyspace per service on Cassandra or ScyllaDB.
+    Cassandra(CassandraConfig),
 }
 
 fn env_ms(name: &str, default: u64) -> Duration {
@@ -69,7 +94,15 @@ impl PlatformConfig {
             registration_ttl: env_ms("STERLING_REGISTRATION_TTL_MS", 10_000),
             drain_timeout: env_ms("STERLING_DRAIN_TIMEOUT_MS", 10_000),
             zone: std::env::var("STERLING_ZONE").unwrap_or_default(),
+            health_interval: env_ms("STERLING_HEALTH_INTERVAL_MS", 5000),
             settings: HashMap::new(),
+            namespace: std::env::var("STERLING_NAMESPACE").unwrap_or_else(|_| "sterling".into()),
+            storage: match std::env::var("STERLING_STORAGE").as_deref() {
+                Ok("cassandra") => StorageBackend::Cassandra(CassandraConfig::from_env()),
+                _ => StorageBackend::Embedded,
+            },
+            nats_url: std::env::var("STERLING_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
         }
     }
 }
@@ -86,44 +119,49 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// A platform from the environment: discovery from `STERLING_DISCOVERY`
-    /// (`static:name=host:port,...` or `file:PATH`, default `file:<data dir>/endpoints.json`),
-    /// the bus from `STERLING_BUS` (`embedded:PATH`, default `embedded:<data dir>/bus.sqlite`,
-    /// which processes on one machine can share).
-    pub fn from_env() -> Result<Platform> {
+    /// A platform from the environment: discovery from `STERLING_DISCOVERY` (`nats`,
+    /// `static:name=host:port,...` or `file:PATH`, default `file:<data dir>/endpoints.json`),
+    /// the bus from `STERLING_BUS` (`nats`, or `embedded[:PATH]`, default
+    /// `<data dir>/bus.sqlite`, which processes on one machine can share).
+    pub async fn from_env() -> Result<Platform> {
         let config = PlatformConfig::from_env();
         let spec = std::env::var("STERLING_DISCOVERY").unwrap_or_else(|_| {
             format!("file:{}", config.data_dir.join("endpoints.json").display())
         });
-        let discovery: SharedDiscovery = if let Some(list) = spec.strip_prefix("static:") {
-            Arc::new(StaticDiscovery::parse(list)?)
-        } else if let Some(path) = spec.strip_prefix("file:") {
-            Arc::new(StaticDiscovery::File(PathBuf::from(path)))
+        let discovery = discovery_from_spec(&spec, &config).await?;
+        let bus_spec = std::env::var("STERLING_BUS").unwrap_or_else(|_| "embedded".into());
+        let bus: Arc<dyn Bus> = if bus_spec == "nats" {
+            Arc::new(nats_bus(&config).await?)
+        } else if let Some(rest) = bus_spec.strip_prefix("embedded") {
+            let path = match rest.strip_prefix(':') {
+                Some(path) => PathBuf::from(path),
+                None => config.data_dir.join("bus.sqlite"),
+            };
+            Arc::new(SqliteBus::open(&path).map_err(|e| Error::unavailable("bus", e.to_string()))?)
         } else {
             return Err(Error::bad_request(
-                "discovery",
-                format!("unknown STERLING_DISCOVERY {spec}"),
+                "bus",
+                format!("unknown STERLING_BUS {bus_spec}"),
             ));
-        };
-        let bus_spec = std::env::var("STERLING_BUS").unwrap_or_else(|_| {
-            format!("embedded:{}", config.data_dir.join("bus.sqlite").display())
-        });
-        let bus: Arc<dyn Bus> = match bus_spec.strip_prefix("embedded:") {
-            Some(path) => Arc::new(
-                SqliteBus::open(std::path::Path::new(path))
-                    .map_err(|e| Error::unavailable("bus", e.to_string()))?,
-            ),
-            None => {
-                return Err(Error::bad_request(
-                    "bus",
-                    format!("unknown STERLING_BUS {bus_spec}"),
-                ));
-            }
         };
         Ok(Platform {
             config,
             discovery,
             bus,
+        })
+    }
+
+    /// A platform whose bus and discovery are on NATS (JetStream, KV), so that services in
+    /// several processes find each other; storage is whatever the configuration names.
+    pub async fn nats(config: PlatformConfig) -> Result<Platform> {
+        let discovery =
+            NatsDiscovery::connect(&config.nats_url, &config.namespace, config.registration_ttl)
+                .await?;
+        let bus = nats_bus(&config).await?;
+        Ok(Platform {
+            config,
+            discovery: Arc::new(discovery),
+            bus: Arc::new(bus),
         })
     }
 
@@ -138,6 +176,40 @@ impl Platform {
             bus: Arc::new(bus),
         })
     }
+}
+
+/// Discovery from a spec: `nats`, `embedded`, `static:name=host:port,...` or `file:PATH`.
+pub async fn discovery_from_spec(spec: &str, config: &PlatformConfig) -> Result<SharedDiscovery> {
+    Ok(if spec == "nats" {
+        Arc::new(
+            NatsDiscovery::connect(&config.nats_url, &config.namespace, config.registration_ttl)
+                .await?,
+        )
+    } else if spec == "embedded" {
+        Arc::new(crate::discovery::EmbeddedDiscovery::new())
+    } else if let Some(list) = spec.strip_prefix("static:") {
+        Arc::new(StaticDiscovery::parse(list)?)
+    } else if let Some(path) = spec.strip_prefix("file:") {
+        Arc::new(StaticDiscovery::File(PathBuf::from(path)))
+    } else {
+        return Err(Error::bad_request(
+            "discovery",
+            format!("unknown STERLING_DISCOVERY {spec}"),
+        ));
+    })
+}
+
+async fn nats_bus(config: &PlatformConfig) -> Result<NatsBus> {
+    let mut nats = NatsConfig::for_namespace(&config.nats_url, &config.namespace);
+    if let Some(r) = std::env::var("STERLING_NATS_REPLICAS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
+        nats.replicas = r;
+    }
+    NatsBus::connect(nats)
+        .await
+        .map_err(|e| Error::unavailable("bus", e.to_string()))
 }
 
 /// An in-band health check: storage can read and write, a dependency is reachable, ...
@@ -236,6 +308,9 @@ impl ServiceContext {
     /// Runs `handler` for every event of a durable consumer, for the life of the service. Each
     /// event is handled in the request context it carries (request id, trace); `Ok` acks it,
     /// an error naks it for redelivery with backoff, a `bad_request` dead-letters it at once.
+    /// An event this consumer already handled (its id is in `processed_events`) is acked
+    /// without running the handler again; handlers stay idempotent for the window between
+    /// handling and recording.
     pub fn consume<F, Fut>(&self, config: ConsumerConfig, handler: F)
     where
         F: Fn(Envelope) -> Fut + Send + Sync + 'static,
@@ -243,6 +318,7 @@ impl ServiceContext {
     {
         self.add_checker(Arc::new(BusChecker(self.platform.bus.clone())));
         let bus = self.platform.bus.clone();
+        let store = self.store.clone();
         let service = self.name;
         self.add_task(tokio::spawn(async move {
             let mut subscription = loop {
@@ -281,7 +357,35 @@ impl ServiceContext {
                     trace_id = %context.trace.trace_id,
                     span_id = %context.trace.span_id,
                 );
-                let outcome = context.scope(handler(envelope)).instrument(span.clone()).await;
+                let processed_key = Row::new()
+                    .with("consumer", config.durable.as_str())
+                    .with("event_id", envelope.event_id.as_str());
+                match store.get("processed_events", &processed_key).await {
+                    Ok(Some(_)) => {
+                        span.in_scope(|| tracing::info!("already handled; acknowledging"));
+                        if let Err(e) = delivery.ack().await {
+                            tracing::warn!(service, error = %e, "could not settle a delivery");
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        span.in_scope(|| tracing::warn!(error = %e, "cannot read processed events; will retry"));
+                        let _ = delivery.nak().await;
+                        continue;
+                    }
+                }
+                let mut outcome = context.scope(handler(envelope)).instrument(span.clone()).await;
+                if outcome.is_ok() {
+                    let record = Mutation::insert(
+                        "processed_events",
+                        processed_key.with("processed_at", Value::Timestamp(sterling_storage::now_millis())),
+                    )
+                    .with_ttl(PROCESSED_EVENTS_TTL);
+                    if let Err(e) = store.apply(vec![record]).await {
+                        outcome = Err(e.into());
+                    }
+                }
                 let settled = match outcome {
                     Ok(()) => delivery.ack().await,
                     Err(e) if e.class() == "bad_request" => {
@@ -350,13 +454,18 @@ pub struct RunningService {
     server: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     health: Option<tonic_health::server::HealthReporter>,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    readiness: Readiness,
 }
 
 impl RunningService {
     /// Whether every checker passed on the last round.
     pub fn ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+        self.readiness.failures().is_empty()
+    }
+
+    /// Why the service is not ready (empty when it is), e.g. `storage: unavailable: ...`.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        self.readiness.failures()
     }
 
     /// Graceful stop: leave discovery, report not serving, stop accepting, drain in-flight
@@ -403,15 +512,23 @@ impl RunningService {
     }
 }
 
-/// Opens a service's embedded store under the platform's data directory.
-pub fn open_embedded_store(
+/// Opens a service's store on the configured backend and applies its migrations: a SQLite
+/// file under the data directory, or keyspace `<namespace>_<service>` on Cassandra.
+pub async fn open_store(
     config: &PlatformConfig,
     name: &str,
     migrations: &[Migration],
 ) -> Result<SharedStore> {
-    let path = config.data_dir.join(format!("{name}.sqlite"));
-    let store = SqliteStore::open(&path, migrations, config.durability)?;
-    Ok(Arc::new(store))
+    Ok(match &config.storage {
+        StorageBackend::Embedded => {
+            let path = config.data_dir.join(format!("{name}.sqlite"));
+            Arc::new(SqliteStore::open(&path, migrations, config.durability)?)
+        }
+        StorageBackend::Cassandra(cassandra) => {
+            let keyspace = keyspace_of(&config.namespace, name);
+            Arc::new(CassandraStore::open(cassandra, &keyspace, migrations).await?)
+        }
+    })
 }
 
 /// Starts a service on `listen`: opens its store, builds its API, serves it with the template's
@@ -423,7 +540,8 @@ pub async fn start(
 ) -> anyhow::Result<RunningService> {
     let mut migrations = definition.migrations.to_vec();
     migrations.push(OUTBOX_MIGRATION);
-    let store = open_embedded_store(&platform.config, definition.name, &migrations)?;
+    migrations.push(PROCESSED_EVENTS_MIGRATION);
+    let store = open_store(&platform.config, definition.name, &migrations).await?;
     let context = ServiceContext {
         name: definition.name,
         store: store.clone(),
@@ -492,12 +610,12 @@ pub async fn start(
         version: env!("CARGO_PKG_VERSION").to_string(),
         routes: Vec::new(),
     };
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readiness = Readiness::new();
     let health_loop = tokio::spawn(
-        run_checks(context.clone(), health.clone(), ready.clone())
+        run_checks(context.clone(), health.clone(), readiness.clone())
             .instrument(tracing::info_span!("health", service = name)),
     );
-    run_checks_once(&context, health.as_ref(), &ready).await;
+    run_checks_once(&context, health.as_ref(), &readiness).await;
     let ttl = platform.config.registration_ttl;
     platform.discovery.register(&registration, ttl).await?;
     let heartbeat = {
@@ -524,14 +642,36 @@ pub async fn start(
         server: Some(server),
         background: vec![health_loop, heartbeat],
         health,
-        ready,
+        readiness,
     })
+}
+
+/// The outcome of the last round of health checks.
+#[derive(Clone)]
+struct Readiness(Arc<Mutex<Vec<String>>>);
+
+impl Readiness {
+    fn new() -> Self {
+        Readiness(Arc::new(Mutex::new(vec!["not checked yet".into()])))
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a round; returns whether readiness changed.
+    fn record(&self, failures: Vec<String>) -> bool {
+        let mut current = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = current.is_empty() != failures.is_empty();
+        *current = failures;
+        changed
+    }
 }
 
 async fn run_checks_once(
     context: &ServiceContext,
     health: Option<&tonic_health::server::HealthReporter>,
-    ready: &std::sync::atomic::AtomicBool,
+    readiness: &Readiness,
 ) {
     let checkers: Vec<Arc<dyn Checker>> = context
         .checkers
@@ -548,8 +688,8 @@ async fn run_checks_once(
         }
     }
     let healthy = failures.is_empty();
-    let was = ready.swap(healthy, std::sync::atomic::Ordering::Relaxed);
-    if was != healthy || !healthy {
+    let changed = readiness.record(failures.clone());
+    if changed || !healthy {
         if healthy {
             tracing::info!("ready");
         } else {
@@ -570,13 +710,13 @@ async fn run_checks_once(
 async fn run_checks(
     context: ServiceContext,
     health: Option<tonic_health::server::HealthReporter>,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    readiness: Readiness,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
         tick.tick().await;
-        run_checks_once(&context, health.as_ref(), &ready).await;
+        run_checks_once(&context, health.as_ref(), &readiness).await;
     }
 }
 
@@ -625,7 +765,7 @@ pub fn main(definition: ServiceDefinition) -> anyhow::Result<()> {
     crate::telemetry::init(crate::telemetry::LogFormat::from_env());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let platform = Platform::from_env()?;
+        let platform = Platform::from_env().await?;
         let listen: SocketAddr = std::env::var("STERLING_LISTEN")
             .unwrap_or_else(|_| "127.0.0.1:0".to_string())
             .parse()?;

@@ -9,8 +9,11 @@ use card_processing::decide::DecisionConfirm;
 use card_processing::storage::{AuthorisationStore, Claim, Decision};
 use prost::Message;
 use sterling_bus::embedded::SqliteBus;
+use sterling_bus::nats::{NatsBus, NatsConfig};
 use sterling_bus::{Bus, ConsumerConfig};
 use sterling_proto::events::v1::CardAuthorisationDecided;
+use sterling_storage::SharedStore;
+use sterling_storage::cassandra::{CassandraConfig, CassandraStore};
 use sterling_storage::embedded::SqliteStore;
 use sterling_template::outbox::{self, OUTBOX_MIGRATION, Outbox};
 
@@ -18,6 +21,32 @@ fn migrations() -> Vec<sterling_storage::Migration> {
     let mut m = card_processing::MIGRATIONS.to_vec();
     m.push(OUTBOX_MIGRATION);
     m
+}
+
+/// The embedded engines, or Cassandra + NATS with `STERLING_TEST_ENGINES=real` (each test in
+/// a namespace of its own).
+async fn engines() -> (SharedStore, Arc<dyn Bus>) {
+    if std::env::var("STERLING_TEST_ENGINES").as_deref() == Ok("real") {
+        let namespace = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let store = CassandraStore::open(
+            &CassandraConfig::from_env(),
+            &format!("{namespace}_card_processing"),
+            &migrations(),
+        )
+        .await
+        .unwrap();
+        let url =
+            std::env::var("STERLING_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let bus = NatsBus::connect(NatsConfig::for_namespace(&url, &namespace))
+            .await
+            .unwrap();
+        (Arc::new(store), Arc::new(bus))
+    } else {
+        (
+            Arc::new(SqliteStore::in_memory(&migrations()).unwrap()),
+            Arc::new(SqliteBus::in_memory().unwrap()),
+        )
+    }
 }
 
 fn decided(id: &str, event_id: &str, transaction_id: &str) -> Decision {
@@ -56,8 +85,7 @@ async fn claim(store: &AuthorisationStore, id: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_recorded_but_never_published_is_published_by_the_relay() {
-    let store = Arc::new(SqliteStore::in_memory(&migrations()).unwrap());
-    let bus = Arc::new(SqliteBus::in_memory().unwrap());
+    let (store, bus) = engines().await;
     let authorisations = AuthorisationStore::new(store.clone());
     let confirm = Arc::new(DecisionConfirm {
         store: authorisations.clone(),
@@ -108,8 +136,7 @@ async fn a_decision_recorded_but_never_published_is_published_by_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announcement_whose_decision_went_another_way_is_discarded() {
-    let store = Arc::new(SqliteStore::in_memory(&migrations()).unwrap());
-    let bus = Arc::new(SqliteBus::in_memory().unwrap());
+    let (store, bus) = engines().await;
     let authorisations = AuthorisationStore::new(store.clone());
     let confirm = Arc::new(DecisionConfirm {
         store: authorisations.clone(),

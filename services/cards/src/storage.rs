@@ -50,7 +50,7 @@ pub struct Card {
 impl Card {
     fn from_row(row: &Row) -> Result<Card> {
         Ok(Card {
-            token: row.text("token")?.to_string(),
+            token: row.text("card_token")?.to_string(),
             account_id: row.text("account_id")?.to_string(),
             currency: row.text("currency")?.to_string(),
             status: CardStatus::parse(row.text("status")?)?,
@@ -67,7 +67,7 @@ pub struct CardStore {
 }
 
 fn token_key(token: &str) -> Row {
-    Row::new().with("token", token)
+    Row::new().with("card_token", token)
 }
 
 impl CardStore {
@@ -91,7 +91,7 @@ impl CardStore {
         };
         let claim = Row::new()
             .with("idempotency_key", idempotency_key)
-            .with("token", token.as_str())
+            .with("card_token", token.as_str())
             .with("account_id", account_id)
             .with("currency", currency);
         let token = match self
@@ -113,12 +113,12 @@ impl CardStore {
                     )
                     .with_param("idempotency_key", idempotency_key));
                 }
-                existing.text("token")?.to_string()
+                existing.text("card_token")?.to_string()
             }
         };
         // Both writes are idempotent: a retry after a crash here completes the card.
         let card = Row::new()
-            .with("token", token.as_str())
+            .with("card_token", token.as_str())
             .with("account_id", account_id)
             .with("currency", currency)
             .with("status", CardStatus::Active.as_str())
@@ -135,7 +135,7 @@ impl CardStore {
                 "cards_by_account",
                 Row::new()
                     .with("account_id", account_id)
-                    .with("token", token.as_str()),
+                    .with("card_token", token.as_str()),
             )])
             .await?;
         self.get(&token).await
@@ -147,7 +147,9 @@ impl CardStore {
             .store
             .get("cards", &token_key(token))
             .await?
-            .ok_or_else(|| Error::not_found("card", "no such card").with_param("token", token))?;
+            .ok_or_else(|| {
+                Error::not_found("card", "no such card").with_param("card_token", token)
+            })?;
         Card::from_row(&row)
     }
 

@@ -5,6 +5,9 @@
 //! list or a JSON file, for tools and fixed deployments). The NATS KV backend implements the same
 //! trait.
 
+pub mod conformance;
+pub mod nats;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

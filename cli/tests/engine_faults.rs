@@ -1,0 +1,232 @@
+//! Faults on the real engines: NATS restarted mid-run, Cassandra stopped and started, a
+//! service killed with SIGKILL. They stop and start the engines of `deploy/local`, so they run
+//! one at a time in `make test-engines`: `cargo test --test engine_faults -- --ignored
+//! --test-threads=1`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{decision, money, start};
+use sterling_bus::ConsumerConfig;
+use sterling_template::discovery::Discovery;
+use sterling_template::discovery::nats::NatsDiscovery;
+use sterling_template::platform;
+use sterling_template::{Api, ServiceDefinition};
+
+fn engine(script: &str, action: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/local")
+        .join(script);
+    let status = Command::new("bash")
+        .arg(path)
+        .arg(action)
+        .status()
+        .expect("run engine script");
+    assert!(status.success(), "{script} {action} failed");
+}
+
+/// How many times the audit consumer's handler ran per event id.
+fn handled() -> &'static Mutex<HashMap<String, u32>> {
+    static HANDLED: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
+    HANDLED.get_or_init(Default::default)
+}
+
+/// A service with one consumer of card decisions, counting what it handles.
+const AUDIT: ServiceDefinition = ServiceDefinition {
+    name: "audit",
+    migrations: &[],
+    build: |ctx| {
+        Box::pin(async move {
+            let config = ConsumerConfig {
+                ack_wait: Duration::from_secs(2),
+                ..ConsumerConfig::new("audit", &["card.authorisation.*"])
+            };
+            ctx.consume(config, |envelope| async move {
+                *handled()
+                    .lock()
+                    .unwrap()
+                    .entry(envelope.event_id)
+                    .or_insert(0) += 1;
+                Ok(())
+            });
+            Ok(Api::Grpc(tonic::service::Routes::default()))
+        })
+    },
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Cassandra and NATS: make test-engines"]
+async fn restarting_nats_mid_run_loses_no_event_and_handles_none_twice() {
+    assert!(common::real_engines(), "set STERLING_TEST_ENGINES=real");
+    let dir = tempfile::tempdir().unwrap();
+    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let audit = platform::start(&AUDIT, &bank.bank.platform, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let customer = bank.seed("nats-restart", money("1000.00", "GBP")).await;
+    let mut transactions = Vec::new();
+    for i in 0..30 {
+        if i == 10 {
+            engine("nats.sh", "restart");
+        }
+        let outcome = bank
+            .pay(
+                &format!("auth-nr-{i}"),
+                &customer.card.token,
+                money("1.00", "GBP"),
+            )
+            .await;
+        assert_eq!(
+            decision(&outcome).0,
+            "APPROVED",
+            "payments do not need the bus"
+        );
+        transactions.push(outcome.body["transaction_id"].as_str().unwrap().to_string());
+    }
+    // Every decision's event arrives (the outbox relay publishes what failed during the
+    // restart) and the consumer handled each exactly once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = handled().lock().unwrap().len();
+        if count >= 30 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let handled = handled().lock().unwrap().clone();
+    assert_eq!(handled.len(), 30, "every decision was delivered");
+    assert!(
+        handled.values().all(|n| *n == 1),
+        "handled twice: {handled:?}"
+    );
+    audit.stop().await;
+    bank.bank.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Cassandra and NATS: make test-engines"]
+async fn a_cassandra_outage_turns_readiness_off_declines_fast_and_recovers() {
+    assert!(common::real_engines(), "set STERLING_TEST_ENGINES=real");
+    let dir = tempfile::tempdir().unwrap();
+    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "2000")]).await;
+    let customer = bank.seed("outage", money("100.00", "GBP")).await;
+    let ok = bank
+        .pay("auth-outage-0", &customer.card.token, money("1.00", "GBP"))
+        .await;
+    assert_eq!(decision(&ok).0, "APPROVED");
+
+    engine("cassandra.sh", "stop");
+    let card_processing = bank
+        .bank
+        .services
+        .iter()
+        .find(|s| s.name == "card-processing")
+        .unwrap();
+    // Declines with a reason code instead of hanging.
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        bank.pay("auth-outage-1", &customer.card.token, money("1.00", "GBP")),
+    )
+    .await
+    .expect("card-api answers while Cassandra is down");
+    let (result, reason) = decision(&outcome);
+    assert_eq!(result, "DECLINED");
+    assert!(
+        ["system_error", "timeout"].contains(&reason.as_str()),
+        "{reason}"
+    );
+    // Readiness turns off with the storage check's reason.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while card_processing.ready() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!card_processing.ready());
+    let reasons = card_processing.not_ready_reasons();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("storage")),
+        "{reasons:?}"
+    );
+
+    engine("cassandra.sh", "up");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !card_processing.ready() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        card_processing.ready(),
+        "{:?}",
+        card_processing.not_ready_reasons()
+    );
+    // Recovered without a restart.
+    let mut approved = false;
+    for i in 0..20 {
+        let outcome = bank
+            .pay(
+                &format!("auth-outage-after-{i}"),
+                &customer.card.token,
+                money("1.00", "GBP"),
+            )
+            .await;
+        if decision(&outcome).0 == "APPROVED" {
+            approved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        approved,
+        "authorisations approve again after Cassandra is back"
+    );
+    bank.bank.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: make test-engines"]
+async fn a_killed_service_vanishes_from_discovery_within_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let ttl = Duration::from_secs(3);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sterling"))
+        .args([
+            "--data",
+            dir.path().to_str().unwrap(),
+            "up",
+            "--engines",
+            "nats",
+        ])
+        .args(["--grpc-base-port", "0", "--http-port", "0"])
+        .env("STERLING_NAMESPACE", &namespace)
+        .env("STERLING_REGISTRATION_TTL_MS", ttl.as_millis().to_string())
+        .env("STERLING_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = std::env::var("STERLING_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let discovery = NatsDiscovery::connect(&url, &namespace, ttl).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while discovery.resolve("cards").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "cards never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap(); // SIGKILL: no deregistration
+    let killed = Instant::now();
+    child.wait().unwrap();
+    while !discovery.resolve("cards").await.unwrap().is_empty() {
+        assert!(
+            killed.elapsed() < ttl * 3,
+            "still registered long after its TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_after = killed.elapsed();
+    assert!(
+        gone_after <= ttl + Duration::from_millis(1500),
+        "vanished after {gone_after:?}, TTL {ttl:?}"
+    );
+}
