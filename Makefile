@@ -49,6 +49,7 @@ bench:
 	$(CARGO) build --release -p sterling
 	$(TARGET_DIR)/release/sterling bench --payments 2000 --concurrency 1
 	$(TARGET_DIR)/release/sterling bench --payments 5000 --concurrency 16
+	$(TARGET_DIR)/release/sterling bench-hop --calls 5000
 
 ## bench-engines: the same on Cassandra + NATS
 bench-engines: engines-up

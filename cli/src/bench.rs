@@ -1,11 +1,20 @@
 //! `sterling bench`: authorisation latency and throughput through card-api, measured by the
-//! same client a processor would be, against a bank started in this process.
+//! same client a processor would be, against a bank started in this process; and
+//! `sterling bench-hop`: the template's cost per hop against bare tonic.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sterling_money::{Currency, Money};
 use sterling_storage::embedded::Durability;
+
+use sterling_proto::testing::v1::probe_client::ProbeClient;
+use sterling_proto::testing::v1::probe_server::{Probe, ProbeServer};
+use sterling_proto::testing::v1::{ProbeReply, ProbeRequest};
+use sterling_template::client::GrpcChannel;
+use sterling_template::client::policy::ClientPolicy;
+use sterling_template::platform::{Platform, PlatformConfig};
+use sterling_template::testing::{Behaviour, start_probe};
 
 use crate::bank::{Bank, BankOptions, Engines};
 use crate::tools::{self, Clients};
@@ -138,5 +147,105 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         p99: percentile(&latencies, 99.0),
         max: latencies.last().copied().unwrap_or_default(),
         throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+/// Latency of one unary call, bare tonic against the template's full client and server stack.
+#[derive(Debug, Clone)]
+pub struct HopReport {
+    /// Bare tonic: median.
+    pub bare_p50: Duration,
+    /// Bare tonic: 99th percentile.
+    pub bare_p99: Duration,
+    /// Full stack: median.
+    pub full_p50: Duration,
+    /// Full stack: 99th percentile.
+    pub full_p99: Duration,
+}
+
+struct BareProbe;
+
+#[tonic::async_trait]
+impl Probe for BareProbe {
+    async fn read(
+        &self,
+        request: tonic::Request<ProbeRequest>,
+    ) -> Result<tonic::Response<ProbeReply>, tonic::Status> {
+        Ok(tonic::Response::new(ProbeReply {
+            instance: "bare".into(),
+            payload: request.into_inner().payload,
+            deadline_us: 0,
+        }))
+    }
+
+    async fn write(
+        &self,
+        request: tonic::Request<ProbeRequest>,
+    ) -> Result<tonic::Response<ProbeReply>, tonic::Status> {
+        self.read(request).await
+    }
+}
+
+/// Measures `calls` sequential unary calls each way, in alternating blocks so that both see
+/// the same machine.
+pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
+    // Bare tonic: a server with no layers, a client on a plain channel.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_address = listener.local_addr()?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let bare_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ProbeServer::new(BareProbe))
+            .serve_with_incoming(incoming),
+    );
+    let mut bare = ProbeClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{bare_address}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?,
+    );
+    // The full stack: a probe behind the template's server layer, reached through discovery,
+    // the balancer, hedging, retries and deadline propagation.
+    let dir = std::env::temp_dir().join(format!("sterling-hop-{}", uuid::Uuid::now_v7()));
+    let mut config = PlatformConfig::from_env();
+    config.data_dir = dir.clone();
+    let platform = Platform::embedded(config)?;
+    let probe = start_probe(&platform, "probe", "probe-0", Behaviour::default(), None).await?;
+    let mut full = ProbeClient::new(
+        GrpcChannel::connect_with(platform.discovery.clone(), "probe", ClientPolicy::default())
+            .await?,
+    );
+    let request = || ProbeRequest {
+        payload: "payload".into(),
+        downstream: String::new(),
+    };
+    for _ in 0..200 {
+        bare.read(request()).await?;
+        full.read(request()).await?;
+    }
+    let (mut bare_samples, mut full_samples) = (Vec::new(), Vec::new());
+    let block = 250;
+    for _ in 0..calls.div_ceil(block) {
+        for _ in 0..block {
+            let started = Instant::now();
+            bare.read(request()).await?;
+            bare_samples.push(started.elapsed());
+        }
+        for _ in 0..block {
+            let started = Instant::now();
+            full.read(request()).await?;
+            full_samples.push(started.elapsed());
+        }
+    }
+    probe.running.stop().await;
+    bare_server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    bare_samples.sort();
+    full_samples.sort();
+    Ok(HopReport {
+        bare_p50: percentile(&bare_samples, 50.0),
+        bare_p99: percentile(&bare_samples, 99.0),
+        full_p50: percentile(&full_samples, 50.0),
+        full_p99: percentile(&full_samples, 99.0),
     })
 }

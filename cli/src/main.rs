@@ -92,6 +92,13 @@ enum Command {
         #[arg(long, default_value = "embedded")]
         engines: String,
     },
+    /// Measure one unary call through the template's full client and server stack against
+    /// bare tonic, in the same run.
+    BenchHop {
+        /// Calls each way.
+        #[arg(long, default_value_t = 5000)]
+        calls: usize,
+    },
     /// Freeze a card.
     Freeze {
         /// Card token.
@@ -273,6 +280,18 @@ async fn main() -> anyhow::Result<()> {
                 ms(report.p99),
                 ms(report.max),
                 report.throughput
+            );
+        }
+        Command::BenchHop { calls } => {
+            let r = bench::hop_overhead(calls).await?;
+            let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+            println!(
+                "unary call, {calls} each: bare tonic p50 {:.0} us p99 {:.0} us; full stack p50 {:.0} us p99 {:.0} us; median ratio {:.2}x",
+                us(r.bare_p50),
+                us(r.bare_p99),
+                us(r.full_p50),
+                us(r.full_p99),
+                r.full_p50.as_secs_f64() / r.bare_p50.as_secs_f64()
             );
         }
         Command::Freeze { card } => {

@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "sterling/cardprocessing/v1/card_processing.proto",
         "sterling/events/v1/envelope.proto",
         "sterling/events/v1/card.proto",
+        "sterling/testing/v1/probe.proto",
     ];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {

@@ -53,6 +53,14 @@ pub mod cardprocessing {
     }
 }
 
+/// Contracts for exercising the platform in tests and benchmarks.
+pub mod testing {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.testing.v1");
+    }
+}
+
 /// Events on the bus.
 pub mod events {
     /// Version 1.

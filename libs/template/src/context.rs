@@ -17,6 +17,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Header counting the service hops a request has made.
 pub const HOP_HEADER: &str = "sterling-hop";
+/// Header numbering the attempts of one call (1 for the first, 2 for the first retry, ...).
+pub const ATTEMPT_HEADER: &str = "sterling-attempt";
 /// gRPC's deadline header.
 pub const GRPC_TIMEOUT_HEADER: &str = "grpc-timeout";
 
@@ -35,6 +37,9 @@ pub struct RequestContext {
     pub trace: TraceContext,
     /// How many service hops led here (0 at the edge).
     pub hop: u32,
+    /// Which attempt of the caller's call this request is (1 for the first). A request that is
+    /// itself a retry makes no retries of its own, so retries never multiply across hops.
+    pub attempt: u32,
 }
 
 impl RequestContext {
@@ -47,6 +52,7 @@ impl RequestContext {
             deadline: deadline.map(|d| Instant::now() + d),
             trace: TraceContext::new_root(),
             hop: 0,
+            attempt: 1,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod platform;
 pub mod server;
 pub mod telemetry;
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use platform::{Api, ServiceContext, ServiceDefinition};

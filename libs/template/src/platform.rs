@@ -22,6 +22,7 @@ use sterling_bus::{Bus, ConsumerConfig, Envelope};
 use sterling_storage::cassandra::{CassandraConfig, CassandraStore, keyspace_of};
 
 use crate::client::GrpcChannel;
+use crate::client::policy::ClientPolicy;
 use crate::context::{RequestContext, TraceContext};
 use crate::discovery::nats::NatsDiscovery;
 use crate::discovery::{Protocol, Registration, SharedDiscovery, StaticDiscovery};
@@ -49,6 +50,9 @@ pub struct PlatformConfig {
     pub zone: String,
     /// How often health checks run (`STERLING_HEALTH_INTERVAL_MS`, default 5000).
     pub health_interval: Duration,
+    /// Requests a service handles at once before shedding load (`STERLING_MAX_IN_FLIGHT`,
+    /// default 512).
+    pub max_in_flight: usize,
     /// Per-service settings, `STERLING_<SERVICE>_<NAME>` in the environment; entries here win.
     pub settings: HashMap<String, String>,
     /// Names the deployment's keyspaces (`<namespace>_<service>`), event stream and discovery
@@ -95,6 +99,10 @@ impl PlatformConfig {
             drain_timeout: env_ms("STERLING_DRAIN_TIMEOUT_MS", 10_000),
             zone: std::env::var("STERLING_ZONE").unwrap_or_default(),
             health_interval: env_ms("STERLING_HEALTH_INTERVAL_MS", 5000),
+            max_in_flight: std::env::var("STERLING_MAX_IN_FLIGHT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(512),
             settings: HashMap::new(),
             namespace: std::env::var("STERLING_NAMESPACE").unwrap_or_else(|_| "sterling".into()),
             storage: match std::env::var("STERLING_STORAGE").as_deref() {
@@ -274,6 +282,11 @@ impl ServiceContext {
         .await?;
         channels.insert(service.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// A channel to another service with a policy of its own (not shared).
+    pub async fn channel_with(&self, service: &str, policy: ClientPolicy) -> Result<GrpcChannel> {
+        GrpcChannel::connect_with(self.platform.discovery.clone(), service, policy).await
     }
 
     /// A setting of this service: `STERLING_<SERVICE>_<NAME>` (upper case, `-` as `_`), or
@@ -538,12 +551,34 @@ pub async fn start(
     platform: &Platform,
     listen: SocketAddr,
 ) -> anyhow::Result<RunningService> {
-    let mut migrations = definition.migrations.to_vec();
+    start_with(
+        definition.name,
+        definition.migrations,
+        platform,
+        listen,
+        definition.build,
+    )
+    .await
+}
+
+/// As [`start`], with the API built by any function (tests build instances with state of
+/// their own this way).
+pub async fn start_with<B>(
+    name: &'static str,
+    service_migrations: &[Migration],
+    platform: &Platform,
+    listen: SocketAddr,
+    build: B,
+) -> anyhow::Result<RunningService>
+where
+    B: FnOnce(ServiceContext) -> BoxFuture<'static, anyhow::Result<Api>>,
+{
+    let mut migrations = service_migrations.to_vec();
     migrations.push(OUTBOX_MIGRATION);
     migrations.push(PROCESSED_EVENTS_MIGRATION);
-    let store = open_store(&platform.config, definition.name, &migrations).await?;
+    let store = open_store(&platform.config, name, &migrations).await?;
     let context = ServiceContext {
-        name: definition.name,
+        name,
         store: store.clone(),
         platform: platform.clone(),
         checkers: Arc::new(Mutex::new(vec![
@@ -552,11 +587,10 @@ pub async fn start(
         channels: Arc::default(),
         tasks: Arc::default(),
     };
-    let api = (definition.build)(context.clone()).await?;
+    let api = build(context.clone()).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let name = definition.name;
     let (protocol, server, health) = match api {
         Api::Grpc(routes) => {
             let (health, health_service) = tonic_health::server::health_reporter();
@@ -566,12 +600,13 @@ pub async fn start(
                 .build_v1()?;
             let routes = routes.add_service(health_service).add_service(reflection);
             let signal = shutdown.clone();
+            let max_in_flight = platform.config.max_in_flight;
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let server = tokio::spawn(async move {
                 let result = tonic::transport::Server::builder()
                     .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                    .layer(ServerContextLayer::new(name))
+                    .layer(ServerContextLayer::new(name, max_in_flight))
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(incoming, signal.cancelled_owned())
                     .await;

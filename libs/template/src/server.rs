@@ -1,20 +1,23 @@
 //! The server side of a hop: a tower layer that turns the inbound request's headers into the
 //! [`RequestContext`] the handler runs in, opens the request span every log line of the handler
 //! carries, logs one line per request, and turns a panic into an `internal` error instead of a
-//! dropped connection.
+//! dropped connection. It also sheds load past a bound on requests in flight, and refuses a
+//! request whose deadline has already passed, both at once and with a stable error code.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::context::{
-    GRPC_TIMEOUT_HEADER, HOP_HEADER, REQUEST_ID_HEADER, RequestContext, TRACEPARENT_HEADER,
-    TraceContext, parse_grpc_timeout,
+    ATTEMPT_HEADER, GRPC_TIMEOUT_HEADER, HOP_HEADER, REQUEST_ID_HEADER, RequestContext,
+    TRACEPARENT_HEADER, TraceContext, parse_grpc_timeout,
 };
 use crate::error::Error;
 
@@ -34,6 +37,9 @@ pub fn context_from_headers(
         context.trace = parent.child();
     }
     context.hop = header(HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
+    context.attempt = header(ATTEMPT_HEADER)
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(1);
     context
 }
 
@@ -41,12 +47,18 @@ pub fn context_from_headers(
 #[derive(Clone)]
 pub struct ServerContextLayer {
     service: &'static str,
+    in_flight: Arc<Semaphore>,
 }
 
 impl ServerContextLayer {
-    /// A layer naming the service in its spans.
-    pub fn new(service: &'static str) -> Self {
-        ServerContextLayer { service }
+    /// A layer naming the service in its spans, handling at most `max_in_flight` requests at
+    /// once: beyond that it sheds load, answering `unavailable.overloaded` (retryable) at once
+    /// instead of queueing.
+    pub fn new(service: &'static str, max_in_flight: usize) -> Self {
+        ServerContextLayer {
+            service,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        }
     }
 }
 
@@ -57,6 +69,7 @@ impl<S> Layer<S> for ServerContextLayer {
         ServerContext {
             inner,
             service: self.service,
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -66,6 +79,11 @@ impl<S> Layer<S> for ServerContextLayer {
 pub struct ServerContext<S> {
     inner: S,
     service: &'static str,
+    in_flight: Arc<Semaphore>,
+}
+
+fn refuse(error: Error) -> http::Response<tonic::body::Body> {
+    tonic::Status::from(error).into_http()
 }
 
 impl<S, B> Service<http::Request<B>> for ServerContext<S>
@@ -91,6 +109,26 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let context = context_from_headers(request.headers(), None);
         let method = request.uri().path().to_string();
+        let method_name = method.rsplit('/').next().unwrap_or_default().to_string();
+        if context.remaining().is_some_and(|left| left.is_zero()) {
+            metrics::counter!("sterling_server_expired_total", "service" => self.service)
+                .increment(1);
+            return Box::pin(async {
+                Ok(refuse(Error::timeout(
+                    "the deadline passed before the request was handled",
+                )))
+            });
+        }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            metrics::counter!("sterling_server_shed_total", "service" => self.service).increment(1);
+            tracing::warn!(service = self.service, method = %method, "overloaded: shedding");
+            return Box::pin(async {
+                Ok(refuse(
+                    Error::unavailable("overloaded", "too many requests in flight; retry")
+                        .with_retryable(true),
+                ))
+            });
+        };
         let span = tracing::info_span!(
             "request",
             service = self.service,
@@ -101,7 +139,9 @@ where
             hop = context.hop,
         );
         let started = Instant::now();
+        let service = self.service;
         let handled = context.scope(async move {
+            let _permit = permit;
             let result = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
             let response = match result {
                 Ok(result) => result?,
@@ -133,6 +173,19 @@ where
                 duration_us = started.elapsed().as_micros() as u64,
                 "request handled"
             );
+            metrics::counter!(
+                "sterling_server_requests_total",
+                "service" => service,
+                "method" => method_name.clone(),
+                "code" => status
+            )
+            .increment(1);
+            metrics::histogram!(
+                "sterling_server_request_duration_seconds",
+                "service" => service,
+                "method" => method_name
+            )
+            .record(started.elapsed().as_secs_f64());
             Ok(response)
         });
         Box::pin(handled.instrument(span))
