@@ -187,8 +187,10 @@ impl Probe for BareProbe {
 }
 
 /// Measures `calls` sequential unary calls each way, in alternating blocks so that both see
-/// the same machine.
+/// the same machine, with metrics being recorded.
 pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
+    // Metrics recorded as in production (the recorder, without its listener).
+    let _ = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder();
     // Bare tonic: a server with no layers, a client on a plain channel.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let bare_address = listener.local_addr()?;

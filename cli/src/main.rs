@@ -161,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
             engines,
         } => {
             telemetry::init(LogFormat::from_env());
+            telemetry::install_metrics_from_env();
             let mut config = PlatformConfig::from_env();
             config.data_dir = cli.data.clone();
             let engines = parse_engines(&engines)?;

@@ -17,6 +17,7 @@ pub mod error;
 pub mod money;
 pub mod outbox;
 pub mod platform;
+mod request_metrics;
 pub mod server;
 pub mod telemetry;
 pub mod testing;

@@ -800,6 +800,7 @@ pub fn main(definition: ServiceDefinition) -> anyhow::Result<()> {
     crate::telemetry::init(crate::telemetry::LogFormat::from_env());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
+        crate::telemetry::install_metrics_from_env();
         let platform = Platform::from_env().await?;
         let listen: SocketAddr = std::env::var("STERLING_LISTEN")
             .unwrap_or_else(|_| "127.0.0.1:0".to_string())

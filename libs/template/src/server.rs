@@ -20,6 +20,7 @@ use crate::context::{
     TRACEPARENT_HEADER, TraceContext, parse_grpc_timeout,
 };
 use crate::error::Error;
+use crate::request_metrics::RequestMetrics;
 
 /// Reads the request context from inbound HTTP/2 (gRPC) or HTTP/1 headers.
 pub fn context_from_headers(
@@ -48,6 +49,7 @@ pub fn context_from_headers(
 pub struct ServerContextLayer {
     service: &'static str,
     in_flight: Arc<Semaphore>,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl ServerContextLayer {
@@ -58,6 +60,7 @@ impl ServerContextLayer {
         ServerContextLayer {
             service,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            metrics: Arc::new(RequestMetrics::new("server", Arc::from(service))),
         }
     }
 }
@@ -70,6 +73,7 @@ impl<S> Layer<S> for ServerContextLayer {
             inner,
             service: self.service,
             in_flight: self.in_flight.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -80,6 +84,7 @@ pub struct ServerContext<S> {
     inner: S,
     service: &'static str,
     in_flight: Arc<Semaphore>,
+    metrics: Arc<RequestMetrics>,
 }
 
 fn refuse(error: Error) -> http::Response<tonic::body::Body> {
@@ -109,7 +114,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let context = context_from_headers(request.headers(), None);
         let method = request.uri().path().to_string();
-        let method_name = method.rsplit('/').next().unwrap_or_default().to_string();
+        let method_metrics = self
+            .metrics
+            .method(method.rsplit('/').next().unwrap_or_default());
         if context.remaining().is_some_and(|left| left.is_zero()) {
             metrics::counter!("sterling_server_expired_total", "service" => self.service)
                 .increment(1);
@@ -139,7 +146,6 @@ where
             hop = context.hop,
         );
         let started = Instant::now();
-        let service = self.service;
         let handled = context.scope(async move {
             let _permit = permit;
             let result = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
@@ -155,37 +161,19 @@ where
                     tonic::Status::from(Error::internal("the handler failed")).into_http()
                 }
             };
-            let status = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("0")
-                .to_string();
-            let code = response
-                .headers()
-                .get(crate::error::ERROR_CODE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+            let headers = response.headers();
+            let status = crate::client::endpoint::grpc_status(headers).unwrap_or(0);
+            let elapsed = started.elapsed();
             tracing::info!(
-                grpc_status = %status,
-                error_code = %code,
-                duration_us = started.elapsed().as_micros() as u64,
+                grpc_status = status,
+                error_code = headers
+                    .get(crate::error::ERROR_CODE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+                duration_us = elapsed.as_micros() as u64,
                 "request handled"
             );
-            metrics::counter!(
-                "sterling_server_requests_total",
-                "service" => service,
-                "method" => method_name.clone(),
-                "code" => status
-            )
-            .increment(1);
-            metrics::histogram!(
-                "sterling_server_request_duration_seconds",
-                "service" => service,
-                "method" => method_name
-            )
-            .record(started.elapsed().as_secs_f64());
+            method_metrics.record(status, elapsed);
             Ok(response)
         });
         Box::pin(handled.instrument(span))

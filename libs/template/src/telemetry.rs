@@ -51,3 +51,39 @@ where
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }
+
+/// Installs the Prometheus recorder for the `metrics` the template emits (per-method requests
+/// and durations on both sides; retries, hedges, ejections, sheds) and serves `/metrics` on
+/// `address`. Returns `None` when a recorder is already installed.
+pub fn install_metrics(address: std::net::SocketAddr) -> Option<()> {
+    let buckets = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(address)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
+            &buckets,
+        )
+        .ok()?;
+    match builder.install() {
+        Ok(()) => {
+            tracing::info!(%address, "metrics on /metrics");
+            Some(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics not installed");
+            None
+        }
+    }
+}
+
+/// Installs the metrics endpoint if `STERLING_METRICS_ADDR` is set (e.g. `127.0.0.1:9464`).
+pub fn install_metrics_from_env() {
+    if let Some(address) = std::env::var("STERLING_METRICS_ADDR")
+        .ok()
+        .and_then(|a| a.parse().ok())
+    {
+        install_metrics(address);
+    }
+}

@@ -52,6 +52,7 @@ use crate::context::{
 };
 use crate::discovery::{Protocol, Registration, SharedDiscovery};
 use crate::error::{Error, Result};
+use crate::request_metrics::RequestMetrics;
 
 /// Boxed error type of the channel (a `tonic::Status` inside for errors it makes itself).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -141,6 +142,7 @@ pub struct GrpcChannel {
     balancer: SharedBalancer,
     latencies: Arc<LatencyTracker>,
     budget: Arc<TpsBudget>,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl GrpcChannel {
@@ -203,6 +205,7 @@ impl GrpcChannel {
             policy.retry_ratio,
         ));
         Ok(GrpcChannel {
+            metrics: Arc::new(RequestMetrics::new("client", service_name.clone())),
             service: service_name,
             live,
             policy,
@@ -277,29 +280,56 @@ impl Endpoints {
     }
 }
 
-/// Sends one attempt; with `hedge_after`, sends a copy if no answer came by then and takes
-/// whichever answers first (the other is dropped, which cancels it).
+/// Sends one attempt within `deadline`; with `hedge_after`, sends a copy if no answer came by
+/// then and takes whichever answers first (the other is dropped, which cancels it). One timer
+/// serves both the hedge and the deadline.
 async fn send(
     balancer: &SharedBalancer,
     call: Call,
     hedge_after: Option<Duration>,
+    deadline: Option<Instant>,
     service: &str,
 ) -> std::result::Result<http::Response<Body>, BoxError> {
-    let Some(delay) = hedge_after else {
-        return balancer.send(call).await;
+    let timed_out = || {
+        Err(status_error(Error::timeout(format!(
+            "{service} did not answer in time"
+        ))))
     };
-    let copy = call.clone();
+    let hedge_at = hedge_after
+        .map(|d| Instant::now() + d)
+        .filter(|at| deadline.is_none_or(|d| *at < d));
+    let Some(hedge_at) = hedge_at else {
+        return match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), balancer.send(call))
+                .await
+                .unwrap_or_else(|_| timed_out()),
+            None => balancer.send(call).await,
+        };
+    };
+    let mut copy = Some(call.clone());
     let first = balancer.send(call);
     tokio::pin!(first);
-    tokio::select! {
-        result = &mut first => result,
-        _ = tokio::time::sleep(delay) => {
-            metrics::counter!("sterling_client_hedges_total", "service" => service.to_string()).increment(1);
-            let second = balancer.send(copy);
-            tokio::pin!(second);
-            tokio::select! {
-                result = &mut first => result,
-                result = &mut second => result,
+    let mut second = None;
+    let timer = tokio::time::sleep_until(hedge_at.into());
+    tokio::pin!(timer);
+    let mut timer_armed = true;
+    loop {
+        tokio::select! {
+            result = &mut first => return result,
+            result = async { second.as_mut().expect("guarded").await }, if second.is_some() => {
+                return result;
+            }
+            _ = &mut timer, if timer_armed => {
+                if let Some(copy) = copy.take() {
+                    metrics::counter!("sterling_client_hedges_total", "service" => service.to_string()).increment(1);
+                    second = Some(Box::pin(balancer.send(copy)));
+                    match deadline {
+                        Some(d) => timer.as_mut().reset(d.into()),
+                        None => timer_armed = false,
+                    }
+                } else {
+                    return timed_out();
+                }
             }
         }
     }
@@ -331,16 +361,6 @@ fn retryable_outcome(result: &std::result::Result<http::Response<Body>, BoxError
             }
             None => true,
         },
-    }
-}
-
-fn outcome_label(result: &std::result::Result<http::Response<Body>, BoxError>) -> String {
-    match result {
-        Ok(response) => grpc_status(response.headers()).unwrap_or(0).to_string(),
-        Err(e) => e
-            .downcast_ref::<tonic::Status>()
-            .map(|s| (s.code() as i32).to_string())
-            .unwrap_or_else(|| "transport".into()),
     }
 }
 
@@ -406,6 +426,7 @@ impl Service<http::Request<Body>> for GrpcChannel {
             self.policy.clone(),
         );
         let method = path.rsplit('/').next().unwrap_or_default().to_string();
+        let method_metrics = self.metrics.method(&method);
         Box::pin(async move {
             let started = Instant::now();
             let deadline = timeout.map(|t| started + t);
@@ -432,17 +453,10 @@ impl Service<http::Request<Body>> for GrpcChannel {
                 } else {
                     None
                 };
-                let sent = send(&balancer, call, hedge_after, &service).instrument(span);
                 let sent_at = Instant::now();
-                let result = match deadline {
-                    Some(deadline) => match tokio::time::timeout_at(deadline.into(), sent).await {
-                        Ok(result) => result,
-                        Err(_) => Err(status_error(Error::timeout(format!(
-                            "{service} did not answer in time"
-                        )))),
-                    },
-                    None => sent.await,
-                };
+                let result = send(&balancer, call, hedge_after, deadline, &service)
+                    .instrument(span)
+                    .await;
                 if kind == MethodKind::Read
                     && result
                         .as_ref()
@@ -469,19 +483,14 @@ impl Service<http::Request<Body>> for GrpcChannel {
                 tokio::time::sleep(backoff).await;
                 attempt += 1;
             };
-            metrics::counter!(
-                "sterling_client_requests_total",
-                "service" => service.to_string(),
-                "method" => method.clone(),
-                "code" => outcome_label(&result)
-            )
-            .increment(1);
-            metrics::histogram!(
-                "sterling_client_request_duration_seconds",
-                "service" => service.to_string(),
-                "method" => method
-            )
-            .record(started.elapsed().as_secs_f64());
+            let code = match &result {
+                Ok(response) => grpc_status(response.headers()).unwrap_or(0),
+                Err(e) => e
+                    .downcast_ref::<tonic::Status>()
+                    .map(|s| s.code() as i32)
+                    .unwrap_or(-1),
+            };
+            method_metrics.record(code, started.elapsed());
             result
         })
     }
