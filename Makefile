@@ -33,6 +33,7 @@ test-engines: engines-up
 	$(CARGO) test -p sterling-template --test discovery_conformance -- --ignored
 	STERLING_TEST_ENGINES=real $(CARGO) test -p card-processing --test outbox
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test authorisation
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test async_path
 	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \
 		$(CARGO) test -p sterling --test engine_faults -- --ignored --test-threads=1
 
@@ -49,7 +50,8 @@ bench:
 	$(CARGO) build --release -p sterling
 	$(TARGET_DIR)/release/sterling bench --payments 2000 --concurrency 1
 	$(TARGET_DIR)/release/sterling bench --payments 5000 --concurrency 16
-	$(TARGET_DIR)/release/sterling bench-hop --calls 5000
+	$(TARGET_DIR)/release/sterling bench-hop --calls 10000
+	$(TARGET_DIR)/release/sterling bench-push --swipes 300
 
 ## bench-engines: the same on Cassandra + NATS
 bench-engines: engines-up

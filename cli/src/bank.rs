@@ -15,6 +15,11 @@ pub const SERVICES: &[ServiceDefinition] = &[
     ledger::SERVICE,
     transactions::SERVICE,
     card_processing::SERVICE,
+    merchant::SERVICE,
+    feed::SERVICE,
+    push::sink::SINK,
+    push::SERVICE,
+    webhooks::SERVICE,
     card_api::SERVICE,
 ];
 
@@ -71,7 +76,13 @@ pub struct Bank {
 impl Bank {
     /// Starts every service not excepted.
     pub async fn start(options: BankOptions) -> anyhow::Result<Bank> {
-        let platform = match options.engines {
+        let platform = Self::platform(&options).await?;
+        Self::start_on(options, platform).await
+    }
+
+    /// The platform the options describe.
+    pub async fn platform(options: &BankOptions) -> anyhow::Result<Platform> {
+        Ok(match options.engines {
             Engines::Embedded => Platform::embedded(options.config.clone())?,
             Engines::Nats => Platform::nats(options.config.clone()).await?,
             Engines::Real => {
@@ -81,7 +92,11 @@ impl Bank {
                 }
                 Platform::nats(config).await?
             }
-        };
+        })
+    }
+
+    /// Starts every service not excepted on a given platform (tests wrap its bus this way).
+    pub async fn start_on(options: BankOptions, platform: Platform) -> anyhow::Result<Bank> {
         let mut services = Vec::new();
         let mut grpc_index = 0u16;
         for definition in SERVICES {
@@ -102,6 +117,26 @@ impl Bank {
         let bank = Bank { platform, services };
         bank.write_endpoints()?;
         Ok(bank)
+    }
+
+    /// Stops a service gracefully and starts it again on a new port, on the same store (as a
+    /// rolling restart would).
+    pub async fn restart(&mut self, service: &str) -> anyhow::Result<()> {
+        let index = self
+            .services
+            .iter()
+            .position(|s| s.name == service)
+            .ok_or_else(|| anyhow::anyhow!("{service} is not running"))?;
+        let definition = SERVICES
+            .iter()
+            .find(|d| d.name == service)
+            .ok_or_else(|| anyhow::anyhow!("{service} is not a service of the bank"))?;
+        let running = self.services.remove(index);
+        running.stop().await;
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let started = platform::start(definition, &self.platform, listen).await?;
+        self.services.insert(index, started);
+        Ok(())
     }
 
     /// Where a service listens.

@@ -251,3 +251,102 @@ pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
         full_p99: percentile(&full_samples, 99.0),
     })
 }
+
+/// Swipe-to-push latency: from the processor sending an authorisation to the push gateway
+/// (the local sink) receiving the notification.
+#[derive(Debug, Clone)]
+pub struct PushReport {
+    /// Swipes measured.
+    pub swipes: usize,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest.
+    pub max: Duration,
+}
+
+/// Swipes `swipes` times, one at a time, and times each until its push reaches the sink.
+pub async fn swipe_to_push(swipes: usize, durability: Durability) -> anyhow::Result<PushReport> {
+    let dir = std::env::temp_dir().join(format!("sterling-push-{}", uuid::Uuid::now_v7()));
+    let mut options = BankOptions::ephemeral(&dir);
+    options.config.durability = durability;
+    let secret = b"bench-secret".to_vec();
+    options.config.settings.insert(
+        "STERLING_CARD_API_SECRET".into(),
+        String::from_utf8(secret.clone())?,
+    );
+    let bank = Bank::start(options).await?;
+    let clients = Clients::connect(bank.platform.discovery.clone()).await?;
+    let url = bank
+        .card_api_url()
+        .ok_or_else(|| anyhow::anyhow!("card-api not started"))?;
+    let sink = bank
+        .address("push-sink")
+        .ok_or_else(|| anyhow::anyhow!("no push sink"))?;
+    let gbp = Currency::from_code("GBP")?;
+    let seeded = tools::seed(
+        &clients,
+        "push-bench",
+        Money::from_minor(1_000_000_000, gbp),
+    )
+    .await?;
+    let mut push = sterling_proto::push::v1::push_client::PushClient::new(
+        GrpcChannel::connect(
+            bank.platform.discovery.clone(),
+            "push",
+            Duration::from_secs(5),
+        )
+        .await?,
+    );
+    push.register_device(sterling_proto::push::v1::RegisterDeviceRequest {
+        account_id: seeded.account_id.clone(),
+        device_token: "bench-phone".into(),
+        platform: "ios".into(),
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default()
+    };
+    let mut latencies = Vec::with_capacity(swipes);
+    for i in 0..swipes + 20 {
+        let body = tools::authorisation_json(
+            &format!("push-{i}"),
+            &seeded.card.token,
+            Money::from_minor(350, gbp),
+            "PRET A MANGER LONDON GB",
+            "5812",
+        );
+        let started = now_us();
+        tools::pay(&http, &url, &secret, &body, None).await?;
+        let received = loop {
+            let delivered: Vec<serde_json::Value> = http
+                .get(format!("http://{sink}/deliveries?from={i}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if let Some(d) = delivered.first() {
+                break d["received_at_us"].as_i64().unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        // The first 20 warm connections and caches up.
+        if i >= 20 {
+            latencies.push(Duration::from_micros((received - started).max(0) as u64));
+        }
+    }
+    bank.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies.sort();
+    Ok(PushReport {
+        swipes: latencies.len(),
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+        max: latencies.last().copied().unwrap_or_default(),
+    })
+}

@@ -99,6 +99,16 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         calls: usize,
     },
+    /// Measure swipe-to-push latency: authorisation sent to notification received by the push
+    /// gateway, on a bank started here.
+    BenchPush {
+        /// Swipes, one at a time.
+        #[arg(long, default_value_t = 300)]
+        swipes: usize,
+        /// Embedded store durability: full or normal.
+        #[arg(long, default_value = "full")]
+        durability: String,
+    },
     /// Freeze a card.
     Freeze {
         /// Card token.
@@ -293,6 +303,21 @@ async fn main() -> anyhow::Result<()> {
                 us(r.full_p50),
                 us(r.full_p99),
                 r.full_p50.as_secs_f64() / r.bare_p50.as_secs_f64()
+            );
+        }
+        Command::BenchPush { swipes, durability } => {
+            let durability = match durability.as_str() {
+                "normal" => Durability::Normal,
+                _ => Durability::Full,
+            };
+            let r = bench::swipe_to_push(swipes, durability).await?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "swipe to push, {} swipes, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                r.swipes,
+                ms(r.p50),
+                ms(r.p99),
+                ms(r.max)
             );
         }
         Command::Freeze { card } => {

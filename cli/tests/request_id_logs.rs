@@ -1,4 +1,5 @@
-//! The request id of a payment appears in the JSON log lines of every service it touched.
+//! The request id of a payment appears in the JSON log lines of every service it touched,
+//! synchronously or through events.
 
 mod common;
 
@@ -40,6 +41,36 @@ async fn every_service_a_payment_touches_logs_its_request_id() {
         )
         .await;
     assert_eq!(decision(&outcome).0, "APPROVED");
+    // Then the asynchronous path: wait until the feed has the enriched item.
+    let channel = sterling_template::client::GrpcChannel::connect(
+        bank.bank.platform.discovery.clone(),
+        "feed",
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut feed = sterling_proto::feed::v1::feed_client::FeedClient::new(channel);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let items = feed
+            .list_feed(sterling_proto::feed::v1::ListFeedRequest {
+                account_id: customer.account_id.clone(),
+                limit: 10,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        if items.first().is_some_and(|i| i.title == "Pret A Manger") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed item never got enriched"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     bank.bank.stop().await;
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

@@ -16,6 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "sterling/events/v1/envelope.proto",
         "sterling/events/v1/card.proto",
         "sterling/testing/v1/probe.proto",
+        "sterling/events/v1/transaction.proto",
+        "sterling/merchant/v1/merchant.proto",
+        "sterling/feed/v1/feed.proto",
+        "sterling/push/v1/push.proto",
+        "sterling/webhooks/v1/webhooks.proto",
     ];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {

@@ -43,6 +43,15 @@ fn namespace_for(dir: &Path) -> String {
 
 /// Starts the bank with data under `dir`; `settings` are extra `STERLING_*` settings.
 pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> TestBank {
+    start_wrapped(dir, settings, |platform| platform).await
+}
+
+/// As [`start`], with the platform changed by `wrap` first (e.g. its bus wrapped).
+pub async fn start_wrapped(
+    dir: &Path,
+    settings: &[(&str, &str)],
+    wrap: impl FnOnce(sterling_template::platform::Platform) -> sterling_template::platform::Platform,
+) -> TestBank {
     let mut options = BankOptions::ephemeral(dir);
     options.config.durability = Durability::Normal;
     if real_engines() {
@@ -57,7 +66,10 @@ pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> TestBank {
     for (k, v) in settings {
         options.config.settings.insert(k.to_string(), v.to_string());
     }
-    let bank = Bank::start(options).await.expect("bank starts");
+    let platform = wrap(Bank::platform(&options).await.expect("platform"));
+    let bank = Bank::start_on(options, platform)
+        .await
+        .expect("bank starts");
     let clients = Clients::connect(bank.platform.discovery.clone())
         .await
         .unwrap();

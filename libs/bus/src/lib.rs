@@ -142,9 +142,11 @@ impl Delivery {
         self.acker.ack().await
     }
 
-    /// Not handled this time: redeliver after the consumer's backoff for this attempt.
+    /// Not handled this time: redeliver after the consumer's backoff for this attempt, with
+    /// jitter (between half and one and a half times it) so that retries do not come in waves.
     pub async fn nak(self) -> Result<()> {
-        self.acker.nak(self.backoff).await
+        let jitter = rand::random_range(0.5..1.5);
+        self.acker.nak(self.backoff.mul_f64(jitter)).await
     }
 
     /// Not handled: redeliver after `delay`.

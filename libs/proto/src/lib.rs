@@ -53,6 +53,38 @@ pub mod cardprocessing {
     }
 }
 
+/// The merchant service.
+pub mod merchant {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.merchant.v1");
+    }
+}
+
+/// The feed service.
+pub mod feed {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.feed.v1");
+    }
+}
+
+/// The push service.
+pub mod push {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.push.v1");
+    }
+}
+
+/// The webhooks service.
+pub mod webhooks {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("sterling.webhooks.v1");
+    }
+}
+
 /// Contracts for exercising the platform in tests and benchmarks.
 pub mod testing {
     /// Version 1.
@@ -74,5 +106,9 @@ pub mod events {
         pub const CARD_AUTHORISATION_APPROVED: &str = "card.authorisation.approved";
         /// A card authorisation was declined (`CardAuthorisationDecided`).
         pub const CARD_AUTHORISATION_DECLINED: &str = "card.authorisation.declined";
+        /// Every card decision, as a subject filter.
+        pub const CARD_AUTHORISATION_ALL: &str = "card.authorisation.*";
+        /// A transaction's merchant was made readable (`TransactionEnriched`).
+        pub const TRANSACTION_ENRICHED: &str = "transaction.enriched";
     }
 }

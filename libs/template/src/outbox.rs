@@ -53,6 +53,10 @@ pub const PROCESSED_EVENTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long the relay leaves a staged event to the fast path before it asks [`Confirm`].
 pub const OUTBOX_GRACE: Duration = Duration::from_secs(2);
 
+/// A staged event still unconfirmed after this long is dropped: the state change it announces
+/// did not happen (the writer died before it) and no longer can.
+pub const OUTBOX_WAIT_LIMIT: Duration = Duration::from_secs(600);
+
 /// Partitions of the outbox table.
 pub const SHARDS: i64 = 8;
 
@@ -188,7 +192,8 @@ impl Outbox {
                 .query(Query::partition("outbox", Row::new().with("shard", shard)).limit(500))
                 .await?;
             for row in rows {
-                if row.timestamp("staged_at")? > cutoff {
+                let staged_at = row.timestamp("staged_at")?;
+                if staged_at > cutoff {
                     continue;
                 }
                 let envelope = Envelope::decode(row.blob("envelope")?)
@@ -200,6 +205,12 @@ impl Outbox {
                         tracing::info!(event_id = %envelope.event_id, "relay published a staged event");
                     }
                     Verdict::Discard => self.discard(&envelope).await?,
+                    Verdict::Wait
+                        if now_millis() - staged_at > OUTBOX_WAIT_LIMIT.as_millis() as i64 =>
+                    {
+                        tracing::warn!(event_id = %envelope.event_id, "staged event never confirmed; dropping it");
+                        self.discard(&envelope).await?;
+                    }
                     Verdict::Wait => {}
                 }
             }

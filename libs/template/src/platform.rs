@@ -265,6 +265,8 @@ pub struct ServiceContext {
     checkers: Arc<Mutex<Vec<Arc<dyn Checker>>>>,
     channels: Arc<tokio::sync::Mutex<HashMap<String, GrpcChannel>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    draining: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    stopping: CancellationToken,
 }
 
 impl ServiceContext {
@@ -333,7 +335,8 @@ impl ServiceContext {
         let bus = self.platform.bus.clone();
         let store = self.store.clone();
         let service = self.name;
-        self.add_task(tokio::spawn(async move {
+        let stopping = self.stopping.clone();
+        self.add_draining(tokio::spawn(async move {
             let mut subscription = loop {
                 match bus.subscribe(config.clone()).await {
                     Ok(s) => break s,
@@ -344,7 +347,11 @@ impl ServiceContext {
                 }
             };
             loop {
-                let delivery = match subscription.next().await {
+                let next = tokio::select! {
+                    _ = stopping.cancelled() => return,
+                    next = subscription.next() => next,
+                };
+                let delivery = match next {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::warn!(service, error = %e, "bus error; retrying");
@@ -400,7 +407,10 @@ impl ServiceContext {
                     }
                 }
                 let settled = match outcome {
-                    Ok(()) => delivery.ack().await,
+                    Ok(()) => {
+                        span.in_scope(|| tracing::info!("event handled"));
+                        delivery.ack().await
+                    }
                     Err(e) if e.class() == "bad_request" => {
                         span.in_scope(|| tracing::warn!(code = e.code(), "event rejected"));
                         delivery.term(e.code()).await
@@ -415,6 +425,29 @@ impl ServiceContext {
                 }
             }
         }));
+    }
+
+    /// Runs a background task for the life of the service. At a graceful stop the task is
+    /// given the drain bound to finish after [`ServiceContext::stopping`] fires, then aborted.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let span = tracing::info_span!("task", service = self.name);
+        self.add_draining(tokio::spawn(task.instrument(span)));
+    }
+
+    /// Fires when the service starts stopping: background work should finish what it holds
+    /// and take nothing new.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
+    fn add_draining(&self, task: JoinHandle<()>) {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
     }
 
     fn add_task(&self, task: JoinHandle<()>) {
@@ -481,8 +514,8 @@ impl RunningService {
         self.readiness.failures()
     }
 
-    /// Graceful stop: leave discovery, report not serving, stop accepting, drain in-flight
-    /// requests within the drain bound.
+    /// Graceful stop: leave discovery, report not serving, let consumers finish the event in
+    /// hand, stop accepting, drain in-flight requests within the drain bound.
     pub async fn stop(mut self) {
         let _ = self
             .context
@@ -497,6 +530,21 @@ impl RunningService {
             health
                 .set_service_status(self.name, ServingStatus::NotServing)
                 .await;
+        }
+        // Consumers and background work: take nothing new, finish what is in hand.
+        self.context.stopping.cancel();
+        let draining: Vec<JoinHandle<()>> = self
+            .context
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        let drain = self.context.platform.config.drain_timeout;
+        for mut task in draining {
+            if tokio::time::timeout(drain, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         for task in self
             .context
@@ -586,6 +634,8 @@ where
         ])),
         channels: Arc::default(),
         tasks: Arc::default(),
+        draining: Arc::default(),
+        stopping: CancellationToken::new(),
     };
     let api = build(context.clone()).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;

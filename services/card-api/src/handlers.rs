@@ -14,8 +14,8 @@ use sterling_template::client::GrpcChannel;
 use sterling_template::context::RequestContext;
 use sterling_template::{Error, money};
 
-use crate::signature::{self, SIGNATURE_HEADER, SignatureError};
 use crate::webhook::{AuthorisationRequest, AuthorisationResponse};
+use sterling_template::signature::{self, SIGNATURE_HEADER, SignatureError};
 
 /// What the handlers share.
 pub struct CardApiState {

@@ -3,8 +3,9 @@
 //! decline. Bad input gets `application/problem+json` with a stable code and stores nothing.
 
 pub mod handlers;
-pub mod signature;
 pub mod webhook;
+
+pub use sterling_template::signature;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -344,6 +344,7 @@ impl Decider {
                     status: TransactionStatus::Pending as i32,
                     created_at_ms: 0,
                     card_token: a.card_token.clone(),
+                    ..Transaction::default()
                 }),
             })
             .await

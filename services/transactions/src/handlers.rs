@@ -43,6 +43,9 @@ fn to_message(r: TransactionRecord) -> Transaction {
         status: status as i32,
         created_at_ms: r.created_at_ms,
         card_token: r.card_token,
+        merchant_name: r.merchant_name,
+        category: r.category,
+        logo_url: r.logo_url,
     }
 }
 
@@ -89,6 +92,9 @@ impl Transactions for TransactionsHandlers {
             merchant_descriptor: t.merchant_descriptor,
             mcc: t.mcc,
             status: "pending".into(),
+            merchant_name: String::new(),
+            category: String::new(),
+            logo_url: String::new(),
             created_at_ms: if t.created_at_ms > 0 {
                 t.created_at_ms
             } else {

@@ -1,11 +1,16 @@
-//! transactions: the customer-facing record of card payments, listed newest first.
+//! transactions: the customer-facing record of card payments, listed newest first, with the
+//! merchant's name, category and logo once `transaction.enriched` arrives.
 
 pub mod handlers;
 pub mod storage;
 
+use prost::Message;
+use sterling_bus::ConsumerConfig;
+use sterling_proto::events::types;
+use sterling_proto::events::v1::TransactionEnriched;
 use sterling_proto::transactions::v1::transactions_server::TransactionsServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, Error, ServiceContext, ServiceDefinition};
 
 use crate::handlers::TransactionsHandlers;
 use crate::storage::TransactionStore;
@@ -22,6 +27,28 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let transactions = TransactionStore::new(ctx.store.clone());
+    let enrichments = transactions.clone();
+    ctx.consume(
+        ConsumerConfig::new("transactions", &[types::TRANSACTION_ENRICHED]),
+        move |envelope| {
+            let transactions = enrichments.clone();
+            async move {
+                let e = TransactionEnriched::decode(envelope.payload.as_slice())
+                    .map_err(|e| Error::bad_request("event", e.to_string()))?;
+                let m = e.merchant.unwrap_or_default();
+                transactions
+                    .enrich(
+                        &e.account_id,
+                        &e.transaction_id,
+                        &m.name,
+                        &m.category,
+                        &m.logo_url,
+                    )
+                    .await?;
+                Ok(())
+            }
+        },
+    );
     Ok(Api::Grpc(tonic::service::Routes::new(
         TransactionsServer::new(TransactionsHandlers { transactions }),
     )))

@@ -30,6 +30,12 @@ pub struct TransactionRecord {
     pub status: String,
     /// Creation time, ms since the epoch.
     pub created_at_ms: i64,
+    /// Merchant name from the enrichment (empty until it arrives).
+    pub merchant_name: String,
+    /// Spending category from the enrichment.
+    pub category: String,
+    /// Merchant logo from the enrichment.
+    pub logo_url: String,
 }
 
 impl TransactionRecord {
@@ -69,6 +75,9 @@ impl TransactionRecord {
             mcc: text("mcc"),
             status: row.text("status")?.to_string(),
             created_at_ms: row.timestamp("created_at")?,
+            merchant_name: text("merchant_name"),
+            category: text("category"),
+            logo_url: text("logo_url"),
         })
     }
 }
@@ -175,6 +184,9 @@ impl TransactionStore {
                         mcc: String::new(),
                         status: "released".into(),
                         created_at_ms: sterling_storage::now_millis(),
+                        merchant_name: String::new(),
+                        category: String::new(),
+                        logo_url: String::new(),
                     };
                     self.store
                         .apply(vec![Mutation::insert_if_not_exists(
@@ -193,6 +205,35 @@ impl TransactionStore {
                 }
             }
         }
+    }
+
+    /// Adds the merchant's enrichment to a recorded transaction; one that was never recorded
+    /// (a declined authorisation) is left alone. Repeats change nothing.
+    pub async fn enrich(
+        &self,
+        account_id: &str,
+        transaction_id: &str,
+        merchant_name: &str,
+        category: &str,
+        logo_url: &str,
+    ) -> Result<bool> {
+        let key = Row::new()
+            .with("account_id", account_id)
+            .with("transaction_id", transaction_id);
+        let set = Row::new()
+            .with("merchant_name", merchant_name)
+            .with("category", category)
+            .with("logo_url", logo_url);
+        let applied = self
+            .store
+            .apply(vec![Mutation::update(
+                "transactions_by_account",
+                key,
+                set,
+                vec![Condition::Exists],
+            )])
+            .await?;
+        Ok(applied.applied())
     }
 
     /// A transaction by id.

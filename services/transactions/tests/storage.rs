@@ -20,6 +20,9 @@ fn record(id: &str, authorisation: &str, amount: i64) -> TransactionRecord {
         mcc: "5812".into(),
         status: "pending".into(),
         created_at_ms: 1,
+        merchant_name: String::new(),
+        category: String::new(),
+        logo_url: String::new(),
     }
 }
 

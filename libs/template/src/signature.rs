@@ -1,4 +1,4 @@
-//! Webhook signatures: `Sterling-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` where the
+//! Signatures of webhooks, both ways (processor to card-api, webhooks to customers): `Sterling-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` where the
 //! MAC is over `"<t>.<raw body>"` with the shared secret. The timestamp inside the MAC lets a
 //! receiver refuse replays older than the tolerance.
 

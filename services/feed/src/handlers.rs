@@ -1,0 +1,79 @@
+//! gRPC handlers of feed.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use sterling_proto::feed::v1::feed_server::Feed;
+use sterling_proto::feed::v1::{FeedItem, FollowFeedRequest, ListFeedRequest, ListFeedResponse};
+use sterling_template::Error;
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::{Request, Response, Status};
+
+use crate::items::FeedStore;
+
+/// Largest page.
+pub const MAX_PAGE: usize = 100;
+
+/// The feed gRPC service.
+pub struct FeedHandlers {
+    /// Items.
+    pub feed: FeedStore,
+}
+
+fn account(id: &str) -> Result<&str, Error> {
+    if id.is_empty() || id.len() > 128 {
+        Err(Error::bad_request(
+            "account_id",
+            "account_id is required (at most 128 bytes)",
+        ))
+    } else {
+        Ok(id)
+    }
+}
+
+#[tonic::async_trait]
+impl Feed for FeedHandlers {
+    async fn list_feed(
+        &self,
+        request: Request<ListFeedRequest>,
+    ) -> Result<Response<ListFeedResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 20,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let cursor = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let items = self
+            .feed
+            .page(account(&r.account_id)?, limit, cursor)
+            .await?;
+        let next_page_token = if items.len() == limit {
+            items.last().map(|i| i.item_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListFeedResponse {
+            items,
+            next_page_token,
+        }))
+    }
+
+    type FollowFeedStream = Pin<Box<dyn Stream<Item = Result<FeedItem, Status>> + Send>>;
+
+    async fn follow_feed(
+        &self,
+        request: Request<FollowFeedRequest>,
+    ) -> Result<Response<Self::FollowFeedStream>, Status> {
+        let account_id = account(&request.into_inner().account_id)?.to_string();
+        let stream = BroadcastStream::new(self.feed.follow()).filter_map(move |item| {
+            let account_id = account_id.clone();
+            async move {
+                match item {
+                    Ok(item) if item.account_id == account_id => Some(Ok(item)),
+                    _ => None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,47 @@
+//! feed: the customer's feed. Consumes card decisions and enrichments into one item per
+//! payment (idempotent: an update replaces, never duplicates), lists it newest first with
+//! cursors, and streams new and updated items live (`FollowFeed`) to the clients connected to
+//! this instance.
+
+pub mod handlers;
+pub mod items;
+
+use std::time::Duration;
+
+use sterling_bus::ConsumerConfig;
+use sterling_proto::events::types;
+use sterling_proto::feed::v1::feed_server::FeedServer;
+use sterling_storage::Migration;
+use sterling_template::{Api, ServiceContext, ServiceDefinition};
+
+use crate::handlers::FeedHandlers;
+use crate::items::FeedStore;
+
+/// The versioned migrations of the `sterling_feed` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_feed.cql");
+
+/// The feed service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: "feed",
+    migrations: MIGRATIONS,
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let feed = FeedStore::new(ctx.store.clone());
+    let config = ConsumerConfig {
+        ack_wait: Duration::from_secs(10),
+        ..ConsumerConfig::new(
+            "feed",
+            &[types::CARD_AUTHORISATION_ALL, types::TRANSACTION_ENRICHED],
+        )
+    };
+    let consumer = feed.clone();
+    ctx.consume(config, move |envelope| {
+        let feed = consumer.clone();
+        async move { feed.apply_event(&envelope).await }
+    });
+    Ok(Api::Grpc(tonic::service::Routes::new(FeedServer::new(
+        FeedHandlers { feed },
+    ))))
+}

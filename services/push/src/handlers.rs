@@ -1,0 +1,102 @@
+//! gRPC handlers of push.
+
+use sterling_proto::push::v1::push_server::Push;
+use sterling_proto::push::v1::{
+    Device, ListDevicesRequest, ListDevicesResponse, RegisterDeviceRequest, UnregisterDeviceRequest,
+};
+use sterling_template::Error;
+use tonic::{Request, Response, Status};
+
+use crate::notify::{DeviceRecord, Notifier};
+
+/// The push gRPC service.
+pub struct PushHandlers {
+    /// Devices and notifications.
+    pub notifier: Notifier,
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
+    if value.is_empty() || value.len() > 256 {
+        Err(
+            Error::bad_request(field, format!("{field} is required (at most 256 bytes)"))
+                .with_param("field", field),
+        )
+    } else {
+        Ok(value)
+    }
+}
+
+fn to_message(d: DeviceRecord) -> Device {
+    Device {
+        account_id: d.account_id,
+        device_token: d.device_token,
+        platform: d.platform,
+        registered_at_ms: d.registered_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl Push for PushHandlers {
+    async fn register_device(
+        &self,
+        request: Request<RegisterDeviceRequest>,
+    ) -> Result<Response<Device>, Status> {
+        let r = request.into_inner();
+        let platform = match r.platform.as_str() {
+            "ios" | "android" => r.platform.as_str(),
+            _ => {
+                return Err(
+                    Error::bad_request("platform", "platform must be ios or android").into(),
+                );
+            }
+        };
+        if !r
+            .device_token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::bad_request("device_token", "device_token must be URL-safe").into());
+        }
+        let device = self
+            .notifier
+            .register(
+                required("account_id", &r.account_id)?,
+                required("device_token", &r.device_token)?,
+                platform,
+            )
+            .await?;
+        Ok(Response::new(to_message(device)))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<ListDevicesRequest>,
+    ) -> Result<Response<ListDevicesResponse>, Status> {
+        let r = request.into_inner();
+        let devices = self
+            .notifier
+            .devices(required("account_id", &r.account_id)?)
+            .await?;
+        Ok(Response::new(ListDevicesResponse {
+            devices: devices.into_iter().map(to_message).collect(),
+        }))
+    }
+
+    async fn unregister_device(
+        &self,
+        request: Request<UnregisterDeviceRequest>,
+    ) -> Result<Response<Device>, Status> {
+        let r = request.into_inner();
+        self.notifier
+            .unregister(
+                required("account_id", &r.account_id)?,
+                required("device_token", &r.device_token)?,
+            )
+            .await?;
+        Ok(Response::new(Device {
+            account_id: r.account_id,
+            device_token: r.device_token,
+            ..Device::default()
+        }))
+    }
+}

@@ -1,0 +1,61 @@
+//! push: buzzes the customer's phones. Keeps each account's devices, consumes card decisions
+//! and sends one notification per decision per device through an APNs-shaped HTTP/2 gateway
+//! (`STERLING_PUSH_GATEWAY_URL`, or the local [`sink`] found through discovery), retried with
+//! jittered exponential backoff, at most once per event and device, dead-lettered after the
+//! bound.
+
+pub mod gateway;
+pub mod handlers;
+pub mod notify;
+pub mod sink;
+
+use std::time::Duration;
+
+use sterling_bus::ConsumerConfig;
+use sterling_proto::events::types;
+use sterling_proto::push::v1::push_server::PushServer;
+use sterling_storage::Migration;
+use sterling_template::{Api, ServiceContext, ServiceDefinition};
+
+use crate::gateway::Gateway;
+use crate::handlers::PushHandlers;
+use crate::notify::Notifier;
+
+/// The versioned migrations of the `sterling_push` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_push.cql");
+
+/// The push service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: "push",
+    migrations: MIGRATIONS,
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+/// Retry schedule of a notification: about 3 minutes in all, then the dead-letter subject.
+pub fn consumer_config() -> ConsumerConfig {
+    ConsumerConfig {
+        ack_wait: Duration::from_secs(15),
+        max_deliver: 6,
+        backoff: [200, 1_000, 5_000, 30_000, 120_000]
+            .into_iter()
+            .map(Duration::from_millis)
+            .collect(),
+        ..ConsumerConfig::new("push", &[types::CARD_AUTHORISATION_ALL])
+    }
+}
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let gateway = Gateway::new(
+        &ctx.setting("gateway_url", ""),
+        ctx.platform.discovery.clone(),
+    )?;
+    let notifier = Notifier::new(ctx.store.clone(), gateway);
+    let consumer = notifier.clone();
+    ctx.consume(consumer_config(), move |envelope| {
+        let notifier = consumer.clone();
+        async move { notifier.handle(envelope).await }
+    });
+    Ok(Api::Grpc(tonic::service::Routes::new(PushServer::new(
+        PushHandlers { notifier },
+    ))))
+}

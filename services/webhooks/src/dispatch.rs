@@ -1,0 +1,464 @@
+//! Deliveries: queued from events, attempted by the dispatcher, logged.
+//!
+//! Each event becomes one delivery per webhook of the account (idempotent on event and
+//! webhook). The dispatcher attempts due deliveries concurrently with a timeout; a failure is
+//! retried on a schedule that spans hours, and a circuit breaker per URL stops attempts to a
+//! receiver that keeps failing so it costs the others nothing. Every attempt updates the
+//! delivery log. Receivers should ignore a repeated `Sterling-Event-Id` (an instance that dies
+//! after a receiver answered but before the log was written sends again).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use serde_json::json;
+use sterling_bus::Envelope;
+use sterling_proto::events::v1::CardAuthorisationDecided;
+use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value, now_millis};
+use sterling_template::signature;
+use sterling_template::{Error, Result};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::registry::Registry;
+
+/// Shards of `pending_deliveries`.
+pub const SHARDS: i64 = 8;
+
+/// Delays before the 2nd, 3rd, ... attempt: from a second to eight hours, about 16 hours in all.
+pub const DEFAULT_SCHEDULE: [u64; 10] = [
+    1_000, 5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000, 7_200_000, 14_400_000, 28_800_000,
+];
+
+/// Consecutive failures that open a URL's circuit.
+pub const BREAKER_THRESHOLD: u32 = 5;
+
+/// How long one attempt may take, by default.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn shard_of(webhook_id: &str, event_id: &str) -> i64 {
+    let hash = webhook_id
+        .bytes()
+        .chain(event_id.bytes())
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+    (hash % SHARDS as u64) as i64
+}
+
+fn delivery_key(webhook_id: &str, event_id: &str) -> Row {
+    Row::new()
+        .with("webhook_id", webhook_id)
+        .with("event_id", event_id)
+}
+
+fn pending_key(webhook_id: &str, event_id: &str) -> Row {
+    Row::new()
+        .with("shard", shard_of(webhook_id, event_id))
+        .with("webhook_id", webhook_id)
+        .with("event_id", event_id)
+}
+
+/// The JSON a receiver gets for a card decision.
+pub fn body_for(envelope: &Envelope, d: &CardAuthorisationDecided) -> serde_json::Value {
+    let money = |m: &Option<sterling_proto::common::v1::Money>| {
+        m.as_ref()
+            .map(|m| json!({ "minor_units": m.minor_units, "currency": m.currency }))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    json!({
+        "id": envelope.event_id,
+        "type": envelope.r#type,
+        "created_at_ms": envelope.occurred_at_ms,
+        "data": {
+            "processor_authorisation_id": d.processor_authorisation_id,
+            "transaction_id": d.transaction_id,
+            "account_id": d.account_id,
+            "approved": d.approved,
+            "reason": d.reason,
+            "amount": money(&d.amount),
+            "local_amount": money(&d.local_amount),
+            "merchant": {
+                "descriptor": d.merchant_descriptor,
+                "mcc": d.mcc,
+                "country": d.merchant_country,
+                "city": d.merchant_city,
+            },
+        },
+    })
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    openings: u32,
+}
+
+/// A delivery's log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// Webhook.
+    pub webhook_id: String,
+    /// Event.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// pending | delivered | failed.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// HTTP status of the last attempt (0: none).
+    pub last_status_code: u32,
+    /// Latency of the last attempt.
+    pub last_latency_ms: u32,
+    /// Why the last attempt failed.
+    pub last_error: String,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at_ms: i64,
+    /// When delivered.
+    pub delivered_at_ms: i64,
+}
+
+/// Queues and sends deliveries.
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: SharedStore,
+    registry: Registry,
+    http: reqwest::Client,
+    schedule: Arc<Vec<Duration>>,
+    breakers: Arc<Mutex<HashMap<String, Breaker>>>,
+    in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    slots: Arc<Semaphore>,
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    /// A dispatcher retrying on `schedule`, each attempt bounded by `timeout`.
+    pub fn new(
+        store: SharedStore,
+        registry: Registry,
+        schedule: Vec<Duration>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(Dispatcher {
+            store,
+            registry,
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(2))
+                .user_agent("sterling-webhooks/1")
+                .build()?,
+            schedule: Arc::new(schedule),
+            breakers: Arc::default(),
+            in_flight: Arc::default(),
+            slots: Arc::new(Semaphore::new(32)),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Queues a delivery of a card decision to every webhook of its account.
+    pub async fn enqueue(&self, envelope: Envelope) -> Result<()> {
+        let d = CardAuthorisationDecided::decode(envelope.payload.as_slice())
+            .map_err(|e| Error::bad_request("event", format!("not a card decision: {e}")))?;
+        if d.account_id.is_empty() {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&body_for(&envelope, &d))
+            .map_err(|e| Error::internal(e.to_string()))?;
+        for webhook in self.registry.list(&d.account_id).await? {
+            let now = now_millis();
+            let delivery = delivery_key(&webhook.webhook_id, &envelope.event_id)
+                .with("event_type", envelope.r#type.as_str())
+                .with("account_id", d.account_id.as_str())
+                .with("url", webhook.url.as_str())
+                .with("body", body.clone())
+                .with("status", "pending")
+                .with("attempts", 0i64)
+                .with("next_attempt_at", Value::Timestamp(now))
+                .with("created_at", Value::Timestamp(now));
+            let still_pending = match self
+                .store
+                .apply(vec![Mutation::insert_if_not_exists("deliveries", delivery)])
+                .await?
+            {
+                Applied::Yes => true,
+                // Queued before: only re-queue if it never got into the pending set.
+                Applied::No(current) => current
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .is_some_and(|r| r.text("status").unwrap_or_default() == "pending"),
+            };
+            if still_pending {
+                let pending = pending_key(&webhook.webhook_id, &envelope.event_id)
+                    .with("next_attempt_at", Value::Timestamp(now));
+                self.store
+                    .apply(vec![Mutation::insert("pending_deliveries", pending)])
+                    .await?;
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Attempts due deliveries every 250 ms, or at once when woken, until `stopping` fires;
+    /// then waits for the attempts in flight.
+    pub async fn run(self, stopping: tokio_util::sync::CancellationToken) {
+        while !stopping.is_cancelled() {
+            if let Err(e) = self.dispatch_due().await {
+                tracing::warn!(error = %e, "webhook dispatch pass failed");
+            }
+            tokio::select! {
+                _ = stopping.cancelled() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+        let _ = self.slots.acquire_many(32).await;
+    }
+
+    async fn dispatch_due(&self) -> Result<()> {
+        let now = now_millis();
+        for shard in 0..SHARDS {
+            let rows = self
+                .store
+                .query(
+                    Query::partition("pending_deliveries", Row::new().with("shard", shard))
+                        .limit(1000),
+                )
+                .await?;
+            for row in rows {
+                if row.timestamp("next_attempt_at").unwrap_or_default() > now {
+                    continue;
+                }
+                let pair = (
+                    row.text("webhook_id")?.to_string(),
+                    row.text("event_id")?.to_string(),
+                );
+                if !self
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(pair.clone())
+                {
+                    continue;
+                }
+                let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                    return Ok(());
+                };
+                let dispatcher = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = dispatcher.attempt(&pair.0, &pair.1).await {
+                        tracing::warn!(webhook_id = %pair.0, event_id = %pair.1, error = %e, "delivery attempt failed to record");
+                    }
+                    dispatcher
+                        .in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&pair);
+                    drop(slot);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn breaker_open_until(&self, url: &str) -> Option<Instant> {
+        let breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        breakers
+            .get(url)
+            .and_then(|b| b.open_until)
+            .filter(|until| *until > Instant::now())
+    }
+
+    fn record_outcome(&self, url: &str, ok: bool) {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        let b = breakers.entry(url.to_string()).or_default();
+        if ok {
+            *b = Breaker::default();
+            return;
+        }
+        b.consecutive_failures += 1;
+        if b.consecutive_failures >= BREAKER_THRESHOLD {
+            let time =
+                (Duration::from_secs(30) * (1 << b.openings.min(5))).min(Duration::from_secs(600));
+            b.open_until = Some(Instant::now() + time);
+            b.openings += 1;
+            b.consecutive_failures = BREAKER_THRESHOLD - 1;
+            tracing::warn!(url, ?time, "circuit open: receiver keeps failing");
+        }
+    }
+
+    /// A compare-and-set on a pending delivery (its row was created by one, so all its
+    /// changes are).
+    fn update_pending(webhook_id: &str, event_id: &str, update: Row) -> Mutation {
+        Mutation::update(
+            "deliveries",
+            delivery_key(webhook_id, event_id),
+            update,
+            vec![Condition::Equals("status".into(), "pending".into())],
+        )
+    }
+
+    async fn reschedule(
+        &self,
+        webhook_id: &str,
+        event_id: &str,
+        at: i64,
+        update: Row,
+    ) -> Result<()> {
+        let update = update.with("next_attempt_at", Value::Timestamp(at));
+        self.store
+            .apply(vec![Self::update_pending(webhook_id, event_id, update)])
+            .await?;
+        self.store
+            .apply(vec![Mutation::insert(
+                "pending_deliveries",
+                pending_key(webhook_id, event_id).with("next_attempt_at", Value::Timestamp(at)),
+            )])
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a delivery off the pending set, recording its last state if given.
+    async fn finish(&self, webhook_id: &str, event_id: &str, update: Option<Row>) -> Result<()> {
+        if let Some(update) = update {
+            self.store
+                .apply(vec![Self::update_pending(webhook_id, event_id, update)])
+                .await?;
+        }
+        self.store
+            .apply(vec![Mutation::Delete {
+                table: "pending_deliveries".into(),
+                key: pending_key(webhook_id, event_id),
+                if_exists: false,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// One attempt of one delivery.
+    async fn attempt(&self, webhook_id: &str, event_id: &str) -> Result<()> {
+        let Some(delivery) = self
+            .store
+            .get("deliveries", &delivery_key(webhook_id, event_id))
+            .await?
+        else {
+            return self.finish(webhook_id, event_id, None).await;
+        };
+        if delivery.text("status")? != "pending" {
+            return self.finish(webhook_id, event_id, None).await;
+        }
+        let url = delivery.text("url")?.to_string();
+        if let Some(until) = self.breaker_open_until(&url) {
+            let at =
+                now_millis() + until.saturating_duration_since(Instant::now()).as_millis() as i64;
+            return self
+                .reschedule(
+                    webhook_id,
+                    event_id,
+                    at,
+                    Row::new().with("last_error", "circuit open"),
+                )
+                .await;
+        }
+        let account_id = delivery.text("account_id")?.to_string();
+        let Some(webhook) = self.registry.get(&account_id, webhook_id).await? else {
+            let update = Row::new()
+                .with("status", "failed")
+                .with("last_error", "webhook deleted");
+            return self.finish(webhook_id, event_id, Some(update)).await;
+        };
+        let body = delivery.blob("body")?.to_vec();
+        let attempts = delivery.i64("attempts").unwrap_or_default() + 1;
+        let timestamp = now_millis() / 1000;
+        let started = Instant::now();
+        let outcome = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header(
+                signature::SIGNATURE_HEADER,
+                signature::sign(webhook.secret.as_bytes(), timestamp, &body),
+            )
+            .header("sterling-event-id", event_id)
+            .header(
+                "sterling-event-type",
+                delivery.text("event_type").unwrap_or_default(),
+            )
+            .body(body)
+            .send()
+            .await;
+        let latency_ms = started.elapsed().as_millis() as i64;
+        let (code, error) = match &outcome {
+            Ok(r) if r.status().is_success() => (i64::from(r.status().as_u16()), String::new()),
+            Ok(r) => (
+                i64::from(r.status().as_u16()),
+                format!("receiver answered {}", r.status()),
+            ),
+            Err(e) if e.is_timeout() => (0, "timed out".to_string()),
+            Err(e) => (0, e.to_string()),
+        };
+        let delivered = error.is_empty();
+        self.record_outcome(&url, delivered);
+        let update = Row::new()
+            .with("attempts", attempts)
+            .with("last_status_code", code)
+            .with("last_latency_ms", latency_ms)
+            .with("last_error", error.as_str());
+        if delivered {
+            tracing::info!(
+                webhook_id,
+                event_id,
+                attempts,
+                latency_ms,
+                "webhook delivered"
+            );
+            let update = update
+                .with("status", "delivered")
+                .with("delivered_at", Value::Timestamp(now_millis()));
+            return self.finish(webhook_id, event_id, Some(update)).await;
+        }
+        match self.schedule.get(attempts as usize - 1) {
+            Some(delay) => {
+                let jitter = rand::random_range(0.8..1.2);
+                let at = now_millis() + delay.mul_f64(jitter).as_millis() as i64;
+                tracing::warn!(webhook_id, event_id, attempts, %error, "webhook failed; will retry");
+                self.reschedule(webhook_id, event_id, at, update).await
+            }
+            None => {
+                tracing::warn!(webhook_id, event_id, attempts, %error, "webhook failed for good");
+                self.finish(webhook_id, event_id, Some(update.with("status", "failed")))
+                    .await
+            }
+        }
+    }
+
+    /// A webhook's deliveries, newest first.
+    pub async fn log(&self, webhook_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let rows = self
+            .store
+            .query(
+                Query::partition("deliveries", Row::new().with("webhook_id", webhook_id))
+                    .limit(limit),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliveryRecord {
+                    webhook_id: webhook_id.to_string(),
+                    event_id: r.text("event_id")?.to_string(),
+                    event_type: r.text("event_type").unwrap_or_default().to_string(),
+                    status: r.text("status").unwrap_or_default().to_string(),
+                    attempts: r.i64("attempts").unwrap_or_default() as u32,
+                    last_status_code: r.i64("last_status_code").unwrap_or_default() as u32,
+                    last_latency_ms: r.i64("last_latency_ms").unwrap_or_default() as u32,
+                    last_error: r.text("last_error").unwrap_or_default().to_string(),
+                    next_attempt_at_ms: r.timestamp("next_attempt_at").unwrap_or_default(),
+                    delivered_at_ms: r.timestamp("delivered_at").unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,74 @@
+//! webhooks: the customer's own integrations. Registers, lists and deletes URLs per account;
+//! consumes card decisions and POSTs each as JSON to every URL of the account, signed with
+//! `Sterling-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` under the
+//! webhook's secret, with a timeout, retries over hours, a circuit breaker per URL and a
+//! delivery log.
+
+pub mod dispatch;
+pub mod handlers;
+pub mod registry;
+
+use std::time::Duration;
+
+use sterling_bus::ConsumerConfig;
+use sterling_proto::events::types;
+use sterling_proto::webhooks::v1::webhooks_server::WebhooksServer;
+use sterling_storage::Migration;
+use sterling_template::{Api, ServiceContext, ServiceDefinition};
+
+use crate::dispatch::{ATTEMPT_TIMEOUT, DEFAULT_SCHEDULE, Dispatcher};
+use crate::handlers::WebhooksHandlers;
+use crate::registry::Registry;
+
+/// The versioned migrations of the `sterling_webhooks` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_webhooks.cql");
+
+/// The webhooks service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: "webhooks",
+    migrations: MIGRATIONS,
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+/// The retry schedule from `STERLING_WEBHOOKS_RETRY_SCHEDULE_MS` (comma separated
+/// milliseconds), or [`DEFAULT_SCHEDULE`].
+fn schedule(setting: &str) -> anyhow::Result<Vec<Duration>> {
+    if setting.is_empty() {
+        return Ok(DEFAULT_SCHEDULE
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect());
+    }
+    setting
+        .split(',')
+        .map(|ms| Ok(Duration::from_millis(ms.trim().parse()?)))
+        .collect()
+}
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let registry = Registry::new(ctx.store.clone());
+    let timeout_ms: u64 = ctx
+        .setting("timeout_ms", &ATTEMPT_TIMEOUT.as_millis().to_string())
+        .parse()?;
+    let dispatcher = Dispatcher::new(
+        ctx.store.clone(),
+        registry.clone(),
+        schedule(&ctx.setting("retry_schedule_ms", ""))?,
+        Duration::from_millis(timeout_ms),
+    )?;
+    ctx.spawn(dispatcher.clone().run(ctx.stopping()));
+    let queue = dispatcher.clone();
+    ctx.consume(
+        ConsumerConfig::new("webhooks", &[types::CARD_AUTHORISATION_ALL]),
+        move |envelope| {
+            let dispatcher = queue.clone();
+            async move { dispatcher.enqueue(envelope).await }
+        },
+    );
+    Ok(Api::Grpc(tonic::service::Routes::new(WebhooksServer::new(
+        WebhooksHandlers {
+            registry,
+            dispatcher,
+        },
+    ))))
+}
