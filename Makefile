@@ -27,13 +27,15 @@ engines-down:
 
 ## test-engines: the conformance suites and the authorisation tests on Cassandra + NATS, then
 ## the fault tests (NATS restarted, Cassandra stopped, a service killed)
-test-engines: engines-up
+test-engines:
+	deploy/local/cassandra.sh clean
+	$(MAKE) engines-up
 	$(CARGO) test -p sterling-storage --test cassandra_conformance -- --ignored
 	$(CARGO) test -p sterling-bus --test nats_conformance -- --ignored
 	$(CARGO) test -p sterling-template --test discovery_conformance -- --ignored
 	STERLING_TEST_ENGINES=real $(CARGO) test -p card-processing --test outbox
-	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test authorisation
-	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test async_path
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test authorisation -- --test-threads=3
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test async_path -- --test-threads=1
 	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \
 		$(CARGO) test -p sterling --test engine_faults -- --ignored --test-threads=1
 

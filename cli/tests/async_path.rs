@@ -282,7 +282,7 @@ async fn a_swipe_yields_one_of_everything() {
             assert_eq!(json["data"]["account_id"], customer.account_id.as_str());
         }
     }
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 /// Delivers every event twice: once for real, then again with an ack that does nothing.
@@ -412,7 +412,7 @@ async fn restarts_mid_burst_and_double_delivery_still_give_exactly_once() {
         swipes,
         "one webhook per swipe, by event id"
     );
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,5 +509,5 @@ async fn a_failing_or_hanging_receiver_is_retried_logged_and_slows_nothing_else(
         listed.iter().all(|w| w.secret.is_empty()),
         "secrets are shown once only"
     );
-    bank.bank.stop().await;
+    bank.finish().await;
 }

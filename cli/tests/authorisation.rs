@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{SECRET, decision, money, start};
+use common::{SECRET, decision, money, start_sync as start};
 use prost::Message;
 use sterling::tools;
 use sterling_bus::ConsumerConfig;
@@ -75,7 +75,7 @@ async fn an_approval_holds_funds_and_records_a_pending_transaction() {
         .unwrap();
     let ids: Vec<&str> = listed.iter().map(|t| t.authorisation_id.as_str()).collect();
     assert_eq!(ids, vec!["auth-approve-2", "auth-approve-1"]);
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +122,7 @@ async fn declines_carry_stable_reason_codes() {
         .pay("auth-after-unfreeze", &token, money("1.00", "GBP"))
         .await;
     assert_eq!(decision(&ok).0, "APPROVED");
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,6 +158,9 @@ async fn fifty_concurrent_authorisations_against_funds_for_ten_approve_exactly_t
             .len(),
         10
     );
+    if let Ok(bank) = Arc::try_unwrap(bank) {
+        bank.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,6 +207,9 @@ async fn the_same_authorisation_id_holds_once_and_answers_the_same() {
     assert_eq!(clash.status, 409);
     assert_eq!(clash.body["code"], "conflict.authorisation");
     assert_eq!(bank.balance(&customer.account_id).await, (1000, 400, 600));
+    if let Ok(bank) = Arc::try_unwrap(bank) {
+        bank.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +239,7 @@ async fn a_foreign_purchase_is_converted_with_the_documented_rounding() {
     assert_eq!(eur.local_amount.as_ref().unwrap().currency, "EUR");
     assert_eq!(eur.amount.as_ref().unwrap().minor_units, 300);
     assert_eq!(bank.balance(&customer.account_id).await, (5000, 828, 4172));
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +357,7 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
             .unwrap_err();
         assert_eq!(Error::from(status).code(), "not_found.authorisation");
     }
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +396,7 @@ async fn a_missed_deadline_declines_and_leaves_no_hold() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(pending, 0);
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,7 +467,7 @@ async fn every_decision_is_announced_once_on_the_bus_with_its_request_id() {
             .is_err(),
         "each decision is announced exactly once"
     );
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,5 +510,5 @@ async fn the_bank_keeps_everything_across_a_restart() {
     let again = bank.seed("restart", money("10.00", "GBP")).await;
     assert_eq!(again.card.token, token);
     assert_eq!(bank.balance(&account_id).await, (1000, 250, 750));
-    bank.bank.stop().await;
+    bank.finish().await;
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{decision, money, start};
+use common::{decision, money, start_sync as start};
 use sterling_bus::ConsumerConfig;
 use sterling_template::discovery::Discovery;
 use sterling_template::discovery::nats::NatsDiscovery;
@@ -106,7 +106,7 @@ async fn restarting_nats_mid_run_loses_no_event_and_handles_none_twice() {
         "handled twice: {handled:?}"
     );
     audit.stop().await;
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +183,7 @@ async fn a_cassandra_outage_turns_readiness_off_declines_fast_and_recovers() {
         approved,
         "authorisations approve again after Cassandra is back"
     );
-    bank.bank.stop().await;
+    bank.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,13 +7,13 @@
 # STERLING_ENGINES_DIR   cache folder (default ~/.cache/sterling/engines)
 # CASSANDRA_VERSION      default 5.0.6
 # CASSANDRA_PORT         native (CQL) port, default 9042
-# CASSANDRA_HEAP         default 1G
+# CASSANDRA_HEAP         default 2G
 set -euo pipefail
 
 VERSION="${CASSANDRA_VERSION:-5.0.6}"
 ROOT="${STERLING_ENGINES_DIR:-$HOME/.cache/sterling/engines}/cassandra-$VERSION"
 PORT="${CASSANDRA_PORT:-9042}"
-HEAP="${CASSANDRA_HEAP:-1G}"
+HEAP="${CASSANDRA_HEAP:-2G}"
 LIB="$ROOT/lib"
 DATA="$ROOT/data"
 LOGS="$ROOT/logs"
@@ -72,6 +72,7 @@ saved_caches_directory: $DATA/saved_caches
 cdc_raw_directory: $DATA/cdc_raw
 authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
+auto_snapshot: false
 write_request_timeout: 2000ms
 read_request_timeout: 5000ms
 cas_contention_timeout: 1000ms

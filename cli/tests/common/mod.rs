@@ -17,6 +17,8 @@ pub const SECRET: &[u8] = b"test-secret";
 /// A running bank with clients.
 pub struct TestBank {
     pub bank: Bank,
+    /// The namespace of its keyspaces, stream and discovery bucket.
+    pub namespace: String,
     pub clients: Clients,
     pub http: reqwest::Client,
     pub url: String,
@@ -46,13 +48,33 @@ pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> TestBank {
     start_wrapped(dir, settings, |platform| platform).await
 }
 
+/// The services after the decision; tests of the synchronous path leave them out (fewer
+/// keyspaces to create on Cassandra).
+pub const ASYNC_SERVICES: &[&str] = &["merchant", "feed", "push-sink", "push", "webhooks"];
+
+/// As [`start`], without the asynchronous path's services.
+pub async fn start_sync(dir: &Path, settings: &[(&str, &str)]) -> TestBank {
+    let except: Vec<String> = ASYNC_SERVICES.iter().map(|s| s.to_string()).collect();
+    start_with(dir, settings, except, |platform| platform).await
+}
+
 /// As [`start`], with the platform changed by `wrap` first (e.g. its bus wrapped).
 pub async fn start_wrapped(
     dir: &Path,
     settings: &[(&str, &str)],
     wrap: impl FnOnce(sterling_template::platform::Platform) -> sterling_template::platform::Platform,
 ) -> TestBank {
+    start_with(dir, settings, Vec::new(), wrap).await
+}
+
+async fn start_with(
+    dir: &Path,
+    settings: &[(&str, &str)],
+    except: Vec<String>,
+    wrap: impl FnOnce(sterling_template::platform::Platform) -> sterling_template::platform::Platform,
+) -> TestBank {
     let mut options = BankOptions::ephemeral(dir);
+    options.except = except;
     options.config.durability = Durability::Normal;
     if real_engines() {
         options.engines = Engines::Real;
@@ -75,6 +97,7 @@ pub async fn start_wrapped(
         .unwrap();
     let url = bank.card_api_url().unwrap();
     TestBank {
+        namespace: bank.platform.config.namespace.clone(),
         bank,
         clients,
         http: reqwest::Client::new(),
@@ -87,6 +110,15 @@ pub fn money(text: &str, code: &str) -> Money {
 }
 
 impl TestBank {
+    /// Stops the bank and, on Cassandra, drops its keyspaces (a node keeps every table it
+    /// ever had in memory; hundreds of test keyspaces would exhaust its heap).
+    pub async fn finish(self) {
+        self.bank.stop().await;
+        if real_engines() {
+            drop_keyspaces(&self.namespace).await;
+        }
+    }
+
     pub async fn seed(&self, key: &str, funds: Money) -> Seeded {
         tools::seed(&self.clients, key, funds).await.expect("seed")
     }
@@ -126,4 +158,31 @@ pub fn decision(outcome: &PayOutcome) -> (String, String) {
         outcome.body["result"].as_str().unwrap().to_string(),
         outcome.body["reason"].as_str().unwrap().to_string(),
     )
+}
+
+/// Drops every keyspace of a test namespace.
+pub async fn drop_keyspaces(namespace: &str) {
+    let session = sterling_storage::cassandra::connect(&CassandraConfig::from_env())
+        .await
+        .expect("Cassandra is up");
+    let rows = session
+        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", &[])
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let prefix = format!("{namespace}_");
+    let names: Vec<String> = rows
+        .rows::<(String,)>()
+        .unwrap()
+        .filter_map(|r| r.ok().map(|(name,)| name))
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    for name in names {
+        let mut drop = scylla::statement::unprepared::Statement::new(format!(
+            "DROP KEYSPACE IF EXISTS {name}"
+        ));
+        drop.set_request_timeout(Some(std::time::Duration::from_secs(60)));
+        let _ = session.query_unpaged(drop, &[]).await;
+    }
 }

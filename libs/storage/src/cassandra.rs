@@ -76,6 +76,16 @@ impl CassandraConfig {
     }
 }
 
+/// Schema changes wait for every node to agree: they get far longer than ordinary requests.
+const DDL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A schema-change statement with [`DDL_TIMEOUT`].
+fn ddl_statement(cql: impl Into<String>) -> scylla::statement::unprepared::Statement {
+    let mut statement = scylla::statement::unprepared::Statement::new(cql);
+    statement.set_request_timeout(Some(DDL_TIMEOUT));
+    statement
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StorageError {
     StorageError::Unavailable(e.to_string())
 }
@@ -125,7 +135,10 @@ impl CassandraStore {
         let ddl = |cql: String| {
             let session = session.clone();
             async move {
-                session.query_unpaged(cql, &[]).await.map_err(unavailable)?;
+                session
+                    .query_unpaged(ddl_statement(cql), &[])
+                    .await
+                    .map_err(unavailable)?;
                 session
                     .await_schema_agreement()
                     .await
@@ -224,7 +237,7 @@ impl CassandraStore {
                         .await
                         .map_err(unavailable)?;
                     self.session
-                        .query_unpaged(statement, &[])
+                        .query_unpaged(ddl_statement(statement), &[])
                         .await
                         .map_err(unavailable)?;
                     self.session

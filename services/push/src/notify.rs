@@ -95,7 +95,7 @@ impl Notifier {
             .collect()
     }
 
-    /// Removes a device.
+    /// Removes a device (a compare-and-set, like its registration).
     pub async fn unregister(&self, account_id: &str, device_token: &str) -> Result<()> {
         self.store
             .apply(vec![Mutation::Delete {
@@ -103,7 +103,7 @@ impl Notifier {
                 key: Row::new()
                     .with("account_id", account_id)
                     .with("device_token", device_token),
-                if_exists: false,
+                if_exists: true,
             }])
             .await?;
         Ok(())

@@ -129,7 +129,8 @@ impl Registry {
         rows.iter().map(from_row).collect()
     }
 
-    /// Deletes a webhook; its pending deliveries fail when attempted.
+    /// Deletes a webhook (a compare-and-set, like its registration); its pending deliveries
+    /// fail when attempted.
     pub async fn delete(&self, account_id: &str, webhook_id: &str) -> Result<()> {
         self.store
             .apply(vec![Mutation::Delete {
@@ -137,7 +138,7 @@ impl Registry {
                 key: Row::new()
                     .with("account_id", account_id)
                     .with("webhook_id", webhook_id),
-                if_exists: false,
+                if_exists: true,
             }])
             .await?;
         Ok(())
