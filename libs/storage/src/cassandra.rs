@@ -23,7 +23,8 @@ use tokio::sync::Mutex;
 
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
-    Applied, Condition, Mutation, Query, Result, Row, StorageError, Store, Value, validate_batch,
+    Applied, Condition, Mutation, Query, Result, Row, StorageError, Store, Value, check_type,
+    validate_batch,
 };
 
 /// How to reach and use the cluster.
@@ -395,30 +396,6 @@ fn from_cql(ty: ColumnType, value: CqlValue) -> Result<Value> {
         (ColumnType::Blob, CqlValue::Blob(v)) => Value::Blob(v),
         _ => return Err(bad()),
     })
-}
-
-fn check_type(table: &TableSchema, column: &str, value: &Value) -> Result<()> {
-    let ty = table.column_type(column).ok_or_else(|| {
-        StorageError::Invalid(format!("table {} has no column {column}", table.name))
-    })?;
-    let fits = matches!(
-        (ty, value),
-        (_, Value::Null)
-            | (ColumnType::Text, Value::Text(_))
-            | (ColumnType::BigInt, Value::BigInt(_))
-            | (ColumnType::Boolean, Value::Boolean(_))
-            | (ColumnType::Uuid, Value::Uuid(_))
-            | (ColumnType::Timestamp, Value::Timestamp(_))
-            | (ColumnType::Blob, Value::Blob(_))
-    );
-    if fits {
-        Ok(())
-    } else {
-        Err(StorageError::Invalid(format!(
-            "{}.{column} is {ty:?}, got {value:?}",
-            table.name
-        )))
-    }
 }
 
 fn key_predicate(table: &TableSchema, key: &Row) -> Result<(String, Vec<Option<CqlValue>>)> {

@@ -15,8 +15,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
 
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
-    Applied, Condition, Mutation, Query, Result, Row, StorageError, Store, Value, now_millis,
-    validate_batch,
+    Applied, Condition, Mutation, Query, Result, Row, StorageError, Store, Value, check_type,
+    now_millis, validate_batch,
 };
 
 /// How hard the embedded store works to keep a write through a power cut.
@@ -187,30 +187,6 @@ fn to_sql(value: &Value) -> SqlValue {
         Value::Boolean(v) => SqlValue::Integer(i64::from(*v)),
         Value::Uuid(v) => SqlValue::Text(v.hyphenated().to_string()),
         Value::Blob(v) => SqlValue::Blob(v.clone()),
-    }
-}
-
-fn check_type(table: &TableSchema, column: &str, value: &Value) -> Result<()> {
-    let ty = table.column_type(column).ok_or_else(|| {
-        StorageError::Invalid(format!("table {} has no column {column}", table.name))
-    })?;
-    let fits = matches!(
-        (ty, value),
-        (_, Value::Null)
-            | (ColumnType::Text, Value::Text(_))
-            | (ColumnType::BigInt, Value::BigInt(_))
-            | (ColumnType::Boolean, Value::Boolean(_))
-            | (ColumnType::Uuid, Value::Uuid(_))
-            | (ColumnType::Timestamp, Value::Timestamp(_))
-            | (ColumnType::Blob, Value::Blob(_))
-    );
-    if fits {
-        Ok(())
-    } else {
-        Err(StorageError::Invalid(format!(
-            "{}.{column} is {ty:?}, got {value:?}",
-            table.name
-        )))
     }
 }
 

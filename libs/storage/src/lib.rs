@@ -398,6 +398,31 @@ pub fn validate_batch(
     Ok(())
 }
 
+/// Checks that `value` fits `column`'s type (null fits every type).
+pub(crate) fn check_type(table: &TableSchema, column: &str, value: &Value) -> Result<()> {
+    let ty = table.column_type(column).ok_or_else(|| {
+        StorageError::Invalid(format!("table {} has no column {column}", table.name))
+    })?;
+    let fits = matches!(
+        (ty, value),
+        (_, Value::Null)
+            | (ColumnType::Text, Value::Text(_))
+            | (ColumnType::BigInt, Value::BigInt(_))
+            | (ColumnType::Boolean, Value::Boolean(_))
+            | (ColumnType::Uuid, Value::Uuid(_))
+            | (ColumnType::Timestamp, Value::Timestamp(_))
+            | (ColumnType::Blob, Value::Blob(_))
+    );
+    if fits {
+        Ok(())
+    } else {
+        Err(StorageError::Invalid(format!(
+            "{}.{column} is {ty:?}, got {value:?}",
+            table.name
+        )))
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

@@ -148,6 +148,27 @@ impl Error {
     }
 }
 
+/// Longest id a request may carry.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A required text field of a request: present and at most [`MAX_ID_LEN`] bytes, or
+/// `bad_request.<field>`.
+pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+    required_max(field, value, MAX_ID_LEN)
+}
+
+/// A required text field of at most `max` bytes, or `bad_request.<field>`.
+pub fn required_max<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str> {
+    if value.is_empty() || value.len() > max {
+        Err(
+            Error::bad_request(field, format!("{field} is required (at most {max} bytes)"))
+                .with_param("field", field),
+        )
+    } else {
+        Ok(value)
+    }
+}
+
 fn dotted(class: &str, detail: &str) -> String {
     if detail.is_empty() {
         class.to_string()

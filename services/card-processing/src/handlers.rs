@@ -4,6 +4,7 @@ use sterling_proto::cardprocessing::v1::card_processing_server::CardProcessing;
 use sterling_proto::cardprocessing::v1::{
     AuthoriseRequest, AuthoriseResponse, Decision as DecisionMessage, GetAuthorisationRequest,
 };
+use sterling_template::error::required;
 use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
@@ -31,17 +32,6 @@ fn to_message(d: Decision) -> AuthoriseResponse {
         }),
         transaction_id: d.transaction_id,
         account_id: d.account_id,
-    }
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() || value.len() > 128 {
-        Err(
-            Error::bad_request(field, format!("{field} is required (at most 128 bytes)"))
-                .with_param("field", field),
-        )
-    } else {
-        Ok(value)
     }
 }
 

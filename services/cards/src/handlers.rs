@@ -5,7 +5,8 @@ use sterling_proto::cards::v1::{
     Card as CardMessage, CardStatus as StatusMessage, FreezeCardRequest, GetCardRequest,
     IssueCardRequest, UnfreezeCardRequest,
 };
-use sterling_template::{Error, money};
+use sterling_template::error::required;
+use sterling_template::money;
 use tonic::{Request, Response, Status};
 
 use crate::storage::{Card, CardStatus, CardStore};
@@ -27,17 +28,6 @@ fn to_message(card: Card) -> CardMessage {
         } as i32,
         last_four: card.last_four,
         created_at_ms: card.created_at_ms,
-    }
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() || value.len() > 128 {
-        Err(
-            Error::bad_request(field, format!("{field} is required (at most 128 bytes)"))
-                .with_param("field", field),
-        )
-    } else {
-        Ok(value)
     }
 }
 

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use sterling_proto::feed::v1::feed_server::Feed;
 use sterling_proto::feed::v1::{FeedItem, FollowFeedRequest, ListFeedRequest, ListFeedResponse};
-use sterling_template::Error;
+use sterling_template::error::required;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
@@ -18,17 +18,6 @@ pub const MAX_PAGE: usize = 100;
 pub struct FeedHandlers {
     /// Items.
     pub feed: FeedStore,
-}
-
-fn account(id: &str) -> Result<&str, Error> {
-    if id.is_empty() || id.len() > 128 {
-        Err(Error::bad_request(
-            "account_id",
-            "account_id is required (at most 128 bytes)",
-        ))
-    } else {
-        Ok(id)
-    }
 }
 
 #[tonic::async_trait]
@@ -45,7 +34,7 @@ impl Feed for FeedHandlers {
         let cursor = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
         let items = self
             .feed
-            .page(account(&r.account_id)?, limit, cursor)
+            .page(required("account_id", &r.account_id)?, limit, cursor)
             .await?;
         let next_page_token = if items.len() == limit {
             items.last().map(|i| i.item_id.clone()).unwrap_or_default()
@@ -64,7 +53,7 @@ impl Feed for FeedHandlers {
         &self,
         request: Request<FollowFeedRequest>,
     ) -> Result<Response<Self::FollowFeedStream>, Status> {
-        let account_id = account(&request.into_inner().account_id)?.to_string();
+        let account_id = required("account_id", &request.into_inner().account_id)?.to_string();
         let stream = BroadcastStream::new(self.feed.follow()).filter_map(move |item| {
             let account_id = account_id.clone();
             async move {

@@ -7,6 +7,7 @@ use sterling_proto::ledger::v1::{
     HoldStatus as HoldStatusMessage, PlaceHoldRequest, ReleaseHoldRequest, TransferRequest,
     TransferResponse,
 };
+use sterling_template::error::required;
 use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
@@ -16,17 +17,6 @@ use crate::book::{AccountKind, Book, Hold, HoldStatus, Transfer};
 pub struct LedgerHandlers {
     /// The book.
     pub book: Book,
-}
-
-fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() || value.len() > 128 {
-        Err(
-            Error::bad_request(field, format!("{field} is required (at most 128 bytes)"))
-                .with_param("field", field),
-        )
-    } else {
-        Ok(value)
-    }
 }
 
 fn hold_message(hold: Hold) -> HoldMessage {
@@ -48,7 +38,7 @@ impl Ledger for LedgerHandlers {
         request: Request<CreateAccountRequest>,
     ) -> Result<Response<AccountMessage>, Status> {
         let r = request.into_inner();
-        let account_id = id("account_id", &r.account_id)?;
+        let account_id = required("account_id", &r.account_id)?;
         let currency = money::currency("currency", &r.currency)?;
         let kind = match KindMessage::try_from(r.kind) {
             Ok(KindMessage::Customer) => AccountKind::Customer,
@@ -70,7 +60,10 @@ impl Ledger for LedgerHandlers {
         request: Request<GetBalanceRequest>,
     ) -> Result<Response<BalanceMessage>, Status> {
         let r = request.into_inner();
-        let account = self.book.account(id("account_id", &r.account_id)?).await?;
+        let account = self
+            .book
+            .account(required("account_id", &r.account_id)?)
+            .await?;
         let b = self.book.balance(&account).await?;
         Ok(Response::new(BalanceMessage {
             account_id: account.account_id,
@@ -86,9 +79,9 @@ impl Ledger for LedgerHandlers {
     ) -> Result<Response<TransferResponse>, Status> {
         let r = request.into_inner();
         let transfer = Transfer {
-            transfer_id: id("transfer_id", &r.transfer_id)?.to_string(),
-            debit_account_id: id("debit_account_id", &r.debit_account_id)?.to_string(),
-            credit_account_id: id("credit_account_id", &r.credit_account_id)?.to_string(),
+            transfer_id: required("transfer_id", &r.transfer_id)?.to_string(),
+            debit_account_id: required("debit_account_id", &r.debit_account_id)?.to_string(),
+            credit_account_id: required("credit_account_id", &r.credit_account_id)?.to_string(),
             amount: money::positive_from_proto("amount", r.amount.as_ref())?,
             description: r.description,
         };
@@ -109,8 +102,8 @@ impl Ledger for LedgerHandlers {
         let hold = self
             .book
             .place_hold(
-                id("hold_id", &r.hold_id)?,
-                id("account_id", &r.account_id)?,
+                required("hold_id", &r.hold_id)?,
+                required("account_id", &r.account_id)?,
                 amount,
             )
             .await?;
@@ -125,7 +118,10 @@ impl Ledger for LedgerHandlers {
         let r = request.into_inner();
         let hold = self
             .book
-            .release_hold(id("hold_id", &r.hold_id)?, id("account_id", &r.account_id)?)
+            .release_hold(
+                required("hold_id", &r.hold_id)?,
+                required("account_id", &r.account_id)?,
+            )
             .await?;
         tracing::info!(hold_id = %hold.hold_id, "hold released");
         Ok(Response::new(hold_message(hold)))
@@ -136,10 +132,10 @@ impl Ledger for LedgerHandlers {
         request: Request<GetHoldRequest>,
     ) -> Result<Response<HoldMessage>, Status> {
         let r = request.into_inner();
-        let hold_id = id("hold_id", &r.hold_id)?;
+        let hold_id = required("hold_id", &r.hold_id)?;
         let hold = self
             .book
-            .hold(hold_id, id("account_id", &r.account_id)?)
+            .hold(hold_id, required("account_id", &r.account_id)?)
             .await?
             .ok_or_else(|| {
                 Error::not_found("hold", "no such hold").with_param("hold_id", hold_id)

@@ -5,6 +5,7 @@ use sterling_proto::push::v1::{
     Device, ListDevicesRequest, ListDevicesResponse, RegisterDeviceRequest, UnregisterDeviceRequest,
 };
 use sterling_template::Error;
+use sterling_template::error::{required, required_max};
 use tonic::{Request, Response, Status};
 
 use crate::notify::{DeviceRecord, Notifier};
@@ -13,17 +14,6 @@ use crate::notify::{DeviceRecord, Notifier};
 pub struct PushHandlers {
     /// Devices and notifications.
     pub notifier: Notifier,
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() || value.len() > 256 {
-        Err(
-            Error::bad_request(field, format!("{field} is required (at most 256 bytes)"))
-                .with_param("field", field),
-        )
-    } else {
-        Ok(value)
-    }
 }
 
 fn to_message(d: DeviceRecord) -> Device {
@@ -61,7 +51,7 @@ impl Push for PushHandlers {
             .notifier
             .register(
                 required("account_id", &r.account_id)?,
-                required("device_token", &r.device_token)?,
+                required_max("device_token", &r.device_token, 512)?,
                 platform,
             )
             .await?;
@@ -90,7 +80,7 @@ impl Push for PushHandlers {
         self.notifier
             .unregister(
                 required("account_id", &r.account_id)?,
-                required("device_token", &r.device_token)?,
+                required_max("device_token", &r.device_token, 512)?,
             )
             .await?;
         Ok(Response::new(Device {

@@ -5,6 +5,7 @@ use sterling_proto::transactions::v1::{
     GetTransactionRequest, ListTransactionsRequest, ListTransactionsResponse, RecordPendingRequest,
     ReleaseTransactionRequest, Transaction, TransactionStatus,
 };
+use sterling_template::error::required;
 use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
@@ -55,17 +56,6 @@ fn uuid_text(field: &str, value: &str) -> Result<String, Error> {
         .map_err(|_| {
             Error::bad_request(field, format!("{field} must be a UUID")).with_param("field", field)
         })
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() || value.len() > 128 {
-        Err(
-            Error::bad_request(field, format!("{field} is required (at most 128 bytes)"))
-                .with_param("field", field),
-        )
-    } else {
-        Ok(value)
-    }
 }
 
 #[tonic::async_trait]

@@ -5,7 +5,7 @@ use sterling_proto::webhooks::v1::{
     DeleteWebhookRequest, Delivery, ListDeliveriesRequest, ListDeliveriesResponse,
     ListWebhooksRequest, ListWebhooksResponse, RegisterWebhookRequest, Webhook,
 };
-use sterling_template::Error;
+use sterling_template::error::required;
 use tonic::{Request, Response, Status};
 
 use crate::dispatch::Dispatcher;
@@ -17,17 +17,6 @@ pub struct WebhooksHandlers {
     pub registry: Registry,
     /// Deliveries.
     pub dispatcher: Dispatcher,
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() || value.len() > 128 {
-        Err(
-            Error::bad_request(field, format!("{field} is required (at most 128 bytes)"))
-                .with_param("field", field),
-        )
-    } else {
-        Ok(value)
-    }
 }
 
 fn to_message(w: WebhookRecord, with_secret: bool) -> Webhook {
