@@ -193,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             );
             shutdown_signal().await;
             bank.stop().await;
+            telemetry::flush();
         }
         Command::Seed {
             currency,

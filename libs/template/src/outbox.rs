@@ -114,7 +114,7 @@ pub fn event(event_type: &str, payload: &impl Message) -> Envelope {
             .unwrap_or_default(),
         traceparent: context
             .as_ref()
-            .map(|c| c.trace.child().header())
+            .map(|c| c.trace.header())
             .unwrap_or_default(),
         payload: payload.encode_to_vec(),
     }

@@ -369,14 +369,23 @@ impl ServiceContext {
                 }
                 let span = tracing::info_span!(
                     "event",
+                    otel.name = %format!("{} {}", config.durable, envelope.r#type),
+                    otel.kind = "consumer",
                     service,
                     event_type = %envelope.r#type,
                     event_id = %envelope.event_id,
                     attempt = delivery.attempt,
                     request_id = %context.request_id,
-                    trace_id = %context.trace.trace_id,
-                    span_id = %context.trace.span_id,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
                 );
+                crate::telemetry::join_trace(
+                    &span,
+                    TraceContext::parse(&envelope.traceparent).as_ref(),
+                    &mut context,
+                );
+                span.record("trace_id", context.trace.trace_id.as_str());
+                span.record("span_id", context.trace.span_id.as_str());
                 let processed_key = Row::new()
                     .with("consumer", config.durable.as_str())
                     .with("event_id", envelope.event_id.as_str());
@@ -811,17 +820,27 @@ async fn http_request_context(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let context = context_from_headers(request.headers(), None);
+    let mut context = context_from_headers(request.headers(), None);
     let span = tracing::info_span!(
         "request",
+        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
         service,
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %context.request_id,
-        trace_id = %context.trace.trace_id,
-        span_id = %context.trace.span_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         hop = context.hop,
     );
+    let parent = request
+        .headers()
+        .get(crate::context::TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    crate::telemetry::join_trace(&span, parent.as_ref(), &mut context);
+    span.record("trace_id", context.trace.trace_id.as_str());
+    span.record("span_id", context.trace.span_id.as_str());
     let request_id = context.request_id.clone();
     let started = Instant::now();
     let mut response = context
@@ -858,6 +877,7 @@ pub fn main(definition: ServiceDefinition) -> anyhow::Result<()> {
         let service = start(&definition, &platform, listen).await?;
         shutdown_signal().await;
         service.stop().await;
+        crate::telemetry::flush();
         Ok(())
     })
 }

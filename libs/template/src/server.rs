@@ -112,7 +112,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let context = context_from_headers(request.headers(), None);
+        let mut context = context_from_headers(request.headers(), None);
         let method = request.uri().path().to_string();
         let method_metrics = self
             .metrics
@@ -138,13 +138,23 @@ where
         };
         let span = tracing::info_span!(
             "request",
+            otel.name = %method,
+            otel.kind = "server",
             service = self.service,
             method = %method,
             request_id = %context.request_id,
-            trace_id = %context.trace.trace_id,
-            span_id = %context.trace.span_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             hop = context.hop,
         );
+        let parent = request
+            .headers()
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse);
+        crate::telemetry::join_trace(&span, parent.as_ref(), &mut context);
+        span.record("trace_id", context.trace.trace_id.as_str());
+        span.record("span_id", context.trace.span_id.as_str());
         let started = Instant::now();
         let handled = context.scope(async move {
             let _permit = permit;

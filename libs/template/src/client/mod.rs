@@ -414,7 +414,8 @@ impl Service<http::Request<Body>> for GrpcChannel {
             if let Ok(v) = HeaderValue::from_str(&context.request_id) {
                 headers.insert(REQUEST_ID_HEADER, v);
             }
-            if let Ok(v) = HeaderValue::from_str(&context.trace.child().header()) {
+            // This hop's span is the parent of the callee's.
+            if let Ok(v) = HeaderValue::from_str(&context.trace.header()) {
                 headers.insert(TRACEPARENT_HEADER, v);
             }
             headers.insert(HOP_HEADER, HeaderValue::from(context.hop + 1));

@@ -1,0 +1,138 @@
+//! One trace per payment: the OpenTelemetry spans of every synchronous hop and every event
+//! consumer share the payment's trace id, each hanging under the span that caused it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{decision, money, start};
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use sterling_proto::push::v1::RegisterDeviceRequest;
+use sterling_proto::push::v1::push_client::PushClient;
+use sterling_template::client::GrpcChannel;
+use sterling_template::telemetry::{self, LogFormat};
+
+fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn service(span: &SpanData) -> String {
+    attribute(span, "service")
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_is_one_trace_across_hops_and_events() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    telemetry::init_with(LogFormat::Json, std::io::sink, Some(provider));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let customer = bank.seed("trace", money("20.00", "GBP")).await;
+    let channel = GrpcChannel::connect(
+        bank.bank.platform.discovery.clone(),
+        "push",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    PushClient::new(channel)
+        .register_device(RegisterDeviceRequest {
+            account_id: customer.account_id.clone(),
+            device_token: "trace-phone".into(),
+            platform: "android".into(),
+        })
+        .await
+        .unwrap();
+    let outcome = bank
+        .pay_with_request_id(
+            "auth-trace",
+            &customer.card.token,
+            money("3.50", "EUR"),
+            Some("req-trace-1"),
+        )
+        .await;
+    assert_eq!(decision(&outcome).0, "APPROVED");
+
+    // Wait for the last consumers (feed takes the enrichment; push sends).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let wanted = ["feed", "push", "merchant", "transactions", "webhooks"];
+    let payment_spans = loop {
+        let spans = exporter.get_finished_spans().unwrap();
+        let ours: Vec<SpanData> = spans
+            .into_iter()
+            .filter(|s| attribute(s, "request_id").is_some_and(|v| v.to_string() == "req-trace-1"))
+            .collect();
+        let consumers: Vec<String> = ours
+            .iter()
+            .filter(|s| attribute(s, "event_type").is_some())
+            .map(service)
+            .collect();
+        if wanted.iter().all(|w| consumers.iter().any(|c| c == w))
+            && ours.iter().any(|s| {
+                service(s) == "feed"
+                    && attribute(s, "event_type")
+                        .is_some_and(|v| v.to_string() == "transaction.enriched")
+            })
+        {
+            break ours;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer spans missing: {consumers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bank.bank.stop().await;
+
+    let trace_ids: std::collections::BTreeSet<String> = payment_spans
+        .iter()
+        .map(|s| s.span_context.trace_id().to_string())
+        .collect();
+    assert_eq!(trace_ids.len(), 1, "one trace for the whole payment");
+
+    let find = |service_name: &str, event: Option<&str>| {
+        payment_spans
+            .iter()
+            .find(|s| {
+                service(s) == service_name
+                    && match event {
+                        None => attribute(s, "event_type").is_none() && s.name != "task",
+                        Some(e) => attribute(s, "event_type").is_some_and(|v| v.to_string() == e),
+                    }
+            })
+            .unwrap_or_else(|| panic!("no span of {service_name} {event:?}"))
+    };
+    let card_api = find("card-api", None);
+    let card_processing = find("card-processing", None);
+    let ledger = find("ledger", None);
+    let merchant = find("merchant", Some("card.authorisation.approved"));
+    let feed_enriched = find("feed", Some("transaction.enriched"));
+    let push = find("push", Some("card.authorisation.approved"));
+    // Each hop hangs under the span that caused it.
+    assert_eq!(
+        card_processing.parent_span_id,
+        card_api.span_context.span_id()
+    );
+    assert_eq!(
+        ledger.parent_span_id,
+        card_processing.span_context.span_id()
+    );
+    assert_eq!(
+        merchant.parent_span_id,
+        card_processing.span_context.span_id()
+    );
+    assert_eq!(push.parent_span_id, card_processing.span_context.span_id());
+    assert_eq!(
+        feed_enriched.parent_span_id,
+        merchant.span_context.span_id()
+    );
+}
