@@ -160,6 +160,14 @@ fn parse_engines(name: &str) -> anyhow::Result<Engines> {
     })
 }
 
+fn parse_durability(name: &str) -> anyhow::Result<Durability> {
+    Ok(match name {
+        "full" => Durability::Full,
+        "normal" => Durability::Normal,
+        other => anyhow::bail!("unknown durability {other}: full or normal"),
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -272,10 +280,7 @@ async fn main() -> anyhow::Result<()> {
             engines,
         } => {
             let engines = parse_engines(&engines)?;
-            let durability = match durability.as_str() {
-                "normal" => Durability::Normal,
-                _ => Durability::Full,
-            };
+            let durability = parse_durability(&durability)?;
             let report = bench::run(bench::BenchOptions {
                 payments,
                 concurrency: concurrency.max(1),
@@ -307,10 +312,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::BenchPush { swipes, durability } => {
-            let durability = match durability.as_str() {
-                "normal" => Durability::Normal,
-                _ => Durability::Full,
-            };
+            let durability = parse_durability(&durability)?;
             let r = bench::swipe_to_push(swipes, durability).await?;
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
             println!(

@@ -174,7 +174,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Parses gRPC's `grpc-timeout` header (`100m`, `5S`, `250000u`).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    if !value.is_ascii() || value.len() < 2 || value.len() > 9 {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);

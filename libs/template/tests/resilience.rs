@@ -15,6 +15,9 @@ use sterling_template::context::RequestContext;
 use sterling_template::platform::{Platform, PlatformConfig};
 use sterling_template::testing::{Behaviour, ProbeInstance, start_probe};
 
+/// The tests measure latency and share two cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn platform(dir: &std::path::Path) -> Platform {
     let mut config = PlatformConfig::from_env();
     config.data_dir = dir.to_path_buf();
@@ -66,6 +69,7 @@ fn fast() -> Behaviour {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_answering_errors_is_ejected() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
     let broken = Behaviour {
@@ -94,6 +98,7 @@ async fn an_instance_answering_errors_is_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_moves_away_from_a_slow_instance() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
     let slow = Behaviour {
@@ -132,6 +137,7 @@ async fn traffic_moves_away_from_a_slow_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedging_cuts_the_tail() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
     let tail = Behaviour {
@@ -170,6 +176,7 @@ async fn hedging_cuts_the_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_travels_and_giving_up_cancels_downstream() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
     let leaf = start_probe(
@@ -228,6 +235,7 @@ async fn the_deadline_travels_and_giving_up_cancels_downstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_do_not_amplify_across_three_hops() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
     // A tight budget so that it shows within a short test: retries add at most 10% of calls
@@ -281,6 +289,7 @@ async fn retries_do_not_amplify_across_three_hops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_server_sheds_at_once_and_recovers() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = PlatformConfig::from_env();
     config.data_dir = dir.path().to_path_buf();
@@ -337,6 +346,7 @@ async fn an_overloaded_server_sheds_at_once_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_deadline_passed_is_refused_at_once() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path());
     let probe = start_probe(&platform, "probe-late", "late", fast(), None)

@@ -1,0 +1,43 @@
+//! The processor-facing decoders take any bytes and answer with an error, never a panic.
+
+use card_api::webhook::AuthorisationRequest;
+use proptest::prelude::*;
+use sterling_template::signature;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_bytes_parse_to_a_request_or_a_bad_request(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Err(e) = AuthorisationRequest::parse(&body) {
+            prop_assert_eq!(e.class(), "bad_request");
+        }
+    }
+
+    #[test]
+    fn json_shaped_requests_are_validated_not_trusted(
+        id in ".{0,200}",
+        token in ".{0,200}",
+        amount in any::<i64>(),
+        currency in "[A-Z]{0,4}",
+        mcc in ".{0,6}",
+        descriptor in ".{0,300}",
+    ) {
+        let body = serde_json::json!({
+            "id": id, "card_token": token, "amount": amount, "currency": currency,
+            "merchant": {"descriptor": descriptor, "mcc": mcc},
+        });
+        match AuthorisationRequest::parse(body.to_string().as_bytes()) {
+            Ok((request, money)) => {
+                prop_assert!(money.minor_units() > 0);
+                prop_assert!(!request.id.is_empty() && request.id.len() <= 128);
+            }
+            Err(e) => prop_assert_eq!(e.class(), "bad_request"),
+        }
+    }
+
+    #[test]
+    fn any_signature_header_is_checked_without_panicking(header in ".{0,300}", body in proptest::collection::vec(any::<u8>(), 0..64), now in any::<i64>()) {
+        let _ = signature::verify(b"secret", &header, &body, now);
+    }
+}
