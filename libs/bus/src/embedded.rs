@@ -52,23 +52,30 @@ pub struct SqliteBus {
 }
 
 impl SqliteBus {
-    /// Opens (or creates) the bus stored at `path`.
+    /// Opens (or creates) the bus stored at `path`, fsyncing every commit.
     pub fn open(path: &Path) -> Result<SqliteBus> {
+        Self::open_with(path, true)
+    }
+
+    /// As [`SqliteBus::open`]; with `fsync_every_commit` false, commits are flushed at
+    /// checkpoints only (they survive a process crash, not a power cut).
+    pub fn open_with(path: &Path, fsync_every_commit: bool) -> Result<SqliteBus> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BusError::Unavailable(e.to_string()))?;
         }
-        Self::with_connection(Connection::open(path).map_err(err)?)
+        Self::with_connection(Connection::open(path).map_err(err)?, fsync_every_commit)
     }
 
     /// A bus that lives in memory only (tests).
     pub fn in_memory() -> Result<SqliteBus> {
-        Self::with_connection(Connection::open_in_memory().map_err(err)?)
+        Self::with_connection(Connection::open_in_memory().map_err(err)?, false)
     }
 
-    fn with_connection(connection: Connection) -> Result<SqliteBus> {
+    fn with_connection(connection: Connection, fsync_every_commit: bool) -> Result<SqliteBus> {
+        let synchronous = if fsync_every_commit { "FULL" } else { "NORMAL" };
         connection
-            .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
+            .execute_batch(&format!(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;
                  CREATE TABLE IF NOT EXISTS messages (
                      seq INTEGER PRIMARY KEY AUTOINCREMENT,
                      event_id TEXT NOT NULL UNIQUE,
@@ -83,8 +90,8 @@ impl SqliteBus {
                      seq INTEGER NOT NULL,
                      deliveries INTEGER NOT NULL,
                      next_at INTEGER NOT NULL,
-                     PRIMARY KEY (durable, seq)) WITHOUT ROWID;",
-            )
+                     PRIMARY KEY (durable, seq)) WITHOUT ROWID;"
+            ))
             .map_err(err)?;
         Ok(SqliteBus {
             shared: Arc::new(Shared {

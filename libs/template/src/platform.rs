@@ -145,7 +145,11 @@ impl Platform {
                 Some(path) => PathBuf::from(path),
                 None => config.data_dir.join("bus.sqlite"),
             };
-            Arc::new(SqliteBus::open(&path).map_err(|e| Error::unavailable("bus", e.to_string()))?)
+            let full = config.durability == Durability::Full;
+            Arc::new(
+                SqliteBus::open_with(&path, full)
+                    .map_err(|e| Error::unavailable("bus", e.to_string()))?,
+            )
         } else {
             return Err(Error::bad_request(
                 "bus",
@@ -176,7 +180,8 @@ impl Platform {
     /// A platform for services in one process: in-process discovery and the embedded bus under
     /// the data directory.
     pub fn embedded(config: PlatformConfig) -> Result<Platform> {
-        let bus = SqliteBus::open(&config.data_dir.join("bus.sqlite"))
+        let full = config.durability == Durability::Full;
+        let bus = SqliteBus::open_with(&config.data_dir.join("bus.sqlite"), full)
             .map_err(|e| Error::unavailable("bus", e.to_string()))?;
         Ok(Platform {
             config,
