@@ -511,3 +511,41 @@ async fn a_failing_or_hanging_receiver_is_retried_logged_and_slows_nothing_else(
     );
     bank.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_following_the_feed_sees_its_items_arrive_and_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let customer = bank.seed("follower", money("20.00", "GBP")).await;
+    let other = bank.seed("stranger", money("20.00", "GBP")).await;
+    let mut live = FeedClient::new(channel(&bank, "feed").await)
+        .follow_feed(sterling_proto::feed::v1::FollowFeedRequest {
+            account_id: customer.account_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let swipe = bank
+        .pay("auth-live-1", &customer.card.token, money("3.50", "GBP"))
+        .await;
+    assert_eq!(decision(&swipe).0, "APPROVED");
+    let theirs = bank
+        .pay("auth-live-2", &other.card.token, money("1.00", "GBP"))
+        .await;
+    assert_eq!(decision(&theirs).0, "APPROVED");
+    let transaction_id = swipe.body["transaction_id"].as_str().unwrap().to_string();
+    // The item arrives, then its enrichment updates it in place; nothing of the other account.
+    let mut titles = Vec::new();
+    while !titles.iter().any(|t| t == "Pret A Manger") {
+        let item = tokio::time::timeout(Duration::from_secs(10), live.message())
+            .await
+            .expect("a live update within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        assert_eq!(item.account_id, customer.account_id);
+        assert_eq!(item.item_id, transaction_id);
+        assert_eq!(item.amount.as_ref().unwrap().minor_units, 350);
+        titles.push(item.title);
+    }
+    bank.finish().await;
+}

@@ -17,6 +17,18 @@ use sterling_proto::transactions::v1::TransactionStatus;
 use sterling_template::Error;
 use sterling_template::client::GrpcChannel;
 
+/// A client of the bank's card-processing.
+async fn card_processing(bank: &common::TestBank) -> CardProcessingClient<GrpcChannel> {
+    let channel = GrpcChannel::connect(
+        bank.bank.platform.discovery.clone(),
+        "card-processing",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    CardProcessingClient::new(channel)
+}
+
 /// A generous budget for tests about correctness under load, not latency.
 const RELAXED: &[(&str, &str)] = &[("STERLING_CARD_API_BUDGET_MS", "10000")];
 
@@ -50,14 +62,8 @@ async fn an_approval_holds_funds_and_records_a_pending_transaction() {
     );
     assert_eq!(t.merchant_descriptor, "PRET A MANGER LONDON GB");
     // The decision is recorded under the processor's id.
-    let channel = GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        "card-processing",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let recorded = CardProcessingClient::new(channel)
+    let recorded = card_processing(&bank)
+        .await
         .get_authorisation(GetAuthorisationRequest {
             processor_authorisation_id: "auth-approve-1".into(),
         })
@@ -340,14 +346,7 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
             .unwrap()
             .is_empty()
     );
-    let channel = GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        "card-processing",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let mut card_processing = CardProcessingClient::new(channel);
+    let mut card_processing = card_processing(&bank).await;
     for id in ["bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6"] {
         let status = card_processing
             .get_authorisation(GetAuthorisationRequest {

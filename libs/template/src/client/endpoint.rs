@@ -72,11 +72,6 @@ impl EjectionGroup {
             ejected: AtomicUsize::new(0),
         }
     }
-
-    /// Endpoints currently ejected.
-    pub fn ejected(&self) -> usize {
-        self.ejected.load(Ordering::Relaxed)
-    }
 }
 
 #[derive(Debug, Default)]
