@@ -3,4 +3,5 @@
 
 pub mod bank;
 pub mod bench;
+pub mod reconcile;
 pub mod tools;

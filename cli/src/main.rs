@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use sterling::bank::{Bank, BankOptions, Engines};
 use sterling::bench;
+use sterling::reconcile::{self, Heard, Reconciler};
 use sterling::tools::{self, Clients};
 use sterling_money::{Currency, Money};
 use sterling_storage::embedded::Durability;
@@ -76,6 +77,27 @@ enum Command {
         /// Shared webhook secret.
         #[arg(long, env = "STERLING_CARD_API_SECRET", default_value = card_api::DEVELOPMENT_SECRET)]
         secret: String,
+        /// Append the answer, as heard, to this JSON-lines file (for `sterling reconcile`).
+        #[arg(long)]
+        answers: Option<PathBuf>,
+    },
+    /// Check the authorisation rules (one answer per id, money matching the answer, no
+    /// over-approval, nothing half-done) against the answers a processor heard; prints every
+    /// violation with the ids involved and exits non-zero if there is one.
+    Reconcile {
+        /// JSON lines, one answer each, as card-api sent them (`sterling pay --answers`).
+        #[arg(long)]
+        answers: PathBuf,
+        /// Wait up to this many seconds for the bank to settle before reporting.
+        #[arg(long, default_value_t = 10)]
+        settle_secs: u64,
+        /// The file holds every authorisation of the accounts involved (then the ledger's
+        /// held amount must equal the approvals exactly).
+        #[arg(long)]
+        complete: bool,
+        /// Shared webhook secret (card-api's records are read with a signed GET).
+        #[arg(long, env = "STERLING_CARD_API_SECRET", default_value = card_api::DEVELOPMENT_SECRET)]
+        secret: String,
     },
     /// Measure authorisation latency and throughput through card-api on a bank started here.
     Bench {
@@ -140,6 +162,17 @@ async fn discovery(data: &std::path::Path) -> anyhow::Result<SharedDiscovery> {
     let spec = std::env::var("STERLING_DISCOVERY")
         .unwrap_or_else(|_| format!("file:{}", data.join("endpoints.json").display()));
     Ok(discovery_from_spec(&spec, &PlatformConfig::from_env()).await?)
+}
+
+/// card-api's base URL, found through discovery.
+async fn card_api_url(discovery: &SharedDiscovery) -> anyhow::Result<String> {
+    let card_api = discovery
+        .resolve("card-api")
+        .await?
+        .into_iter()
+        .find(|r| r.protocol == Protocol::Http)
+        .ok_or_else(|| anyhow::anyhow!("card-api is not running (no endpoints.json entry)"))?;
+    Ok(format!("http://{}", card_api.address))
 }
 
 fn show_money(m: Option<sterling_proto::common::v1::Money>) -> String {
@@ -230,29 +263,30 @@ async fn main() -> anyhow::Result<()> {
             mcc,
             id,
             secret,
+            answers,
         } => {
             let currency = Currency::from_code(&currency)?;
             let amount = Money::parse(&amount, currency)?;
-            let card_api = discovery(&cli.data)
-                .await?
-                .resolve("card-api")
-                .await?
-                .into_iter()
-                .find(|r| r.protocol == Protocol::Http)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("card-api is not running (no endpoints.json entry)")
-                })?;
+            let card_api = card_api_url(&discovery(&cli.data).await?).await?;
             let id = id.unwrap_or_else(|| format!("auth_{}", uuid::Uuid::now_v7().simple()));
             let request = tools::authorisation_json(&id, &card, amount, &merchant, &mcc);
             let outcome = tools::pay(
                 &reqwest::Client::new(),
-                &format!("http://{}", card_api.address),
+                &card_api,
                 secret.as_bytes(),
                 &request,
                 None,
             )
             .await?;
             let b = &outcome.body;
+            if let (Some(path), 200) = (&answers, outcome.status) {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                writeln!(file, "{}", serde_json::to_string(b)?)?;
+            }
             if outcome.status == 200 {
                 println!(
                     "{} ({}) {} held {} {}  in {:.1} ms  [authorisation {}]",
@@ -270,6 +304,46 @@ async fn main() -> anyhow::Result<()> {
                     outcome.status,
                     serde_json::to_string_pretty(b)?
                 );
+                std::process::exit(1);
+            }
+        }
+        Command::Reconcile {
+            answers,
+            settle_secs,
+            complete,
+            secret,
+        } => {
+            let discovery = discovery(&cli.data).await?;
+            let mut heard = Vec::new();
+            for (n, line) in std::fs::read_to_string(&answers)?.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| anyhow::anyhow!("{}:{}: {e}", answers.display(), n + 1))?;
+                heard.push(Heard::from_json(&value).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}:{}: not an authorisation answer",
+                        answers.display(),
+                        n + 1
+                    )
+                })?);
+            }
+            let reconciler = Reconciler {
+                clients: Clients::connect(discovery.clone()).await?,
+                http: reqwest::Client::new(),
+                card_api_url: card_api_url(&discovery).await?,
+                secret: secret.into_bytes(),
+            };
+            let report = reconciler
+                .reconcile_settled(
+                    &reconcile::by_id(heard),
+                    complete,
+                    std::time::Duration::from_secs(settle_secs),
+                )
+                .await?;
+            print!("{report}");
+            if !report.violations.is_empty() {
                 std::process::exit(1);
             }
         }

@@ -2,6 +2,7 @@
 //! freeze cards, read balances and transactions.
 
 use std::time::{Duration, Instant};
+use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
 
 use sterling_money::{Currency, Money};
 use sterling_proto::cards::v1::cards_client::CardsClient;
@@ -25,6 +26,8 @@ pub struct Clients {
     pub cards: CardsClient<GrpcChannel>,
     /// transactions.
     pub transactions: TransactionsClient<GrpcChannel>,
+    /// card-processing.
+    pub card_processing: CardProcessingClient<GrpcChannel>,
 }
 
 impl Clients {
@@ -39,7 +42,10 @@ impl Clients {
                 GrpcChannel::connect(discovery.clone(), "cards", timeout).await?,
             ),
             transactions: TransactionsClient::new(
-                GrpcChannel::connect(discovery, "transactions", timeout).await?,
+                GrpcChannel::connect(discovery.clone(), "transactions", timeout).await?,
+            ),
+            card_processing: CardProcessingClient::new(
+                GrpcChannel::connect(discovery, "card-processing", timeout).await?,
             ),
         })
     }

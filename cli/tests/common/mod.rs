@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod burst;
+
 use std::path::Path;
 
 use sterling::bank::{Bank, BankOptions, Engines};

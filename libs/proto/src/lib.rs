@@ -108,6 +108,10 @@ pub mod events {
         pub const CARD_AUTHORISATION_DECLINED: &str = "card.authorisation.declined";
         /// Every card decision, as a subject filter.
         pub const CARD_AUTHORISATION_ALL: &str = "card.authorisation.*";
+        /// card-api declined on its own, without card-processing's decision
+        /// (`CardAuthorisationStoodIn`); card-processing makes its record match. Outside
+        /// `card.authorisation.*` on purpose: it is a command to card-processing, not news.
+        pub const CARD_AUTHORISATION_STOOD_IN: &str = "card.stand_in.declined";
         /// A transaction's merchant was made readable (`TransactionEnriched`).
         pub const TRANSACTION_ENRICHED: &str = "transaction.enriched";
     }

@@ -95,9 +95,17 @@ impl SqliteStore {
                 continue;
             }
             for statement in schema::statements(migration.cql) {
-                if statement.to_ascii_lowercase().starts_with("create table") {
+                let lower = statement.to_ascii_lowercase();
+                if lower.starts_with("create table") {
                     let table = schema::parse_create_table(&statement)?;
                     create_table(&tx, &table)?;
+                } else if lower.starts_with("alter table") {
+                    // Adds the columns the table lacks, as the migrations declare it in the end.
+                    let (name, _) = schema::parse_alter_table_add(&statement)?;
+                    let table = tables.get(&name).ok_or_else(|| {
+                        StorageError::Schema(format!("ALTER TABLE of unknown table {name}"))
+                    })?;
+                    create_table(&tx, table)?;
                 }
             }
             tx.execute(

@@ -135,13 +135,65 @@ pub fn tables(migrations: &[Migration]) -> Result<BTreeMap<String, TableSchema>,
     let mut tables = BTreeMap::new();
     for migration in migrations {
         for statement in statements(migration.cql) {
-            if statement.to_ascii_lowercase().starts_with("create table") {
+            let lower = statement.to_ascii_lowercase();
+            if lower.starts_with("create table") {
                 let table = parse_create_table(&statement)?;
                 tables.insert(table.name.clone(), table);
+            } else if lower.starts_with("alter table") {
+                let (name, added) = parse_alter_table_add(&statement)?;
+                let table = tables.get_mut(&name).ok_or_else(|| {
+                    StorageError::Schema(format!("ALTER TABLE of unknown table {name}"))
+                })?;
+                for (column, ty) in added {
+                    if table.column_type(&column).is_none() {
+                        table.columns.push((column, ty));
+                    }
+                }
             }
         }
     }
     Ok(tables)
+}
+
+/// Parses `ALTER TABLE name ADD [IF NOT EXISTS] column type[, column type ...]` (with or
+/// without parentheses): the table's name and the columns added. Migrations write
+/// `IF NOT EXISTS` so that a migration interrupted half-way can run again on Cassandra.
+pub fn parse_alter_table_add(
+    statement: &str,
+) -> Result<(String, Vec<(String, ColumnType)>), StorageError> {
+    let bad = |why: &str| StorageError::Schema(format!("{why}: {statement}"));
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let add = lower
+        .iter()
+        .position(|w| w == "add")
+        .ok_or_else(|| bad("only ALTER TABLE ... ADD is supported"))?;
+    let mut name_at = 2;
+    if lower.get(2).map(String::as_str) == Some("if") {
+        name_at = 4; // IF EXISTS
+    }
+    let name = words
+        .get(name_at)
+        .filter(|_| name_at < add)
+        .ok_or_else(|| bad("no table name"))?
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut rest = words[add + 1..].join(" ");
+    if rest.to_ascii_lowercase().starts_with("if not exists") {
+        rest = rest["if not exists".len()..].to_string();
+    }
+    let rest = rest.trim().trim_start_matches('(').trim_end_matches(')');
+    let mut columns = Vec::new();
+    for definition in rest.split(',') {
+        let parts: Vec<&str> = definition.split_whitespace().collect();
+        match parts.as_slice() {
+            [column, ty] => columns.push((column.to_string(), ColumnType::parse(ty)?)),
+            _ => return Err(bad("bad column definition")),
+        }
+    }
+    Ok((name, columns))
 }
 
 /// Parses one `CREATE TABLE` statement.
@@ -303,6 +355,33 @@ mod tests {
         assert!(parse_create_table("CREATE TABLE t (a list<text> PRIMARY KEY)").is_err());
         assert!(parse_create_table("CREATE TABLE t (a text PRIMARY KEY, n int)").is_err());
         assert!(parse_create_table("CREATE TABLE t (a text)").is_err());
+        assert!(parse_alter_table_add("ALTER TABLE t DROP a").is_err());
+        assert!(parse_alter_table_add("ALTER TABLE t ADD a list<text>").is_err());
+    }
+
+    #[test]
+    fn later_migrations_add_columns() {
+        let first = Migration {
+            version: 1,
+            name: "0001.cql",
+            cql: "CREATE TABLE t (a text PRIMARY KEY, b bigint);",
+        };
+        let second = Migration {
+            version: 2,
+            name: "0002.cql",
+            cql: "ALTER TABLE t ADD IF NOT EXISTS c boolean; ALTER TABLE ks.t ADD (d text, e timestamp);",
+        };
+        let tables = tables(&[first, second]).unwrap();
+        let t = &tables["t"];
+        assert_eq!(t.column_type("c"), Some(ColumnType::Boolean));
+        assert_eq!(t.column_type("d"), Some(ColumnType::Text));
+        assert_eq!(t.column_type("e"), Some(ColumnType::Timestamp));
+        let unknown = Migration {
+            version: 3,
+            name: "0003.cql",
+            cql: "ALTER TABLE nope ADD x text;",
+        };
+        assert!(super::tables(&[first, unknown]).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod client;
 pub mod context;
 pub mod discovery;
 pub mod error;
+pub mod failpoint;
 pub mod money;
 pub mod outbox;
 pub mod platform;

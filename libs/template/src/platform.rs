@@ -409,7 +409,12 @@ impl ServiceContext {
                         continue;
                     }
                 }
-                let mut outcome = context.scope(handler(envelope)).instrument(span.clone()).await;
+                // A panicking handler fails this delivery (redelivered later), not the consumer.
+                let handled = std::panic::AssertUnwindSafe(context.scope(handler(envelope)));
+                let mut outcome = futures::FutureExt::catch_unwind(handled)
+                    .instrument(span.clone())
+                    .await
+                    .unwrap_or_else(|_| Err(Error::internal("the event handler panicked")));
                 if outcome.is_ok() {
                     let record = Mutation::insert(
                         "processed_events",

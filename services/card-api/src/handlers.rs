@@ -5,15 +5,19 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use card_processing::authorisation::Authorisation;
+use sterling_bus::Envelope;
 use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
 use sterling_proto::cardprocessing::v1::{AuthoriseRequest, Decision, Merchant};
+use sterling_proto::events::v1::CardAuthorisationStoodIn;
 use sterling_template::client::GrpcChannel;
 use sterling_template::context::RequestContext;
-use sterling_template::{Error, money};
+use sterling_template::{Error, failpoint, money};
 
+use crate::answers::{Answer, AnswerStore, stand_in_event};
 use crate::webhook::{AuthorisationRequest, AuthorisationResponse};
 use sterling_template::signature::{self, SIGNATURE_HEADER, SignatureError};
 
@@ -25,6 +29,8 @@ pub struct CardApiState {
     pub budget: Duration,
     /// card-processing client.
     pub card_processing: CardProcessingClient<GrpcChannel>,
+    /// The answers given.
+    pub answers: AnswerStore,
 }
 
 /// An error answered as `application/problem+json`.
@@ -55,80 +61,32 @@ fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
-/// `POST /v1/authorisations`: verify the signature, validate, ask card-processing within the
-/// budget, answer approve or decline.
+/// `POST /v1/authorisations`: verify the signature, validate, answer a repeat from the record,
+/// otherwise ask card-processing within the budget; record the answer, then give it.
 pub async fn authorise(
     State(state): State<Arc<CardApiState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<AuthorisationResponse>, Problem> {
     let started = Instant::now();
-    let header = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    signature::verify(&state.secret, header, &body, unix_now()).map_err(|e| {
-        let why = match e {
-            SignatureError::Malformed => "missing or malformed signature",
-            SignatureError::Stale => "signature timestamp outside the tolerance",
-            SignatureError::Mismatch => "signature does not match",
-        };
-        Error::unauthorized("signature", why)
-    })?;
+    check_signature(&state, &headers, &body)?;
     let (request, amount) = AuthorisationRequest::parse(&body)?;
-    let mut context =
-        RequestContext::current().unwrap_or_else(|| RequestContext::new_root(None, None));
-    context.deadline = Some(Instant::now() + state.budget);
-    let mut client = state.card_processing.clone();
-    let call = client.authorise(AuthoriseRequest {
-        processor_authorisation_id: request.id.clone(),
-        card_token: request.card_token.clone(),
-        amount: Some(money::to_proto(amount)),
-        merchant: Some(Merchant {
-            descriptor: request.merchant.descriptor.clone(),
-            mcc: request.merchant.mcc.clone(),
-            country: request.merchant.country.clone(),
-            city: request.merchant.city.clone(),
-        }),
-    });
-    let response = match context.scope(call).await {
-        Ok(answer) => {
-            let answer = answer.into_inner();
-            let approved = answer.decision == Decision::Approved as i32;
-            let held = answer.held_amount.unwrap_or_default();
-            AuthorisationResponse {
-                id: request.id,
-                result: if approved { "APPROVED" } else { "DECLINED" }.into(),
-                reason: answer.reason,
-                approved_amount: if approved { amount.minor_units() } else { 0 },
-                currency: amount.currency().code().into(),
-                held_amount: held.minor_units,
-                held_currency: held.currency,
-                transaction_id: answer.transaction_id,
-            }
-        }
-        Err(status) => {
-            let error = Error::from(status);
-            if matches!(error.class(), "bad_request" | "conflict") {
-                return Err(error.into());
-            }
-            // The processor needs an answer in time: anything else is a decline.
-            tracing::warn!(code = error.code(), "declining after card-processing error");
-            AuthorisationResponse {
-                id: request.id,
-                result: "DECLINED".into(),
-                reason: if error.class() == "timeout" {
-                    "timeout"
-                } else {
-                    "system_error"
-                }
-                .into(),
-                approved_amount: 0,
-                currency: amount.currency().code().into(),
-                held_amount: 0,
-                held_currency: String::new(),
-                transaction_id: String::new(),
-            }
+    let authorisation = request.authorisation(amount);
+    let fingerprint = authorisation.fingerprint();
+    match state.answers.get(&request.id).await {
+        Ok(Some(answer)) => return repeat(answer, &fingerprint),
+        Ok(None) => {}
+        // Recording will fail too; decide anyway and answer what can be answered.
+        Err(e) => tracing::warn!(error = %e, "cannot read recorded answers"),
+    }
+    failpoint::step("card_api::before_decision").await?;
+    let (answer, stand_in) = ask(&state, &authorisation, fingerprint.clone()).await?;
+    let response = match state.answers.record(answer.clone(), stand_in.clone()).await {
+        Ok(recorded) => repeat(recorded, &fingerprint)?.0,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the answer; recording it in the background");
+            record_later(state.answers.clone(), answer.clone(), stand_in);
+            answer.response
         }
     };
     tracing::info!(
@@ -138,6 +96,164 @@ pub async fn authorise(
         "authorisation answered"
     );
     Ok(Json(response))
+}
+
+fn check_signature(
+    state: &CardApiState,
+    headers: &HeaderMap,
+    payload: &[u8],
+) -> Result<(), Problem> {
+    let header = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    signature::verify(&state.secret, header, payload, unix_now()).map_err(|e| {
+        let why = match e {
+            SignatureError::Malformed => "missing or malformed signature",
+            SignatureError::Stale => "signature timestamp outside the tolerance",
+            SignatureError::Mismatch => "signature does not match",
+        };
+        Problem(Error::unauthorized("signature", why))
+    })
+}
+
+/// A recorded answer given again, if the request is the one it answered.
+fn repeat(answer: Answer, fingerprint: &str) -> Result<Json<AuthorisationResponse>, Problem> {
+    if answer.fingerprint != fingerprint {
+        return Err(Authorisation::conflict(&answer.response.id).into());
+    }
+    Ok(Json(answer.response))
+}
+
+/// card-processing's decision within the budget, or a stand-in decline with the event that
+/// makes card-processing's record match it.
+async fn ask(
+    state: &CardApiState,
+    a: &Authorisation,
+    fingerprint: String,
+) -> Result<(Answer, Option<Envelope>), Problem> {
+    let mut context =
+        RequestContext::current().unwrap_or_else(|| RequestContext::new_root(None, None));
+    context.deadline = Some(Instant::now() + state.budget);
+    let mut client = state.card_processing.clone();
+    let call = client.authorise(AuthoriseRequest {
+        processor_authorisation_id: a.processor_authorisation_id.clone(),
+        card_token: a.card_token.clone(),
+        amount: Some(money::to_proto(a.amount)),
+        merchant: Some(Merchant {
+            descriptor: a.merchant_descriptor.clone(),
+            mcc: a.mcc.clone(),
+            country: a.merchant_country.clone(),
+            city: a.merchant_city.clone(),
+        }),
+    });
+    let outcome = tokio::time::timeout(state.budget, context.scope(call)).await;
+    let error = match outcome {
+        Ok(Ok(answer)) => {
+            let answer = answer.into_inner();
+            let approved = answer.decision == Decision::Approved as i32;
+            let held = answer.held_amount.unwrap_or_default();
+            let response = AuthorisationResponse {
+                id: a.processor_authorisation_id.clone(),
+                result: if approved { "APPROVED" } else { "DECLINED" }.into(),
+                reason: answer.reason,
+                approved_amount: if approved { a.amount.minor_units() } else { 0 },
+                currency: a.amount.currency().code().into(),
+                held_amount: held.minor_units,
+                held_currency: held.currency,
+                transaction_id: answer.transaction_id,
+            };
+            let answer = Answer {
+                response,
+                fingerprint,
+                stand_in: false,
+                event_id: String::new(),
+            };
+            return Ok((answer, None));
+        }
+        Ok(Err(status)) => Error::from(status),
+        Err(_) => Error::timeout("card-processing did not answer within the budget"),
+    };
+    if matches!(error.class(), "bad_request" | "conflict") {
+        return Err(error.into());
+    }
+    // The processor needs an answer in time: anything else is a decline, handed on to
+    // card-processing so that its record ends the same way.
+    let reason = if error.class() == "timeout" {
+        "timeout"
+    } else {
+        "system_error"
+    };
+    tracing::warn!(
+        code = error.code(),
+        reason,
+        "declining on card-processing's behalf"
+    );
+    let event = stand_in_event(&CardAuthorisationStoodIn {
+        processor_authorisation_id: a.processor_authorisation_id.clone(),
+        card_token: a.card_token.clone(),
+        local_amount: Some(money::to_proto(a.amount)),
+        merchant_descriptor: a.merchant_descriptor.clone(),
+        mcc: a.mcc.clone(),
+        merchant_country: a.merchant_country.clone(),
+        merchant_city: a.merchant_city.clone(),
+        reason: reason.into(),
+        answered_at_ms: sterling_storage::now_millis(),
+    });
+    let answer = Answer {
+        response: AuthorisationResponse {
+            id: a.processor_authorisation_id.clone(),
+            result: "DECLINED".into(),
+            reason: reason.into(),
+            approved_amount: 0,
+            currency: a.amount.currency().code().into(),
+            held_amount: 0,
+            held_currency: String::new(),
+            transaction_id: String::new(),
+        },
+        fingerprint,
+        stand_in: true,
+        event_id: event.event_id.clone(),
+    };
+    Ok((answer, Some(event)))
+}
+
+/// Keeps trying to record an answer already given while card-api's store was down.
+fn record_later(answers: AnswerStore, answer: Answer, stand_in: Option<Envelope>) {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..60 {
+            tokio::time::sleep(pause).await;
+            match answers.record(answer.clone(), stand_in.clone()).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, "still cannot record the answer"),
+            }
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
+        tracing::error!(processor_authorisation_id = %answer.response.id, "gave up recording an answer");
+    });
+}
+
+/// `GET /v1/authorisations/{id}`: the answer recorded for `id`, signed like a webhook
+/// with the path as the payload (`"<t>./v1/authorisations/<id>"`).
+pub async fn recorded_answer(
+    State(state): State<Arc<CardApiState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<AuthorisationResponse>, Problem> {
+    check_signature(
+        &state,
+        &headers,
+        format!("/v1/authorisations/{id}").as_bytes(),
+    )?;
+    match state.answers.get(&id).await? {
+        Some(answer) => Ok(Json(answer.response)),
+        None => Err(
+            Error::not_found("authorisation", "no answer recorded for that id")
+                .with_param("processor_authorisation_id", &id)
+                .into(),
+        ),
+    }
 }
 
 /// Any other path.

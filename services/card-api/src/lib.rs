@@ -1,7 +1,11 @@
 //! card-api: the processor-facing HTTP endpoint. Verifies the webhook signature, validates the
 //! request, asks card-processing for a decision within the budget and answers approve or
 //! decline. Bad input gets `application/problem+json` with a stable code and stores nothing.
+//! Every answer is recorded before it is given ([`answers`]) and repeats are answered from
+//! the record; a decline card-api gives on its own is handed to card-processing through the
+//! outbox so that both records end the same way.
 
+pub mod answers;
 pub mod handlers;
 pub mod webhook;
 
@@ -16,6 +20,9 @@ use axum::routing::{get, post};
 use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
 
+use sterling_storage::Migration;
+
+use crate::answers::{AnswerStore, StandInConfirm};
 use crate::handlers::CardApiState;
 
 /// The development secret used when `STERLING_CARD_API_SECRET` is not set.
@@ -24,10 +31,13 @@ pub const DEVELOPMENT_SECRET: &str = "sterling-development-secret";
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// The versioned migrations of the `sterling_card_api` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_answers.cql");
+
 /// The card-api service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "card-api",
-    migrations: &[],
+    migrations: MIGRATIONS,
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -37,13 +47,18 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         tracing::warn!("STERLING_CARD_API_SECRET is not set: using the development secret");
     }
     let budget_ms: u64 = ctx.setting("budget_ms", "100").parse()?;
+    let outbox = ctx.outbox(Arc::new(StandInConfirm {
+        store: ctx.store.clone(),
+    }));
     let state = Arc::new(CardApiState {
+        answers: AnswerStore::new(ctx.store.clone(), outbox),
         secret: secret.into_bytes(),
         budget: Duration::from_millis(budget_ms),
         card_processing: CardProcessingClient::new(ctx.channel("card-processing").await?),
     });
     let router = Router::new()
         .route("/v1/authorisations", post(handlers::authorise))
+        .route("/v1/authorisations/{id}", get(handlers::recorded_answer))
         .route("/healthz", get(handlers::healthz))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

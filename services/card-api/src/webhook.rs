@@ -1,6 +1,7 @@
 //! The processor-facing authorisation request and response, in the shape of Lithic ASA /
 //! Stripe Issuing / Marqeta JIT webhooks. Amounts are integer minor units.
 
+use card_processing::authorisation::Authorisation;
 use serde::{Deserialize, Serialize};
 use sterling_money::{Currency, Money};
 use sterling_template::{Error, Result};
@@ -103,8 +104,21 @@ impl AuthorisationRequest {
             .with_param("field", "currency")
         })?;
         let amount = Money::from_minor(request.amount, currency);
-        card_processing::decide::Authorisation::check_amount(amount)?;
+        Authorisation::check_amount(amount)?;
         Ok((request, amount))
+    }
+
+    /// The request as card-processing takes it (every field, for the fingerprint).
+    pub fn authorisation(&self, amount: Money) -> Authorisation {
+        Authorisation {
+            processor_authorisation_id: self.id.clone(),
+            card_token: self.card_token.clone(),
+            amount,
+            merchant_descriptor: self.merchant.descriptor.clone(),
+            mcc: self.merchant.mcc.clone(),
+            merchant_country: self.merchant.country.clone(),
+            merchant_city: self.merchant.city.clone(),
+        }
     }
 }
 

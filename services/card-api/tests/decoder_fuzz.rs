@@ -41,3 +41,27 @@ proptest! {
         let _ = signature::verify(b"secret", &header, &body, now);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Extreme timestamps (`i64::MIN`, `i64::MAX`) against any clock are refused, never panic.
+    #[test]
+    fn extreme_signature_timestamps_are_refused_without_panicking(
+        t in prop_oneof![Just(i64::MIN), Just(i64::MAX), any::<i64>()],
+        now in prop_oneof![Just(i64::MIN), Just(i64::MAX), Just(0i64), any::<i64>()],
+    ) {
+        let header = format!("t={},v1=00", t);
+        let verdict = signature::verify(b"secret", &header, b"body", now);
+        prop_assert!(verdict.is_err());
+    }
+}
+
+#[test]
+fn the_most_negative_timestamp_is_stale_not_a_panic() {
+    let header = "t=-9223372036854775808,v1=00";
+    assert_eq!(
+        signature::verify(b"secret", header, b"{}", 1_800_000_000),
+        Err(signature::SignatureError::Stale)
+    );
+}

@@ -1,9 +1,17 @@
 //! The authorisation decision: card, currency, hold, pending transaction, approve or decline.
+//!
+//! The rules it keeps, whatever is slow, cancelled, repeated or killed:
+//! 1. one decision per processor authorisation id, and every caller gets it;
+//! 2. approved means a hold and a pending transaction exist; declined means whatever was
+//!    placed gets released (here, or by the sweeper in [`crate::recovery`]);
+//! 3. the ledger alone decides whether funds suffice, atomically;
+//! 4. the saga runs detached from the caller's future, so a dropped caller never cuts it
+//!    half-way; at the deadline the caller declines through the same compare-and-set the saga
+//!    approves through, and exactly one of them wins.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
-use rust_decimal::Decimal;
 use sterling_money::Money;
 use sterling_proto::cards::v1::cards_client::CardsClient;
 use sterling_proto::cards::v1::{CardStatus, GetCardRequest};
@@ -11,26 +19,25 @@ use sterling_proto::events::types;
 use sterling_proto::events::v1::CardAuthorisationDecided;
 use sterling_proto::fx::v1::ConvertRequest;
 use sterling_proto::fx::v1::fx_client::FxClient;
+use sterling_proto::ledger::v1::PlaceHoldRequest;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
-use sterling_proto::ledger::v1::{PlaceHoldRequest, ReleaseHoldRequest};
 use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
-use sterling_proto::transactions::v1::{
-    RecordPendingRequest, ReleaseTransactionRequest, Transaction, TransactionStatus,
-};
+use sterling_proto::transactions::v1::{RecordPendingRequest, Transaction, TransactionStatus};
+use sterling_storage::now_millis;
 use sterling_template::client::GrpcChannel;
 use sterling_template::context::RequestContext;
 use sterling_template::outbox::{self, Confirm, Outbox, Verdict};
-use sterling_template::{Error, Result, money};
+use sterling_template::{Error, Result, failpoint, money};
+use tracing::Instrument;
 
-use crate::storage::{AuthorisationStore, Claim, Decision};
-
-/// Largest authorisation accepted, in major units of any currency.
-pub const MAX_MAJOR_UNITS: i64 = 1_000_000;
+pub use crate::authorisation::{Authorisation, MAX_MAJOR_UNITS};
+use crate::storage::{AuthorisationStore, Claim, Decision, From, Record, State};
 
 /// Budget for deciding when the caller set no deadline.
 pub const DEFAULT_BUDGET: Duration = Duration::from_millis(100);
 
-/// Time kept back from the caller's deadline to answer with a decline rather than be late.
+/// Least time kept back from the caller's deadline to answer with a decline rather than be
+/// late; a tenth of the budget when that is more.
 pub const ANSWER_MARGIN: Duration = Duration::from_millis(5);
 
 /// Stable decline and approval reasons.
@@ -51,55 +58,6 @@ pub mod reason {
     pub const SYSTEM_ERROR: &str = "system_error";
 }
 
-/// A request to authorise, validated.
-#[derive(Debug, Clone)]
-pub struct Authorisation {
-    /// The processor's id: the idempotency key.
-    pub processor_authorisation_id: String,
-    /// Card token.
-    pub card_token: String,
-    /// Amount as the merchant charges it.
-    pub amount: Money,
-    /// Merchant descriptor.
-    pub merchant_descriptor: String,
-    /// Merchant category code.
-    pub mcc: String,
-    /// Merchant country (ISO 3166 alpha-2).
-    pub merchant_country: String,
-    /// Merchant city.
-    pub merchant_city: String,
-}
-
-impl Authorisation {
-    fn fingerprint(&self) -> String {
-        format!(
-            "{}|{}|{}|{}|{}",
-            self.card_token,
-            self.amount.minor_units(),
-            self.amount.currency(),
-            self.merchant_descriptor,
-            self.mcc
-        )
-    }
-
-    /// Checks the amount is positive and not absurd.
-    pub fn check_amount(amount: Money) -> Result<()> {
-        if amount.minor_units() <= 0 {
-            return Err(Error::bad_request("amount", "amount must be positive"));
-        }
-        if amount.to_decimal() > Decimal::from(MAX_MAJOR_UNITS) {
-            return Err(Error::bad_request(
-                "amount",
-                format!(
-                    "amount above the limit of {MAX_MAJOR_UNITS} {}",
-                    amount.currency()
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Makes authorisation decisions.
 #[derive(Clone)]
 pub struct Decider {
@@ -117,7 +75,13 @@ pub struct Decider {
     pub outbox: Outbox,
 }
 
-fn declined(a: &Authorisation, reason: &str, account_id: &str, transaction_id: &str) -> Decision {
+/// A decline of `a` for `reason`.
+pub fn declined(
+    a: &Authorisation,
+    reason: &str,
+    account_id: &str,
+    transaction_id: &str,
+) -> Decision {
     Decision {
         processor_authorisation_id: a.processor_authorisation_id.clone(),
         approved: false,
@@ -127,6 +91,7 @@ fn declined(a: &Authorisation, reason: &str, account_id: &str, transaction_id: &
         held_currency: String::new(),
         transaction_id: transaction_id.to_string(),
         event_id: String::new(),
+        reversed: false,
     }
 }
 
@@ -159,7 +124,8 @@ fn decision_event(a: &Authorisation, d: &Decision) -> sterling_bus::Envelope {
         transaction_id: d.transaction_id.clone(),
         merchant_country: a.merchant_country.clone(),
         merchant_city: a.merchant_city.clone(),
-        decided_at_ms: sterling_storage::now_millis(),
+        decided_at_ms: now_millis(),
+        reversed: d.reversed,
     };
     let event_type = if d.approved {
         types::CARD_AUTHORISATION_APPROVED
@@ -180,139 +146,209 @@ impl Confirm for DecisionConfirm {
     async fn confirm(&self, envelope: &sterling_bus::Envelope) -> Result<Verdict> {
         let event = CardAuthorisationDecided::decode(envelope.payload.as_slice())
             .map_err(|e| Error::internal(format!("staged event is not a decision: {e}")))?;
-        match self.store.decision(&event.processor_authorisation_id).await {
-            Ok(Some(d)) if d.event_id == envelope.event_id => Ok(Verdict::Publish),
-            Ok(Some(_)) => Ok(Verdict::Discard),
-            Ok(None) => Ok(Verdict::Wait),
-            Err(e) if e.class() == "not_found" => Ok(Verdict::Discard),
-            Err(e) => Err(e),
+        match self.store.record(&event.processor_authorisation_id).await? {
+            Some(record) => match record.state {
+                State::Decided(d) if d.event_id == envelope.event_id => Ok(Verdict::Publish),
+                State::Decided(_) => Ok(Verdict::Discard),
+                State::Processing { .. } => Ok(Verdict::Wait),
+            },
+            None => Ok(Verdict::Discard),
         }
     }
 }
 
+/// The caller's budget: its remaining deadline (or the default), less the answer margin.
+fn budget() -> Duration {
+    let remaining = RequestContext::current()
+        .as_ref()
+        .and_then(RequestContext::remaining)
+        .unwrap_or(DEFAULT_BUDGET);
+    remaining.saturating_sub(ANSWER_MARGIN.max(remaining / 10))
+}
+
 impl Decider {
-    /// Decides, once per processor authorisation id: repeats get the stored decision.
+    /// Decides, once per processor authorisation id: every caller gets the decision that
+    /// stands, a timeout decline included.
     pub async fn authorise(&self, a: &Authorisation) -> Result<Decision> {
-        let context = RequestContext::current();
-        let budget = context
-            .as_ref()
-            .and_then(RequestContext::remaining)
-            .unwrap_or(DEFAULT_BUDGET)
-            .saturating_sub(ANSWER_MARGIN);
-        let deadline = tokio::time::Instant::now() + budget;
-        loop {
-            let claim = self
-                .store
-                .claim(
-                    &a.processor_authorisation_id,
-                    &a.fingerprint(),
-                    &a.card_token,
-                    a.amount.minor_units(),
-                    a.amount.currency().code(),
-                )
-                .await?;
-            match claim {
-                Claim::Decided(decision) => return Ok(decision),
-                Claim::Won {
-                    claim,
-                    transaction_id,
-                } => {
-                    let mut decision = self.decide(a, &transaction_id, deadline).await;
-                    // Stage the announcement before recording the decision it announces.
-                    let event = decision_event(a, &decision);
-                    decision.event_id = event.event_id.clone();
-                    self.outbox.stage(&event).await?;
-                    let stored = self.store.decide(&claim, decision).await?;
-                    if stored.event_id == event.event_id {
-                        self.outbox.publish_soon(event);
-                    } else {
-                        self.outbox.discard(&event).await?;
-                    }
-                    tracing::info!(
-                        approved = stored.approved,
-                        reason = %stored.reason,
-                        "authorisation decided"
-                    );
-                    return Ok(stored);
-                }
-                Claim::InProgress => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(Error::timeout("the authorisation is still being decided"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+        let budget = budget();
+        let deadline = Instant::now() + budget;
+        let deadline_at = now_millis() + budget.as_millis() as i64;
+        let id = &a.processor_authorisation_id;
+        let record = match self.store.record(id).await? {
+            Some(record) if record.fingerprint != a.fingerprint() => {
+                return Err(Authorisation::conflict(id));
+            }
+            Some(record) => record,
+            None => {
+                // Before anything can be claimed or placed, so that recovery finds it.
+                self.store.open(id).await?;
+                match self.store.claim(a, deadline_at).await? {
+                    Claim::Won {
+                        claim,
+                        transaction_id,
+                    } => return self.decide(a, claim, transaction_id, deadline).await,
+                    Claim::Taken(record) => *record,
                 }
             }
+        };
+        match record.state {
+            State::Decided(decision) => Ok(decision),
+            State::Processing { .. } => self.await_decision(a, &record, deadline).await,
         }
     }
 
+    /// Runs the saga detached and waits for it until the deadline; then declines through
+    /// the compare-and-set the saga approves through.
     async fn decide(
         &self,
         a: &Authorisation,
-        transaction_id: &str,
-        deadline: tokio::time::Instant,
-    ) -> Decision {
-        let mut account_id = String::new();
-        let steps = self.steps(a, transaction_id, &mut account_id);
-        match tokio::time::timeout_at(deadline, steps).await {
-            Ok(Ok(decision)) => decision,
-            Ok(Err((error, hold_maybe_placed))) => {
-                tracing::info!(code = error.code(), "declining");
-                if hold_maybe_placed {
-                    self.release_in_background(a, &account_id, transaction_id);
-                }
-                declined(a, reason_for(&error), &account_id, transaction_id)
-            }
-            Err(_) => {
-                tracing::warn!("deadline reached; declining and releasing");
-                if !account_id.is_empty() {
-                    self.release_in_background(a, &account_id, transaction_id);
-                }
-                declined(a, reason::TIMEOUT, &account_id, transaction_id)
+        claim: String,
+        transaction_id: String,
+        deadline: Instant,
+    ) -> Result<Decision> {
+        let (answer, decided) = tokio::sync::oneshot::channel();
+        let saga = self.clone();
+        let request = a.clone();
+        let transaction = transaction_id.clone();
+        let context =
+            RequestContext::current().unwrap_or_else(|| RequestContext::new_root(None, None));
+        tokio::spawn(
+            context
+                .scope(async move {
+                    let outcome = saga.saga(&request, claim, &transaction, deadline).await;
+                    let _ = answer.send(outcome);
+                })
+                .in_current_span(),
+        );
+        match tokio::time::timeout_at(deadline.into(), decided).await {
+            Ok(Ok(outcome)) => outcome,
+            // The deadline passed, or the saga died (a panic): decline unless it decided.
+            _ => {
+                self.decline_undecided(a, &transaction_id, reason::TIMEOUT)
+                    .await
             }
         }
     }
 
-    /// The synchronous path. On error, says whether a hold may have been placed.
+    /// A second caller of an id being decided: waits for the decision until its own
+    /// deadline, then declines it unless it was decided meanwhile.
+    async fn await_decision(
+        &self,
+        a: &Authorisation,
+        record: &Record,
+        deadline: Instant,
+    ) -> Result<Decision> {
+        let mut pause = Duration::from_millis(2);
+        while Instant::now() + pause < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+            if let Some(decision) = self.store.decision(&a.processor_authorisation_id).await? {
+                return Ok(decision);
+            }
+        }
+        self.decline_undecided(a, &record.transaction_id, reason::TIMEOUT)
+            .await
+    }
+
+    /// Declines `a` if it is still being decided; returns the decision that stands.
+    pub async fn decline_undecided(
+        &self,
+        a: &Authorisation,
+        transaction_id: &str,
+        reason: &str,
+    ) -> Result<Decision> {
+        let decision = declined(a, reason, "", transaction_id);
+        let stored = self.settle(a, &From::AnyClaim, decision).await?;
+        if stored.event_id.is_empty() || !stored.approved {
+            tracing::warn!(reason = %stored.reason, "declined at the deadline");
+        }
+        Ok(stored)
+    }
+
+    /// Moves `a` to `decision` if its record is still in the state `from` expects: stages
+    /// the announcement, applies the compare-and-set, publishes (or discards) the event.
+    /// Returns the decision that stands, whoever won. A decline that stands is compensated.
+    pub async fn settle(
+        &self,
+        a: &Authorisation,
+        from: &From,
+        decision: Decision,
+    ) -> Result<Decision> {
+        let mut decision = decision;
+        let event = decision_event(a, &decision);
+        decision.event_id = event.event_id.clone();
+        self.outbox.stage(&event).await?;
+        failpoint::step("card_processing::settle::before_write").await?;
+        let won = self.store.settle(from, &decision).await?;
+        failpoint::step("card_processing::settle::after_write").await?;
+        if won {
+            self.outbox.publish_soon(event);
+        } else if let Err(e) = self.outbox.discard(&event).await {
+            // The relay asks again later and finds the event is not the one that stands.
+            tracing::warn!(error = %e, "could not discard a losing decision event");
+        }
+        let record = self
+            .store
+            .record(&a.processor_authorisation_id)
+            .await?
+            .ok_or_else(|| Error::internal("settled authorisation has no record"))?;
+        let Some(stored) = record.decision().cloned() else {
+            return Err(Error::unavailable(
+                "authorisation_in_progress",
+                "authorisation is being decided",
+            ));
+        };
+        if !stored.approved {
+            self.compensate_soon(record);
+        }
+        tracing::info!(approved = stored.approved, reason = %stored.reason, won, "authorisation decided");
+        Ok(stored)
+    }
+
+    /// The saga: every step within the deadline, then the decision through the claim's
+    /// compare-and-set.
+    async fn saga(
+        &self,
+        a: &Authorisation,
+        claim: String,
+        transaction_id: &str,
+        deadline: Instant,
+    ) -> Result<Decision> {
+        let mut account_id = String::new();
+        let steps = self.steps(a, transaction_id, &mut account_id);
+        let decision = match tokio::time::timeout_at(deadline.into(), steps).await {
+            Ok(Ok(decision)) => decision,
+            Ok(Err(error)) => {
+                tracing::info!(code = error.code(), "declining");
+                declined(a, reason_for(&error), &account_id, transaction_id)
+            }
+            Err(_) => declined(a, reason::TIMEOUT, &account_id, transaction_id),
+        };
+        self.settle(a, &From::Claim(claim), decision).await
+    }
+
+    /// The synchronous path.
     async fn steps(
         &self,
         a: &Authorisation,
         transaction_id: &str,
         account_id_out: &mut String,
-    ) -> std::result::Result<Decision, (Error, bool)> {
+    ) -> Result<Decision> {
+        failpoint::step("card_processing::saga::start").await?;
         let card = self
             .cards
             .clone()
             .get_card(GetCardRequest {
                 token: a.card_token.clone(),
             })
-            .await
-            .map_err(|s| (Error::from(s), false))?
+            .await?
             .into_inner();
-        *account_id_out = card.account_id.clone();
+        account_id_out.clone_from(&card.account_id);
         if card.status != CardStatus::Active as i32 {
-            return Err((
-                Error::precondition_failed("card_frozen", "card is frozen"),
-                false,
-            ));
+            return Err(Error::precondition_failed("card_frozen", "card is frozen"));
         }
-        let account_currency =
-            money::currency("card currency", &card.currency).map_err(|e| (e, false))?;
-        let held = if account_currency == a.amount.currency() {
-            a.amount
-        } else {
-            let converted = self
-                .fx
-                .clone()
-                .convert(ConvertRequest {
-                    amount: Some(money::to_proto(a.amount)),
-                    to_currency: account_currency.code().to_string(),
-                })
-                .await
-                .map_err(|s| (Error::from(s), false))?
-                .into_inner();
-            money::positive_from_proto("converted", converted.converted.as_ref())
-                .map_err(|e| (e, false))?
-        };
+        let held = self.held_amount(a, &card.currency).await?;
+        failpoint::step("card_processing::saga::before_hold").await?;
         self.ledger
             .clone()
             .place_hold(PlaceHoldRequest {
@@ -320,16 +356,8 @@ impl Decider {
                 account_id: card.account_id.clone(),
                 amount: Some(money::to_proto(held)),
             })
-            .await
-            .map_err(|s| {
-                let e = Error::from(s);
-                // A definite refusal placed nothing; anything else might have.
-                let placed = !matches!(
-                    e.class(),
-                    "precondition_failed" | "bad_request" | "not_found" | "conflict"
-                );
-                (e, placed)
-            })?;
+            .await?;
+        failpoint::step("card_processing::saga::after_hold").await?;
         self.transactions
             .clone()
             .record_pending(RecordPendingRequest {
@@ -347,8 +375,8 @@ impl Decider {
                     ..Transaction::default()
                 }),
             })
-            .await
-            .map_err(|s| (Error::from(s), true))?;
+            .await?;
+        failpoint::step("card_processing::saga::after_transaction").await?;
         Ok(Decision {
             processor_authorisation_id: a.processor_authorisation_id.clone(),
             approved: true,
@@ -358,50 +386,33 @@ impl Decider {
             held_currency: held.currency().code().to_string(),
             transaction_id: transaction_id.to_string(),
             event_id: String::new(),
+            reversed: false,
         })
     }
 
-    /// Undoes whatever a declined authorisation may have done, outside the request's deadline:
-    /// releases the hold and the pending transaction, retrying until both services confirm.
-    /// A release that arrives before its placement leaves a tombstone, so a placement still in
-    /// flight can never land afterwards.
-    fn release_in_background(&self, a: &Authorisation, account_id: &str, transaction_id: &str) {
-        let mut ledger = self.ledger.clone();
-        let mut transactions = self.transactions.clone();
-        let hold = ReleaseHoldRequest {
-            hold_id: a.processor_authorisation_id.clone(),
-            account_id: account_id.to_string(),
-        };
-        let transaction = ReleaseTransactionRequest {
-            transaction_id: transaction_id.to_string(),
-            account_id: account_id.to_string(),
-            authorisation_id: a.processor_authorisation_id.clone(),
-        };
-        let mut context =
-            RequestContext::current().unwrap_or_else(|| RequestContext::new_root(None, None));
-        context.deadline = None;
-        tokio::spawn(context.scope(async move {
-            let mut backoff = Duration::from_millis(20);
-            let (mut hold_done, mut transaction_done) = (false, false);
-            for _ in 0..12 {
-                if !hold_done {
-                    hold_done = ledger.release_hold(hold.clone()).await.is_ok();
-                }
-                if !transaction_done {
-                    transaction_done = transactions
-                        .release_transaction(transaction.clone())
-                        .await
-                        .is_ok();
-                }
-                if hold_done && transaction_done {
-                    tracing::info!(hold_id = %hold.hold_id, "released after decline");
-                    return;
-                }
-                tracing::warn!(hold_done, transaction_done, "release incomplete; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            tracing::error!(hold_id = %hold.hold_id, "could not release after decline");
-        }));
+    /// The amount to hold in the account's currency. A positive amount that converts to
+    /// less than one minor unit holds one: a hold never reserves nothing.
+    async fn held_amount(&self, a: &Authorisation, account_currency: &str) -> Result<Money> {
+        let account_currency = money::currency("card currency", account_currency)?;
+        if account_currency == a.amount.currency() {
+            return Ok(a.amount);
+        }
+        let converted = self
+            .fx
+            .clone()
+            .convert(ConvertRequest {
+                amount: Some(money::to_proto(a.amount)),
+                to_currency: account_currency.code().to_string(),
+            })
+            .await?
+            .into_inner();
+        let converted = money::from_proto("converted", converted.converted.as_ref())?;
+        if converted.currency() != account_currency || converted.minor_units() < 0 {
+            return Err(Error::internal("fx answered an unusable conversion"));
+        }
+        Ok(Money::from_minor(
+            converted.minor_units().max(1),
+            account_currency,
+        ))
     }
 }

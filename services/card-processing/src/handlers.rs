@@ -32,6 +32,7 @@ fn to_message(d: Decision) -> AuthoriseResponse {
         }),
         transaction_id: d.transaction_id,
         account_id: d.account_id,
+        reversed: d.reversed,
     }
 }
 

@@ -3,9 +3,15 @@
 //! records the pending transaction (transactions); idempotent on the processor's authorisation
 //! id; on a deadline miss it declines and releases. Every decision is announced on the bus
 //! (`card.authorisation.approved` / `.declined`) through the outbox.
+//!
+//! Layout: [`authorisation`] the request and its fingerprint; [`storage`] the decision's
+//! state machine; [`decide`] the saga; [`recovery`] compensation, the sweeper and card-api's
+//! stand-in declines; [`handlers`] the gRPC surface.
 
+pub mod authorisation;
 pub mod decide;
 pub mod handlers;
+pub mod recovery;
 pub mod storage;
 
 use sterling_proto::cardprocessing::v1::card_processing_server::CardProcessingServer;
@@ -17,13 +23,21 @@ use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use sterling_bus::ConsumerConfig;
+use sterling_proto::events::types;
 
 use crate::decide::{Decider, DecisionConfirm};
 use crate::handlers::CardProcessingHandlers;
+use crate::recovery::{SweepConfig, Sweeper};
 use crate::storage::AuthorisationStore;
 
 /// The versioned migrations of the `sterling_card_processing` keyspace.
-pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_authorisations.cql");
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
+    1 => "0001_authorisations.cql",
+    2 => "0002_decision_machine.cql",
+);
 
 /// The card-processing service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
@@ -45,6 +59,20 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         ledger: LedgerClient::new(ctx.channel("ledger").await?),
         transactions: TransactionsClient::new(ctx.channel("transactions").await?),
     };
+    let sweep = SweepConfig {
+        interval: Duration::from_millis(ctx.setting("sweep_interval_ms", "1000").parse()?),
+        grace: Duration::from_millis(ctx.setting("sweep_grace_ms", "1000").parse()?),
+    };
+    let sweeper = Sweeper::new(decider.clone(), ctx.store.clone(), sweep);
+    ctx.spawn(sweeper.run(ctx.stopping()));
+    let stand_ins = decider.clone();
+    ctx.consume(
+        ConsumerConfig::new("card-processing", &[types::CARD_AUTHORISATION_STOOD_IN]),
+        move |envelope| {
+            let decider = stand_ins.clone();
+            async move { decider.handle_stand_in(envelope).await }
+        },
+    );
     Ok(Api::Grpc(tonic::service::Routes::new(
         CardProcessingServer::new(CardProcessingHandlers { decider }),
     )))

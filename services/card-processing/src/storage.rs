@@ -1,12 +1,28 @@
-//! Authorisation records: the claim that makes deciding idempotent, and the decision.
+//! Authorisation records: the decision as a persisted state machine.
+//!
+//! ```text
+//!   (none) --claim--> processing --settle--> decided (approved | declined)
+//!                                              approved --reverse--> declined, reversed
+//! ```
+//! Every transition is a compare-and-set, so exactly one of the racers wins: the saga's own
+//! decision (conditioned on its claim), the timeout decline of any caller at its deadline, the
+//! sweeper finishing an abandoned claim, and card-api's stand-in decline. `declined` is final.
+//! An `open_authorisations` row is written before the claim and removed by the sweeper only
+//! once the decision stands and whatever a decline must undo is undone.
 
 use std::time::Duration;
 
-use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value, now_millis};
+use sterling_money::{Currency, Money};
+use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value, now_millis};
 use sterling_template::{Error, Result};
 
-/// A claim older than this may be taken over (its holder is presumed dead).
-pub const CLAIM_LEASE: Duration = Duration::from_secs(5);
+use crate::authorisation::Authorisation;
+
+/// Width of one `open_authorisations` partition, in milliseconds of `opened_at`.
+pub const OPEN_BUCKET_MS: i64 = 10_000;
+
+/// How long an `open_authorisations` row lives at most (long after any sweep needs it).
+pub const OPEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A decided authorisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +33,7 @@ pub struct Decision {
     pub approved: bool,
     /// Stable reason code.
     pub reason: String,
-    /// Account charged (empty when the card was unknown).
+    /// Account charged (empty when it was not known when deciding).
     pub account_id: String,
     /// Held amount in minor units (0 when declined).
     pub held_amount: i64,
@@ -27,6 +43,45 @@ pub struct Decision {
     pub transaction_id: String,
     /// The event announcing this decision.
     pub event_id: String,
+    /// Declined after having been approved (card-api answered a decline on its own).
+    pub reversed: bool,
+}
+
+/// Where an authorisation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Being decided under `claim` until about `deadline_at` (ms since the epoch).
+    Processing {
+        /// The claim token of the saga deciding.
+        claim: String,
+        /// When its decider's budget runs out.
+        deadline_at: i64,
+    },
+    /// Decided.
+    Decided(Decision),
+}
+
+/// An authorisation's stored record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The request, as first received.
+    pub authorisation: Authorisation,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// The transaction id fixed at claim time.
+    pub transaction_id: String,
+    /// Where it stands.
+    pub state: State,
+}
+
+impl Record {
+    /// The decision, if decided.
+    pub fn decision(&self) -> Option<&Decision> {
+        match &self.state {
+            State::Decided(d) => Some(d),
+            State::Processing { .. } => None,
+        }
+    }
 }
 
 /// What [`AuthorisationStore::claim`] found.
@@ -39,10 +94,19 @@ pub enum Claim {
         /// The transaction id fixed for this authorisation.
         transaction_id: String,
     },
-    /// Already decided.
-    Decided(Decision),
-    /// Another request is deciding right now.
-    InProgress,
+    /// Someone else claimed it first (deciding, or decided).
+    Taken(Box<Record>),
+}
+
+/// Which state a [`AuthorisationStore::settle`] may move from.
+#[derive(Debug, Clone)]
+pub enum From {
+    /// Processing under this claim (the saga's own decision).
+    Claim(String),
+    /// Processing under any claim (a timeout decline, the sweeper, a stand-in).
+    AnyClaim,
+    /// Approved and announced by this event (a reversal).
+    Approved(String),
 }
 
 /// Data access of card-processing.
@@ -55,17 +119,52 @@ fn key(id: &str) -> Row {
     Row::new().with("processor_authorisation_id", id)
 }
 
-fn decision_from_row(id: &str, row: &Row) -> Result<Decision> {
-    Ok(Decision {
+fn text(row: &Row, column: &str) -> String {
+    row.text(column).unwrap_or_default().to_string()
+}
+
+fn record_from_row(id: &str, row: &Row) -> Result<Record> {
+    let currency = Currency::from_code(row.text("currency")?)
+        .map_err(|e| Error::internal(format!("stored currency: {e}")))?;
+    let authorisation = Authorisation {
         processor_authorisation_id: id.to_string(),
-        approved: row.bool("approved")?,
-        reason: row.text("reason")?.to_string(),
-        account_id: row.text("account_id").unwrap_or_default().to_string(),
-        held_amount: row.i64("held_amount").unwrap_or_default(),
-        held_currency: row.text("held_currency").unwrap_or_default().to_string(),
-        transaction_id: row.text("transaction_id")?.to_string(),
-        event_id: row.text("event_id").unwrap_or_default().to_string(),
+        card_token: text(row, "card_token"),
+        amount: Money::from_minor(row.i64("amount")?, currency),
+        merchant_descriptor: text(row, "merchant_descriptor"),
+        mcc: text(row, "mcc"),
+        merchant_country: text(row, "merchant_country"),
+        merchant_city: text(row, "merchant_city"),
+    };
+    let transaction_id = row.text("transaction_id")?.to_string();
+    let state = match row.text("state")? {
+        "decided" => State::Decided(Decision {
+            processor_authorisation_id: id.to_string(),
+            approved: row.bool("approved")?,
+            reason: row.text("reason")?.to_string(),
+            account_id: text(row, "account_id"),
+            held_amount: row.i64("held_amount").unwrap_or_default(),
+            held_currency: text(row, "held_currency"),
+            transaction_id: transaction_id.clone(),
+            event_id: text(row, "event_id"),
+            reversed: row.bool("reversed").unwrap_or(false),
+        }),
+        _ => State::Processing {
+            claim: text(row, "claim"),
+            deadline_at: row
+                .timestamp("deadline_at")
+                .or_else(|_| row.timestamp("claimed_at"))?,
+        },
+    };
+    Ok(Record {
+        authorisation,
+        fingerprint: text(row, "fingerprint"),
+        transaction_id,
+        state,
     })
+}
+
+fn bucket_of(millis: i64) -> i64 {
+    millis.div_euclid(OPEN_BUCKET_MS)
 }
 
 impl AuthorisationStore {
@@ -74,120 +173,182 @@ impl AuthorisationStore {
         AuthorisationStore { store }
     }
 
-    /// Claims the right to decide `id`, or reports the decision or the claim in progress.
-    /// A different request under the same id is a `conflict.authorisation`.
-    pub async fn claim(
-        &self,
-        id: &str,
-        fingerprint: &str,
-        card_token: &str,
-        amount: i64,
-        currency: &str,
-    ) -> Result<Claim> {
+    /// The record of `id`, if any.
+    pub async fn record(&self, id: &str) -> Result<Option<Record>> {
+        match self.store.get("authorisations", &key(id)).await? {
+            Some(row) => Ok(Some(record_from_row(id, &row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The decision for `id`: `None` while it is being decided, `not_found` if unknown.
+    pub async fn decision(&self, id: &str) -> Result<Option<Decision>> {
+        match self.record(id).await? {
+            Some(record) => Ok(record.decision().cloned()),
+            None => Err(Error::not_found("authorisation", "no such authorisation")
+                .with_param("processor_authorisation_id", id)),
+        }
+    }
+
+    /// Marks `id` as possibly needing work, before anything is claimed or placed for it.
+    pub async fn open(&self, id: &str) -> Result<()> {
+        let now = now_millis();
+        let row = Row::new()
+            .with("shard", bucket_of(now))
+            .with("processor_authorisation_id", id)
+            .with("opened_at", Value::Timestamp(now));
+        self.store
+            .apply(vec![
+                Mutation::insert("open_authorisations", row).with_ttl(OPEN_TTL),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// The open ids of one bucket, with when they were opened.
+    pub async fn open_in_bucket(&self, bucket: i64) -> Result<Vec<(String, i64)>> {
+        let rows = self
+            .store
+            .query(Query::partition(
+                "open_authorisations",
+                Row::new().with("shard", bucket),
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.text("processor_authorisation_id")?.to_string(),
+                    r.timestamp("opened_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Removes an open row once its authorisation needs nothing more.
+    pub async fn close(&self, bucket: i64, id: &str) -> Result<()> {
+        self.store
+            .apply(vec![Mutation::Delete {
+                table: "open_authorisations".into(),
+                key: Row::new()
+                    .with("shard", bucket)
+                    .with("processor_authorisation_id", id),
+                if_exists: false,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// The bucket of a time, in milliseconds since the epoch.
+    pub fn bucket_of(millis: i64) -> i64 {
+        bucket_of(millis)
+    }
+
+    /// Claims the right to decide `a` until `deadline_at`, or reports who has it. A record
+    /// under another fingerprint is a `conflict.authorisation`.
+    pub async fn claim(&self, a: &Authorisation, deadline_at: i64) -> Result<Claim> {
         let claim = uuid::Uuid::new_v4().to_string();
         let transaction_id = uuid::Uuid::now_v7().to_string();
-        let row = key(id)
-            .with("fingerprint", fingerprint)
+        let fingerprint = a.fingerprint();
+        let row = key(&a.processor_authorisation_id)
+            .with("fingerprint", fingerprint.as_str())
             .with("state", "processing")
             .with("claim", claim.as_str())
             .with("claimed_at", Value::Timestamp(now_millis()))
+            .with("deadline_at", Value::Timestamp(deadline_at))
             .with("transaction_id", transaction_id.as_str())
-            .with("card_token", card_token)
-            .with("amount", amount)
-            .with("currency", currency);
-        let existing = match self
+            .with("card_token", a.card_token.as_str())
+            .with("amount", a.amount.minor_units())
+            .with("currency", a.amount.currency().code())
+            .with("merchant_descriptor", a.merchant_descriptor.as_str())
+            .with("mcc", a.mcc.as_str())
+            .with("merchant_country", a.merchant_country.as_str())
+            .with("merchant_city", a.merchant_city.as_str());
+        match self
             .store
             .apply(vec![Mutation::insert_if_not_exists("authorisations", row)])
             .await?
         {
-            Applied::Yes => {
-                return Ok(Claim::Won {
-                    claim,
-                    transaction_id,
-                });
-            }
-            Applied::No(current) => current
-                .into_iter()
-                .flatten()
-                .next()
-                .ok_or_else(|| Error::internal("claim failed without a current row"))?,
-        };
-        if existing.text("fingerprint")? != fingerprint {
-            return Err(Error::conflict(
-                "authorisation",
-                "authorisation id already used for a different request",
-            )
-            .with_param("processor_authorisation_id", id));
-        }
-        if existing.text("state")? == "decided" {
-            return Ok(Claim::Decided(decision_from_row(id, &existing)?));
-        }
-        let stale =
-            now_millis() - existing.timestamp("claimed_at")? > CLAIM_LEASE.as_millis() as i64;
-        if stale {
-            let old = existing.text("claim")?.to_string();
-            let take_over = Mutation::update(
-                "authorisations",
-                key(id),
-                Row::new()
-                    .with("claim", claim.as_str())
-                    .with("claimed_at", Value::Timestamp(now_millis())),
-                vec![
-                    Condition::Equals("state".into(), "processing".into()),
-                    Condition::Equals("claim".into(), old.into()),
-                ],
-            );
-            if self.store.apply(vec![take_over]).await?.applied() {
-                return Ok(Claim::Won {
-                    claim,
-                    transaction_id: existing.text("transaction_id")?.to_string(),
-                });
+            Applied::Yes => Ok(Claim::Won {
+                claim,
+                transaction_id,
+            }),
+            Applied::No(current) => {
+                let existing = current
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .ok_or_else(|| Error::internal("claim failed without a current row"))?;
+                let record = record_from_row(&a.processor_authorisation_id, &existing)?;
+                if record.fingerprint != fingerprint {
+                    return Err(Authorisation::conflict(&a.processor_authorisation_id));
+                }
+                Ok(Claim::Taken(Box::new(record)))
             }
         }
-        Ok(Claim::InProgress)
     }
 
-    /// Records the decision if `claim` still holds; returns the decision that stands.
-    pub async fn decide(&self, claim: &str, decision: Decision) -> Result<Decision> {
-        let set = Row::new()
-            .with("state", "decided")
+    /// Records a declined authorisation that was never claimed (card-api declined it on its
+    /// own before card-processing saw it); returns the record that stands.
+    pub async fn insert_declined(&self, a: &Authorisation, decision: &Decision) -> Result<Record> {
+        let row = key(&a.processor_authorisation_id)
+            .with("fingerprint", a.fingerprint())
+            .with("transaction_id", decision.transaction_id.as_str())
+            .with("card_token", a.card_token.as_str())
+            .with("amount", a.amount.minor_units())
+            .with("currency", a.amount.currency().code())
+            .with("merchant_descriptor", a.merchant_descriptor.as_str())
+            .with("mcc", a.mcc.as_str())
+            .with("merchant_country", a.merchant_country.as_str())
+            .with("merchant_city", a.merchant_city.as_str())
+            .with("claimed_at", Value::Timestamp(now_millis()));
+        let row = Self::decided_columns(row, decision);
+        self.store
+            .apply(vec![Mutation::insert_if_not_exists("authorisations", row)])
+            .await?;
+        self.record(&a.processor_authorisation_id)
+            .await?
+            .ok_or_else(|| Error::internal("inserted authorisation not found"))
+    }
+
+    fn decided_columns(row: Row, decision: &Decision) -> Row {
+        row.with("state", "decided")
             .with("approved", decision.approved)
             .with("reason", decision.reason.as_str())
             .with("account_id", decision.account_id.as_str())
             .with("held_amount", decision.held_amount)
             .with("held_currency", decision.held_currency.as_str())
             .with("event_id", decision.event_id.as_str())
-            .with("decided_at", Value::Timestamp(now_millis()));
+            .with("reversed", decision.reversed)
+            .with("decided_at", Value::Timestamp(now_millis()))
+    }
+
+    /// Moves `decision`'s authorisation to decided, if it is still in the state `from`
+    /// expects. Returns whether this call won; either way the caller reads what stands.
+    pub async fn settle(&self, from: &From, decision: &Decision) -> Result<bool> {
+        let mut conditions = Vec::new();
+        match from {
+            From::Claim(claim) => {
+                conditions.push(Condition::Equals("state".into(), "processing".into()));
+                conditions.push(Condition::Equals("claim".into(), claim.as_str().into()));
+            }
+            From::AnyClaim => {
+                conditions.push(Condition::Equals("state".into(), "processing".into()));
+            }
+            From::Approved(event_id) => {
+                conditions.push(Condition::Equals("state".into(), "decided".into()));
+                conditions.push(Condition::Equals("approved".into(), true.into()));
+                conditions.push(Condition::Equals(
+                    "event_id".into(),
+                    event_id.as_str().into(),
+                ));
+            }
+        }
         let update = Mutation::update(
             "authorisations",
             key(&decision.processor_authorisation_id),
-            set,
-            vec![
-                Condition::Equals("state".into(), "processing".into()),
-                Condition::Equals("claim".into(), claim.into()),
-            ],
+            Self::decided_columns(Row::new(), decision),
+            conditions,
         );
-        if self.store.apply(vec![update]).await?.applied() {
-            return Ok(decision);
-        }
-        // Someone took the claim over and decided; theirs stands.
-        self.decision(&decision.processor_authorisation_id)
-            .await?
-            .ok_or_else(|| {
-                Error::unavailable(
-                    "authorisation_in_progress",
-                    "authorisation is being decided",
-                )
-            })
-    }
-
-    /// The decision for `id`, if decided.
-    pub async fn decision(&self, id: &str) -> Result<Option<Decision>> {
-        match self.store.get("authorisations", &key(id)).await? {
-            Some(row) if row.text("state")? == "decided" => Ok(Some(decision_from_row(id, &row)?)),
-            Some(_) => Ok(None),
-            None => Err(Error::not_found("authorisation", "no such authorisation")
-                .with_param("processor_authorisation_id", id)),
-        }
+        Ok(self.store.apply(vec![update]).await?.applied())
     }
 }

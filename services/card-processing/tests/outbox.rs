@@ -5,16 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use card_processing::authorisation::Authorisation;
 use card_processing::decide::DecisionConfirm;
-use card_processing::storage::{AuthorisationStore, Claim, Decision};
+use card_processing::storage::{AuthorisationStore, Claim, Decision, From};
 use prost::Message;
 use sterling_bus::embedded::SqliteBus;
 use sterling_bus::nats::{NatsBus, NatsConfig};
 use sterling_bus::{Bus, ConsumerConfig};
+use sterling_money::{Currency, Money};
 use sterling_proto::events::v1::CardAuthorisationDecided;
 use sterling_storage::SharedStore;
 use sterling_storage::cassandra::{CassandraConfig, CassandraStore};
 use sterling_storage::embedded::SqliteStore;
+use sterling_storage::now_millis;
 use sterling_template::outbox::{self, OUTBOX_MIGRATION, Outbox};
 
 fn migrations() -> Vec<sterling_storage::Migration> {
@@ -59,6 +62,7 @@ fn decided(id: &str, event_id: &str, transaction_id: &str) -> Decision {
         held_currency: "GBP".into(),
         transaction_id: transaction_id.into(),
         event_id: event_id.into(),
+        reversed: false,
     }
 }
 
@@ -73,8 +77,20 @@ fn announcement(id: &str) -> sterling_bus::Envelope {
     )
 }
 
+fn request(id: &str) -> Authorisation {
+    Authorisation {
+        processor_authorisation_id: id.into(),
+        card_token: "card".into(),
+        amount: Money::from_minor(100, Currency::from_code("GBP").unwrap()),
+        merchant_descriptor: "CAFE".into(),
+        mcc: "5812".into(),
+        merchant_country: "GB".into(),
+        merchant_city: "London".into(),
+    }
+}
+
 async fn claim(store: &AuthorisationStore, id: &str) -> (String, String) {
-    match store.claim(id, "fp", "card", 100, "GBP").await.unwrap() {
+    match store.claim(&request(id), now_millis() + 100).await.unwrap() {
         Claim::Won {
             claim,
             transaction_id,
@@ -96,10 +112,15 @@ async fn a_decision_recorded_but_never_published_is_published_by_the_relay() {
     let (c, transaction_id) = claim(&authorisations, "auth-crash").await;
     let event = announcement("auth-crash");
     outbox.stage(&event).await.unwrap();
-    authorisations
-        .decide(&c, decided("auth-crash", &event.event_id, &transaction_id))
-        .await
-        .unwrap();
+    assert!(
+        authorisations
+            .settle(
+                &From::Claim(c),
+                &decided("auth-crash", &event.event_id, &transaction_id)
+            )
+            .await
+            .unwrap()
+    );
 
     // Staged but the decision never recorded (the process died before it): the relay waits.
     let (_c2, _) = claim(&authorisations, "auth-undecided").await;
@@ -147,13 +168,15 @@ async fn an_announcement_whose_decision_went_another_way_is_discarded() {
     let losing = announcement("auth-other");
     outbox.stage(&losing).await.unwrap();
     let winning = announcement("auth-other");
-    authorisations
-        .decide(
-            &c,
-            decided("auth-other", &winning.event_id, &transaction_id),
-        )
-        .await
-        .unwrap();
+    assert!(
+        authorisations
+            .settle(
+                &From::Claim(c),
+                &decided("auth-other", &winning.event_id, &transaction_id),
+            )
+            .await
+            .unwrap()
+    );
     assert_eq!(outbox.relay_once().await.unwrap(), 0);
     let mut sub = bus
         .subscribe(ConsumerConfig::new("test", &["card.>"]))

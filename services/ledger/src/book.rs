@@ -8,7 +8,7 @@
 
 use sterling_money::{Currency, Money};
 use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value, now_millis};
-use sterling_template::{Error, Result};
+use sterling_template::{Error, Result, failpoint};
 
 /// How many compare-and-set rounds an operation may take before giving up as contended.
 const MAX_ROUNDS: usize = 1000;
@@ -248,6 +248,15 @@ impl Book {
         Self::check_currency(&account, amount)?;
         for _ in 0..MAX_ROUNDS {
             if let Some(existing) = self.hold(hold_id, account_id).await? {
+                if existing.status == HoldStatus::Released {
+                    // A repeat reports what happened: a released hold (or the tombstone of a
+                    // release that came first) reserves nothing, so it is never a success.
+                    return Err(Error::precondition_failed(
+                        "hold_released",
+                        "the hold was released and cannot be placed again",
+                    )
+                    .with_param("hold_id", hold_id));
+                }
                 if existing.amount != amount {
                     return Err(
                         Error::conflict("hold", "hold id already used for another amount")
@@ -275,7 +284,9 @@ impl Book {
                 Mutation::insert_if_not_exists("account_entries", hold),
                 Self::balance_cas(account_id, &b, b.balance.minor_units(), held),
             ];
+            failpoint::step("ledger::place_hold::before_write").await?;
             if self.store.apply(batch).await?.applied() {
+                failpoint::step("ledger::place_hold::after_write").await?;
                 return Ok(Hold {
                     hold_id: hold_id.to_string(),
                     account_id: account_id.to_string(),
@@ -347,7 +358,10 @@ impl Book {
                     account_id,
                     &b,
                     b.balance.minor_units(),
-                    b.held.minor_units() - hold.amount.minor_units(),
+                    b.held
+                        .minor_units()
+                        .checked_sub(hold.amount.minor_units())
+                        .ok_or_else(|| Error::internal("held amount out of range"))?,
                 ),
             ];
             if self.store.apply(batch).await?.applied() {

@@ -93,6 +93,9 @@ async fn releasing_frees_funds_once() {
     assert_eq!(released.status, HoldStatus::Released);
     let again = book.release_hold("h1", "alice").await.unwrap();
     assert_eq!(again.status, HoldStatus::Released);
+    // Placing it again, same amount and all, reports the release: never a success.
+    let replaced = book.place_hold("h1", "alice", gbp(400)).await.unwrap_err();
+    assert_eq!(replaced.code(), "precondition_failed.hold_released");
     let alice = book.account("alice").await.unwrap();
     let b = book.balance(&alice).await.unwrap();
     assert_eq!(b.held, gbp(0));
@@ -106,7 +109,11 @@ async fn a_release_before_the_hold_lands_wins() {
     assert_eq!(released.status, HoldStatus::Released);
     assert_eq!(released.amount, gbp(0));
     // The placement arriving after its release reserves nothing.
-    assert!(book.place_hold("late", "alice", gbp(100)).await.is_err());
+    let late = book
+        .place_hold("late", "alice", gbp(100))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), "precondition_failed.hold_released");
     let alice = book.account("alice").await.unwrap();
     assert_eq!(book.balance(&alice).await.unwrap().available, gbp(500));
 }

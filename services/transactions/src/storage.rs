@@ -1,7 +1,7 @@
 //! Transaction records in the transactions keyspace.
 
 use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value};
-use sterling_template::{Error, Result};
+use sterling_template::{Error, Result, failpoint};
 
 /// A stored transaction. Amounts are minor units of the named currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,7 @@ impl TransactionStore {
 
     /// Records a transaction once per id; a repeat returns the stored one.
     pub async fn record(&self, record: &TransactionRecord) -> Result<TransactionRecord> {
+        failpoint::step("transactions::record::before_write").await?;
         let stored = match self
             .store
             .apply(vec![Mutation::insert_if_not_exists(
@@ -112,9 +113,14 @@ impl TransactionStore {
                     .next()
                     .ok_or_else(|| Error::internal("insert failed without a current row"))?;
                 let existing = TransactionRecord::from_row(&existing)?;
-                if existing.is_tombstone() {
-                    // Released before it was recorded: it stays released.
-                    return Ok(existing);
+                if existing.status == "released" {
+                    // Released (or released before it was recorded): a repeat reports that,
+                    // never a pending transaction that does not exist.
+                    return Err(Error::precondition_failed(
+                        "transaction_released",
+                        "the transaction was released and cannot be recorded again",
+                    )
+                    .with_param("transaction_id", &record.transaction_id));
                 }
                 if existing.authorisation_id != record.authorisation_id
                     || existing.amount != record.amount
@@ -128,6 +134,7 @@ impl TransactionStore {
                 existing
             }
         };
+        failpoint::step("transactions::record::after_write").await?;
         self.store
             .apply(vec![Mutation::insert(
                 "transactions",
@@ -264,25 +271,41 @@ impl TransactionStore {
     }
 
     /// A page of an account's transactions, newest first, after `cursor` (a transaction id).
+    /// Tombstones (releases that came before their transaction) are not transactions and are
+    /// left out; the page is still filled up to `limit`.
     pub async fn list(
         &self,
         account_id: &str,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Vec<TransactionRecord>> {
-        let query = Query {
-            after: cursor.map(|c| Row::new().with("transaction_id", c)),
-            ..Query::partition(
-                "transactions_by_account",
-                Row::new().with("account_id", account_id),
-            )
-            .limit(limit)
-        };
-        self.store
-            .query(query)
-            .await?
-            .iter()
-            .map(TransactionRecord::from_row)
-            .collect()
+        let mut page = Vec::new();
+        let mut after = cursor.map(str::to_string);
+        while page.len() < limit {
+            let wanted = limit - page.len();
+            let query = Query {
+                after: after
+                    .as_deref()
+                    .map(|c| Row::new().with("transaction_id", c)),
+                ..Query::partition(
+                    "transactions_by_account",
+                    Row::new().with("account_id", account_id),
+                )
+                .limit(wanted)
+            };
+            let rows = self.store.query(query).await?;
+            let exhausted = rows.len() < wanted;
+            for row in &rows {
+                let record = TransactionRecord::from_row(row)?;
+                after = Some(record.transaction_id.clone());
+                if !record.is_tombstone() {
+                    page.push(record);
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(page)
     }
 }

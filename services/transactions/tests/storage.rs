@@ -73,9 +73,9 @@ async fn a_release_before_the_record_wins() {
     let id = "01900000-0000-7000-8000-00000000000a";
     let released = s.release(id, "acc-1", "a-late").await.unwrap();
     assert_eq!(released.status, "released");
-    let late = s.record(&record(id, "a-late", 700)).await.unwrap();
-    assert_eq!(late.status, "released");
-    assert_eq!(late.amount, 0);
+    let late = s.record(&record(id, "a-late", 700)).await.unwrap_err();
+    assert_eq!(late.code(), "precondition_failed.transaction_released");
+    assert_eq!(s.get(id).await.unwrap().status, "released");
     // And releasing a recorded one flips it once.
     let id2 = "01900000-0000-7000-8000-00000000000b";
     s.record(&record(id2, "a-2", 300)).await.unwrap();
@@ -84,4 +84,7 @@ async fn a_release_before_the_record_wins() {
         "released"
     );
     assert_eq!(s.release(id2, "acc-1", "a-2").await.unwrap().amount, 300);
+    // A repeat of the recording after the release reports the release.
+    let repeat = s.record(&record(id2, "a-2", 300)).await.unwrap_err();
+    assert_eq!(repeat.code(), "precondition_failed.transaction_released");
 }

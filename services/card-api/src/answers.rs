@@ -1,0 +1,150 @@
+//! The answers card-api gave the processor, recorded before they are given.
+//!
+//! The first answer recorded for an id is the answer, forever: a second request racing the
+//! first answers what the first recorded. An answer card-api gives on its own (card-processing
+//! did not decide in time, or failed) is a stand-in decline; it is recorded with an event that
+//! tells card-processing to make its own record match (decline if undecided, otherwise
+//! reverse). The event is staged in the outbox before the answer is recorded, so a crash
+//! between the two loses nothing.
+
+use prost::Message;
+use sterling_bus::Envelope;
+use sterling_proto::events::types;
+use sterling_proto::events::v1::CardAuthorisationStoodIn;
+use sterling_storage::{Applied, Mutation, Row, SharedStore, Value, now_millis};
+use sterling_template::outbox::{self, Confirm, Outbox, Verdict};
+use sterling_template::{Error, Result, failpoint};
+
+use crate::webhook::AuthorisationResponse;
+
+/// A recorded answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// What the processor was told.
+    pub response: AuthorisationResponse,
+    /// The request's fingerprint.
+    pub fingerprint: String,
+    /// Declined by card-api on its own.
+    pub stand_in: bool,
+    /// The stand-in event, if any.
+    pub event_id: String,
+}
+
+/// Data access of card-api.
+#[derive(Clone)]
+pub struct AnswerStore {
+    store: SharedStore,
+    outbox: Outbox,
+}
+
+fn key(id: &str) -> Row {
+    Row::new().with("processor_authorisation_id", id)
+}
+
+fn answer_from_row(id: &str, row: &Row) -> Result<Answer> {
+    let text = |c: &str| row.text(c).unwrap_or_default().to_string();
+    Ok(Answer {
+        response: AuthorisationResponse {
+            id: id.to_string(),
+            result: row.text("result")?.to_string(),
+            reason: row.text("reason")?.to_string(),
+            approved_amount: row.i64("approved_amount").unwrap_or_default(),
+            currency: text("currency"),
+            held_amount: row.i64("held_amount").unwrap_or_default(),
+            held_currency: text("held_currency"),
+            transaction_id: text("transaction_id"),
+        },
+        fingerprint: text("fingerprint"),
+        stand_in: row.bool("stand_in").unwrap_or(false),
+        event_id: text("event_id"),
+    })
+}
+
+impl AnswerStore {
+    /// Answers over the service's store, stand-in events through its outbox.
+    pub fn new(store: SharedStore, outbox: Outbox) -> Self {
+        AnswerStore { store, outbox }
+    }
+
+    /// The answer recorded for `id`, if any.
+    pub async fn get(&self, id: &str) -> Result<Option<Answer>> {
+        match self.store.get("answers", &key(id)).await? {
+            Some(row) => Ok(Some(answer_from_row(id, &row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records `answer` unless one is recorded already; returns the one that stands. A
+    /// stand-in's event is staged first and published only if this answer stands.
+    pub async fn record(&self, answer: Answer, stand_in: Option<Envelope>) -> Result<Answer> {
+        let id = answer.response.id.clone();
+        if let Some(event) = &stand_in {
+            self.outbox.stage(event).await?;
+        }
+        let r = &answer.response;
+        let row = key(&id)
+            .with("fingerprint", answer.fingerprint.as_str())
+            .with("result", r.result.as_str())
+            .with("reason", r.reason.as_str())
+            .with("approved_amount", r.approved_amount)
+            .with("currency", r.currency.as_str())
+            .with("held_amount", r.held_amount)
+            .with("held_currency", r.held_currency.as_str())
+            .with("transaction_id", r.transaction_id.as_str())
+            .with("stand_in", answer.stand_in)
+            .with("event_id", answer.event_id.as_str())
+            .with("answered_at", Value::Timestamp(now_millis()));
+        let outcome = self
+            .store
+            .apply(vec![Mutation::insert_if_not_exists("answers", row)])
+            .await?;
+        failpoint::step("card_api::answer::after_write").await?;
+        match outcome {
+            Applied::Yes => {
+                if let Some(event) = stand_in {
+                    self.outbox.publish_soon(event);
+                }
+                Ok(answer)
+            }
+            Applied::No(current) => {
+                if let Some(event) = &stand_in {
+                    self.outbox.discard(event).await?;
+                }
+                let row = current
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .ok_or_else(|| Error::internal("answer insert failed without a row"))?;
+                answer_from_row(&id, &row)
+            }
+        }
+    }
+}
+
+/// The stand-in event for a decline card-api answers on its own.
+pub fn stand_in_event(event: &CardAuthorisationStoodIn) -> Envelope {
+    outbox::event(types::CARD_AUTHORISATION_STOOD_IN, event)
+}
+
+/// Tells the outbox relay whether a staged stand-in event stands: only if its answer was
+/// recorded with it.
+pub struct StandInConfirm {
+    /// card-api's store.
+    pub store: SharedStore,
+}
+
+#[async_trait::async_trait]
+impl Confirm for StandInConfirm {
+    async fn confirm(&self, envelope: &Envelope) -> Result<Verdict> {
+        let event = CardAuthorisationStoodIn::decode(envelope.payload.as_slice())
+            .map_err(|e| Error::internal(format!("staged event is not a stand-in: {e}")))?;
+        let id = &event.processor_authorisation_id;
+        match self.store.get("answers", &key(id)).await? {
+            Some(row) if answer_from_row(id, &row)?.event_id == envelope.event_id => {
+                Ok(Verdict::Publish)
+            }
+            // Another answer stands, or none was recorded: the processor never heard this one.
+            _ => Ok(Verdict::Discard),
+        }
+    }
+}
