@@ -25,8 +25,9 @@ engines-down:
 	deploy/local/nats.sh stop
 	deploy/local/cassandra.sh stop
 
-## test-engines: the conformance suites and the authorisation tests on Cassandra + NATS, then
-## the fault tests (NATS restarted, Cassandra stopped, a service killed)
+## test-engines: the conformance suites and the authorisation tests on Cassandra + NATS (the
+## money rules under fail points, a tight budget and kill -9 included), then the fault tests
+## (NATS restarted, Cassandra stopped, a service killed, a stream through both outages)
 test-engines:
 	deploy/local/cassandra.sh clean
 	$(MAKE) engines-up
@@ -36,6 +37,8 @@ test-engines:
 	STERLING_TEST_ENGINES=real $(CARGO) test -p card-processing --test outbox
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test authorisation -- --test-threads=3
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test async_path -- --test-threads=1
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test money_rules -- --test-threads=1
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test kill_nine
 	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \
 		$(CARGO) test -p sterling --test engine_faults -- --ignored --test-threads=1
 

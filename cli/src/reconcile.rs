@@ -86,6 +86,8 @@ pub struct Report {
     pub approved: usize,
     /// Of which declined.
     pub declined: usize,
+    /// Of which card-processing has no record (declined by card-api before it saw them).
+    pub unknown: usize,
     /// Every broken rule found.
     pub violations: Vec<Violation>,
 }
@@ -94,10 +96,11 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} authorisations: {} approved, {} declined, {} violations",
+            "{} authorisations: {} approved, {} declined, {} unknown to card-processing, {} violations",
             self.checked,
             self.approved,
             self.declined,
+            self.unknown,
             self.violations.len()
         )?;
         for v in &self.violations {
@@ -207,6 +210,7 @@ impl Reconciler {
             {
                 Ok(d) => d.into_inner(),
                 Err(status) if status.code() == tonic::Code::NotFound => {
+                    report.unknown += 1;
                     if recorded.as_ref().is_some_and(|r| r.result == "APPROVED") {
                         violation(4, "approved but card-processing has no record".into());
                     }

@@ -212,6 +212,24 @@ async fn the_same_authorisation_id_holds_once_and_answers_the_same() {
         .await;
     assert_eq!(clash.status, 409);
     assert_eq!(clash.body["code"], "conflict.authorisation");
+    // Every field counts: the same payment from another city, or another country, is
+    // another request.
+    for (country, city) in [("GB", "Leeds"), ("FR", "London")] {
+        let mut moved = tools::authorisation_json(
+            "auth-repeat",
+            &customer.card.token,
+            money("4.00", "GBP"),
+            "PRET A MANGER LONDON GB",
+            "5812",
+        );
+        moved["merchant"]["country"] = country.into();
+        moved["merchant"]["city"] = city.into();
+        let clash = tools::pay(&bank.http, &bank.url, common::SECRET, &moved, None)
+            .await
+            .unwrap();
+        assert_eq!(clash.status, 409, "{country} {city}: {}", clash.body);
+        assert_eq!(clash.body["code"], "conflict.authorisation");
+    }
     assert_eq!(bank.balance(&customer.account_id).await, (1000, 400, 600));
     if let Ok(bank) = Arc::try_unwrap(bank) {
         bank.finish().await;
@@ -237,6 +255,12 @@ async fn a_foreign_purchase_is_converted_with_the_documented_rounding() {
         .pay("auth-fx-jpy", &customer.card.token, money("1000", "JPY"))
         .await;
     assert_eq!(yen.body["held_amount"], 528);
+    // KRW 1 = GBP 0.00058: less than a penny still holds one, never nothing.
+    let won = bank
+        .pay("auth-fx-krw", &customer.card.token, money("1", "KRW"))
+        .await;
+    assert_eq!(decision(&won), ("APPROVED".into(), "approved".into()));
+    assert_eq!(won.body["held_amount"], 1);
     let t = tools::transactions(&bank.clients, &customer.account_id, 10)
         .await
         .unwrap();
@@ -244,7 +268,7 @@ async fn a_foreign_purchase_is_converted_with_the_documented_rounding() {
     assert_eq!(eur.local_amount.as_ref().unwrap().minor_units, 350);
     assert_eq!(eur.local_amount.as_ref().unwrap().currency, "EUR");
     assert_eq!(eur.amount.as_ref().unwrap().minor_units, 300);
-    assert_eq!(bank.balance(&customer.account_id).await, (5000, 828, 4172));
+    assert_eq!(bank.balance(&customer.account_id).await, (5000, 829, 4171));
     bank.finish().await;
 }
 

@@ -230,3 +230,122 @@ async fn a_killed_service_vanishes_from_discovery_within_its_ttl() {
         "vanished after {gone_after:?}, TTL {ttl:?}"
     );
 }
+
+/// Rows left in a keyspace's outbox (events staged and never published or discarded).
+async fn outbox_rows(namespace: &str, service: &str) -> i64 {
+    let session = sterling_storage::cassandra::connect(
+        &sterling_storage::cassandra::CassandraConfig::from_env(),
+    )
+    .await
+    .expect("Cassandra is up");
+    let keyspace = format!("{namespace}_{}", service.replace('-', "_"));
+    let rows = session
+        .query_unpaged(format!("SELECT count(*) FROM {keyspace}.outbox"), &[])
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    rows.first_row::<(i64,)>().unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Cassandra and NATS: make test-engines"]
+async fn a_steady_stream_through_a_cassandra_outage_and_a_nats_restart_keeps_every_rule() {
+    use common::SECRET;
+    use common::burst::{self, Request};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    assert!(common::real_engines(), "set STERLING_TEST_ENGINES=real");
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [
+        ("STERLING_CARD_PROCESSING_SWEEP_INTERVAL_MS", "200"),
+        ("STERLING_CARD_PROCESSING_SWEEP_GRACE_MS", "500"),
+    ];
+    let bank = start(dir.path(), &settings).await;
+    let customer = bank.seed("stream", money("60.00", "GBP")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..2 {
+        let (http, url, token, stop) = (
+            bank.http.clone(),
+            bank.url.clone(),
+            customer.card.token.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut sent: Vec<Request> = Vec::new();
+            let mut heard = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("stream-{worker}-{n}");
+                let body = sterling::tools::authorisation_json(
+                    &id,
+                    &token,
+                    money("0.50", "GBP"),
+                    "PRET A MANGER LONDON GB",
+                    "5812",
+                );
+                let request = Request { id, body };
+                // Every fourth payment is sent twice at once, as a retrying processor might.
+                let copies = if n % 4 == 0 { 2 } else { 1 };
+                let batch = vec![request.clone(); copies];
+                heard.extend(burst::send(&http, &url, SECRET, &batch, 1).await);
+                sent.push(request);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            (sent, heard)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    engine("cassandra.sh", "stop");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    engine("cassandra.sh", "up");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    engine("nats.sh", "stop");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    engine("nats.sh", "up");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut requests = Vec::new();
+    let mut heard = Vec::new();
+    for worker in workers {
+        let (sent, answers) = worker.await.unwrap();
+        requests.extend(sent);
+        heard.extend(answers);
+    }
+    // Every id once more, now that the engines are back.
+    let mut reasons = std::collections::BTreeMap::new();
+    for h in &heard {
+        *reasons.entry(h.reason.clone()).or_insert(0) += 1;
+    }
+    eprintln!("outage stream: {} answers heard: {reasons:?}", heard.len());
+    heard.extend(burst::send_limited(&bank.http, &bank.url, SECRET, &requests, 1, 8).await);
+    let clients = sterling::tools::Clients::connect(bank.bank.platform.discovery.clone())
+        .await
+        .unwrap();
+    let reconciler = burst::reconciler(clients, &bank.url, SECRET);
+    let report = burst::assert_rules_hold(
+        &reconciler,
+        &requests,
+        heard,
+        Duration::from_secs(60),
+        "Cassandra outage and NATS restart",
+    )
+    .await;
+    eprintln!("outage stream: {report}");
+    assert!(report.approved > 0);
+    // No decision event (nor stand-in) stays in an outbox.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = outbox_rows(&bank.namespace, "card-processing").await
+            + outbox_rows(&bank.namespace, "card-api").await;
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} events stuck in outboxes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bank.finish().await;
+}

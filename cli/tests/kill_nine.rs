@@ -39,6 +39,11 @@ impl ChildBank {
             .env("STERLING_CARD_PROCESSING_SWEEP_GRACE_MS", "200")
             .env("STERLING_REGISTRATION_TTL_MS", "3000")
             .env("STERLING_LOG", "error")
+            // A debug build on Cassandra needs more than the default 100 ms to approve at all.
+            .env(
+                "STERLING_CARD_API_BUDGET_MS",
+                if real_engines() { "1000" } else { "100" },
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("the sterling binary starts");

@@ -7,6 +7,10 @@
 //! reverse). The event is staged in the outbox before the answer is recorded, so a crash
 //! between the two loses nothing.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use prost::Message;
 use sterling_bus::Envelope;
 use sterling_proto::events::types;
@@ -35,7 +39,13 @@ pub struct Answer {
 pub struct AnswerStore {
     store: SharedStore,
     outbox: Outbox,
+    /// Answers given while the store could not record them, until it can: repeats are
+    /// answered from here meanwhile, so an outage never makes card-api answer twice.
+    unrecorded: Arc<Mutex<Unrecorded>>,
 }
+
+/// Answers given but not recorded yet, by id, with their stand-in events.
+type Unrecorded = HashMap<String, (Answer, Option<Envelope>)>;
 
 fn key(id: &str) -> Row {
     Row::new().with("processor_authorisation_id", id)
@@ -63,15 +73,73 @@ fn answer_from_row(id: &str, row: &Row) -> Result<Answer> {
 impl AnswerStore {
     /// Answers over the service's store, stand-in events through its outbox.
     pub fn new(store: SharedStore, outbox: Outbox) -> Self {
-        AnswerStore { store, outbox }
+        AnswerStore {
+            store,
+            outbox,
+            unrecorded: Arc::default(),
+        }
     }
 
-    /// The answer recorded for `id`, if any.
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, Unrecorded> {
+        self.unrecorded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The answer recorded (or given and not yet recorded) for `id`, if any.
     pub async fn get(&self, id: &str) -> Result<Option<Answer>> {
+        if let Some((answer, _)) = self.unrecorded().get(id) {
+            return Ok(Some(answer.clone()));
+        }
         match self.store.get("answers", &key(id)).await? {
             Some(row) => Ok(Some(answer_from_row(id, &row)?)),
             None => Ok(None),
         }
+    }
+
+    /// Records `answer` unless one is recorded already; returns the one that stands. If the
+    /// store cannot take it, the answer stands all the same (it is about to be given) and is
+    /// recorded in the background as soon as the store is back.
+    pub async fn record_or_keep(&self, answer: Answer, stand_in: Option<Envelope>) -> Answer {
+        let id = answer.response.id.clone();
+        if let Some((given, _)) = self.unrecorded().get(&id) {
+            return given.clone();
+        }
+        match self.record(answer.clone(), stand_in.clone()).await {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the answer; keeping it until the store is back");
+                let mut unrecorded = self.unrecorded();
+                if let Some((given, _)) = unrecorded.get(&id) {
+                    return given.clone();
+                }
+                unrecorded.insert(id.clone(), (answer.clone(), stand_in));
+                drop(unrecorded);
+                self.record_later(id);
+                answer
+            }
+        }
+    }
+
+    /// Keeps trying to record an answer already given while the store was down.
+    fn record_later(&self, id: String) {
+        let answers = self.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some((answer, stand_in)) = answers.unrecorded().get(&id).cloned() else {
+                    return;
+                };
+                match answers.record(answer, stand_in).await {
+                    Ok(_) => {
+                        answers.unrecorded().remove(&id);
+                        tracing::info!(processor_authorisation_id = %id, "answer recorded after the outage");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "still cannot record the answer"),
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     /// Records `answer` unless one is recorded already; returns the one that stands. A

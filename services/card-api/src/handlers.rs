@@ -81,14 +81,8 @@ pub async fn authorise(
     }
     failpoint::step("card_api::before_decision").await?;
     let (answer, stand_in) = ask(&state, &authorisation, fingerprint.clone()).await?;
-    let response = match state.answers.record(answer.clone(), stand_in.clone()).await {
-        Ok(recorded) => repeat(recorded, &fingerprint)?.0,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot record the answer; recording it in the background");
-            record_later(state.answers.clone(), answer.clone(), stand_in);
-            answer.response
-        }
-    };
+    let recorded = state.answers.record_or_keep(answer, stand_in).await;
+    let response = repeat(recorded, &fingerprint)?.0;
     tracing::info!(
         result = %response.result,
         reason = %response.reason,
@@ -216,22 +210,6 @@ async fn ask(
         event_id: event.event_id.clone(),
     };
     Ok((answer, Some(event)))
-}
-
-/// Keeps trying to record an answer already given while card-api's store was down.
-fn record_later(answers: AnswerStore, answer: Answer, stand_in: Option<Envelope>) {
-    tokio::spawn(async move {
-        let mut pause = Duration::from_millis(100);
-        for _ in 0..60 {
-            tokio::time::sleep(pause).await;
-            match answers.record(answer.clone(), stand_in.clone()).await {
-                Ok(_) => return,
-                Err(e) => tracing::warn!(error = %e, "still cannot record the answer"),
-            }
-            pause = (pause * 2).min(Duration::from_secs(10));
-        }
-        tracing::error!(processor_authorisation_id = %answer.response.id, "gave up recording an answer");
-    });
 }
 
 /// `GET /v1/authorisations/{id}`: the answer recorded for `id`, signed like a webhook

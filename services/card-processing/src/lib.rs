@@ -66,13 +66,20 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let sweeper = Sweeper::new(decider.clone(), ctx.store.clone(), sweep);
     ctx.spawn(sweeper.run(ctx.stopping()));
     let stand_ins = decider.clone();
-    ctx.consume(
-        ConsumerConfig::new("card-processing", &[types::CARD_AUTHORISATION_STOOD_IN]),
-        move |envelope| {
-            let decider = stand_ins.clone();
-            async move { decider.handle_stand_in(envelope).await }
-        },
-    );
+    // A stand-in decline is a command that must apply, however long an outage lasts: retried
+    // every few seconds for hours rather than dead-lettered after a few minutes.
+    let stand_in_consumer = ConsumerConfig {
+        max_deliver: 10_000,
+        backoff: [100, 500, 1_000, 2_000, 5_000]
+            .into_iter()
+            .map(Duration::from_millis)
+            .collect(),
+        ..ConsumerConfig::new("card-processing", &[types::CARD_AUTHORISATION_STOOD_IN])
+    };
+    ctx.consume(stand_in_consumer, move |envelope| {
+        let decider = stand_ins.clone();
+        async move { decider.handle_stand_in(envelope).await }
+    });
     Ok(Api::Grpc(tonic::service::Routes::new(
         CardProcessingServer::new(CardProcessingHandlers { decider }),
     )))

@@ -194,12 +194,8 @@ impl Decider {
                 Claim::Taken(record) => *record,
             },
         };
-        if record.fingerprint != a.fingerprint() {
-            return Err(Error::bad_request(
-                "stand_in",
-                "stand-in decline for a different request under the same id",
-            ));
-        }
+        // Even under another fingerprint (the id reused after a crash): the processor heard
+        // a decline for this id, so nothing may stay reserved under it.
         let transaction_id = record.transaction_id.clone();
         let from = match &record.state {
             State::Processing { .. } => From::AnyClaim,
