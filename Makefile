@@ -34,7 +34,7 @@ test-engines:
 	$(CARGO) test -p sterling-storage --test cassandra_conformance -- --ignored
 	$(CARGO) test -p sterling-bus --test nats_conformance -- --ignored
 	$(CARGO) test -p sterling-template --test discovery_conformance -- --ignored
-	STERLING_TEST_ENGINES=real $(CARGO) test -p card-processing --test outbox
+	STERLING_TEST_ENGINES=real $(CARGO) test -p card-processing --test announce
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test authorisation -- --test-threads=3
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test async_path -- --test-threads=1
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test money_rules -- --test-threads=1

@@ -26,10 +26,11 @@ use sterling_proto::transactions::v1::{RecordPendingRequest, Transaction, Transa
 use sterling_storage::now_millis;
 use sterling_template::client::GrpcChannel;
 use sterling_template::context::RequestContext;
-use sterling_template::outbox::{self, Confirm, Outbox, Verdict};
+use sterling_template::outbox;
 use sterling_template::{Error, Result, failpoint, money};
 use tracing::Instrument;
 
+use crate::announce::Announcer;
 pub use crate::authorisation::{Authorisation, MAX_MAJOR_UNITS};
 use crate::storage::{AuthorisationStore, Claim, Decision, From, Record, State};
 
@@ -71,8 +72,8 @@ pub struct Decider {
     pub ledger: LedgerClient<GrpcChannel>,
     /// transactions client.
     pub transactions: TransactionsClient<GrpcChannel>,
-    /// Where decision events are staged and published from.
-    pub outbox: Outbox,
+    /// Publishes decision events.
+    pub announcer: Announcer,
 }
 
 /// A decline of `a` for `reason`.
@@ -133,28 +134,6 @@ fn decision_event(a: &Authorisation, d: &Decision) -> sterling_bus::Envelope {
         types::CARD_AUTHORISATION_DECLINED
     };
     outbox::event(event_type, &payload)
-}
-
-/// Tells the outbox relay whether a staged decision event stands.
-pub struct DecisionConfirm {
-    /// Authorisation records.
-    pub store: AuthorisationStore,
-}
-
-#[async_trait::async_trait]
-impl Confirm for DecisionConfirm {
-    async fn confirm(&self, envelope: &sterling_bus::Envelope) -> Result<Verdict> {
-        let event = CardAuthorisationDecided::decode(envelope.payload.as_slice())
-            .map_err(|e| Error::internal(format!("staged event is not a decision: {e}")))?;
-        match self.store.record(&event.processor_authorisation_id).await? {
-            Some(record) => match record.state {
-                State::Decided(d) if d.event_id == envelope.event_id => Ok(Verdict::Publish),
-                State::Decided(_) => Ok(Verdict::Discard),
-                State::Processing { .. } => Ok(Verdict::Wait),
-            },
-            None => Ok(Verdict::Discard),
-        }
-    }
 }
 
 /// The caller's budget: its remaining deadline (or the default), less the answer margin.
@@ -265,9 +244,9 @@ impl Decider {
         Ok(stored)
     }
 
-    /// Moves `a` to `decision` if its record is still in the state `from` expects: stages
-    /// the announcement, applies the compare-and-set, publishes (or discards) the event.
-    /// Returns the decision that stands, whoever won. A decline that stands is compensated.
+    /// Moves `a` to `decision` if its record is still in the state `from` expects, the
+    /// announcement written in the same compare-and-set, then published. Returns the decision
+    /// that stands, whoever won. A decline that stands is compensated.
     pub async fn settle(
         &self,
         a: &Authorisation,
@@ -277,15 +256,14 @@ impl Decider {
         let mut decision = decision;
         let event = decision_event(a, &decision);
         decision.event_id = event.event_id.clone();
-        self.outbox.stage(&event).await?;
         failpoint::step("card_processing::settle::before_write").await?;
-        let won = self.store.settle(from, &decision).await?;
+        let won = self
+            .store
+            .settle(from, &decision, event.encode_to_vec())
+            .await?;
         failpoint::step("card_processing::settle::after_write").await?;
         if won {
-            self.outbox.publish_soon(event);
-        } else if let Err(e) = self.outbox.discard(&event).await {
-            // The relay asks again later and finds the event is not the one that stands.
-            tracing::warn!(error = %e, "could not discard a losing decision event");
+            self.announcer.publish_soon(event);
         }
         let record = self
             .store

@@ -5,9 +5,10 @@
 //! (`card.authorisation.approved` / `.declined`) through the outbox.
 //!
 //! Layout: [`authorisation`] the request and its fingerprint; [`storage`] the decision's
-//! state machine; [`decide`] the saga; [`recovery`] compensation, the sweeper and card-api's
+//! state machine; [`decide`] the saga; [`announce`] decision events; [`recovery`] compensation, the sweeper and card-api's
 //! stand-in declines; [`handlers`] the gRPC surface.
 
+pub mod announce;
 pub mod authorisation;
 pub mod decide;
 pub mod handlers;
@@ -22,13 +23,13 @@ use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
 use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
 use sterling_proto::events::types;
 
-use crate::decide::{Decider, DecisionConfirm};
+use crate::announce::Announcer;
+use crate::decide::Decider;
 use crate::handlers::CardProcessingHandlers;
 use crate::recovery::{SweepConfig, Sweeper};
 use crate::storage::AuthorisationStore;
@@ -47,13 +48,9 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let store = AuthorisationStore::new(ctx.store.clone());
-    let outbox = ctx.outbox(Arc::new(DecisionConfirm {
-        store: store.clone(),
-    }));
     let decider = Decider {
-        store,
-        outbox,
+        store: AuthorisationStore::new(ctx.store.clone()),
+        announcer: Announcer::new(ctx.platform.bus.clone()),
         cards: CardsClient::new(ctx.channel("cards").await?),
         fx: FxClient::new(ctx.channel("fx").await?),
         ledger: LedgerClient::new(ctx.channel("ledger").await?),

@@ -6,6 +6,7 @@
 //! a placement still in flight when its authorisation was declined finds the tombstone and
 //! reserves nothing.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use prost::Message;
@@ -21,7 +22,7 @@ use tracing::Instrument;
 
 use crate::authorisation::Authorisation;
 use crate::decide::{Decider, declined, reason};
-use crate::storage::{AuthorisationStore, Claim, From, Record, State};
+use crate::storage::{AuthorisationStore, Claim, From, OPEN_BUCKET_MS, Record, State};
 
 /// How the sweeper runs.
 #[derive(Debug, Clone, Copy)]
@@ -130,39 +131,34 @@ impl Decider {
         Ok(())
     }
 
-    /// Finishes one open authorisation if it can be: `Ok(true)` once nothing more is needed.
+    /// Finishes one open authorisation if it can be: `Ok(true)` once nothing more is needed
+    /// (decided, announced, and compensated if declined).
     pub async fn resolve(&self, id: &str, opened_at: i64, grace: Duration) -> Result<bool> {
         let now = now_millis();
-        let Some(record) = self.store.record(id).await? else {
+        let Some(mut record) = self.store.record(id).await? else {
             return Ok(now - opened_at > UNCLAIMED_LIMIT_MS);
         };
-        match &record.state {
-            State::Processing { deadline_at, .. } => {
-                if deadline_at + grace.as_millis() as i64 > now {
-                    return Ok(false);
-                }
-                tracing::warn!(processor_authorisation_id = %id, "finishing an abandoned claim");
-                let a = record.authorisation.clone();
-                self.settle(
-                    &a,
-                    &From::AnyClaim,
-                    declined(&a, reason::TIMEOUT, "", &record.transaction_id),
-                )
-                .await?;
-                let settled = self
-                    .store
-                    .record(id)
-                    .await?
-                    .ok_or_else(|| Error::internal("record vanished"))?;
-                self.compensate(&settled).await?;
-                Ok(true)
+        if let State::Processing { deadline_at, .. } = &record.state {
+            if deadline_at + grace.as_millis() as i64 > now {
+                return Ok(false);
             }
-            State::Decided(d) if d.approved => Ok(true),
-            State::Decided(_) => {
-                self.compensate(&record).await?;
-                Ok(true)
-            }
+            tracing::warn!(processor_authorisation_id = %id, "finishing an abandoned claim");
+            let a = record.authorisation.clone();
+            self.settle(
+                &a,
+                &From::AnyClaim,
+                declined(&a, reason::TIMEOUT, "", &record.transaction_id),
+            )
+            .await?;
+            record = self
+                .store
+                .record(id)
+                .await?
+                .ok_or_else(|| Error::internal("record vanished"))?;
         }
+        self.announcer.ensure_published(&record).await?;
+        self.compensate(&record).await?;
+        Ok(true)
     }
 
     /// Makes card-processing's record match a decline card-api answered on its own: declines
@@ -234,12 +230,16 @@ impl Decider {
 }
 
 /// The sweeper: passes over `open_authorisations` bucket by bucket from a persisted
-/// watermark, finishing what is abandoned and closing what needs nothing more.
+/// watermark, finishing what is abandoned, announcing what was not announced, compensating
+/// declines; the watermark moves past a bucket once everything in it is done. Rows are never
+/// deleted (they expire): a bucket behind the watermark is not read again.
 pub struct Sweeper {
     decider: Decider,
     store: SharedStore,
     config: SweepConfig,
     watermark: Option<i64>,
+    /// Ids done in buckets at or past the watermark.
+    done: HashSet<(i64, String)>,
 }
 
 const PROGRESS_KEY: &str = "open_authorisations";
@@ -252,6 +252,7 @@ impl Sweeper {
             store,
             config,
             watermark: None,
+            done: HashSet::new(),
         }
     }
 
@@ -277,42 +278,45 @@ impl Sweeper {
         Ok(())
     }
 
-    /// One pass; returns how many authorisations it closed.
+    /// One pass; returns how many authorisations it finished.
     pub async fn sweep_once(&mut self) -> Result<usize> {
         let mut watermark = match self.watermark {
             Some(w) => w,
             None => self.load_watermark().await?,
         };
-        let store = &self.decider.store;
         let ripe = now_millis() - self.config.grace.as_millis() as i64;
         let newest = AuthorisationStore::bucket_of(now_millis());
-        let mut closed = 0;
+        let mut finished = 0;
         let mut contiguous = true;
         let first = watermark;
         for bucket in first..=newest {
             let mut pending = false;
-            for (id, opened_at) in store.open_in_bucket(bucket).await? {
+            for (id, opened_at) in self.decider.store.open_in_bucket(bucket).await? {
+                let key = (bucket, id);
+                if self.done.contains(&key) {
+                    continue;
+                }
                 if opened_at > ripe {
                     pending = true;
                     continue;
                 }
                 match self
                     .decider
-                    .resolve(&id, opened_at, self.config.grace)
+                    .resolve(&key.1, opened_at, self.config.grace)
                     .await
                 {
                     Ok(true) => {
-                        store.close(bucket, &id).await?;
-                        closed += 1;
+                        self.done.insert(key);
+                        finished += 1;
                     }
                     Ok(false) => pending = true,
                     Err(e) => {
-                        tracing::warn!(processor_authorisation_id = %id, error = %e, "cannot finish an open authorisation yet");
+                        tracing::warn!(processor_authorisation_id = %key.1, error = %e, "cannot finish an open authorisation yet");
                         pending = true;
                     }
                 }
             }
-            let bucket_over = (bucket + 1) * crate::storage::OPEN_BUCKET_MS <= ripe;
+            let bucket_over = (bucket + 1) * OPEN_BUCKET_MS <= ripe;
             if contiguous && !pending && bucket_over {
                 watermark = bucket + 1;
             } else {
@@ -322,8 +326,13 @@ impl Sweeper {
         if self.watermark != Some(watermark) {
             self.save_watermark(watermark).await?;
             self.watermark = Some(watermark);
+            self.done.retain(|(bucket, _)| *bucket >= watermark);
+            // Announcements older than the watermark with a margin are never checked again.
+            self.decider
+                .announcer
+                .forget_before(watermark * OPEN_BUCKET_MS - 60_000);
         }
-        Ok(closed)
+        Ok(finished)
     }
 
     /// Sweeps every interval until `stopping` fires; the first pass runs at once (recovery

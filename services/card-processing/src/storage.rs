@@ -7,8 +7,10 @@
 //! Every transition is a compare-and-set, so exactly one of the racers wins: the saga's own
 //! decision (conditioned on its claim), the timeout decline of any caller at its deadline, the
 //! sweeper finishing an abandoned claim, and card-api's stand-in decline. `declined` is final.
-//! An `open_authorisations` row is written before the claim and removed by the sweeper only
-//! once the decision stands and whatever a decline must undo is undone.
+//! An `open_authorisations` row (in a bucket of its second) is written before the claim; the
+//! sweeper passes over the buckets in order and moves its watermark past a bucket only once
+//! every decision in it stands, is announced, and whatever a decline must undo is undone.
+//! The decision's announcement is written with the decision, in the same compare-and-set.
 
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use sterling_template::{Error, Result};
 use crate::authorisation::Authorisation;
 
 /// Width of one `open_authorisations` partition, in milliseconds of `opened_at`.
-pub const OPEN_BUCKET_MS: i64 = 10_000;
+pub const OPEN_BUCKET_MS: i64 = 1_000;
 
 /// How long an `open_authorisations` row lives at most (long after any sweep needs it).
 pub const OPEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -72,6 +74,8 @@ pub struct Record {
     pub transaction_id: String,
     /// Where it stands.
     pub state: State,
+    /// The announcement of the decision (an encoded envelope), once decided.
+    pub event: Option<Vec<u8>>,
 }
 
 impl Record {
@@ -160,6 +164,7 @@ fn record_from_row(id: &str, row: &Row) -> Result<Record> {
         fingerprint: text(row, "fingerprint"),
         transaction_id,
         state,
+        event: row.blob("event").ok().map(<[u8]>::to_vec),
     })
 }
 
@@ -224,20 +229,6 @@ impl AuthorisationStore {
             .collect()
     }
 
-    /// Removes an open row once its authorisation needs nothing more.
-    pub async fn close(&self, bucket: i64, id: &str) -> Result<()> {
-        self.store
-            .apply(vec![Mutation::Delete {
-                table: "open_authorisations".into(),
-                key: Row::new()
-                    .with("shard", bucket)
-                    .with("processor_authorisation_id", id),
-                if_exists: false,
-            }])
-            .await?;
-        Ok(())
-    }
-
     /// The bucket of a time, in milliseconds since the epoch.
     pub fn bucket_of(millis: i64) -> i64 {
         bucket_of(millis)
@@ -287,29 +278,6 @@ impl AuthorisationStore {
         }
     }
 
-    /// Records a declined authorisation that was never claimed (card-api declined it on its
-    /// own before card-processing saw it); returns the record that stands.
-    pub async fn insert_declined(&self, a: &Authorisation, decision: &Decision) -> Result<Record> {
-        let row = key(&a.processor_authorisation_id)
-            .with("fingerprint", a.fingerprint())
-            .with("transaction_id", decision.transaction_id.as_str())
-            .with("card_token", a.card_token.as_str())
-            .with("amount", a.amount.minor_units())
-            .with("currency", a.amount.currency().code())
-            .with("merchant_descriptor", a.merchant_descriptor.as_str())
-            .with("mcc", a.mcc.as_str())
-            .with("merchant_country", a.merchant_country.as_str())
-            .with("merchant_city", a.merchant_city.as_str())
-            .with("claimed_at", Value::Timestamp(now_millis()));
-        let row = Self::decided_columns(row, decision);
-        self.store
-            .apply(vec![Mutation::insert_if_not_exists("authorisations", row)])
-            .await?;
-        self.record(&a.processor_authorisation_id)
-            .await?
-            .ok_or_else(|| Error::internal("inserted authorisation not found"))
-    }
-
     fn decided_columns(row: Row, decision: &Decision) -> Row {
         row.with("state", "decided")
             .with("approved", decision.approved)
@@ -322,9 +290,10 @@ impl AuthorisationStore {
             .with("decided_at", Value::Timestamp(now_millis()))
     }
 
-    /// Moves `decision`'s authorisation to decided, if it is still in the state `from`
-    /// expects. Returns whether this call won; either way the caller reads what stands.
-    pub async fn settle(&self, from: &From, decision: &Decision) -> Result<bool> {
+    /// Moves `decision`'s authorisation to decided with its announcement `event` (an encoded
+    /// envelope), if it is still in the state `from` expects. Returns whether this call won;
+    /// either way the caller reads what stands.
+    pub async fn settle(&self, from: &From, decision: &Decision, event: Vec<u8>) -> Result<bool> {
         let mut conditions = Vec::new();
         match from {
             From::Claim(claim) => {
@@ -346,7 +315,7 @@ impl AuthorisationStore {
         let update = Mutation::update(
             "authorisations",
             key(&decision.processor_authorisation_id),
-            Self::decided_columns(Row::new(), decision),
+            Self::decided_columns(Row::new(), decision).with("event", event),
             conditions,
         );
         Ok(self.store.apply(vec![update]).await?.applied())

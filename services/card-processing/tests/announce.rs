@@ -1,12 +1,12 @@
 //! A decision is announced exactly when it is recorded, even if the process dies between
-//! recording it and publishing: the outbox relay asks card-processing's confirmation and
-//! publishes or discards.
+//! recording it and publishing: the announcement is written with the decision and the
+//! sweeper publishes it if this process cannot vouch that it went out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use card_processing::announce::Announcer;
 use card_processing::authorisation::Authorisation;
-use card_processing::decide::DecisionConfirm;
 use card_processing::storage::{AuthorisationStore, Claim, Decision, From};
 use prost::Message;
 use sterling_bus::embedded::SqliteBus;
@@ -18,7 +18,7 @@ use sterling_storage::SharedStore;
 use sterling_storage::cassandra::{CassandraConfig, CassandraStore};
 use sterling_storage::embedded::SqliteStore;
 use sterling_storage::now_millis;
-use sterling_template::outbox::{self, OUTBOX_MIGRATION, Outbox};
+use sterling_template::outbox::{self, OUTBOX_MIGRATION};
 
 fn migrations() -> Vec<sterling_storage::Migration> {
     let mut m = card_processing::MIGRATIONS.to_vec();
@@ -99,41 +99,42 @@ async fn claim(store: &AuthorisationStore, id: &str) -> (String, String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decision_recorded_but_never_published_is_published_by_the_relay() {
-    let (store, bus) = engines().await;
-    let authorisations = AuthorisationStore::new(store.clone());
-    let confirm = Arc::new(DecisionConfirm {
-        store: authorisations.clone(),
-    });
-    let outbox = Outbox::new(store.clone(), bus.clone(), confirm, Duration::ZERO);
-
-    // Decided and staged, then the process "dies" before publishing.
-    let (c, transaction_id) = claim(&authorisations, "auth-crash").await;
-    let event = announcement("auth-crash");
-    outbox.stage(&event).await.unwrap();
+async fn decide(store: &AuthorisationStore, id: &str) -> sterling_bus::Envelope {
+    let (c, transaction_id) = claim(store, id).await;
+    let event = announcement(id);
     assert!(
-        authorisations
+        store
             .settle(
                 &From::Claim(c),
-                &decided("auth-crash", &event.event_id, &transaction_id)
+                &decided(id, &event.event_id, &transaction_id),
+                event.encode_to_vec(),
             )
             .await
             .unwrap()
     );
+    event
+}
 
-    // Staged but the decision never recorded (the process died before it): the relay waits.
-    let (_c2, _) = claim(&authorisations, "auth-undecided").await;
-    let orphan = announcement("auth-undecided");
-    outbox.stage(&orphan).await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_recorded_but_never_published_is_published_by_the_sweeper() {
+    let (store, bus) = engines().await;
+    let authorisations = AuthorisationStore::new(store.clone());
+    // Decided, then the process "dies" before publishing.
+    let event = decide(&authorisations, "auth-crash").await;
+    // Claimed but never decided: nothing to announce.
+    let _ = claim(&authorisations, "auth-undecided").await;
 
-    // Staged for an authorisation that was never even claimed: discarded.
-    let stray = announcement("auth-never");
-    outbox.stage(&stray).await.unwrap();
-
-    assert_eq!(outbox.relay_once().await.unwrap(), 1);
-    // A second pass publishes nothing new: the published event left the outbox.
-    assert_eq!(outbox.relay_once().await.unwrap(), 0);
+    let announcer = Announcer::new(bus.clone());
+    for id in ["auth-crash", "auth-undecided"] {
+        let record = authorisations.record(id).await.unwrap().unwrap();
+        announcer.ensure_published(&record).await.unwrap();
+        // A second look publishes nothing new.
+        announcer.ensure_published(&record).await.unwrap();
+    }
+    // A restarted process cannot vouch for it and publishes again: the bus deduplicates.
+    let restarted = Announcer::new(bus.clone());
+    let record = authorisations.record("auth-crash").await.unwrap().unwrap();
+    restarted.ensure_published(&record).await.unwrap();
 
     let mut sub = bus
         .subscribe(ConsumerConfig::new("test", &["card.authorisation.*"]))
@@ -151,37 +152,53 @@ async fn a_decision_recorded_but_never_published_is_published_by_the_relay() {
         tokio::time::timeout(Duration::from_millis(500), sub.next())
             .await
             .is_err(),
-        "only the recorded decision is announced"
+        "only the recorded decision is announced, once"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_announcement_whose_decision_went_another_way_is_discarded() {
+async fn a_decision_that_lost_its_compare_and_set_is_never_announced() {
     let (store, bus) = engines().await;
     let authorisations = AuthorisationStore::new(store.clone());
-    let confirm = Arc::new(DecisionConfirm {
-        store: authorisations.clone(),
-    });
-    let outbox = Outbox::new(store.clone(), bus.clone(), confirm, Duration::ZERO);
-
     let (c, transaction_id) = claim(&authorisations, "auth-other").await;
-    let losing = announcement("auth-other");
-    outbox.stage(&losing).await.unwrap();
     let winning = announcement("auth-other");
+    let losing = announcement("auth-other");
+    let from = From::Claim(c);
     assert!(
         authorisations
             .settle(
-                &From::Claim(c),
+                &from,
                 &decided("auth-other", &winning.event_id, &transaction_id),
+                winning.encode_to_vec(),
             )
             .await
             .unwrap()
     );
-    assert_eq!(outbox.relay_once().await.unwrap(), 0);
+    assert!(
+        !authorisations
+            .settle(
+                &From::AnyClaim,
+                &decided("auth-other", &losing.event_id, &transaction_id),
+                losing.encode_to_vec(),
+            )
+            .await
+            .unwrap()
+    );
+    let record = authorisations.record("auth-other").await.unwrap().unwrap();
+    Announcer::new(bus.clone())
+        .ensure_published(&record)
+        .await
+        .unwrap();
     let mut sub = bus
         .subscribe(ConsumerConfig::new("test", &["card.>"]))
         .await
         .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.envelope.event_id, winning.event_id);
+    delivery.ack().await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(500), sub.next())
             .await
