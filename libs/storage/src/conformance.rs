@@ -28,6 +28,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str) {
     composite_clustering_cursor(store, prefix).await;
     ttl_expires_rows(store, prefix).await;
     delete_if_exists(store, prefix).await;
+    batches_in_order_see_each_other(store, prefix).await;
     store.check().await.expect("health check");
 }
 
@@ -300,4 +301,47 @@ pub async fn delete_if_exists(store: &dyn Store, p: &str) {
         .unwrap();
     assert!(store.apply(vec![delete()]).await.unwrap().applied());
     assert!(store.get("kv", &key(&id)).await.unwrap().is_none());
+}
+
+/// Batches applied in order behave as one `apply` after another: each keeps its own
+/// conditions and sees what the earlier ones wrote, whatever the other tables involved.
+pub async fn batches_in_order_see_each_other(store: &dyn Store, p: &str) {
+    let id = format!("{p}ordered");
+    let journal = Row::new()
+        .with("owner", id.as_str())
+        .with("seq", 1i64)
+        .with("label", "opened");
+    let outcomes = store
+        .apply_in_order(vec![
+            vec![Mutation::insert("journal", journal)],
+            vec![Mutation::insert_if_not_exists(
+                "kv",
+                key(&id).with("body", "first"),
+            )],
+            vec![Mutation::insert_if_not_exists(
+                "kv",
+                key(&id).with("body", "second"),
+            )],
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes[0].applied() && outcomes[1].applied());
+    match &outcomes[2] {
+        Applied::No(current) => {
+            let row = current[0].as_ref().expect("the row the second batch wrote");
+            assert_eq!(row.text("body").unwrap(), "first");
+        }
+        Applied::Yes => panic!("a later batch must see the earlier one's write"),
+    }
+    let stored = store.get("kv", &key(&id)).await.unwrap().unwrap();
+    assert_eq!(stored.text("body").unwrap(), "first");
+    let rows = store
+        .query(Query::partition(
+            "journal",
+            Row::new().with("owner", id.as_str()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
 }

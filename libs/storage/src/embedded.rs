@@ -364,10 +364,37 @@ fn apply_batch(
     tables: &BTreeMap<String, TableSchema>,
     mutations: &[Mutation],
 ) -> Result<Applied> {
-    validate_batch(tables, mutations)?;
+    let mut applied = apply_batches(conn, tables, std::slice::from_ref(&mutations.to_vec()))?;
+    Ok(applied.pop().unwrap_or(Applied::Yes))
+}
+
+/// Applies batches one after the other in one SQLite transaction (one commit, one fsync),
+/// each with its own conditions, exactly as if applied one by one.
+fn apply_batches(
+    conn: &mut Connection,
+    tables: &BTreeMap<String, TableSchema>,
+    batches: &[Vec<Mutation>],
+) -> Result<Vec<Applied>> {
+    for mutations in batches {
+        validate_batch(tables, mutations)?;
+    }
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(sql_err)?;
+    let mut outcomes = Vec::with_capacity(batches.len());
+    for mutations in batches {
+        outcomes.push(apply_in(&tx, tables, mutations)?);
+    }
+    tx.commit().map_err(sql_err)?;
+    Ok(outcomes)
+}
+
+/// One batch inside a transaction: its conditions, then its writes if they all hold.
+fn apply_in(
+    tx: &Transaction<'_>,
+    tables: &BTreeMap<String, TableSchema>,
+    mutations: &[Mutation],
+) -> Result<Applied> {
     let mut current_rows = Vec::new();
     let mut all_hold = true;
     for m in mutations.iter().filter(|m| m.is_conditional()) {
@@ -376,7 +403,7 @@ fn apply_batch(
             Mutation::Insert { row, .. } => row,
             Mutation::Update { key, .. } | Mutation::Delete { key, .. } => key,
         };
-        let current = get_row(&tx, table, key)?;
+        let current = get_row(tx, table, key)?;
         all_hold &= conditions_hold(m, &current);
         current_rows.push(current);
     }
@@ -394,17 +421,16 @@ fn apply_batch(
                 ..
             } => {
                 let expires_at = ttl.map(|t| now + t.as_millis() as i64);
-                upsert(&tx, table, row, expires_at, *if_not_exists)?;
+                upsert(tx, table, row, expires_at, *if_not_exists)?;
             }
             Mutation::Update { key, set, .. } => {
                 let mut row = key.clone();
                 row.0.extend(set.0.clone());
-                upsert(&tx, table, &row, None, false)?;
+                upsert(tx, table, &row, None, false)?;
             }
-            Mutation::Delete { key, .. } => delete(&tx, table, key)?,
+            Mutation::Delete { key, .. } => delete(tx, table, key)?,
         }
     }
-    tx.commit().map_err(sql_err)?;
     Ok(Applied::Yes)
 }
 
@@ -517,6 +543,11 @@ impl Store for SqliteStore {
 
     async fn apply(&self, mutations: Vec<Mutation>) -> Result<Applied> {
         self.blocking(move |conn, tables| apply_batch(conn, tables, &mutations))
+            .await
+    }
+
+    async fn apply_in_order(&self, batches: Vec<Vec<Mutation>>) -> Result<Vec<Applied>> {
+        self.blocking(move |conn, tables| apply_batches(conn, tables, &batches))
             .await
     }
 

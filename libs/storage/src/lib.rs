@@ -334,6 +334,19 @@ pub trait Store: Send + Sync + 'static {
     /// table (Cassandra's rule for conditional batches); then either all apply or none.
     async fn apply(&self, mutations: Vec<Mutation>) -> Result<Applied>;
 
+    /// Applies batches one after the other, each atomically with its own conditions, exactly
+    /// as a sequence of [`Store::apply`] calls would (a later batch sees the earlier ones'
+    /// writes). A backend may commit them together: the embedded one makes them one
+    /// transaction and one fsync; Cassandra applies them in turn. On an error, batches before
+    /// the failing one may have been applied.
+    async fn apply_in_order(&self, batches: Vec<Vec<Mutation>>) -> Result<Vec<Applied>> {
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for batch in batches {
+            outcomes.push(self.apply(batch).await?);
+        }
+        Ok(outcomes)
+    }
+
     /// Proves the store can be read and written (for health checks).
     async fn check(&self) -> Result<()>;
 

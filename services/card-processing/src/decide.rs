@@ -158,17 +158,13 @@ impl Decider {
                 return Err(Authorisation::conflict(id));
             }
             Some(record) => record,
-            None => {
-                // Before anything can be claimed or placed, so that recovery finds it.
-                self.store.open(id).await?;
-                match self.store.claim(a, deadline_at).await? {
-                    Claim::Won {
-                        claim,
-                        transaction_id,
-                    } => return self.decide(a, claim, transaction_id, deadline).await,
-                    Claim::Taken(record) => *record,
-                }
-            }
+            None => match self.store.claim(a, deadline_at).await? {
+                Claim::Won {
+                    claim,
+                    transaction_id,
+                } => return self.decide(a, claim, transaction_id, deadline).await,
+                Claim::Taken(record) => *record,
+            },
         };
         match record.state {
             State::Decided(decision) => Ok(decision),

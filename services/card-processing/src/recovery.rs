@@ -175,7 +175,6 @@ impl Decider {
             merchant_city: event.merchant_city.clone(),
         };
         let id = &a.processor_authorisation_id;
-        self.store.open(id).await?;
         let record = match self.store.record(id).await? {
             Some(record) => record,
             None => match self.store.claim(&a, now_millis()).await? {
@@ -198,6 +197,8 @@ impl Decider {
             State::Decided(d) if !d.approved => return Ok(()),
             State::Decided(d) => From::Approved(d.event_id.clone()),
         };
+        // The sweeper sees to the compensation if this process dies half-way.
+        self.store.open(id).await?;
         let mut decision = declined(&a, &event.reason, "", &transaction_id);
         if let State::Decided(approved) = &record.state {
             tracing::warn!(processor_authorisation_id = %id, "reversing an approval card-api answered as a decline");

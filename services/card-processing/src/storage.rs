@@ -195,18 +195,18 @@ impl AuthorisationStore {
         }
     }
 
-    /// Marks `id` as possibly needing work, before anything is claimed or placed for it.
-    pub async fn open(&self, id: &str) -> Result<()> {
+    fn open_row(id: &str) -> Mutation {
         let now = now_millis();
         let row = Row::new()
             .with("shard", bucket_of(now))
             .with("processor_authorisation_id", id)
             .with("opened_at", Value::Timestamp(now));
-        self.store
-            .apply(vec![
-                Mutation::insert("open_authorisations", row).with_ttl(OPEN_TTL),
-            ])
-            .await?;
+        Mutation::insert("open_authorisations", row).with_ttl(OPEN_TTL)
+    }
+
+    /// Marks `id` as possibly needing work (the sweeper will look at it).
+    pub async fn open(&self, id: &str) -> Result<()> {
+        self.store.apply(vec![Self::open_row(id)]).await?;
         Ok(())
     }
 
@@ -235,7 +235,9 @@ impl AuthorisationStore {
     }
 
     /// Claims the right to decide `a` until `deadline_at`, or reports who has it. A record
-    /// under another fingerprint is a `conflict.authorisation`.
+    /// under another fingerprint is a `conflict.authorisation`. The open row goes first (in
+    /// the same commit where the backend allows), so that a claim is never out of the
+    /// sweeper's sight.
     pub async fn claim(&self, a: &Authorisation, deadline_at: i64) -> Result<Claim> {
         let claim = uuid::Uuid::new_v4().to_string();
         let transaction_id = uuid::Uuid::now_v7().to_string();
@@ -254,11 +256,14 @@ impl AuthorisationStore {
             .with("mcc", a.mcc.as_str())
             .with("merchant_country", a.merchant_country.as_str())
             .with("merchant_city", a.merchant_city.as_str());
-        match self
+        let mut outcomes = self
             .store
-            .apply(vec![Mutation::insert_if_not_exists("authorisations", row)])
-            .await?
-        {
+            .apply_in_order(vec![
+                vec![Self::open_row(&a.processor_authorisation_id)],
+                vec![Mutation::insert_if_not_exists("authorisations", row)],
+            ])
+            .await?;
+        match outcomes.pop().unwrap_or(Applied::Yes) {
             Applied::Yes => Ok(Claim::Won {
                 claim,
                 transaction_id,

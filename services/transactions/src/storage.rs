@@ -97,14 +97,22 @@ impl TransactionStore {
     /// Records a transaction once per id; a repeat returns the stored one.
     pub async fn record(&self, record: &TransactionRecord) -> Result<TransactionRecord> {
         failpoint::step("transactions::record::before_write").await?;
-        let stored = match self
+        // The id -> account index first, in the same commit where the backend allows; it
+        // never moves once written (a clashing id keeps the first account).
+        let index = Row::new()
+            .with("transaction_id", record.transaction_id.as_str())
+            .with("account_id", record.account_id.as_str());
+        let mut outcomes = self
             .store
-            .apply(vec![Mutation::insert_if_not_exists(
-                "transactions_by_account",
-                record.to_row(),
-            )])
-            .await?
-        {
+            .apply_in_order(vec![
+                vec![Mutation::insert_if_not_exists("transactions", index)],
+                vec![Mutation::insert_if_not_exists(
+                    "transactions_by_account",
+                    record.to_row(),
+                )],
+            ])
+            .await?;
+        let stored = match outcomes.pop().unwrap_or(Applied::Yes) {
             Applied::Yes => record.clone(),
             Applied::No(current) => {
                 let existing = current
@@ -135,14 +143,6 @@ impl TransactionStore {
             }
         };
         failpoint::step("transactions::record::after_write").await?;
-        self.store
-            .apply(vec![Mutation::insert(
-                "transactions",
-                Row::new()
-                    .with("transaction_id", record.transaction_id.as_str())
-                    .with("account_id", record.account_id.as_str()),
-            )])
-            .await?;
         Ok(stored)
     }
 
