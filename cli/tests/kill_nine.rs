@@ -92,6 +92,29 @@ impl ChildBank {
             .map(|r| format!("http://{}", r.address))
     }
 
+    /// Runs `sterling reconcile` against this bank; whether it passed, and what it printed.
+    fn reconcile_command(&self, answers: &Path) -> (bool, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sterling"));
+        command
+            .args(["--data", self.dir.to_str().unwrap(), "reconcile"])
+            .args(["--answers", answers.to_str().unwrap(), "--complete"])
+            .args(["--settle-secs", "0"])
+            .env(
+                "STERLING_CARD_API_SECRET",
+                std::str::from_utf8(SECRET).unwrap(),
+            )
+            .env("STERLING_NAMESPACE", &self.namespace);
+        if real_engines() {
+            command.env("STERLING_DISCOVERY", "nats");
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    }
+
     fn kill(&mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
@@ -170,7 +193,45 @@ async fn killing_the_bank_mid_burst_keeps_every_rule() {
     let again = burst::send_limited(&http, &url, SECRET, &all, 1, 12).await;
     assert_eq!(again.len(), all.len());
     heard.extend(again);
-    assert_rules_hold(&reconciler, &all, heard, Duration::ZERO, "after settling").await;
+    assert_rules_hold(
+        &reconciler,
+        &all,
+        heard.clone(),
+        Duration::ZERO,
+        "after settling",
+    )
+    .await;
+
+    // The same check from the command line, as an operator would run it.
+    let answers = dir.path().join("answers.jsonl");
+    let lines: Vec<String> = heard
+        .iter()
+        .map(|h| serde_json::to_string(h).unwrap())
+        .collect();
+    std::fs::write(&answers, lines.join("\n")).unwrap();
+    let (ok, out) = bank.reconcile_command(&answers);
+    assert!(ok, "sterling reconcile found violations:\n{out}");
+    assert!(out.contains(" 0 violations"), "{out}");
+    // And it fails, naming the id, when the processor heard two answers for one id.
+    let mut forged = heard[0].clone();
+    forged.result = if forged.result == "APPROVED" {
+        "DECLINED"
+    } else {
+        "APPROVED"
+    }
+    .into();
+    std::fs::write(
+        &answers,
+        format!(
+            "{}\n{}",
+            lines.join("\n"),
+            serde_json::to_string(&forged).unwrap()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = bank.reconcile_command(&answers);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("rule 1 [{}]", forged.id)), "{out}");
     if real_engines() {
         drop(bank);
         common::drop_keyspaces(&namespace).await;

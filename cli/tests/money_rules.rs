@@ -129,3 +129,96 @@ async fn a_tight_budget_under_load_keeps_the_rules() {
     bank.finish().await;
     scenario.teardown();
 }
+
+/// The oracle itself: each broken rule is reported, with the ids involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_reports_each_broken_rule() {
+    use sterling::reconcile::{Heard, Violation};
+    use sterling_proto::ledger::v1::ReleaseHoldRequest;
+
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = SETTINGS.to_vec();
+    settings.push(("STERLING_CARD_API_BUDGET_MS", "10000"));
+    let bank = start_sync(dir.path(), &settings).await;
+    let reconciler = reconciler(&bank).await;
+    let customer = bank.seed("oracle", money("10.00", "GBP")).await;
+    let token = customer.card.token.clone();
+    let requests = burst::requests("oracle", &token, 3, 300);
+    let heard = burst::send(&bank.http, &bank.url, SECRET, &requests, 1).await;
+    assert_rules_hold(
+        &reconciler,
+        &requests,
+        heard.clone(),
+        Duration::ZERO,
+        "clean",
+    )
+    .await;
+    let rules = |violations: &[Violation], id: &str| -> Vec<u8> {
+        violations
+            .iter()
+            .filter(|v| v.ids.iter().any(|i| i.contains(id)))
+            .map(|v| v.rule)
+            .collect()
+    };
+    let grouped = |heard: Vec<Heard>| sterling::reconcile::by_id(heard);
+
+    // Rule 1: the processor says it heard something else.
+    let mut misheard = heard.clone();
+    let mut other = misheard[0].clone();
+    other.result = "DECLINED".into();
+    other.reason = "timeout".into();
+    misheard.push(other);
+    let report = reconciler
+        .reconcile(&grouped(misheard), true)
+        .await
+        .unwrap();
+    assert!(
+        rules(&report.violations, "oracle-0").contains(&1),
+        "{report}"
+    );
+
+    // Rules 2 and 3: a hold released behind card-processing's back.
+    bank.clients
+        .ledger
+        .clone()
+        .release_hold(ReleaseHoldRequest {
+            hold_id: "oracle-1".into(),
+            account_id: customer.account_id.clone(),
+        })
+        .await
+        .unwrap();
+    let report = reconciler
+        .reconcile(&grouped(heard.clone()), true)
+        .await
+        .unwrap();
+    assert!(
+        rules(&report.violations, "oracle-1").contains(&2),
+        "{report}"
+    );
+    assert!(
+        rules(&report.violations, &customer.account_id).contains(&3),
+        "{report}"
+    );
+
+    // Rule 4: a decision still being made.
+    fail::cfg("card_processing::saga::start", "return(sleep:3000)").unwrap();
+    let slow = burst::requests("oracle-slow", &token, 1, 100);
+    let pending = {
+        let (http, url, slow) = (bank.http.clone(), bank.url.clone(), slow.clone());
+        tokio::spawn(async move { burst::send(&http, &url, SECRET, &slow, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = reconciler
+        .reconcile(&[(slow[0].id.clone(), Vec::new())], false)
+        .await
+        .unwrap();
+    assert!(
+        rules(&report.violations, "oracle-slow-0").contains(&4),
+        "{report}"
+    );
+    fail::remove("card_processing::saga::start");
+    pending.await.unwrap();
+    bank.finish().await;
+    scenario.teardown();
+}

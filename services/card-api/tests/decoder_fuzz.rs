@@ -65,3 +65,32 @@ fn the_most_negative_timestamp_is_stale_not_a_panic() {
         Err(signature::SignatureError::Stale)
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Any change to any merchant field makes another request: a reused id with it is a
+    /// conflict, never a repeat.
+    #[test]
+    fn every_merchant_field_is_in_the_fingerprint(
+        descriptor in ".{0,40}",
+        city in ".{0,20}",
+        country in "[A-Z]{2}",
+        other in ".{1,20}",
+    ) {
+        let body = serde_json::json!({
+            "id": "a1", "card_token": "card", "amount": 350, "currency": "GBP",
+            "merchant": {"descriptor": descriptor, "mcc": "5812", "country": country, "city": city},
+        });
+        let (request, amount) = AuthorisationRequest::parse(body.to_string().as_bytes()).unwrap();
+        let base = request.authorisation(amount).fingerprint();
+        for field in ["descriptor", "city", "country"] {
+            let mut changed = body.clone();
+            let current = changed["merchant"][field].as_str().unwrap().to_string();
+            changed["merchant"][field] = format!("{}{}", current, other).into();
+            if let Ok((r, a)) = AuthorisationRequest::parse(changed.to_string().as_bytes()) {
+                prop_assert_ne!(r.authorisation(a).fingerprint(), base.clone());
+            }
+        }
+    }
+}
