@@ -213,6 +213,7 @@ impl Decider {
         record: &Record,
         deadline: Instant,
     ) -> Result<Decision> {
+        // Polls the store: the saga may run in another process.
         let mut pause = Duration::from_millis(2);
         while Instant::now() + pause < deadline {
             tokio::time::sleep(pause).await;
@@ -234,9 +235,7 @@ impl Decider {
     ) -> Result<Decision> {
         let decision = declined(a, reason, "", transaction_id);
         let stored = self.settle(a, &From::AnyClaim, decision).await?;
-        if stored.event_id.is_empty() || !stored.approved {
-            tracing::warn!(reason = %stored.reason, "declined at the deadline");
-        }
+        tracing::warn!(approved = stored.approved, reason = %stored.reason, "deadline reached; this decision stands");
         Ok(stored)
     }
 
@@ -260,7 +259,13 @@ impl Decider {
         failpoint::step("card_processing::settle::after_write").await?;
         if won {
             self.announcer.publish_soon(event);
+            if decision.approved {
+                tracing::info!(approved = true, "authorisation decided");
+                return Ok(decision);
+            }
         }
+        // A decline, or someone else's decision: read what stands (and the request as stored,
+        // which compensation goes by).
         let record = self
             .store
             .record(&a.processor_authorisation_id)
