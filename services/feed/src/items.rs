@@ -128,6 +128,17 @@ impl FeedStore {
             // A decision for a card nobody holds: no account, no feed.
             return Ok(());
         }
+        if envelope.r#type == types::CARD_AUTHORISATION_APPROVED {
+            // A decline is final (a reversal comes after its approval, but may be delivered
+            // before it): an approval never turns a declined item back to pending.
+            let existing = self
+                .store
+                .get("feed_items", &key(&account_id, &item_id))
+                .await?;
+            if existing.is_some_and(|r| r.text("status").ok() == Some("declined")) {
+                return Ok(());
+            }
+        }
         self.store
             .apply(vec![Mutation::insert("feed_items", row)])
             .await?;

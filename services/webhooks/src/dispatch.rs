@@ -76,6 +76,7 @@ pub fn body_for(envelope: &Envelope, d: &CardAuthorisationDecided) -> serde_json
             "account_id": d.account_id,
             "approved": d.approved,
             "reason": d.reason,
+            "reversed": d.reversed,
             "amount": money(&d.amount),
             "local_amount": money(&d.local_amount),
             "merchant": {
