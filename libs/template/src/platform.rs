@@ -876,9 +876,10 @@ async fn http_request_context(
 /// Runs one service as its own process: logging, platform from the environment, listen on
 /// `STERLING_LISTEN` (default `127.0.0.1:0`), stop gracefully on SIGTERM or Ctrl-C.
 pub fn main(definition: ServiceDefinition) -> anyhow::Result<()> {
-    crate::telemetry::init(crate::telemetry::LogFormat::from_env());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
+        // Inside the runtime: the OTLP exporter spawns its tasks on it.
+        crate::telemetry::init(crate::telemetry::LogFormat::from_env());
         crate::telemetry::install_metrics_from_env();
         let platform = Platform::from_env().await?;
         let listen: SocketAddr = std::env::var("STERLING_LISTEN")

@@ -8,10 +8,10 @@
 
 use sterling_money::{Currency, Money};
 use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value, now_millis};
-use sterling_template::{Error, Result, failpoint};
+use sterling_template::{Error, Result};
 
 /// How many compare-and-set rounds an operation may take before giving up as contended.
-const MAX_ROUNDS: usize = 1000;
+pub(crate) const MAX_ROUNDS: usize = 1000;
 
 /// Whether an account may go below zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,15 +104,17 @@ const ACCOUNT_LOCKS: usize = 256;
 /// The ledger's data access and rules.
 #[derive(Clone)]
 pub struct Book {
-    store: SharedStore,
+    pub(crate) store: SharedStore,
     /// Changes to one account from this process queue here instead of racing each other's
     /// compare-and-set: under a burst on one account, optimistic rounds (Paxos rounds on
     /// Cassandra) would mostly fail and time out. Other processes still race by CAS, which
     /// keeps it correct; the lock only keeps it fast.
     account_locks: std::sync::Arc<Vec<tokio::sync::Mutex<()>>>,
+    /// Holds waiting to be placed, per account, in groups (see [`crate::holds`]).
+    pub(crate) hold_queues: crate::holds::HoldQueues,
 }
 
-fn entry_key(account_id: &str, entry: &str) -> Row {
+pub(crate) fn entry_key(account_id: &str, entry: &str) -> Row {
     Row::new()
         .with("account_id", account_id)
         .with("entry", entry)
@@ -120,7 +122,7 @@ fn entry_key(account_id: &str, entry: &str) -> Row {
 
 const BALANCE: &str = "balance";
 
-fn hold_entry(hold_id: &str) -> String {
+pub(crate) fn hold_entry(hold_id: &str) -> String {
     format!("hold:{hold_id}")
 }
 
@@ -128,11 +130,11 @@ fn posting_entry(transfer_id: &str) -> String {
     format!("posting:{transfer_id}")
 }
 
-fn contended() -> Error {
+pub(crate) fn contended() -> Error {
     Error::unavailable("contention", "too much contention on the account; retry")
 }
 
-fn insufficient(account_id: &str, available: Money, amount: Money) -> Error {
+pub(crate) fn insufficient(account_id: &str, available: Money, amount: Money) -> Error {
     Error::precondition_failed("insufficient_funds", "insufficient available funds")
         .with_param("account_id", account_id)
         .with_param("available", available)
@@ -149,11 +151,12 @@ impl Book {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
             ),
+            hold_queues: crate::holds::HoldQueues::default(),
         }
     }
 
     /// This process's lock for changes to `account_id`.
-    async fn lock_account(&self, account_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    pub(crate) async fn lock_account(&self, account_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
         let hash = account_id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
         });
@@ -237,7 +240,7 @@ impl Book {
         })
     }
 
-    fn check_currency(account: &Account, amount: Money) -> Result<()> {
+    pub(crate) fn check_currency(account: &Account, amount: Money) -> Result<()> {
         if account.currency != amount.currency() {
             return Err(Error::bad_request(
                 "currency",
@@ -252,7 +255,7 @@ impl Book {
         Ok(())
     }
 
-    fn balance_cas(account_id: &str, b: &Balance, balance: i64, held: i64) -> Mutation {
+    pub(crate) fn balance_cas(account_id: &str, b: &Balance, balance: i64, held: i64) -> Mutation {
         Mutation::update(
             "account_entries",
             entry_key(account_id, BALANCE),
@@ -265,63 +268,6 @@ impl Book {
                 Value::BigInt(b.version),
             )],
         )
-    }
-
-    /// Reserves `amount` on a customer account, once per `hold_id`.
-    pub async fn place_hold(&self, hold_id: &str, account_id: &str, amount: Money) -> Result<Hold> {
-        let account = self.account(account_id).await?;
-        Self::check_currency(&account, amount)?;
-        let _queued = self.lock_account(account_id).await;
-        for _ in 0..MAX_ROUNDS {
-            if let Some(existing) = self.hold(hold_id, account_id).await? {
-                if existing.status == HoldStatus::Released {
-                    // A repeat reports what happened: a released hold (or the tombstone of a
-                    // release that came first) reserves nothing, so it is never a success.
-                    return Err(Error::precondition_failed(
-                        "hold_released",
-                        "the hold was released and cannot be placed again",
-                    )
-                    .with_param("hold_id", hold_id));
-                }
-                if existing.amount != amount {
-                    return Err(
-                        Error::conflict("hold", "hold id already used for another amount")
-                            .with_param("hold_id", hold_id),
-                    );
-                }
-                return Ok(existing);
-            }
-            let b = self.balance(&account).await?;
-            if account.kind == AccountKind::Customer
-                && b.available.minor_units() < amount.minor_units()
-            {
-                return Err(insufficient(account_id, b.available, amount));
-            }
-            let held = b
-                .held
-                .minor_units()
-                .checked_add(amount.minor_units())
-                .ok_or_else(|| Error::bad_request("amount", "amount out of range"))?;
-            let hold = entry_key(account_id, &hold_entry(hold_id))
-                .with("amount", amount.minor_units())
-                .with("status", "active")
-                .with("created_at", Value::Timestamp(now_millis()));
-            let batch = vec![
-                Mutation::insert_if_not_exists("account_entries", hold),
-                Self::balance_cas(account_id, &b, b.balance.minor_units(), held),
-            ];
-            failpoint::step("ledger::place_hold::before_write").await?;
-            if self.store.apply(batch).await?.applied() {
-                failpoint::step("ledger::place_hold::after_write").await?;
-                return Ok(Hold {
-                    hold_id: hold_id.to_string(),
-                    account_id: account_id.to_string(),
-                    amount,
-                    status: HoldStatus::Active,
-                });
-            }
-        }
-        Err(contended())
     }
 
     /// A hold, if there is one.

@@ -3,6 +3,7 @@
 
 pub mod book;
 pub mod handlers;
+pub mod holds;
 
 use sterling_proto::ledger::v1::ledger_server::LedgerServer;
 use sterling_storage::Migration;

@@ -199,3 +199,61 @@ async fn currencies_and_accounts_are_checked() {
         "conflict.account"
     );
 }
+
+/// Two ledger processes on one store race by compare-and-set; each places its holds in
+/// groups. Together they never reserve more than the account holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_ledger_processes_placing_groups_never_overdraw() {
+    let store: sterling_storage::SharedStore =
+        Arc::new(SqliteStore::in_memory(MIGRATIONS).unwrap());
+    let first = Book::new(store.clone());
+    let second = Book::new(store);
+    let cur = Currency::from_code("GBP").unwrap();
+    first
+        .create_account("funding", cur, AccountKind::Internal)
+        .await
+        .unwrap();
+    first
+        .create_account("alice", cur, AccountKind::Customer)
+        .await
+        .unwrap();
+    first
+        .transfer(&Transfer {
+            transfer_id: "seed".into(),
+            debit_account_id: "funding".into(),
+            credit_account_id: "alice".into(),
+            amount: gbp(1000),
+            description: "seed".into(),
+        })
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let book = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        // Some ids twice, from both processes.
+        let id = format!("h{}", i % 45);
+        tasks.push(tokio::spawn(async move {
+            (id.clone(), book.place_hold(&id, "alice", gbp(50)).await)
+        }));
+    }
+    let mut placed = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (id, outcome) = task.await.unwrap();
+        match outcome {
+            Ok(hold) => {
+                assert_eq!(hold.amount, gbp(50));
+                placed.insert(id);
+            }
+            Err(e) => assert_eq!(e.code(), "precondition_failed.insufficient_funds", "{e}"),
+        }
+    }
+    assert_eq!(placed.len(), 20, "exactly the funds for 20 distinct holds");
+    let alice = first.account("alice").await.unwrap();
+    let b = first.balance(&alice).await.unwrap();
+    assert_eq!(b.held, gbp(1000));
+    assert_eq!(b.available, gbp(0));
+}
