@@ -316,11 +316,11 @@ async fn a_steady_stream_through_a_cassandra_outage_and_a_nats_restart_keeps_eve
         heard.extend(answers);
     }
     // Every id once more, now that the engines are back.
-    let mut reasons = std::collections::BTreeMap::new();
-    for h in &heard {
-        *reasons.entry(h.reason.clone()).or_insert(0) += 1;
-    }
-    eprintln!("outage stream: {} answers heard: {reasons:?}", heard.len());
+    eprintln!(
+        "outage stream: {} answers heard: {:?}",
+        heard.len(),
+        burst::reasons(&heard)
+    );
     heard.extend(burst::send_limited(&bank.http, &bank.url, SECRET, &requests, 1, 8).await);
     let clients = sterling::tools::Clients::connect(bank.bank.platform.discovery.clone())
         .await

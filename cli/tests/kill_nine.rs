@@ -169,11 +169,11 @@ async fn killing_the_bank_mid_burst_keeps_every_rule() {
     }
     // Every id once more, after the last restart.
     heard.extend(burst::send_limited(&http, &url, SECRET, &all, 1, 12).await);
-    let mut reasons = std::collections::BTreeMap::new();
-    for h in &heard {
-        *reasons.entry(h.reason.clone()).or_insert(0) += 1;
-    }
-    eprintln!("kill -9: {} answers heard: {reasons:?}", heard.len());
+    eprintln!(
+        "kill -9: {} answers heard: {:?}",
+        heard.len(),
+        burst::reasons(&heard)
+    );
     let clients = Clients::connect(bank.discovery().await).await.unwrap();
     let reconciler = burst::reconciler(clients, &url, SECRET);
     let report = assert_rules_hold(

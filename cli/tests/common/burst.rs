@@ -122,3 +122,12 @@ pub fn reconciler(clients: Clients, url: &str, secret: &[u8]) -> Arc<Reconciler>
         secret: secret.to_vec(),
     })
 }
+
+/// How many answers gave each reason, for the test's log.
+pub fn reasons(heard: &[Heard]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for h in heard {
+        *counts.entry(h.reason.clone()).or_insert(0) += 1;
+    }
+    counts
+}

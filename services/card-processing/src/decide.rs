@@ -152,19 +152,14 @@ impl Decider {
         let budget = budget();
         let deadline = Instant::now() + budget;
         let deadline_at = now_millis() + budget.as_millis() as i64;
-        let id = &a.processor_authorisation_id;
-        let record = match self.store.record(id).await? {
-            Some(record) if record.fingerprint != a.fingerprint() => {
-                return Err(Authorisation::conflict(id));
-            }
-            Some(record) => record,
-            None => match self.store.claim(a, deadline_at).await? {
-                Claim::Won {
-                    claim,
-                    transaction_id,
-                } => return self.decide(a, claim, transaction_id, deadline).await,
-                Claim::Taken(record) => *record,
-            },
+        // The claim's compare-and-set reports the record that stands (a conflict under
+        // another fingerprint), so a first request needs no read before it.
+        let record = match self.store.claim(a, deadline_at).await? {
+            Claim::Won {
+                claim,
+                transaction_id,
+            } => return self.decide(a, claim, transaction_id, deadline).await,
+            Claim::Taken(record) => *record,
         };
         match record.state {
             State::Decided(decision) => Ok(decision),

@@ -168,10 +168,6 @@ fn record_from_row(id: &str, row: &Row) -> Result<Record> {
     })
 }
 
-fn bucket_of(millis: i64) -> i64 {
-    millis.div_euclid(OPEN_BUCKET_MS)
-}
-
 impl AuthorisationStore {
     /// Wraps the service's store.
     pub fn new(store: SharedStore) -> Self {
@@ -198,7 +194,7 @@ impl AuthorisationStore {
     fn open_row(id: &str) -> Mutation {
         let now = now_millis();
         let row = Row::new()
-            .with("shard", bucket_of(now))
+            .with("shard", Self::bucket_of(now))
             .with("processor_authorisation_id", id)
             .with("opened_at", Value::Timestamp(now));
         Mutation::insert("open_authorisations", row).with_ttl(OPEN_TTL)
@@ -231,7 +227,7 @@ impl AuthorisationStore {
 
     /// The bucket of a time, in milliseconds since the epoch.
     pub fn bucket_of(millis: i64) -> i64 {
-        bucket_of(millis)
+        millis.div_euclid(OPEN_BUCKET_MS)
     }
 
     /// Claims the right to decide `a` until `deadline_at`, or reports who has it. A record
