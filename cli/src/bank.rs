@@ -3,25 +3,80 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use sterling_storage::cassandra::CassandraConfig;
 use sterling_template::ServiceDefinition;
 use sterling_template::discovery::{Protocol, Registration};
-use sterling_template::platform::{self, Platform, PlatformConfig, RunningService, StorageBackend};
+use sterling_template::platform::{
+    self, DiscoverySpec, Platform, PlatformConfig, RunningService, StorageBackend,
+};
 
-/// Every service of the bank, in start order.
+/// Every service of the bank. A service's place here does not matter: the bank starts each
+/// after the services it declares in `depends_on` ([`start_order`]).
 pub const SERVICES: &[ServiceDefinition] = &[
-    fx::SERVICE,
-    cards::SERVICE,
-    ledger::SERVICE,
-    transactions::SERVICE,
-    card_processing::SERVICE,
-    merchant::SERVICE,
-    feed::SERVICE,
-    push::sink::SINK,
-    push::SERVICE,
-    webhooks::SERVICE,
     card_api::SERVICE,
+    card_processing::SERVICE,
+    cards::SERVICE,
+    feed::SERVICE,
+    fx::SERVICE,
+    ledger::SERVICE,
+    merchant::SERVICE,
+    push::SERVICE,
+    transactions::SERVICE,
+    webhooks::SERVICE,
 ];
+
+/// Development stand-ins for the outside world, started with the bank on a laptop: the push
+/// sink plays APNs. Not services of the bank.
+pub const DEVELOPMENT_FAKES: &[ServiceDefinition] = &[push::sink::SINK];
+
+/// `definitions` ordered so that each comes after every service it depends on (then by name,
+/// so the order is stable). A dependency outside the list is someone else's to start; a cycle
+/// is an error naming it.
+pub fn start_order(definitions: &[ServiceDefinition]) -> anyhow::Result<Vec<ServiceDefinition>> {
+    let mut left: Vec<ServiceDefinition> = definitions.to_vec();
+    left.sort_by_key(|d| d.name);
+    let mut ordered: Vec<ServiceDefinition> = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let ready = left.iter().position(|d| {
+            d.depends_on.iter().all(|dep| {
+                ordered.iter().any(|o| o.name == *dep) || !left.iter().any(|l| l.name == *dep)
+            })
+        });
+        match ready {
+            Some(i) => ordered.push(left.remove(i)),
+            None => {
+                let names: Vec<&str> = left.iter().map(|d| d.name).collect();
+                anyhow::bail!(
+                    "services depend on each other in a cycle: {}",
+                    names.join(", ")
+                );
+            }
+        }
+    }
+    Ok(ordered)
+}
+
+/// The file naming the discovery a bank under `data` uses, so tools find its services
+/// (those started elsewhere included) without being told.
+pub const DISCOVERY_FILE: &str = "discovery";
+
+/// The discovery of the bank whose data directory is `data`: NATS when it runs on NATS,
+/// else the `endpoints.json` it writes.
+pub fn discovery_of(data: &Path) -> anyhow::Result<DiscoverySpec> {
+    match std::fs::read_to_string(data.join(DISCOVERY_FILE)) {
+        Ok(spec) if spec.trim() == "nats" => Ok(DiscoverySpec::Nats),
+        _ => {
+            let endpoints = data.join("endpoints.json");
+            if !endpoints.exists() {
+                anyhow::bail!(
+                    "no bank found under {}: start one with `sterling up`, or point at its data \
+                     directory with --data (or STERLING_DATA_DIR), or set STERLING_DISCOVERY",
+                    data.display()
+                );
+            }
+            Ok(DiscoverySpec::File(endpoints))
+        }
+    }
+}
 
 /// Which engines the bank runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,7 +108,7 @@ pub struct BankOptions {
 impl BankOptions {
     /// Ephemeral ports, everything started, data under `data_dir`.
     pub fn ephemeral(data_dir: &Path) -> Self {
-        let mut config = PlatformConfig::from_env();
+        let mut config = PlatformConfig::from_env().expect("the environment's STERLING_* settings");
         config.data_dir = data_dir.to_path_buf();
         BankOptions {
             engines: Engines::Embedded,
@@ -71,6 +126,8 @@ pub struct Bank {
     pub platform: Platform,
     /// The running services.
     pub services: Vec<RunningService>,
+    /// The engines it runs on.
+    pub engines: Engines,
 }
 
 impl Bank {
@@ -88,7 +145,7 @@ impl Bank {
             Engines::Real => {
                 let mut config = options.config.clone();
                 if matches!(config.storage, StorageBackend::Embedded) {
-                    config.storage = StorageBackend::Cassandra(CassandraConfig::from_env());
+                    config.storage = StorageBackend::Cassandra(config.cassandra.clone());
                 }
                 Platform::nats(config).await?
             }
@@ -99,7 +156,12 @@ impl Bank {
     pub async fn start_on(options: BankOptions, platform: Platform) -> anyhow::Result<Bank> {
         let mut services = Vec::new();
         let mut grpc_index = 0u16;
-        for definition in SERVICES {
+        let order: Vec<ServiceDefinition> = DEVELOPMENT_FAKES
+            .iter()
+            .copied()
+            .chain(start_order(SERVICES)?)
+            .collect();
+        for definition in &order {
             if options.except.iter().any(|e| e == definition.name) {
                 continue;
             }
@@ -114,7 +176,11 @@ impl Bank {
             let listen = SocketAddr::from(([127, 0, 0, 1], port));
             services.push(platform::start(definition, &platform, listen).await?);
         }
-        let bank = Bank { platform, services };
+        let bank = Bank {
+            platform,
+            services,
+            engines: options.engines,
+        };
         bank.write_endpoints()?;
         Ok(bank)
     }
@@ -129,6 +195,7 @@ impl Bank {
             .ok_or_else(|| anyhow::anyhow!("{service} is not running"))?;
         let definition = SERVICES
             .iter()
+            .chain(DEVELOPMENT_FAKES)
             .find(|d| d.name == service)
             .ok_or_else(|| anyhow::anyhow!("{service} is not a service of the bank"))?;
         let running = self.services.remove(index);
@@ -172,6 +239,11 @@ impl Bank {
             })
             .collect();
         std::fs::create_dir_all(&self.platform.config.data_dir)?;
+        let on_nats = self.engines != Engines::Embedded;
+        std::fs::write(
+            self.platform.config.data_dir.join(DISCOVERY_FILE),
+            if on_nats { "nats\n" } else { "file\n" },
+        )?;
         let path = self.endpoints_file();
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(&registrations)?)?;
@@ -198,5 +270,6 @@ impl Bank {
             service.stop().await;
         }
         let _ = std::fs::remove_file(self.endpoints_file());
+        let _ = std::fs::remove_file(self.platform.config.data_dir.join(DISCOVERY_FILE));
     }
 }

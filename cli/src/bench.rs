@@ -209,7 +209,7 @@ pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
     // The full stack: a probe behind the template's server layer, reached through discovery,
     // the balancer, hedging, retries and deadline propagation.
     let dir = std::env::temp_dir().join(format!("sterling-hop-{}", uuid::Uuid::now_v7()));
-    let mut config = PlatformConfig::from_env();
+    let mut config = PlatformConfig::from_env()?;
     config.data_dir = dir.clone();
     let platform = Platform::embedded(config)?;
     let probe = start_probe(&platform, "probe", "probe-0", Behaviour::default(), None).await?;

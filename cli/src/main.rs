@@ -3,15 +3,20 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sterling::bank::{Bank, BankOptions, Engines};
+use sterling::bank::{self, Bank, BankOptions, Engines, SERVICES};
 use sterling::bench;
 use sterling::reconcile::{self, Heard, Reconciler};
 use sterling::tools::{self, Clients};
 use sterling_money::{Currency, Money};
 use sterling_storage::embedded::Durability;
+use sterling_template::ServiceDefinition;
 use sterling_template::discovery::{Protocol, SharedDiscovery};
-use sterling_template::platform::{PlatformConfig, discovery_from_spec, shutdown_signal};
-use sterling_template::telemetry::{self, LogFormat};
+use sterling_template::platform::config::redact_setting;
+use sterling_template::platform::process::{EXIT_CONFIG, checked_config, serve};
+use sterling_template::platform::{
+    BusSpec, DiscoverySpec, PlatformConfig, open_discovery, shutdown_signal,
+};
+use sterling_template::telemetry;
 
 #[derive(Parser)]
 #[command(name = "sterling", about = "Run and use the Sterling bank", version)]
@@ -41,6 +46,15 @@ enum Command {
         /// (Cassandra + NATS; start them with deploy/local/*.sh up).
         #[arg(long, default_value = "embedded")]
         engines: String,
+    },
+    /// Print the effective configuration (every `STERLING_*` variable and each service's
+    /// settings, secrets redacted); a value that is not accepted is an error naming it.
+    Config,
+    /// Run one service of the bank as its own process (as a container or a unit would), on
+    /// the discovery and bus the configuration names.
+    Serve {
+        /// The service, e.g. `cards`.
+        service: String,
     },
     /// Open a funded test customer account with a card.
     Seed {
@@ -159,9 +173,11 @@ enum Command {
 /// Finds the running bank: `STERLING_DISCOVERY` (e.g. `nats`), else the `endpoints.json`
 /// that `sterling up` writes into the data directory.
 async fn discovery(data: &std::path::Path) -> anyhow::Result<SharedDiscovery> {
-    let spec = std::env::var("STERLING_DISCOVERY")
-        .unwrap_or_else(|_| format!("file:{}", data.join("endpoints.json").display()));
-    Ok(discovery_from_spec(&spec, &PlatformConfig::from_env()).await?)
+    let mut config = PlatformConfig::from_env()?;
+    if std::env::var_os("STERLING_DISCOVERY").is_none() {
+        config.discovery = bank::discovery_of(data)?;
+    }
+    Ok(open_discovery(&config.discovery, &config).await?)
 }
 
 /// card-api's base URL, found through discovery.
@@ -182,6 +198,18 @@ fn show_money(m: Option<sterling_proto::common::v1::Money>) -> String {
             .map(|c| Money::from_minor(m.minor_units, c).to_string())
     })
     .unwrap_or_else(|| "-".into())
+}
+
+/// The checked configuration of a process running `definitions`; a bad value stops the
+/// process with a message naming it (exit status 78).
+fn configured(definitions: &[ServiceDefinition]) -> PlatformConfig {
+    match checked_config(definitions) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("sterling: configuration: {message}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    }
 }
 
 fn parse_engines(name: &str) -> anyhow::Result<Engines> {
@@ -205,15 +233,57 @@ fn parse_durability(name: &str) -> anyhow::Result<Durability> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Config => {
+            let mut config = configured(SERVICES);
+            config.data_dir = cli.data.clone();
+            for (name, value) in config.describe() {
+                println!("{name}={value}");
+            }
+            for definition in SERVICES {
+                for setting in definition.settings {
+                    let variable = definition.variable(setting.name);
+                    let value =
+                        std::env::var(&variable).unwrap_or_else(|_| setting.default.to_string());
+                    println!("{variable}={}", redact_setting(&variable, &value));
+                }
+            }
+        }
+        Command::Serve { service } => {
+            let Some(definition) = SERVICES
+                .iter()
+                .chain(bank::DEVELOPMENT_FAKES)
+                .find(|d| d.name == service)
+            else {
+                let names: Vec<&str> = SERVICES.iter().map(|d| d.name).collect();
+                anyhow::bail!("no service {service}: one of {}", names.join(", "));
+            };
+            // Typos are looked for among every service's settings: one environment often
+            // configures several.
+            let mut config = configured(SERVICES);
+            config.data_dir = cli.data.clone();
+            // Join the bank running under the data directory, as the tools do.
+            if std::env::var_os("STERLING_DISCOVERY").is_none()
+                && let Ok(spec) = bank::discovery_of(&cli.data)
+            {
+                if spec == DiscoverySpec::Nats && std::env::var_os("STERLING_BUS").is_none() {
+                    config.bus = BusSpec::Nats;
+                }
+                config.discovery = spec;
+            }
+            serve(*definition, config).await?;
+        }
         Command::Up {
             grpc_base_port,
             http_port,
             except,
             engines,
         } => {
-            telemetry::init(LogFormat::from_env());
-            telemetry::install_metrics_from_env();
-            let mut config = PlatformConfig::from_env();
+            let mut config =
+                checked_config(SERVICES).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            telemetry::init(config.log_format, &config.log_filter);
+            if let Some(address) = config.metrics_addr {
+                telemetry::install_metrics(address);
+            }
             config.data_dir = cli.data.clone();
             let engines = parse_engines(&engines)?;
             let bank = Bank::start(BankOptions {

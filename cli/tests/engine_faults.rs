@@ -40,6 +40,8 @@ fn handled() -> &'static Mutex<HashMap<String, u32>> {
 const AUDIT: ServiceDefinition = ServiceDefinition {
     name: "audit",
     migrations: &[],
+    settings: &[],
+    depends_on: &[],
     build: |ctx| {
         Box::pin(async move {
             let config = ConsumerConfig {
@@ -54,7 +56,7 @@ const AUDIT: ServiceDefinition = ServiceDefinition {
                     .or_insert(0) += 1;
                 Ok(())
             });
-            Ok(Api::Grpc(tonic::service::Routes::default()))
+            Ok(Api::Grpc(Default::default()))
         })
     },
 };

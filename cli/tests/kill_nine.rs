@@ -15,7 +15,7 @@ use common::{SECRET, money, real_engines};
 use rand::Rng;
 use sterling::tools::{self, Clients};
 use sterling_template::discovery::{Protocol, SharedDiscovery};
-use sterling_template::platform::{PlatformConfig, discovery_from_spec};
+use sterling_template::platform::{DiscoverySpec, PlatformConfig, open_discovery};
 
 struct ChildBank {
     child: Child,
@@ -55,14 +55,14 @@ impl ChildBank {
     }
 
     async fn discovery(&self) -> SharedDiscovery {
-        let mut config = PlatformConfig::from_env();
+        let mut config = PlatformConfig::from_env().unwrap();
         config.namespace = self.namespace.clone();
         let spec = if real_engines() {
-            "nats".to_string()
+            DiscoverySpec::Nats
         } else {
-            format!("file:{}", self.dir.join("endpoints.json").display())
+            DiscoverySpec::File(self.dir.join("endpoints.json"))
         };
-        discovery_from_spec(&spec, &config).await.unwrap()
+        open_discovery(&spec, &config).await.unwrap()
     }
 
     /// Waits until the bank answers on card-api; returns its URL.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{decision, money, start};
 use opentelemetry::Value;
+use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use sterling_proto::push::v1::RegisterDeviceRequest;
 use sterling_proto::push::v1::push_client::PushClient;
@@ -32,7 +33,12 @@ async fn a_payment_is_one_trace_across_hops_and_events() {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    telemetry::init_with(LogFormat::Json, std::io::sink, Some(provider));
+    telemetry::init_with(
+        LogFormat::Json,
+        telemetry::DEFAULT_FILTER,
+        std::io::sink,
+        Some(provider),
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
@@ -98,6 +104,14 @@ async fn a_payment_is_one_trace_across_hops_and_events() {
         .map(|s| s.span_context.trace_id().to_string())
         .collect();
     assert_eq!(trace_ids.len(), 1, "one trace for the whole payment");
+    let trace_id = payment_spans[0].span_context.trace_id();
+    // Every span of the trace, client and producer spans included.
+    let all: Vec<SpanData> = exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.span_context.trace_id() == trace_id)
+        .collect();
 
     let find = |service_name: &str, event: Option<&str>| {
         payment_spans
@@ -111,28 +125,34 @@ async fn a_payment_is_one_trace_across_hops_and_events() {
             })
             .unwrap_or_else(|| panic!("no span of {service_name} {event:?}"))
     };
+    // The span a hop hangs under directly: a client span for a call, a producer span for an
+    // event; and above it, the span of the work that made the call or the event.
+    let hop = |child: &SpanData, kind: SpanKind| -> SpanData {
+        let link = all
+            .iter()
+            .find(|s| s.span_context.span_id() == child.parent_span_id)
+            .unwrap_or_else(|| panic!("the parent of {} was exported", child.name));
+        assert_eq!(
+            link.span_kind, kind,
+            "{} hangs under a {kind:?} span",
+            child.name
+        );
+        all.iter()
+            .find(|s| s.span_context.span_id() == link.parent_span_id)
+            .unwrap_or_else(|| panic!("the parent of {} was exported", link.name))
+            .clone()
+    };
     let card_api = find("card-api", None);
     let card_processing = find("card-processing", None);
     let ledger = find("ledger", None);
     let merchant = find("merchant", Some("card.authorisation.approved"));
     let feed_enriched = find("feed", Some("transaction.enriched"));
     let push = find("push", Some("card.authorisation.approved"));
-    // Each hop hangs under the span that caused it.
-    assert_eq!(
-        card_processing.parent_span_id,
-        card_api.span_context.span_id()
-    );
-    assert_eq!(
-        ledger.parent_span_id,
-        card_processing.span_context.span_id()
-    );
-    assert_eq!(
-        merchant.parent_span_id,
-        card_processing.span_context.span_id()
-    );
-    assert_eq!(push.parent_span_id, card_processing.span_context.span_id());
-    assert_eq!(
-        feed_enriched.parent_span_id,
-        merchant.span_context.span_id()
-    );
+    // Each hop hangs under the span that caused it, through the call or the publish.
+    let id = |s: &SpanData| s.span_context.span_id();
+    assert_eq!(id(&hop(card_processing, SpanKind::Client)), id(card_api));
+    assert_eq!(id(&hop(ledger, SpanKind::Client)), id(card_processing));
+    assert_eq!(id(&hop(merchant, SpanKind::Producer)), id(card_processing));
+    assert_eq!(id(&hop(push, SpanKind::Producer)), id(card_processing));
+    assert_eq!(id(&hop(feed_enriched, SpanKind::Producer)), id(merchant));
 }

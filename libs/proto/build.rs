@@ -6,23 +6,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [
-        "sterling/common/v1/money.proto",
-        "sterling/cards/v1/cards.proto",
-        "sterling/fx/v1/fx.proto",
-        "sterling/ledger/v1/ledger.proto",
-        "sterling/transactions/v1/transactions.proto",
-        "sterling/cardprocessing/v1/card_processing.proto",
-        "sterling/events/v1/envelope.proto",
-        "sterling/events/v1/card.proto",
-        "sterling/testing/v1/probe.proto",
-        "sterling/events/v1/transaction.proto",
-        "sterling/merchant/v1/merchant.proto",
-        "sterling/feed/v1/feed.proto",
-        "sterling/push/v1/push.proto",
-        "sterling/webhooks/v1/webhooks.proto",
-    ];
-    let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
+    // Every contract under proto/: a new service's proto is found, not registered.
+    let mut paths = Vec::new();
+    collect_protos(&root, &mut paths)?;
+    paths.sort();
+    println!("cargo:rerun-if-changed={}", root.display());
     for path in &paths {
         println!("cargo:rerun-if-changed={}", path.display());
     }
@@ -32,9 +20,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("sterling_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    std::fs::write(out_dir.join("packages.rs"), modules(&descriptors))?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+fn collect_protos(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            println!("cargo:rerun-if-changed={}", path.display());
+            collect_protos(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// `pub mod cards { pub mod v1 { include_proto!("sterling.cards.v1"); } }` for every package
+/// `sterling.<name>.<version>`, so a new contract needs no registration here.
+fn modules(descriptors: &prost_types::FileDescriptorSet) -> String {
+    let mut packages: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for file in &descriptors.file {
+        let package = file.package();
+        let parts: Vec<&str> = package.split('.').collect();
+        if let ["sterling", name, version] = parts.as_slice() {
+            let versions = packages.entry(name.to_string()).or_default();
+            if !versions.contains(&version.to_string()) {
+                versions.push(version.to_string());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (name, versions) in packages {
+        out.push_str(&format!(
+            "/// Package `sterling.{name}`.\npub mod {name} {{\n"
+        ));
+        for version in versions {
+            out.push_str(&format!(
+                "    /// Version `{version}`.\n    pub mod {version} {{\n        tonic::include_proto!(\"sterling.{name}.{version}\");\n    }}\n"
+            ));
+        }
+        out.push_str("}\n");
+    }
+    out
 }

@@ -64,17 +64,24 @@ impl CassandraConfig {
             config.replication = replication;
         }
         if let Ok(c) = std::env::var("STERLING_CASSANDRA_CONSISTENCY") {
-            config.consistency = match c.to_ascii_lowercase().as_str() {
-                "one" => Consistency::One,
-                "local_one" => Consistency::LocalOne,
-                "quorum" => Consistency::Quorum,
-                "all" => Consistency::All,
-                "each_quorum" => Consistency::EachQuorum,
-                _ => Consistency::LocalQuorum,
-            };
+            config.consistency = parse_consistency(&c)
+                .unwrap_or_else(|| panic!("STERLING_CASSANDRA_CONSISTENCY={c:?} is not a level"));
         }
         config
     }
+}
+
+/// A consistency level by its CQL name (`local_quorum`, `quorum`, `one`, ...).
+pub fn parse_consistency(level: &str) -> Option<Consistency> {
+    Some(match level.to_ascii_lowercase().as_str() {
+        "one" => Consistency::One,
+        "local_one" => Consistency::LocalOne,
+        "quorum" => Consistency::Quorum,
+        "local_quorum" => Consistency::LocalQuorum,
+        "all" => Consistency::All,
+        "each_quorum" => Consistency::EachQuorum,
+        _ => return None,
+    })
 }
 
 /// Schema changes wait for every node to agree: they get far longer than ordinary requests.

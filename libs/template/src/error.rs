@@ -1,12 +1,15 @@
 //! The one error type of the platform.
 //!
-//! An [`Error`] has a stable dotted code (`not_found.card`, `precondition_failed.card_frozen`),
-//! a message, parameters and a retryable flag. It crosses gRPC as a status whose code follows
-//! the error's class plus metadata carrying the exact code, and it leaves the edge as
-//! `application/problem+json`.
+//! An [`Error`] has a stable dotted code (`not_found.card`, `precondition_failed.card_frozen`)
+//! whose first segment is its [`ErrorClass`], a message, parameters, a retryable flag, an
+//! *unexpected* flag (a bug or broken dependency, not a caller's mistake: logged at ERROR and
+//! paged on) and, when it wraps another error, that cause ([`std::error::Error::source`]). It
+//! crosses gRPC as a status whose code follows the class plus metadata carrying the exact code,
+//! and it leaves the edge as `application/problem+json`.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use tonic::metadata::MetadataValue;
 
@@ -17,14 +20,170 @@ pub const ERROR_PARAMS_HEADER: &str = "sterling-error-params";
 /// Metadata key saying whether the call may be retried.
 pub const ERROR_RETRYABLE_HEADER: &str = "sterling-error-retryable";
 
+/// The class of an error: the first segment of its code, and what decides its gRPC code, HTTP
+/// status and whether it is retryable by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The caller sent something invalid.
+    BadRequest,
+    /// The caller could not be identified.
+    Unauthorized,
+    /// The caller may not do this.
+    Forbidden,
+    /// No such thing.
+    NotFound,
+    /// Clashes with what is stored (an id reused for other content).
+    Conflict,
+    /// Valid request, but the state forbids it.
+    PreconditionFailed,
+    /// Too many requests.
+    RateLimited,
+    /// The deadline passed.
+    Timeout,
+    /// A dependency cannot be reached; retryable.
+    Unavailable,
+    /// A bug or an unexpected state.
+    Internal,
+}
+
+impl ErrorClass {
+    /// Every class.
+    pub const ALL: [ErrorClass; 10] = [
+        ErrorClass::BadRequest,
+        ErrorClass::Unauthorized,
+        ErrorClass::Forbidden,
+        ErrorClass::NotFound,
+        ErrorClass::Conflict,
+        ErrorClass::PreconditionFailed,
+        ErrorClass::RateLimited,
+        ErrorClass::Timeout,
+        ErrorClass::Unavailable,
+        ErrorClass::Internal,
+    ];
+
+    /// The code segment, e.g. `not_found`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::BadRequest => "bad_request",
+            ErrorClass::Unauthorized => "unauthorized",
+            ErrorClass::Forbidden => "forbidden",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::Conflict => "conflict",
+            ErrorClass::PreconditionFailed => "precondition_failed",
+            ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Unavailable => "unavailable",
+            ErrorClass::Internal => "internal",
+        }
+    }
+
+    /// The class a code starts with; an unknown class is `internal`.
+    pub fn of(code: &str) -> ErrorClass {
+        let first = code.split('.').next().unwrap_or(code);
+        ErrorClass::ALL
+            .into_iter()
+            .find(|c| c.as_str() == first)
+            .unwrap_or(ErrorClass::Internal)
+    }
+
+    /// Whether an error of this class may succeed when retried.
+    pub const fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Unavailable | ErrorClass::Timeout | ErrorClass::RateLimited
+        )
+    }
+
+    /// The HTTP status at the edge.
+    pub fn http_status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ErrorClass::BadRequest => S::BAD_REQUEST,
+            ErrorClass::Unauthorized => S::UNAUTHORIZED,
+            ErrorClass::Forbidden => S::FORBIDDEN,
+            ErrorClass::NotFound => S::NOT_FOUND,
+            ErrorClass::Conflict => S::CONFLICT,
+            ErrorClass::PreconditionFailed => S::UNPROCESSABLE_ENTITY,
+            ErrorClass::RateLimited => S::TOO_MANY_REQUESTS,
+            ErrorClass::Timeout => S::GATEWAY_TIMEOUT,
+            ErrorClass::Unavailable => S::SERVICE_UNAVAILABLE,
+            ErrorClass::Internal => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status code.
+    pub fn grpc_code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ErrorClass::BadRequest => Code::InvalidArgument,
+            ErrorClass::NotFound => Code::NotFound,
+            ErrorClass::PreconditionFailed => Code::FailedPrecondition,
+            ErrorClass::Conflict => Code::AlreadyExists,
+            ErrorClass::Unauthorized => Code::Unauthenticated,
+            ErrorClass::Forbidden => Code::PermissionDenied,
+            ErrorClass::RateLimited => Code::ResourceExhausted,
+            ErrorClass::Timeout => Code::DeadlineExceeded,
+            ErrorClass::Unavailable => Code::Unavailable,
+            ErrorClass::Internal => Code::Internal,
+        }
+    }
+
+    /// The class of a gRPC status code that carries no Sterling code.
+    pub fn from_grpc(code: tonic::Code) -> ErrorClass {
+        use tonic::Code;
+        match code {
+            Code::InvalidArgument | Code::OutOfRange => ErrorClass::BadRequest,
+            Code::NotFound => ErrorClass::NotFound,
+            Code::FailedPrecondition => ErrorClass::PreconditionFailed,
+            Code::AlreadyExists | Code::Aborted => ErrorClass::Conflict,
+            Code::Unauthenticated => ErrorClass::Unauthorized,
+            Code::PermissionDenied => ErrorClass::Forbidden,
+            Code::ResourceExhausted => ErrorClass::RateLimited,
+            Code::DeadlineExceeded | Code::Cancelled => ErrorClass::Timeout,
+            Code::Unavailable => ErrorClass::Unavailable,
+            _ => ErrorClass::Internal,
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorClass {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// The cause an error wraps.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// A platform error with a stable dotted code.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Error {
     code: String,
     message: String,
     params: BTreeMap<String, String>,
     retryable: bool,
+    unexpected: bool,
+    source: Option<Cause>,
 }
+
+/// Two errors are equal when they say the same on the wire (code, message, params,
+/// retryable); their causes and the unexpected flag stay in this process.
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code
+            && self.message == other.message
+            && self.params == other.params
+            && self.retryable == other.retryable
+    }
+}
+
+impl Eq for Error {}
 
 /// Result with the platform error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -33,54 +192,61 @@ impl Error {
     /// An error with a dotted code whose first segment is its class, e.g. `not_found.card`.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         let code = code.into();
-        let retryable = matches!(class_of(&code), "unavailable" | "timeout" | "rate_limited");
+        let class = ErrorClass::of(&code);
         Error {
             code,
             message: message.into(),
             params: BTreeMap::new(),
-            retryable,
+            retryable: class.retryable(),
+            unexpected: class == ErrorClass::Internal,
+            source: None,
         }
+    }
+
+    /// An error of `class` with an optional detail segment (`""` for none).
+    pub fn of(class: ErrorClass, detail: &str, message: impl Into<String>) -> Self {
+        Self::new(dotted(class.as_str(), detail), message)
     }
 
     /// `bad_request[.detail]`: the caller sent something invalid.
     pub fn bad_request(detail: &str, message: impl Into<String>) -> Self {
-        Self::new(dotted("bad_request", detail), message)
+        Self::of(ErrorClass::BadRequest, detail, message)
     }
     /// `not_found[.what]`.
     pub fn not_found(what: &str, message: impl Into<String>) -> Self {
-        Self::new(dotted("not_found", what), message)
+        Self::of(ErrorClass::NotFound, what, message)
     }
     /// `precondition_failed[.why]`: valid request, but the state forbids it.
     pub fn precondition_failed(why: &str, message: impl Into<String>) -> Self {
-        Self::new(dotted("precondition_failed", why), message)
+        Self::of(ErrorClass::PreconditionFailed, why, message)
     }
     /// `conflict[.what]`: clashes with what is stored (e.g. an id reused for other content).
     pub fn conflict(what: &str, message: impl Into<String>) -> Self {
-        Self::new(dotted("conflict", what), message)
+        Self::of(ErrorClass::Conflict, what, message)
     }
     /// `unauthorized[.why]`: the caller could not be identified.
     pub fn unauthorized(why: &str, message: impl Into<String>) -> Self {
-        Self::new(dotted("unauthorized", why), message)
+        Self::of(ErrorClass::Unauthorized, why, message)
     }
     /// `forbidden[.why]`.
     pub fn forbidden(why: &str, message: impl Into<String>) -> Self {
-        Self::new(dotted("forbidden", why), message)
+        Self::of(ErrorClass::Forbidden, why, message)
     }
     /// `rate_limited`.
     pub fn rate_limited(message: impl Into<String>) -> Self {
-        Self::new("rate_limited", message)
+        Self::of(ErrorClass::RateLimited, "", message)
     }
     /// `timeout`: the deadline passed.
     pub fn timeout(message: impl Into<String>) -> Self {
-        Self::new("timeout", message)
+        Self::of(ErrorClass::Timeout, "", message)
     }
     /// `unavailable[.what]`: a dependency cannot be reached; retryable.
     pub fn unavailable(what: &str, message: impl Into<String>) -> Self {
-        Self::new(dotted("unavailable", what), message)
+        Self::of(ErrorClass::Unavailable, what, message)
     }
     /// `internal`: a bug or an unexpected state.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new("internal", message)
+        Self::of(ErrorClass::Internal, "", message)
     }
 
     /// Adds a parameter, e.g. `.with_param("card_token", token)`.
@@ -95,13 +261,25 @@ impl Error {
         self
     }
 
+    /// Keeps the error this one was made from; it stays in this process (logs show it).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Marks the error unexpected (a bug or a broken dependency) or expected.
+    pub fn with_unexpected(mut self, unexpected: bool) -> Self {
+        self.unexpected = unexpected;
+        self
+    }
+
     /// The stable dotted code.
     pub fn code(&self) -> &str {
         &self.code
     }
-    /// The first segment of the code: `not_found` for `not_found.card`.
-    pub fn class(&self) -> &str {
-        class_of(&self.code)
+    /// The class: [`ErrorClass::NotFound`] for `not_found.card`.
+    pub fn class(&self) -> ErrorClass {
+        ErrorClass::of(&self.code)
     }
     /// The human message.
     pub fn message(&self) -> &str {
@@ -115,22 +293,15 @@ impl Error {
     pub fn retryable(&self) -> bool {
         self.retryable
     }
+    /// Whether this is a bug or a broken dependency rather than a caller's mistake or a state
+    /// the caller can see (`internal` errors are, by default).
+    pub fn unexpected(&self) -> bool {
+        self.unexpected
+    }
 
     /// The HTTP status for this error at the edge.
     pub fn http_status(&self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self.class() {
-            "bad_request" => S::BAD_REQUEST,
-            "unauthorized" => S::UNAUTHORIZED,
-            "forbidden" => S::FORBIDDEN,
-            "not_found" => S::NOT_FOUND,
-            "conflict" => S::CONFLICT,
-            "precondition_failed" => S::UNPROCESSABLE_ENTITY,
-            "rate_limited" => S::TOO_MANY_REQUESTS,
-            "timeout" => S::GATEWAY_TIMEOUT,
-            "unavailable" => S::SERVICE_UNAVAILABLE,
-            _ => S::INTERNAL_SERVER_ERROR,
-        }
+        self.class().http_status()
     }
 
     /// The RFC 9457 problem document for this error.
@@ -177,33 +348,23 @@ fn dotted(class: &str, detail: &str) -> String {
     }
 }
 
-fn class_of(code: &str) -> &str {
-    code.split('.').next().unwrap_or(code)
-}
-
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        use tonic::Code;
-        let code = match e.class() {
-            "bad_request" => Code::InvalidArgument,
-            "not_found" => Code::NotFound,
-            "precondition_failed" => Code::FailedPrecondition,
-            "conflict" => Code::AlreadyExists,
-            "unauthorized" => Code::Unauthenticated,
-            "forbidden" => Code::PermissionDenied,
-            "rate_limited" => Code::ResourceExhausted,
-            "timeout" => Code::DeadlineExceeded,
-            "unavailable" => Code::Unavailable,
-            _ => Code::Internal,
-        };
+        let code = e.class().grpc_code();
         let mut status = tonic::Status::new(code, e.message.clone());
         let md = status.metadata_mut();
         if let Ok(v) = MetadataValue::try_from(e.code.as_str()) {
@@ -225,24 +386,10 @@ impl From<Error> for tonic::Status {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
-        use tonic::Code;
         let md = status.metadata();
         let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let code = header(ERROR_CODE_HEADER).unwrap_or_else(|| {
-            match status.code() {
-                Code::InvalidArgument | Code::OutOfRange => "bad_request",
-                Code::NotFound => "not_found",
-                Code::FailedPrecondition => "precondition_failed",
-                Code::AlreadyExists | Code::Aborted => "conflict",
-                Code::Unauthenticated => "unauthorized",
-                Code::PermissionDenied => "forbidden",
-                Code::ResourceExhausted => "rate_limited",
-                Code::DeadlineExceeded | Code::Cancelled => "timeout",
-                Code::Unavailable => "unavailable",
-                _ => "internal",
-            }
-            .to_string()
-        });
+        let code = header(ERROR_CODE_HEADER)
+            .unwrap_or_else(|| ErrorClass::from_grpc(status.code()).as_str().to_string());
         let mut error = Error::new(code, status.message());
         if let Some(params) = header(ERROR_PARAMS_HEADER)
             .and_then(|p| serde_json::from_str::<BTreeMap<String, String>>(&p).ok())
@@ -259,10 +406,11 @@ impl From<tonic::Status> for Error {
 impl From<sterling_storage::StorageError> for Error {
     fn from(e: sterling_storage::StorageError) -> Self {
         use sterling_storage::StorageError as S;
-        match e {
-            S::Unavailable(m) => Error::unavailable("storage", m),
+        let error = match &e {
+            S::Unavailable(m) => Error::unavailable("storage", m.clone()),
             S::Invalid(m) | S::Schema(m) | S::Decode(m) => Error::internal(format!("storage: {m}")),
-        }
+        };
+        error.with_source(e)
     }
 }
 
@@ -280,6 +428,24 @@ mod tests {
         assert_eq!(back, original);
         assert_eq!(back.code(), "precondition_failed.card_frozen");
         assert!(!back.retryable());
+    }
+
+    #[test]
+    fn the_cause_stays_and_classes_are_typed() {
+        use std::error::Error as _;
+        let stored = sterling_storage::StorageError::Decode("bad column".into());
+        let e = Error::from(stored);
+        assert_eq!(e.class(), ErrorClass::Internal);
+        assert!(e.unexpected());
+        assert!(e.source().unwrap().to_string().contains("bad column"));
+        let e = Error::not_found("card", "no card");
+        assert_eq!(e.class(), ErrorClass::NotFound);
+        assert!(!e.unexpected());
+        assert!(e.source().is_none());
+        for class in ErrorClass::ALL {
+            assert_eq!(ErrorClass::of(class.as_str()), class);
+            assert_eq!(ErrorClass::from_grpc(class.grpc_code()), class);
+        }
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! The Sterling service template: everything a service gets by writing handlers only.
 //!
-//! - [`platform`]: configuration, a service's store, lifecycle (start, register, heartbeat,
-//!   health checks, drain, deregister) and [`platform::main`] for a thin `main.rs`;
-//! - [`server`]: the layer that gives each request its context, span, log line and panic guard;
-//! - [`client`]: channels to a service name through discovery, carrying the context;
+//! - [`platform`]: configuration, engines, a service's definition and context, the event
+//!   consumer, health, lifecycle and [`platform::main`] for a thin `main.rs`;
+//! - [`server`]: the stack of layers around every server, one job each;
+//! - [`client`]: channels to a service name through discovery, carrying the context, with
+//!   retry and hedging policy read from the contracts;
 //! - [`context`]: request id, deadline, W3C trace context, hop count;
-//! - [`error`]: the one error type with stable dotted codes, across gRPC and HTTP;
+//! - [`error`]: the one error type with typed classes and stable dotted codes, across gRPC
+//!   and HTTP;
 //! - [`outbox`]: events published with the state change they announce, crash or not;
-//! - [`discovery`]: registrations with TTL, embedded and static backends;
-//! - [`telemetry`]: JSON logs carrying request and trace ids.
+//! - [`discovery`]: registrations with TTL, embedded, static and NATS backends;
+//! - [`telemetry`]: JSON logs carrying request and trace ids, OpenTelemetry spans, Prometheus
+//!   metrics.
 
 pub mod client;
 pub mod context;
@@ -24,5 +27,5 @@ pub mod signature;
 pub mod telemetry;
 pub mod testing;
 
-pub use error::{Error, Result};
-pub use platform::{Api, ServiceContext, ServiceDefinition};
+pub use error::{Error, ErrorClass, Result};
+pub use platform::{Api, ServiceContext, ServiceDefinition, Setting};

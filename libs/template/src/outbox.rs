@@ -101,9 +101,11 @@ fn key(event_id: &str) -> Row {
 }
 
 /// A new event of `event_type` carrying `payload`, stamped with the current request's id and
-/// trace context.
+/// trace context; a producer span marks the publish in the trace, and its consumers' spans
+/// hang under it.
 pub fn event(event_type: &str, payload: &impl Message) -> Envelope {
     let context = RequestContext::current();
+    let span = tracing::info_span!("publish", otel.name = %format!("publish {event_type}"), otel.kind = "producer", event_type);
     Envelope {
         event_id: uuid::Uuid::now_v7().to_string(),
         r#type: event_type.to_string(),
@@ -114,7 +116,7 @@ pub fn event(event_type: &str, payload: &impl Message) -> Envelope {
             .unwrap_or_default(),
         traceparent: context
             .as_ref()
-            .map(|c| c.trace.header())
+            .map(|c| crate::telemetry::span_trace(&span, &c.trace).header())
             .unwrap_or_default(),
         payload: payload.encode_to_vec(),
     }

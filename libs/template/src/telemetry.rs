@@ -14,36 +14,29 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::context::{RequestContext, TraceContext};
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line (the default; what log pipelines read).
-    Json,
-    /// Human-readable lines for a terminal.
-    Pretty,
-}
+pub use crate::platform::config::LogFormat;
 
-impl LogFormat {
-    /// From `STERLING_LOG_FORMAT` (`json` or `pretty`).
-    pub fn from_env() -> Self {
-        match std::env::var("STERLING_LOG_FORMAT").as_deref() {
-            Ok("pretty") => LogFormat::Pretty,
-            _ => LogFormat::Json,
-        }
-    }
-}
+/// The filter used when none is configured.
+pub const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn";
 
-fn filter() -> EnvFilter {
-    EnvFilter::try_from_env("STERLING_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"))
+fn filter(directives: &str) -> EnvFilter {
+    EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
 }
 
 static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
-/// Installs the global subscriber writing to stdout, exporting spans over OTLP when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g. `http://127.0.0.1:4317`, a Jaeger or collector);
-/// a second call does nothing.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber for a process of several services (`sterling up`): spans
+/// carry `service.name` `sterling`. See [`init_for`].
+pub fn init(format: LogFormat, directives: &str) {
+    init_for("sterling", format, directives);
+}
+
+/// Installs the global subscriber writing to stdout with `directives` as the log filter,
+/// exporting spans over OTLP under `service.name` = `service` when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g. `http://127.0.0.1:4317`, a Jaeger or collector).
+/// Call it inside the Tokio runtime (the exporter spawns its tasks there); a second call does
+/// nothing.
+pub fn init_for(service: &str, format: LogFormat, directives: &str) {
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .and_then(|endpoint| {
@@ -57,7 +50,7 @@ pub fn init(format: LogFormat) {
                         .with_batch_exporter(exporter)
                         .with_resource(
                             opentelemetry_sdk::Resource::builder()
-                                .with_service_name("sterling")
+                                .with_service_name(service.to_string())
                                 .build(),
                         )
                         .build(),
@@ -68,7 +61,7 @@ pub fn init(format: LogFormat) {
                 }
             }
         });
-    init_with(format, std::io::stdout, provider);
+    init_with(format, directives, std::io::stdout, provider);
 }
 
 /// Installs the global subscriber writing to `writer` (tests capture logs this way).
@@ -76,14 +69,18 @@ pub fn init_with_writer<W>(format: LogFormat, writer: W)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    init_with(format, writer, None);
+    init_with(format, DEFAULT_FILTER, writer, None);
 }
 
 /// Installs the global subscriber writing to `writer` and, with `provider`, exporting every
 /// span to OpenTelemetry: the spans of one payment, synchronous hops and events alike, form
 /// one trace.
-pub fn init_with<W>(format: LogFormat, writer: W, provider: Option<SdkTracerProvider>)
-where
+pub fn init_with<W>(
+    format: LogFormat,
+    directives: &str,
+    writer: W,
+    provider: Option<SdkTracerProvider>,
+) where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
@@ -107,7 +104,7 @@ where
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(traces)
-        .with(filter())
+        .with(filter(directives))
         .try_init();
 }
 
@@ -154,6 +151,97 @@ pub fn join_trace(
     }
 }
 
+/// The trace context naming `span` (a client or producer span under the current one) as the
+/// parent of what it calls or publishes; without an exporter, `current` as it is.
+pub fn span_trace(span: &tracing::Span, current: &TraceContext) -> TraceContext {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if TRACER_PROVIDER.get().is_none() {
+        return current.clone();
+    }
+    let own = span.context().span().span_context().clone();
+    if !own.is_valid() {
+        return current.clone();
+    }
+    TraceContext {
+        trace_id: own.trace_id().to_string(),
+        span_id: own.span_id().to_string(),
+        ..current.clone()
+    }
+}
+
+/// Help text of every series the template emits.
+const DESCRIPTIONS: &[(&str, &str)] = &[
+    (
+        "sterling_server_requests_total",
+        "Requests served, by service, protocol, method and outcome (gRPC code or HTTP status).",
+    ),
+    (
+        "sterling_server_request_duration_seconds",
+        "Time to answer a request, by service, protocol and method.",
+    ),
+    (
+        "sterling_server_shed_total",
+        "Requests refused at once because too many were in flight.",
+    ),
+    (
+        "sterling_server_expired_total",
+        "Requests refused at once because their deadline had passed.",
+    ),
+    (
+        "sterling_server_panics_total",
+        "Handlers that panicked (answered internal).",
+    ),
+    (
+        "sterling_client_requests_total",
+        "Calls made, by caller, callee service, method and gRPC code.",
+    ),
+    (
+        "sterling_client_request_duration_seconds",
+        "Time a call took, retries and hedges included, by caller, service and method.",
+    ),
+    (
+        "sterling_client_retries_total",
+        "Attempts sent again after a retryable failure.",
+    ),
+    (
+        "sterling_client_retry_budget_exhausted_total",
+        "Retries not sent because the retry budget was spent.",
+    ),
+    (
+        "sterling_client_hedges_total",
+        "Reads sent a second time because the first was slow.",
+    ),
+    (
+        "sterling_client_ejections_total",
+        "Endpoints ejected after consecutive failures.",
+    ),
+    (
+        "sterling_consumer_events_total",
+        "Events delivered to a consumer, by outcome (handled, duplicate, rejected, failed).",
+    ),
+    (
+        "sterling_consumer_redelivered_total",
+        "Deliveries that were not the event's first.",
+    ),
+    (
+        "sterling_consumer_lag_seconds",
+        "Time from an event occurring to its delivery to the consumer.",
+    ),
+];
+
+/// Gives every series the template emits its help text (`# HELP` in Prometheus); call after
+/// installing a recorder.
+pub fn describe_metrics() {
+    for (name, help) in DESCRIPTIONS {
+        if name.ends_with("_seconds") {
+            metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
+        } else {
+            metrics::describe_counter!(*name, *help);
+        }
+    }
+}
+
 /// Installs the Prometheus recorder for the `metrics` the template emits (per-method requests
 /// and durations on both sides; retries, hedges, ejections, sheds) and serves `/metrics` on
 /// `address`. Returns `None` when a recorder is already installed.
@@ -170,6 +258,7 @@ pub fn install_metrics(address: std::net::SocketAddr) -> Option<()> {
         .ok()?;
     match builder.install() {
         Ok(()) => {
+            describe_metrics();
             tracing::info!(%address, "metrics on /metrics");
             Some(())
         }
@@ -177,15 +266,5 @@ pub fn install_metrics(address: std::net::SocketAddr) -> Option<()> {
             tracing::warn!(error = %e, "metrics not installed");
             None
         }
-    }
-}
-
-/// Installs the metrics endpoint if `STERLING_METRICS_ADDR` is set (e.g. `127.0.0.1:9464`).
-pub fn install_metrics_from_env() {
-    if let Some(address) = std::env::var("STERLING_METRICS_ADDR")
-        .ok()
-        .and_then(|a| a.parse().ok())
-    {
-        install_metrics(address);
     }
 }

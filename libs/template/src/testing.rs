@@ -29,6 +29,8 @@ pub struct Behaviour {
     pub fail: Option<tonic::Code>,
     /// With this probability a request takes the second value instead of `delay`.
     pub tail: Option<(f64, Duration)>,
+    /// Panic in the handler (after the delay).
+    pub panic: bool,
 }
 
 /// What happened to a probe instance's requests.
@@ -108,6 +110,9 @@ impl Handler {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        if behaviour.panic {
+            panic!("{} panics on purpose", self.name);
+        }
         if let Some(code) = behaviour.fail {
             guard.finished = true;
             return Err(Status::new(code, format!("{} fails on purpose", self.name)));
@@ -176,12 +181,8 @@ pub async fn start_probe(
         platform: platform.clone(),
     };
     let listen: SocketAddr = "127.0.0.1:0".parse()?;
-    let running = platform::start_with(service, &[], platform, listen, move |_ctx| {
-        Box::pin(async move {
-            Ok(Api::Grpc(tonic::service::Routes::new(ProbeServer::new(
-                handler,
-            ))))
-        })
+    let running = platform::start_with(service, &[], &[], platform, listen, move |_ctx| {
+        Box::pin(async move { Ok(Api::grpc(ProbeServer::new(handler))) })
     })
     .await?;
     Ok(ProbeInstance {

@@ -22,7 +22,7 @@ fn request() -> ProbeRequest {
 async fn retries_hedges_ejections_and_sheds_are_counted() {
     let prometheus = PrometheusBuilder::new().install_recorder().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = PlatformConfig::from_env();
+    let mut config = PlatformConfig::from_env().unwrap();
     config.data_dir = dir.path().to_path_buf();
     config.max_in_flight = 2;
     let platform = Platform::embedded(config).unwrap();

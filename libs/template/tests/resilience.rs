@@ -19,7 +19,7 @@ use sterling_template::testing::{Behaviour, ProbeInstance, start_probe};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn platform(dir: &std::path::Path) -> Platform {
-    let mut config = PlatformConfig::from_env();
+    let mut config = PlatformConfig::from_env().unwrap();
     config.data_dir = dir.to_path_buf();
     config.durability = sterling_storage::embedded::Durability::Normal;
     Platform::embedded(config).unwrap()
@@ -291,7 +291,7 @@ async fn retries_do_not_amplify_across_three_hops() {
 async fn an_overloaded_server_sheds_at_once_and_recovers() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = PlatformConfig::from_env();
+    let mut config = PlatformConfig::from_env().unwrap();
     config.data_dir = dir.path().to_path_buf();
     config.max_in_flight = 4;
     let platform = Platform::embedded(config).unwrap();

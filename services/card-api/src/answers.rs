@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use prost::Message;
 use sterling_bus::Envelope;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::events::v1::CardAuthorisationStoodIn;
 use sterling_storage::{Applied, Mutation, Row, SharedStore, Value, now_millis};
 use sterling_template::outbox::{self, Confirm, Outbox, Verdict};

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use card_processing::authorisation::Authorisation;
 use sterling_bus::Envelope;
 use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
@@ -15,7 +14,7 @@ use sterling_proto::cardprocessing::v1::{AuthoriseRequest, Decision, Merchant};
 use sterling_proto::events::v1::CardAuthorisationStoodIn;
 use sterling_template::client::GrpcChannel;
 use sterling_template::context::RequestContext;
-use sterling_template::{Error, failpoint, money};
+use sterling_template::{Error, ErrorClass, failpoint, money};
 
 use crate::answers::{Answer, AnswerStore, stand_in_event};
 use crate::webhook::{AuthorisationRequest, AuthorisationResponse};
@@ -33,26 +32,7 @@ pub struct CardApiState {
     pub answers: AnswerStore,
 }
 
-/// An error answered as `application/problem+json`.
-pub struct Problem(pub Error);
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = self.0.problem_json(&RequestContext::current_request_id());
-        let mut response = (self.0.http_status(), Json(body)).into_response();
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/problem+json"),
-        );
-        response
-    }
-}
-
-impl From<Error> for Problem {
-    fn from(e: Error) -> Self {
-        Problem(e)
-    }
-}
+pub use sterling_template::server::Problem;
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -168,12 +148,12 @@ async fn ask(
         Ok(Err(status)) => Error::from(status),
         Err(_) => Error::timeout("card-processing did not answer within the budget"),
     };
-    if matches!(error.class(), "bad_request" | "conflict") {
+    if matches!(error.class(), ErrorClass::BadRequest | ErrorClass::Conflict) {
         return Err(error.into());
     }
     // The processor needs an answer in time: anything else is a decline, handed on to
     // card-processing so that its record ends the same way.
-    let reason = if error.class() == "timeout" {
+    let reason = if error.class() == ErrorClass::Timeout {
         "timeout"
     } else {
         "system_error"

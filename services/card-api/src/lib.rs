@@ -18,7 +18,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
 use sterling_storage::Migration;
 
@@ -38,15 +38,28 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_an
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "card-api",
     migrations: MIGRATIONS,
+    settings: &[
+        Setting {
+            name: "secret",
+            default: DEVELOPMENT_SECRET,
+            help: "HMAC key of processor webhooks",
+        },
+        Setting {
+            name: "budget_ms",
+            default: "100",
+            help: "time card-processing gets for one decision",
+        },
+    ],
+    depends_on: &["card-processing"],
     build: |ctx| Box::pin(build(ctx)),
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let secret = ctx.setting("secret", DEVELOPMENT_SECRET);
+    let secret = ctx.setting("secret");
     if secret == DEVELOPMENT_SECRET {
         tracing::warn!("STERLING_CARD_API_SECRET is not set: using the development secret");
     }
-    let budget_ms: u64 = ctx.setting("budget_ms", "100").parse()?;
+    let budget_ms: u64 = ctx.setting_as("budget_ms", "a whole number of milliseconds")?;
     let outbox = ctx.outbox(Arc::new(StandInConfirm {
         store: ctx.store.clone(),
     }));

@@ -10,7 +10,7 @@ proptest! {
     #[test]
     fn any_bytes_parse_to_a_request_or_a_bad_request(body in proptest::collection::vec(any::<u8>(), 0..512)) {
         if let Err(e) = AuthorisationRequest::parse(&body) {
-            prop_assert_eq!(e.class(), "bad_request");
+            prop_assert_eq!(e.class().as_str(), "bad_request");
         }
     }
 
@@ -32,7 +32,7 @@ proptest! {
                 prop_assert!(money.minor_units() > 0);
                 prop_assert!(!request.id.is_empty() && request.id.len() <= 128);
             }
-            Err(e) => prop_assert_eq!(e.class(), "bad_request"),
+            Err(e) => prop_assert_eq!(e.class().as_str(), "bad_request"),
         }
     }
 

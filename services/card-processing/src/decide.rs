@@ -15,7 +15,7 @@ use prost::Message;
 use sterling_money::Money;
 use sterling_proto::cards::v1::cards_client::CardsClient;
 use sterling_proto::cards::v1::{CardStatus, GetCardRequest};
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::events::v1::CardAuthorisationDecided;
 use sterling_proto::fx::v1::ConvertRequest;
 use sterling_proto::fx::v1::fx_client::FxClient;

@@ -21,12 +21,12 @@ use sterling_proto::fx::v1::fx_client::FxClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
 use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 
 use crate::announce::Announcer;
 use crate::decide::Decider;
@@ -44,6 +44,19 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "card-processing",
     migrations: MIGRATIONS,
+    settings: &[
+        Setting {
+            name: "sweep_interval_ms",
+            default: "1000",
+            help: "how often the sweeper finishes abandoned authorisations",
+        },
+        Setting {
+            name: "sweep_grace_ms",
+            default: "1000",
+            help: "how long past its deadline a claim is left to its saga",
+        },
+    ],
+    depends_on: &["cards", "fx", "ledger", "transactions"],
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -57,8 +70,12 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         transactions: TransactionsClient::new(ctx.channel("transactions").await?),
     };
     let sweep = SweepConfig {
-        interval: Duration::from_millis(ctx.setting("sweep_interval_ms", "1000").parse()?),
-        grace: Duration::from_millis(ctx.setting("sweep_grace_ms", "1000").parse()?),
+        interval: Duration::from_millis(
+            ctx.setting_as("sweep_interval_ms", "a whole number of milliseconds")?,
+        ),
+        grace: Duration::from_millis(
+            ctx.setting_as("sweep_grace_ms", "a whole number of milliseconds")?,
+        ),
     };
     let sweeper = Sweeper::new(decider.clone(), ctx.store.clone(), sweep);
     ctx.spawn(sweeper.run(ctx.stopping()));
@@ -77,7 +94,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         let decider = stand_ins.clone();
         async move { decider.handle_stand_in(envelope).await }
     });
-    Ok(Api::Grpc(tonic::service::Routes::new(
-        CardProcessingServer::new(CardProcessingHandlers { decider }),
+    Ok(Api::grpc(CardProcessingServer::new(
+        CardProcessingHandlers { decider },
     )))
 }

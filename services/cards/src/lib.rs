@@ -18,12 +18,12 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_ca
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "cards",
     migrations: MIGRATIONS,
+    settings: &[],
+    depends_on: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let cards = CardStore::new(ctx.store.clone());
-    Ok(Api::Grpc(tonic::service::Routes::new(CardsServer::new(
-        CardsHandlers { cards },
-    ))))
+    Ok(Api::grpc(CardsServer::new(CardsHandlers { cards })))
 }

@@ -3,7 +3,7 @@
 use prost::Message;
 use sterling_bus::Envelope;
 use sterling_proto::common::v1::Money;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::events::v1::{CardAuthorisationDecided, TransactionEnriched};
 use sterling_proto::feed::v1::FeedItem;
 use sterling_storage::{Mutation, Query, Row, SharedStore, Value};

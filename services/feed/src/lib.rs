@@ -9,7 +9,7 @@ pub mod items;
 use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::feed::v1::feed_server::FeedServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
@@ -24,6 +24,8 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_fe
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "feed",
     migrations: MIGRATIONS,
+    settings: &[],
+    depends_on: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -41,7 +43,5 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         let feed = consumer.clone();
         async move { feed.apply_event(&envelope).await }
     });
-    Ok(Api::Grpc(tonic::service::Routes::new(FeedServer::new(
-        FeedHandlers { feed },
-    ))))
+    Ok(Api::grpc(FeedServer::new(FeedHandlers { feed })))
 }

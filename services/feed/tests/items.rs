@@ -5,7 +5,7 @@ use std::sync::Arc;
 use feed::items::FeedStore;
 use sterling_bus::Envelope;
 use sterling_proto::common::v1::Money;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::events::v1::CardAuthorisationDecided;
 use sterling_storage::embedded::SqliteStore;
 

@@ -5,7 +5,7 @@ pub mod handlers;
 pub mod rates;
 
 use sterling_proto::fx::v1::fx_server::FxServer;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
 use crate::handlers::FxHandlers;
 use crate::rates::{BUILTIN_RATES, RateTable};
@@ -14,18 +14,22 @@ use crate::rates::{BUILTIN_RATES, RateTable};
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "fx",
     migrations: &[],
+    settings: &[Setting {
+        name: "rates_file",
+        default: "",
+        help: "FX reference rates (CSV); built-in rates when empty",
+    }],
+    depends_on: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let file = ctx.setting("rates_file", "");
+    let file = ctx.setting("rates_file");
     let text = if file.is_empty() {
         BUILTIN_RATES.to_string()
     } else {
         std::fs::read_to_string(&file)?
     };
     let rates = RateTable::parse(&text)?;
-    Ok(Api::Grpc(tonic::service::Routes::new(FxServer::new(
-        FxHandlers { rates },
-    ))))
+    Ok(Api::grpc(FxServer::new(FxHandlers { rates })))
 }

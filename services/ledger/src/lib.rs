@@ -19,12 +19,12 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_le
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "ledger",
     migrations: MIGRATIONS,
+    settings: &[],
+    depends_on: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let book = Book::new(ctx.store.clone());
-    Ok(Api::Grpc(tonic::service::Routes::new(LedgerServer::new(
-        LedgerHandlers { book },
-    ))))
+    Ok(Api::grpc(LedgerServer::new(LedgerHandlers { book })))
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::merchant::v1::merchants_server::MerchantsServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
@@ -27,6 +27,8 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_en
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "merchant",
     migrations: MIGRATIONS,
+    settings: &[],
+    depends_on: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -48,7 +50,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         let enricher = enricher.clone();
         async move { enricher.handle(envelope).await }
     });
-    Ok(Api::Grpc(tonic::service::Routes::new(
-        MerchantsServer::new(MerchantHandlers { directory }),
-    )))
+    Ok(Api::grpc(MerchantsServer::new(MerchantHandlers {
+        directory,
+    })))
 }

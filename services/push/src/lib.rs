@@ -12,10 +12,10 @@ pub mod sink;
 use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::push::v1::push_server::PushServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
 use crate::gateway::Gateway;
 use crate::handlers::PushHandlers;
@@ -28,6 +28,12 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_pu
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "push",
     migrations: MIGRATIONS,
+    settings: &[Setting {
+        name: "gateway_url",
+        default: "",
+        help: "APNs-shaped HTTP/2 push gateway; the push-sink in discovery when empty",
+    }],
+    depends_on: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -45,17 +51,12 @@ pub fn consumer_config() -> ConsumerConfig {
 }
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let gateway = Gateway::new(
-        &ctx.setting("gateway_url", ""),
-        ctx.platform.discovery.clone(),
-    )?;
+    let gateway = Gateway::new(&ctx.setting("gateway_url"), ctx.platform.discovery.clone())?;
     let notifier = Notifier::new(ctx.store.clone(), gateway);
     let consumer = notifier.clone();
     ctx.consume(consumer_config(), move |envelope| {
         let notifier = consumer.clone();
         async move { notifier.handle(envelope).await }
     });
-    Ok(Api::Grpc(tonic::service::Routes::new(PushServer::new(
-        PushHandlers { notifier },
-    ))))
+    Ok(Api::grpc(PushServer::new(PushHandlers { notifier })))
 }

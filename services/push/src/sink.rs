@@ -55,6 +55,8 @@ struct SinkState {
 pub const SINK: ServiceDefinition = ServiceDefinition {
     name: "push-sink",
     migrations: &[],
+    settings: &[],
+    depends_on: &[],
     build: |_ctx| Box::pin(async { Ok(Api::Http(router())) }),
 };
 

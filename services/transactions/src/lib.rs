@@ -6,7 +6,7 @@ pub mod storage;
 
 use prost::Message;
 use sterling_bus::ConsumerConfig;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::events::v1::TransactionEnriched;
 use sterling_proto::transactions::v1::transactions_server::TransactionsServer;
 use sterling_storage::Migration;
@@ -22,6 +22,8 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_tr
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "transactions",
     migrations: MIGRATIONS,
+    settings: &[],
+    depends_on: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -49,7 +51,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             }
         },
     );
-    Ok(Api::Grpc(tonic::service::Routes::new(
-        TransactionsServer::new(TransactionsHandlers { transactions }),
-    )))
+    Ok(Api::grpc(TransactionsServer::new(TransactionsHandlers {
+        transactions,
+    })))
 }

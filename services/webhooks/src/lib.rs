@@ -11,12 +11,12 @@ pub mod registry;
 use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
-use sterling_proto::events::types;
+use sterling_proto::event_types as types;
 use sterling_proto::webhooks::v1::webhooks_server::WebhooksServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
-use crate::dispatch::{ATTEMPT_TIMEOUT, DEFAULT_SCHEDULE, Dispatcher};
+use crate::dispatch::{DEFAULT_SCHEDULE, Dispatcher};
 use crate::handlers::WebhooksHandlers;
 use crate::registry::Registry;
 
@@ -27,6 +27,19 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_we
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "webhooks",
     migrations: MIGRATIONS,
+    settings: &[
+        Setting {
+            name: "timeout_ms",
+            default: "5000",
+            help: "timeout of one delivery attempt",
+        },
+        Setting {
+            name: "retry_schedule_ms",
+            default: "",
+            help: "retry delays, comma separated; about 16 h when empty",
+        },
+    ],
+    depends_on: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -47,13 +60,11 @@ fn schedule(setting: &str) -> anyhow::Result<Vec<Duration>> {
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let registry = Registry::new(ctx.store.clone());
-    let timeout_ms: u64 = ctx
-        .setting("timeout_ms", &ATTEMPT_TIMEOUT.as_millis().to_string())
-        .parse()?;
+    let timeout_ms: u64 = ctx.setting_as("timeout_ms", "a whole number of milliseconds")?;
     let dispatcher = Dispatcher::new(
         ctx.store.clone(),
         registry.clone(),
-        schedule(&ctx.setting("retry_schedule_ms", ""))?,
+        schedule(&ctx.setting("retry_schedule_ms"))?,
         Duration::from_millis(timeout_ms),
     )?;
     ctx.spawn(dispatcher.clone().run(ctx.stopping()));
@@ -65,10 +76,8 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             async move { dispatcher.enqueue(envelope).await }
         },
     );
-    Ok(Api::Grpc(tonic::service::Routes::new(WebhooksServer::new(
-        WebhooksHandlers {
-            registry,
-            dispatcher,
-        },
-    ))))
+    Ok(Api::grpc(WebhooksServer::new(WebhooksHandlers {
+        registry,
+        dispatcher,
+    })))
 }

@@ -1,5 +1,7 @@
 //! What a client may do with each method: retry it, hedge it, or neither.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// How a method may be repeated.
@@ -23,53 +25,55 @@ impl MethodKind {
     }
 }
 
-/// Mutations of the platform's contracts that are idempotent on a caller-supplied id.
-const IDEMPOTENT_WRITES: &[&str] = &[
-    "/sterling.cards.v1.Cards/IssueCard",
-    "/sterling.cards.v1.Cards/FreezeCard",
-    "/sterling.cards.v1.Cards/UnfreezeCard",
-    "/sterling.ledger.v1.Ledger/CreateAccount",
-    "/sterling.ledger.v1.Ledger/Transfer",
-    "/sterling.ledger.v1.Ledger/PlaceHold",
-    "/sterling.ledger.v1.Ledger/ReleaseHold",
-    "/sterling.transactions.v1.Transactions/RecordPending",
-    "/sterling.transactions.v1.Transactions/ReleaseTransaction",
-    "/sterling.cardprocessing.v1.CardProcessing/Authorise",
-];
+/// The kind of every method of the platform's contracts, read once from the descriptor set
+/// Sterling embeds: a contract declares it with protobuf's standard method option,
+/// `option idempotency_level = NO_SIDE_EFFECTS;` (a read) or `IDEMPOTENT;` (a write keyed by
+/// an id the caller supplies); server streams are streams whatever they declare.
+static KINDS: LazyLock<HashMap<String, MethodKind>> = LazyLock::new(|| {
+    let mut kinds = kinds_from(sterling_proto::FILE_DESCRIPTOR_SET);
+    kinds.extend(kinds_from(tonic_health::pb::FILE_DESCRIPTOR_SET));
+    // The standard health service declares nothing; a check changes nothing.
+    kinds.insert("/grpc.health.v1.Health/Check".into(), MethodKind::Read);
+    kinds
+});
 
-/// Reads whose names do not say so.
-const READS: &[&str] = &["/sterling.fx.v1.Fx/Convert", "/grpc.health.v1.Health/Check"];
+/// The kinds declared in an encoded `FileDescriptorSet`, by path (`/package.Service/Method`).
+pub fn kinds_from(encoded: &[u8]) -> HashMap<String, MethodKind> {
+    use prost::Message;
+    use prost_types::method_options::IdempotencyLevel;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
+        return HashMap::new();
+    };
+    let mut kinds = HashMap::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                let level = method
+                    .options
+                    .as_ref()
+                    .map(|o| o.idempotency_level())
+                    .unwrap_or(IdempotencyLevel::IdempotencyUnknown);
+                let kind = if method.server_streaming() {
+                    MethodKind::Streaming
+                } else {
+                    match level {
+                        IdempotencyLevel::NoSideEffects => MethodKind::Read,
+                        IdempotencyLevel::Idempotent => MethodKind::IdempotentWrite,
+                        IdempotencyLevel::IdempotencyUnknown => MethodKind::Write,
+                    }
+                };
+                kinds.insert(path, kind);
+            }
+        }
+    }
+    kinds
+}
 
-/// Server streams.
-const STREAMS: &[&str] = &["/grpc.health.v1.Health/Watch"];
-
-/// The kind of a method from its path (`/package.Service/Method`): the tables above, then the
-/// method's name (`Get*`, `List*`, `Read*` are reads; `Follow*`, `Watch*`, `Stream*` streams);
-/// anything else is a plain write.
+/// The kind of a method from its path (`/package.Service/Method`), as its contract declares
+/// it; a method no contract declares is a plain write (never repeated).
 pub fn kind_of(path: &str) -> MethodKind {
-    if IDEMPOTENT_WRITES.contains(&path) {
-        return MethodKind::IdempotentWrite;
-    }
-    if READS.contains(&path) {
-        return MethodKind::Read;
-    }
-    if STREAMS.contains(&path) {
-        return MethodKind::Streaming;
-    }
-    let method = path.rsplit('/').next().unwrap_or_default();
-    if ["Get", "List", "Read"]
-        .iter()
-        .any(|p| method.starts_with(p))
-    {
-        MethodKind::Read
-    } else if ["Follow", "Watch", "Stream"]
-        .iter()
-        .any(|p| method.starts_with(p))
-    {
-        MethodKind::Streaming
-    } else {
-        MethodKind::Write
-    }
+    KINDS.get(path).copied().unwrap_or(MethodKind::Write)
 }
 
 /// Knobs of the resilient client.
@@ -124,7 +128,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_come_from_the_tables_then_the_names() {
+    fn kinds_come_from_the_contracts() {
         assert_eq!(
             kind_of("/sterling.ledger.v1.Ledger/PlaceHold"),
             MethodKind::IdempotentWrite
@@ -140,6 +144,15 @@ mod tests {
         );
         assert_eq!(
             kind_of("/sterling.testing.v1.Probe/Write"),
+            MethodKind::Write
+        );
+        assert_eq!(kind_of("/sterling.testing.v1.Probe/Read"), MethodKind::Read);
+        assert_eq!(
+            kind_of("/grpc.health.v1.Health/Watch"),
+            MethodKind::Streaming
+        );
+        assert_eq!(
+            kind_of("/sterling.nothing.v1.X/GetThing"),
             MethodKind::Write
         );
         assert!(!MethodKind::Write.retryable());

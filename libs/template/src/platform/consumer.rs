@@ -1,0 +1,243 @@
+//! The event consumer: runs a handler for every event of a durable consumer, in the request
+//! context the event carries.
+//!
+//! Ack and retry policy, in order:
+//! - an event this consumer already handled (its id is in `processed_events`) is acked without
+//!   running the handler again;
+//! - `Ok` records the id and acks; if the record cannot be written the delivery is naked, and
+//!   the handler (idempotent) runs again on redelivery;
+//! - an error of class `bad_request` can never succeed: the event is dead-lettered (`term`);
+//! - any other error, or a panic of the handler, naks it for redelivery with the consumer's
+//!   backoff.
+//!
+//! Metrics per consumer: `sterling_consumer_events_total{outcome}` (`handled`, `duplicate`,
+//! `rejected`, `failed`), `sterling_consumer_redelivered_total`, and
+//! `sterling_consumer_lag_seconds` (from the event's time to its handling).
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::FutureExt;
+use metrics::{Counter, Histogram};
+use sterling_bus::{Bus, ConsumerConfig, Delivery, Subscription};
+use sterling_storage::{Mutation, Row, SharedStore, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::context::{RequestContext, TraceContext};
+use crate::error::{Error, ErrorClass, Result};
+use crate::outbox::PROCESSED_EVENTS_TTL;
+
+/// What the consumer did with one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler succeeded and the event was acked.
+    Handled,
+    /// Already handled before: acked without running the handler.
+    Duplicate,
+    /// Dead-lettered: the event can never be handled.
+    Rejected,
+    /// Naked for redelivery.
+    Failed,
+}
+
+impl Outcome {
+    /// Every outcome, for metrics present from start.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Handled,
+        Outcome::Duplicate,
+        Outcome::Rejected,
+        Outcome::Failed,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// The metric handles of one consumer, registered at its start so every series exists at 0.
+struct ConsumerMetrics {
+    outcomes: [Counter; 4],
+    redelivered: Counter,
+    lag: Histogram,
+}
+
+impl ConsumerMetrics {
+    fn new(service: &'static str, durable: &str) -> Self {
+        let label = |o: Outcome| metrics::counter!("sterling_consumer_events_total", "service" => service, "consumer" => durable.to_string(), "outcome" => o.label());
+        ConsumerMetrics {
+            outcomes: Outcome::ALL.map(label),
+            redelivered: metrics::counter!("sterling_consumer_redelivered_total", "service" => service, "consumer" => durable.to_string()),
+            lag: metrics::histogram!("sterling_consumer_lag_seconds", "service" => service, "consumer" => durable.to_string()),
+        }
+    }
+
+    fn record(&self, outcome: Outcome) {
+        let index = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.outcomes[index].increment(1);
+    }
+}
+
+/// One durable consumer of one service.
+pub(crate) struct Consumer<F> {
+    pub(crate) service: &'static str,
+    pub(crate) config: ConsumerConfig,
+    pub(crate) bus: std::sync::Arc<dyn Bus>,
+    pub(crate) store: SharedStore,
+    pub(crate) handler: F,
+}
+
+impl<F, Fut> Consumer<F>
+where
+    F: Fn(sterling_bus::Envelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    /// Subscribes (retrying until the bus answers) and handles deliveries until `stopping`.
+    pub(crate) async fn run(self, stopping: CancellationToken) {
+        let metrics = ConsumerMetrics::new(self.service, &self.config.durable);
+        let mut subscription = tokio::select! {
+            _ = stopping.cancelled() => return,
+            s = self.subscribe() => s,
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stopping.cancelled() => return,
+                next = subscription.next() => next,
+            };
+            match next {
+                Ok(delivery) => {
+                    if delivery.attempt > 1 {
+                        metrics.redelivered.increment(1);
+                    }
+                    let lag_ms = sterling_storage::now_millis() - delivery.envelope.occurred_at_ms;
+                    metrics
+                        .lag
+                        .record(Duration::from_millis(lag_ms.max(0) as u64).as_secs_f64());
+                    metrics.record(self.deliver(delivery).await);
+                }
+                Err(e) => {
+                    tracing::warn!(service = self.service, error = %e, "bus error; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Box<dyn Subscription> {
+        loop {
+            match self.bus.subscribe(self.config.clone()).await {
+                Ok(s) => return s,
+                Err(e) => {
+                    tracing::warn!(service = self.service, error = %e, "cannot subscribe yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Handles one delivery and settles it; returns what was done.
+    pub(crate) async fn deliver(&self, delivery: Delivery) -> Outcome {
+        let envelope = delivery.envelope.clone();
+        let (context, span) = event_context(self.service, &self.config.durable, &delivery);
+        let processed_key = Row::new()
+            .with("consumer", self.config.durable.as_str())
+            .with("event_id", envelope.event_id.as_str());
+        let outcome = match self.store.get("processed_events", &processed_key).await {
+            Ok(Some(_)) => Ok(true),
+            Ok(None) => self
+                .handle(envelope, context, &span, processed_key)
+                .await
+                .map(|()| false),
+            Err(e) => Err(Error::from(e)),
+        };
+        let (outcome, settled) = match outcome {
+            Ok(true) => {
+                span.in_scope(|| tracing::info!("already handled; acknowledging"));
+                (Outcome::Duplicate, delivery.ack().await)
+            }
+            Ok(false) => {
+                span.in_scope(|| tracing::info!("event handled"));
+                (Outcome::Handled, delivery.ack().await)
+            }
+            Err(e) if e.class() == ErrorClass::BadRequest => {
+                span.in_scope(|| tracing::warn!(code = e.code(), "event rejected"));
+                (Outcome::Rejected, delivery.term(e.code()).await)
+            }
+            Err(e) => {
+                span.in_scope(|| tracing::warn!(code = e.code(), error = %e, "event handling failed; will retry"));
+                (Outcome::Failed, delivery.nak().await)
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(service = self.service, error = %e, "could not settle a delivery");
+        }
+        outcome
+    }
+
+    /// Runs the handler (a panic is a failure, not the end of the consumer) and records the
+    /// event as processed.
+    async fn handle(
+        &self,
+        envelope: sterling_bus::Envelope,
+        context: RequestContext,
+        span: &tracing::Span,
+        processed_key: Row,
+    ) -> Result<()> {
+        let handled = std::panic::AssertUnwindSafe(context.scope((self.handler)(envelope)));
+        handled
+            .catch_unwind()
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|_| Err(Error::internal("the event handler panicked")))?;
+        let record = Mutation::insert(
+            "processed_events",
+            processed_key.with(
+                "processed_at",
+                Value::Timestamp(sterling_storage::now_millis()),
+            ),
+        )
+        .with_ttl(PROCESSED_EVENTS_TTL);
+        self.store.apply(vec![record]).await?;
+        Ok(())
+    }
+}
+
+/// The context (request id, trace) an event carries and the consumer span it is handled in,
+/// a child of the span that published it.
+fn event_context(
+    service: &'static str,
+    durable: &str,
+    delivery: &Delivery,
+) -> (RequestContext, tracing::Span) {
+    let envelope = &delivery.envelope;
+    let mut context = RequestContext::new_root(
+        Some(envelope.request_id.clone()).filter(|r| !r.is_empty()),
+        None,
+    );
+    let parent = TraceContext::parse(&envelope.traceparent);
+    if let Some(parent) = &parent {
+        context.trace = parent.child();
+    }
+    let span = tracing::info_span!(
+        "event",
+        otel.name = %format!("{durable} {}", envelope.r#type),
+        otel.kind = "consumer",
+        service,
+        event_type = %envelope.r#type,
+        event_id = %envelope.event_id,
+        attempt = delivery.attempt,
+        request_id = %context.request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    crate::telemetry::join_trace(&span, parent.as_ref(), &mut context);
+    span.record("trace_id", context.trace.trace_id.as_str());
+    span.record("span_id", context.trace.span_id.as_str());
+    (context, span)
+}

@@ -1,0 +1,281 @@
+//! The life of a service: start (store, API, server with the template's stack, health,
+//! registration, heartbeat) and a graceful stop (leave discovery, announce NOT_SERVING, let
+//! consumers finish the event in hand, drain in-flight requests within a bound).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sterling_storage::Migration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tracing::Instrument;
+
+use super::engines::{Platform, open_store};
+use super::health::{Health, StoreChecker};
+use super::service::{Api, GrpcApi, ServiceContext, ServiceDefinition, Setting};
+use crate::discovery::{Protocol, Registration};
+use crate::outbox::{OUTBOX_MIGRATION, PROCESSED_EVENTS_MIGRATION};
+
+/// A started service.
+pub struct RunningService {
+    /// Service name.
+    pub name: &'static str,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Protocol at the address.
+    pub protocol: Protocol,
+    /// Its context (store, clients), for tools and tests in the same process.
+    pub context: ServiceContext,
+    registration: Registration,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningService {
+    /// Whether every checker passed on the last round.
+    pub fn ready(&self) -> bool {
+        self.context.health.failures().is_empty()
+    }
+
+    /// Why the service is not ready (empty when it is), e.g. `storage: unavailable: ...`.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        self.context.health.failures()
+    }
+
+    /// Leaves discovery and reports NOT_SERVING while still serving: the first step of a
+    /// stop, held for a grace period so that probes and balancers see it before the port
+    /// closes.
+    pub async fn announce_stopping(&self) {
+        let _ = self
+            .context
+            .platform
+            .discovery
+            .deregister(self.name, &self.registration.instance)
+            .await;
+        // The check loop must not report SERVING again.
+        for task in &self.background {
+            task.abort();
+        }
+        self.context.health.set(ServingStatus::NotServing).await;
+        tracing::info!(service = self.name, "stopping: NOT_SERVING announced");
+    }
+
+    /// Graceful stop: announce stopping, let consumers finish the event in hand, stop
+    /// accepting, drain in-flight requests within the drain bound.
+    pub async fn stop(mut self) {
+        self.announce_stopping().await;
+        self.context.stopping.cancel();
+        let drain = self.context.platform.config.drain_timeout;
+        let draining: Vec<JoinHandle<()>> = lock(&self.context.draining).drain(..).collect();
+        for mut task in draining {
+            if tokio::time::timeout(drain, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        for task in lock(&self.context.tasks).drain(..) {
+            task.abort();
+        }
+        self.shutdown.cancel();
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(drain, &mut server).await.is_err()
+        {
+            tracing::warn!(
+                service = self.name,
+                "drain bound reached; aborting in-flight requests"
+            );
+            server.abort();
+        }
+        tracing::info!(service = self.name, "stopped");
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts a service on `listen`: opens its store, builds its API, serves it with the template's
+/// stack, registers it in discovery with a heartbeat and runs its health checks.
+pub async fn start(
+    definition: &ServiceDefinition,
+    platform: &Platform,
+    listen: SocketAddr,
+) -> anyhow::Result<RunningService> {
+    start_with(
+        definition.name,
+        definition.migrations,
+        definition.settings,
+        platform,
+        listen,
+        definition.build,
+    )
+    .await
+}
+
+/// As [`start`], with the API built by any function (tests build instances with state of
+/// their own this way).
+pub async fn start_with<B>(
+    name: &'static str,
+    service_migrations: &[Migration],
+    settings: &'static [Setting],
+    platform: &Platform,
+    listen: SocketAddr,
+    build: B,
+) -> anyhow::Result<RunningService>
+where
+    B: FnOnce(ServiceContext) -> BoxFuture<'static, anyhow::Result<Api>>,
+{
+    let mut migrations = service_migrations.to_vec();
+    migrations.push(OUTBOX_MIGRATION);
+    migrations.push(PROCESSED_EVENTS_MIGRATION);
+    let store = open_store(&platform.config, name, &migrations).await?;
+    let health = Health::new(std::sync::Arc::new(StoreChecker(store.clone())));
+    let context = ServiceContext::new(name, settings, store, platform.clone(), health.clone());
+    let api = build(context.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let address = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let max_in_flight = platform.config.max_in_flight;
+    let (protocol, server) = match api {
+        Api::Grpc(api) => {
+            let (reporter, names) = health_names(name, &api);
+            health.report_to(reporter.clone(), names);
+            (
+                Protocol::Grpc,
+                serve_grpc(
+                    name,
+                    api,
+                    reporter,
+                    listener,
+                    max_in_flight,
+                    shutdown.clone(),
+                )?,
+            )
+        }
+        Api::Http(router) => (
+            Protocol::Http,
+            serve_http(name, router, listener, max_in_flight, shutdown.clone()),
+        ),
+    };
+    health.check_once().await;
+    let health_loop = tokio::spawn(
+        health
+            .run(platform.config.health_interval)
+            .instrument(tracing::info_span!("health", service = name)),
+    );
+    let registration = Registration {
+        service: name.to_string(),
+        instance: format!("{name}-{}", uuid::Uuid::now_v7()),
+        address: address.to_string(),
+        protocol,
+        zone: platform.config.zone.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        routes: Vec::new(),
+    };
+    platform
+        .discovery
+        .register(&registration, platform.config.registration_ttl)
+        .await?;
+    let heartbeat = heartbeat(platform, registration.clone());
+    tracing::info!(service = name, %address, ?protocol, instance = %registration.instance, "serving and registered in discovery");
+    Ok(RunningService {
+        name,
+        address,
+        protocol,
+        context,
+        registration,
+        shutdown,
+        server: Some(server),
+        background: vec![health_loop, heartbeat],
+    })
+}
+
+/// The health service and every name it reports under: the short name and each gRPC service.
+fn health_names(
+    name: &'static str,
+    api: &GrpcApi,
+) -> (tonic_health::server::HealthReporter, Vec<String>) {
+    let reporter = tonic_health::server::HealthReporter::new();
+    let names = std::iter::once(name.to_string())
+        .chain(api.names.iter().map(|n| n.to_string()))
+        .collect();
+    (reporter, names)
+}
+
+fn serve_grpc(
+    name: &'static str,
+    api: GrpcApi,
+    reporter: tonic_health::server::HealthReporter,
+    listener: tokio::net::TcpListener,
+    max_in_flight: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(reporter),
+    );
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sterling_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    for service in &api.names {
+        reflection = reflection.with_service_name(*service);
+    }
+    let routes = api
+        .routes
+        .add_service(health_service)
+        .add_service(reflection.build_v1()?);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    Ok(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(crate::server::stack(name, "grpc", max_in_flight))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(service = name, error = %e, "server failed");
+        }
+    }))
+}
+
+fn serve_http(
+    name: &'static str,
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    max_in_flight: usize,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let router = router
+        .layer(axum::middleware::map_response(
+            crate::server::problem::problem_json,
+        ))
+        .layer(crate::server::stack(name, "http", max_in_flight));
+    tokio::spawn(async move {
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(service = name, error = %e, "server failed");
+        }
+    })
+}
+
+fn heartbeat(platform: &Platform, registration: Registration) -> JoinHandle<()> {
+    let discovery = platform.discovery.clone();
+    let ttl = platform.config.registration_ttl;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ttl / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = discovery.register(&registration, ttl).await {
+                tracing::warn!(service = %registration.service, error = %e, "heartbeat failed");
+            }
+        }
+    })
+}

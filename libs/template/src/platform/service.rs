@@ -1,0 +1,286 @@
+//! What a service is and what its builder is handed: [`ServiceDefinition`] (name, migrations,
+//! settings, dependencies, builder), [`ServiceContext`] (store, platform, clients, settings,
+//! outbox, consumers, background tasks) and the [`Api`] it serves.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use sterling_bus::{ConsumerConfig, Envelope};
+use sterling_storage::{Migration, SharedStore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::config::ConfigError;
+use super::consumer::Consumer;
+use super::engines::Platform;
+use super::health::{BusChecker, Checker, Health};
+use crate::client::GrpcChannel;
+use crate::client::policy::ClientPolicy;
+use crate::error::Result;
+use crate::outbox::{Confirm, OUTBOX_GRACE, Outbox};
+
+/// A setting a service reads, `STERLING_<SERVICE>_<NAME>` in the environment.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Name within the service, lower case (`budget_ms`).
+    pub name: &'static str,
+    /// Value when unset.
+    pub default: &'static str,
+    /// What it does, for `sterling config`.
+    pub help: &'static str,
+}
+
+/// A service: name, migrations, settings, dependencies and how to build its API.
+#[derive(Clone, Copy)]
+pub struct ServiceDefinition {
+    /// Service name; also its keyspace suffix and discovery name.
+    pub name: &'static str,
+    /// Its versioned CQL migrations.
+    pub migrations: &'static [Migration],
+    /// The settings it reads.
+    pub settings: &'static [Setting],
+    /// Services it calls synchronously; they start before it.
+    pub depends_on: &'static [&'static str],
+    /// Builds the API.
+    pub build: fn(ServiceContext) -> BoxFuture<'static, anyhow::Result<Api>>,
+}
+
+impl ServiceDefinition {
+    /// The environment variable of one of its settings: `STERLING_<SERVICE>_<NAME>`.
+    pub fn variable(&self, setting: &str) -> String {
+        variable_of(self.name, setting)
+    }
+
+    /// The environment variables of all its settings.
+    pub fn variables(&self) -> Vec<String> {
+        self.settings
+            .iter()
+            .map(|s| self.variable(s.name))
+            .collect()
+    }
+}
+
+fn variable_of(service: &str, setting: &str) -> String {
+    format!("STERLING_{service}_{setting}")
+        .to_ascii_uppercase()
+        .replace('-', "_")
+}
+
+/// The API a service serves.
+pub enum Api {
+    /// gRPC services; health and reflection are added by the template.
+    Grpc(GrpcApi),
+    /// An HTTP/JSON API (e.g. a webhook receiver for a card processor).
+    Http(axum::Router),
+}
+
+/// gRPC routes and the fully-qualified names of the services in them.
+#[derive(Default)]
+pub struct GrpcApi {
+    pub(crate) routes: tonic::service::Routes,
+    pub(crate) names: Vec<&'static str>,
+}
+
+impl GrpcApi {
+    /// Adds a generated server (`CardsServer::new(handlers)`).
+    pub fn serve<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes = self.routes.add_service(service);
+        self
+    }
+}
+
+impl Api {
+    /// A gRPC API of one generated server; add more with [`GrpcApi::serve`] and [`Api::Grpc`].
+    pub fn grpc<S>(service: S) -> Api
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        Api::Grpc(GrpcApi::default().serve(service))
+    }
+}
+
+/// What a service's builder is handed.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// The service name.
+    pub name: &'static str,
+    /// The service's own store, migrations applied.
+    pub store: SharedStore,
+    /// The platform it runs on.
+    pub platform: Platform,
+    pub(crate) settings: &'static [Setting],
+    pub(crate) health: Health,
+    channels: Arc<tokio::sync::Mutex<HashMap<String, GrpcChannel>>>,
+    pub(crate) tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    pub(crate) draining: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    pub(crate) stopping: CancellationToken,
+}
+
+impl ServiceContext {
+    pub(crate) fn new(
+        name: &'static str,
+        settings: &'static [Setting],
+        store: SharedStore,
+        platform: Platform,
+        health: Health,
+    ) -> Self {
+        ServiceContext {
+            name,
+            store,
+            platform,
+            settings,
+            health,
+            channels: Arc::default(),
+            tasks: Arc::default(),
+            draining: Arc::default(),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// A channel to another service, shared by every client of that service in this one.
+    pub async fn channel(&self, service: &str) -> Result<GrpcChannel> {
+        let mut channels = self.channels.lock().await;
+        if let Some(channel) = channels.get(service) {
+            return Ok(channel.clone());
+        }
+        let policy = ClientPolicy {
+            timeout_cap: self.platform.config.call_timeout,
+            ..ClientPolicy::default()
+        };
+        let channel = self.channel_with(service, policy).await?;
+        channels.insert(service.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A channel to another service with a policy of its own (not shared).
+    pub async fn channel_with(&self, service: &str, policy: ClientPolicy) -> Result<GrpcChannel> {
+        GrpcChannel::connect_from(self.name, self.platform.discovery.clone(), service, policy).await
+    }
+
+    /// A declared setting of this service: `STERLING_<SERVICE>_<NAME>` from the platform's
+    /// settings or the environment, else its declared default.
+    ///
+    /// # Panics
+    /// If the service did not declare `name` in its [`ServiceDefinition::settings`]: every
+    /// setting is listed so `sterling config` and the typo check know it.
+    pub fn setting(&self, name: &str) -> String {
+        let declared = self
+            .settings
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{} reads setting {name} without declaring it", self.name));
+        let key = variable_of(self.name, name);
+        self.platform
+            .config
+            .settings
+            .get(&key)
+            .cloned()
+            .or_else(|| std::env::var(&key).ok())
+            .unwrap_or_else(|| declared.default.to_string())
+    }
+
+    /// A declared setting parsed as `T`; a value that does not parse is an error naming the
+    /// variable, its value and `expected`.
+    pub fn setting_as<T: FromStr>(
+        &self,
+        name: &str,
+        expected: &str,
+    ) -> std::result::Result<T, ConfigError> {
+        let value = self.setting(name);
+        value.trim().parse().map_err(|_| ConfigError {
+            variable: variable_of(self.name, name),
+            value,
+            expected: expected.to_string(),
+        })
+    }
+
+    /// The service's outbox: events staged with state changes, published after them; its relay
+    /// runs for the life of the service.
+    pub fn outbox(&self, confirm: Arc<dyn Confirm>) -> Outbox {
+        let outbox = Outbox::new(
+            self.store.clone(),
+            self.platform.bus.clone(),
+            confirm,
+            OUTBOX_GRACE,
+        );
+        self.add_checker(Arc::new(BusChecker(self.platform.bus.clone())));
+        self.add_task(outbox.spawn_relay(OUTBOX_GRACE));
+        outbox
+    }
+
+    /// Runs `handler` for every event of a durable consumer, for the life of the service, with
+    /// the ack and retry policy of [`super::consumer`].
+    pub fn consume<F, Fut>(&self, config: ConsumerConfig, handler: F)
+    where
+        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.add_checker(Arc::new(BusChecker(self.platform.bus.clone())));
+        let consumer = Consumer {
+            service: self.name,
+            config,
+            bus: self.platform.bus.clone(),
+            store: self.store.clone(),
+            handler,
+        };
+        self.add_draining(tokio::spawn(consumer.run(self.stopping.clone())));
+    }
+
+    /// Runs a background task for the life of the service. At a graceful stop the task is
+    /// given the drain bound to finish after [`ServiceContext::stopping`] fires, then aborted.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let span = tracing::info_span!("task", service = self.name);
+        self.add_draining(tokio::spawn(task.instrument(span)));
+    }
+
+    /// Fires when the service starts stopping: background work should finish what it holds
+    /// and take nothing new.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
+    fn add_draining(&self, task: JoinHandle<()>) {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    fn add_task(&self, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    /// Adds a health check.
+    pub fn add_checker(&self, checker: Arc<dyn Checker>) {
+        self.health.add(checker);
+    }
+}
