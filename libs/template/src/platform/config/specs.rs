@@ -1,0 +1,159 @@
+//! Parsers of the variables that hold more than a number or a choice: namespace, limits, log
+//! filter, Cassandra, NATS, discovery and bus.
+
+use std::path::{Path, PathBuf};
+
+use sterling_storage::cassandra::CassandraConfig;
+
+use super::variables::{CONSISTENCIES, Vars, error};
+use super::{BusSpec, ConfigError, DiscoverySpec};
+
+/// `STERLING_NAMESPACE`: it names keyspaces, so 1 to 32 of a-z, 0-9 and `_`.
+pub(super) fn namespace(vars: &Vars) -> Result<String, ConfigError> {
+    let namespace = vars.text("STERLING_NAMESPACE", "sterling");
+    let valid = !namespace.is_empty()
+        && namespace.len() <= 32
+        && namespace.starts_with(|c: char| c.is_ascii_lowercase())
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(namespace)
+    } else {
+        Err(error(
+            "STERLING_NAMESPACE",
+            &namespace,
+            "1 to 32 of a-z, 0-9 and _, starting with a letter",
+        ))
+    }
+}
+
+/// `STERLING_MAX_IN_FLIGHT`, above 0.
+pub(super) fn max_in_flight(vars: &Vars) -> Result<usize, ConfigError> {
+    let expected = "a whole number above 0";
+    match vars.parsed("STERLING_MAX_IN_FLIGHT", 512usize, expected)? {
+        0 => Err(error("STERLING_MAX_IN_FLIGHT", "0", expected)),
+        n => Ok(n),
+    }
+}
+
+/// `STERLING_NATS_REPLICAS`: JetStream accepts an odd number up to 5.
+pub(super) fn nats_replicas(vars: &Vars) -> Result<usize, ConfigError> {
+    let replicas = vars.parsed("STERLING_NATS_REPLICAS", 1usize, "1, 3 or 5")?;
+    if [1, 3, 5].contains(&replicas) {
+        Ok(replicas)
+    } else {
+        Err(error(
+            "STERLING_NATS_REPLICAS",
+            &replicas.to_string(),
+            "1, 3 or 5",
+        ))
+    }
+}
+
+/// `STERLING_LOG`, checked as a `tracing` filter.
+pub(super) fn log_filter(vars: &Vars) -> Result<String, ConfigError> {
+    let filter = vars.text("STERLING_LOG", crate::telemetry::DEFAULT_FILTER);
+    match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(_) => Ok(filter),
+        Err(_) => Err(error(
+            "STERLING_LOG",
+            &filter,
+            "a log filter such as info or cards=debug,info",
+        )),
+    }
+}
+
+pub(super) fn cassandra(vars: &Vars) -> Result<CassandraConfig, ConfigError> {
+    let mut config = CassandraConfig::default();
+    if let Some(nodes) = vars.get("STERLING_CASSANDRA_NODES") {
+        let list: Vec<String> = nodes.split(',').map(|n| n.trim().to_string()).collect();
+        if list.iter().any(|n| {
+            n.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            return Err(error(
+                "STERLING_CASSANDRA_NODES",
+                &nodes,
+                "host:port[,host:port...]",
+            ));
+        }
+        config.nodes = list;
+    }
+    if let Some(replication) = vars.get("STERLING_CASSANDRA_REPLICATION") {
+        if !(replication.trim_start().starts_with('{') && replication.trim_end().ends_with('}')) {
+            return Err(error(
+                "STERLING_CASSANDRA_REPLICATION",
+                &replication,
+                "a CQL map such as {'class': 'NetworkTopologyStrategy', 'dc1': 3}",
+            ));
+        }
+        config.replication = replication;
+    }
+    if let Some(level) = vars.get("STERLING_CASSANDRA_CONSISTENCY") {
+        config.consistency =
+            sterling_storage::cassandra::parse_consistency(&level).ok_or_else(|| {
+                error(
+                    "STERLING_CASSANDRA_CONSISTENCY",
+                    &level,
+                    &format!("one of {}", CONSISTENCIES.join(", ")),
+                )
+            })?;
+    }
+    Ok(config)
+}
+
+pub(super) fn nats_url(vars: &Vars) -> Result<String, ConfigError> {
+    let url = vars.text("STERLING_NATS_URL", "nats://127.0.0.1:4222");
+    let ok = ["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+        && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+    if ok {
+        Ok(url)
+    } else {
+        Err(error(
+            "STERLING_NATS_URL",
+            &url,
+            "a URL such as nats://127.0.0.1:4222",
+        ))
+    }
+}
+
+pub(super) fn discovery(vars: &Vars, data_dir: &Path) -> Result<DiscoverySpec, ConfigError> {
+    let Some(spec) = vars.get("STERLING_DISCOVERY") else {
+        return Ok(DiscoverySpec::File(data_dir.join("endpoints.json")));
+    };
+    let expected = "nats, embedded, static:name=host:port,... or file:PATH";
+    match spec.as_str() {
+        "nats" => Ok(DiscoverySpec::Nats),
+        "embedded" => Ok(DiscoverySpec::Embedded),
+        _ => {
+            if let Some(list) = spec.strip_prefix("static:") {
+                crate::discovery::StaticDiscovery::parse(list)
+                    .map_err(|_| error("STERLING_DISCOVERY", &spec, expected))?;
+                Ok(DiscoverySpec::Static(list.to_string()))
+            } else if let Some(path) = spec.strip_prefix("file:").filter(|p| !p.is_empty()) {
+                Ok(DiscoverySpec::File(PathBuf::from(path)))
+            } else {
+                Err(error("STERLING_DISCOVERY", &spec, expected))
+            }
+        }
+    }
+}
+
+pub(super) fn bus(vars: &Vars, data_dir: &Path) -> Result<BusSpec, ConfigError> {
+    let spec = vars.text("STERLING_BUS", "embedded");
+    match spec.as_str() {
+        "nats" => Ok(BusSpec::Nats),
+        "embedded" => Ok(BusSpec::Embedded(data_dir.join("bus.sqlite"))),
+        _ => match spec.strip_prefix("embedded:").filter(|p| !p.is_empty()) {
+            Some(path) => Ok(BusSpec::Embedded(PathBuf::from(path))),
+            None => Err(error(
+                "STERLING_BUS",
+                &spec,
+                "nats, embedded or embedded:PATH",
+            )),
+        },
+    }
+}
