@@ -6,23 +6,13 @@ use std::path::{Path, PathBuf};
 use sterling_template::ServiceDefinition;
 use sterling_template::discovery::{Protocol, Registration};
 use sterling_template::platform::{
-    self, DiscoverySpec, Platform, PlatformConfig, RunningService, StorageBackend,
+    self, DiscoverySpec, Platform, PlatformConfig, RunningService, StorageBackend, config,
 };
 
-/// Every service of the bank. A service's place here does not matter: the bank starts each
-/// after the services it declares in `depends_on` ([`start_order`]).
-pub const SERVICES: &[ServiceDefinition] = &[
-    card_api::SERVICE,
-    card_processing::SERVICE,
-    cards::SERVICE,
-    feed::SERVICE,
-    fx::SERVICE,
-    ledger::SERVICE,
-    merchant::SERVICE,
-    push::SERVICE,
-    transactions::SERVICE,
-    webhooks::SERVICE,
-];
+// `SERVICES`: every service of the bank, one per crate under services/ this crate depends on
+// (see build.rs). A service's place there does not matter: the bank starts each after the
+// services it declares in `depends_on` ([`start_order`]).
+include!(concat!(env!("OUT_DIR"), "/services.rs"));
 
 /// Development stand-ins for the outside world, started with the bank on a laptop: the push
 /// sink plays APNs. Not services of the bank.
@@ -55,27 +45,20 @@ pub fn start_order(definitions: &[ServiceDefinition]) -> anyhow::Result<Vec<Serv
     Ok(ordered)
 }
 
-/// The file naming the discovery a bank under `data` uses, so tools find its services
-/// (those started elsewhere included) without being told.
-pub const DISCOVERY_FILE: &str = "discovery";
-
-/// The discovery of the bank whose data directory is `data`: NATS when it runs on NATS,
-/// else the `endpoints.json` it writes.
-pub fn discovery_of(data: &Path) -> anyhow::Result<DiscoverySpec> {
-    match std::fs::read_to_string(data.join(DISCOVERY_FILE)) {
-        Ok(spec) if spec.trim() == "nats" => Ok(DiscoverySpec::Nats),
-        _ => {
-            let endpoints = data.join("endpoints.json");
-            if !endpoints.exists() {
-                anyhow::bail!(
-                    "no bank found under {}: start one with `sterling up`, or point at its data \
-                     directory with --data (or STERLING_DATA_DIR), or set STERLING_DISCOVERY",
-                    data.display()
-                );
-            }
-            Ok(DiscoverySpec::File(endpoints))
-        }
+/// The discovery tools use to find the bank under `data`: what the configuration names
+/// (`STERLING_DISCOVERY`, else the bank's own record in its data directory); a hint when no
+/// bank is there.
+pub fn discovery_of(config: &PlatformConfig) -> anyhow::Result<DiscoverySpec> {
+    if let DiscoverySpec::File(endpoints) = &config.discovery
+        && !endpoints.exists()
+    {
+        anyhow::bail!(
+            "no bank found: {} does not exist. Start one with `sterling up`, point at its data \
+             directory with --data (or STERLING_DATA_DIR), or set STERLING_DISCOVERY",
+            endpoints.display()
+        );
     }
+    Ok(config.discovery.clone())
 }
 
 /// Which engines the bank runs on.
@@ -241,7 +224,7 @@ impl Bank {
         std::fs::create_dir_all(&self.platform.config.data_dir)?;
         let on_nats = self.engines != Engines::Embedded;
         std::fs::write(
-            self.platform.config.data_dir.join(DISCOVERY_FILE),
+            self.platform.config.data_dir.join(config::DISCOVERY_FILE),
             if on_nats { "nats\n" } else { "file\n" },
         )?;
         let path = self.endpoints_file();
@@ -264,12 +247,30 @@ impl Bank {
         out
     }
 
+    /// Waits up to `bound` for every service to pass its health checks; returns why those
+    /// still failing are not ready (empty when all are).
+    pub async fn wait_ready(&self, bound: std::time::Duration) -> Vec<String> {
+        let until = tokio::time::Instant::now() + bound;
+        loop {
+            let failing: Vec<String> = self
+                .services
+                .iter()
+                .filter(|s| !s.ready())
+                .map(|s| format!("{}: {}", s.name, s.not_ready_reasons().join(", ")))
+                .collect();
+            if failing.is_empty() || tokio::time::Instant::now() >= until {
+                return failing;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops every service gracefully, last started first.
     pub async fn stop(mut self) {
         while let Some(service) = self.services.pop() {
             service.stop().await;
         }
         let _ = std::fs::remove_file(self.endpoints_file());
-        let _ = std::fs::remove_file(self.platform.config.data_dir.join(DISCOVERY_FILE));
+        let _ = std::fs::remove_file(self.platform.config.data_dir.join(config::DISCOVERY_FILE));
     }
 }

@@ -4,4 +4,5 @@
 pub mod bank;
 pub mod bench;
 pub mod reconcile;
+pub mod scaffold;
 pub mod tools;

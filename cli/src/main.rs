@@ -13,9 +13,7 @@ use sterling_template::ServiceDefinition;
 use sterling_template::discovery::{Protocol, SharedDiscovery};
 use sterling_template::platform::config::redact_setting;
 use sterling_template::platform::process::{EXIT_CONFIG, checked_config, serve};
-use sterling_template::platform::{
-    BusSpec, DiscoverySpec, PlatformConfig, open_discovery, shutdown_signal,
-};
+use sterling_template::platform::{PlatformConfig, open_discovery, shutdown_signal};
 use sterling_template::telemetry;
 
 #[derive(Parser)]
@@ -26,6 +24,19 @@ struct Cli {
     data: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum New {
+    /// A new service: its contract, its crate (handlers, store, migrations, a test) and its
+    /// registration; it builds, starts with the bank and passes its test as made.
+    Service {
+        /// Service name: a-z, 0-9 and hyphens, e.g. loyalty-points.
+        name: String,
+        /// Root of the Sterling checkout.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,6 +57,15 @@ enum Command {
         /// (Cassandra + NATS; start them with deploy/local/*.sh up).
         #[arg(long, default_value = "embedded")]
         engines: String,
+        /// Start, check every service is ready, print where each listens, stop; fail if one
+        /// is not ready.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Make something new in this checkout.
+    New {
+        #[command(subcommand)]
+        what: New,
     },
     /// Print the effective configuration (every `STERLING_*` variable and each service's
     /// settings, secrets redacted); a value that is not accepted is an error naming it.
@@ -170,14 +190,12 @@ enum Command {
     },
 }
 
-/// Finds the running bank: `STERLING_DISCOVERY` (e.g. `nats`), else the `endpoints.json`
-/// that `sterling up` writes into the data directory.
-async fn discovery(data: &std::path::Path) -> anyhow::Result<SharedDiscovery> {
-    let mut config = PlatformConfig::from_env()?;
-    if std::env::var_os("STERLING_DISCOVERY").is_none() {
-        config.discovery = bank::discovery_of(data)?;
-    }
-    Ok(open_discovery(&config.discovery, &config).await?)
+/// Finds the running bank: `STERLING_DISCOVERY` (e.g. `nats`), else what the bank under the
+/// data directory records (NATS, or the `endpoints.json` it writes).
+async fn discovery() -> anyhow::Result<SharedDiscovery> {
+    let config = PlatformConfig::from_env()?;
+    let spec = bank::discovery_of(&config)?;
+    Ok(open_discovery(&spec, &config).await?)
 }
 
 /// card-api's base URL, found through discovery.
@@ -198,6 +216,35 @@ fn show_money(m: Option<sterling_proto::common::v1::Money>) -> String {
             .map(|c| Money::from_minor(m.minor_units, c).to_string())
     })
     .unwrap_or_else(|| "-".into())
+}
+
+/// Says which services the bank expects from outside and the exact command for each.
+fn print_expected(except: &[String], engines: Engines, data: &std::path::Path) {
+    if except.is_empty() {
+        return;
+    }
+    if engines == Engines::Embedded {
+        println!(
+            "Expected from outside: {}. They cannot join an embedded bank: restart with --engines nats (or real).",
+            except.join(", ")
+        );
+        return;
+    }
+    let storage = if engines == Engines::Real {
+        "STERLING_STORAGE=cassandra "
+    } else {
+        ""
+    };
+    println!(
+        "Expected from outside (they find the bank through {}):",
+        data.display()
+    );
+    for service in except {
+        println!(
+            "  {service:<16} {storage}STERLING_DATA_DIR={} cargo run -p {service}",
+            data.display()
+        );
+    }
 }
 
 /// The checked configuration of a process running `definitions`; a bad value stops the
@@ -229,10 +276,29 @@ fn parse_durability(name: &str) -> anyhow::Result<Durability> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // `--data` is the data directory of every configuration read below (discovery, bus,
+    // stores); set before any thread exists.
+    // SAFETY: no other thread runs yet, so nothing reads the environment concurrently.
+    unsafe { std::env::set_var("STERLING_DATA_DIR", &cli.data) };
+    tokio::runtime::Runtime::new()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::New {
+            what: New::Service { name, root },
+        } => {
+            for path in sterling::scaffold::new_service(&root, &name)? {
+                println!("  wrote {}", path.display());
+            }
+            println!(
+                "\nNext:\n  cargo test -p {name}      # its generated test\n  make run                  # the bank, {name} included\n  grpcurl -plaintext -d '{{\"id\": \"1\", \"text\": \"hi\"}}' <address> sterling.{}.v1.{}/PutItem",
+                name.replace('-', ""),
+                sterling::scaffold::ServiceNames::parse(&name)?.camel
+            );
+        }
         Command::Config => {
             let mut config = configured(SERVICES);
             config.data_dir = cli.data.clone();
@@ -259,17 +325,7 @@ async fn main() -> anyhow::Result<()> {
             };
             // Typos are looked for among every service's settings: one environment often
             // configures several.
-            let mut config = configured(SERVICES);
-            config.data_dir = cli.data.clone();
-            // Join the bank running under the data directory, as the tools do.
-            if std::env::var_os("STERLING_DISCOVERY").is_none()
-                && let Ok(spec) = bank::discovery_of(&cli.data)
-            {
-                if spec == DiscoverySpec::Nats && std::env::var_os("STERLING_BUS").is_none() {
-                    config.bus = BusSpec::Nats;
-                }
-                config.discovery = spec;
-            }
+            let config = configured(SERVICES);
             serve(*definition, config).await?;
         }
         Command::Up {
@@ -277,9 +333,9 @@ async fn main() -> anyhow::Result<()> {
             http_port,
             except,
             engines,
+            check,
         } => {
-            let mut config =
-                checked_config(SERVICES).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            let mut config = configured(SERVICES);
             telemetry::init(config.log_format, &config.log_filter);
             if let Some(address) = config.metrics_addr {
                 telemetry::install_metrics(address);
@@ -291,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
                 config,
                 grpc_base_port,
                 http_port,
-                except,
+                except: except.clone(),
             })
             .await?;
             println!(
@@ -299,6 +355,16 @@ async fn main() -> anyhow::Result<()> {
                 cli.data.display(),
                 bank.describe()
             );
+            if check {
+                let not_ready = bank.wait_ready(std::time::Duration::from_secs(10)).await;
+                bank.stop().await;
+                if !not_ready.is_empty() {
+                    anyhow::bail!("not ready: {}", not_ready.join("; "));
+                }
+                println!("Every service is ready.");
+                return Ok(());
+            }
+            print_expected(&except, engines, &cli.data);
             println!(
                 "Next: `sterling seed`, then `sterling pay --card <token> --amount 3.50 --currency EUR`."
             );
@@ -313,7 +379,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let currency = Currency::from_code(&currency)?;
             let funded = Money::parse(&amount, currency)?;
-            let clients = Clients::connect(discovery(&cli.data).await?).await?;
+            let clients = Clients::connect(discovery().await?).await?;
             let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
             let seeded = tools::seed(&clients, &key, funded).await?;
             println!(
@@ -337,7 +403,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let currency = Currency::from_code(&currency)?;
             let amount = Money::parse(&amount, currency)?;
-            let card_api = card_api_url(&discovery(&cli.data).await?).await?;
+            let card_api = card_api_url(&discovery().await?).await?;
             let id = id.unwrap_or_else(|| format!("auth_{}", uuid::Uuid::now_v7().simple()));
             let request = tools::authorisation_json(&id, &card, amount, &merchant, &mcc);
             let outcome = tools::pay(
@@ -383,7 +449,7 @@ async fn main() -> anyhow::Result<()> {
             complete,
             secret,
         } => {
-            let discovery = discovery(&cli.data).await?;
+            let discovery = discovery().await?;
             let mut heard = Vec::new();
             for (n, line) in std::fs::read_to_string(&answers)?.lines().enumerate() {
                 if line.trim().is_empty() {
@@ -468,17 +534,17 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Freeze { card } => {
-            let clients = Clients::connect(discovery(&cli.data).await?).await?;
+            let clients = Clients::connect(discovery().await?).await?;
             let c = tools::set_frozen(&clients, &card, true).await?;
             println!("card {} is frozen (status {})", c.token, c.status);
         }
         Command::Unfreeze { card } => {
-            let clients = Clients::connect(discovery(&cli.data).await?).await?;
+            let clients = Clients::connect(discovery().await?).await?;
             let c = tools::set_frozen(&clients, &card, false).await?;
             println!("card {} is active (status {})", c.token, c.status);
         }
         Command::Balance { account } => {
-            let clients = Clients::connect(discovery(&cli.data).await?).await?;
+            let clients = Clients::connect(discovery().await?).await?;
             let b = tools::balance(&clients, &account).await?;
             println!(
                 "balance {}  held {}  available {}",
@@ -488,7 +554,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Transactions { account, limit } => {
-            let clients = Clients::connect(discovery(&cli.data).await?).await?;
+            let clients = Clients::connect(discovery().await?).await?;
             for t in tools::transactions(&clients, &account, limit).await? {
                 println!(
                     "{}  {:<10} {:>14}  {}",

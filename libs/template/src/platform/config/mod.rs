@@ -16,6 +16,7 @@ use sterling_storage::cassandra::CassandraConfig;
 use sterling_storage::embedded::Durability;
 
 pub use self::describe::redact_setting;
+pub use self::specs::DISCOVERY_FILE;
 pub use self::variables::{VARIABLES, misspelt_variables};
 use self::variables::{Vars, error};
 

@@ -120,8 +120,22 @@ pub(super) fn nats_url(vars: &Vars) -> Result<String, ConfigError> {
     }
 }
 
+/// File in the data directory where a bank started by `sterling up` records whether its bus
+/// and discovery are on NATS (`nats`) or in the process (`file`), so that a service or a tool
+/// started later with the same data directory joins it without being told.
+pub const DISCOVERY_FILE: &str = "discovery";
+
+/// Whether the bank under `data_dir` runs its bus and discovery on NATS.
+pub(super) fn bank_on_nats(data_dir: &Path) -> bool {
+    std::fs::read_to_string(data_dir.join(DISCOVERY_FILE)).is_ok_and(|s| s.trim() == "nats")
+}
+
+/// `STERLING_DISCOVERY`; unset, the discovery of the bank under the data directory.
 pub(super) fn discovery(vars: &Vars, data_dir: &Path) -> Result<DiscoverySpec, ConfigError> {
     let Some(spec) = vars.get("STERLING_DISCOVERY") else {
+        if bank_on_nats(data_dir) {
+            return Ok(DiscoverySpec::Nats);
+        }
         return Ok(DiscoverySpec::File(data_dir.join("endpoints.json")));
     };
     let expected = "nats, embedded, static:name=host:port,... or file:PATH";
@@ -142,8 +156,14 @@ pub(super) fn discovery(vars: &Vars, data_dir: &Path) -> Result<DiscoverySpec, C
     }
 }
 
+/// `STERLING_BUS`; unset, the bus of the bank under the data directory.
 pub(super) fn bus(vars: &Vars, data_dir: &Path) -> Result<BusSpec, ConfigError> {
-    let spec = vars.text("STERLING_BUS", "embedded");
+    let default = if bank_on_nats(data_dir) {
+        "nats"
+    } else {
+        "embedded"
+    };
+    let spec = vars.text("STERLING_BUS", default);
     match spec.as_str() {
         "nats" => Ok(BusSpec::Nats),
         "embedded" => Ok(BusSpec::Embedded(data_dir.join("bus.sqlite"))),
