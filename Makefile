@@ -51,6 +51,7 @@ test-engines:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) machete
 
 fmt:
 	$(CARGO) fmt --all

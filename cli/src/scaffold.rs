@@ -152,6 +152,12 @@ pub fn new_service(root: &Path, name: &str) -> anyhow::Result<Vec<PathBuf>> {
         1,
     );
     let registered = registered.replacen(&format!("\n\n{line}"), &format!("\n{line}"), 1);
+    // Used by generated code only: the unused-dependency lint is told.
+    let registered = registered.replacen(
+        "ignored = [",
+        &format!("ignored = [\"{}\", ", names.name),
+        1,
+    );
     std::fs::write(&manifest, registered)?;
     written.push(PathBuf::from("cli/Cargo.toml"));
     Ok(written)

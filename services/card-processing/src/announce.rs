@@ -12,7 +12,7 @@ use sterling_bus::{Bus, Envelope};
 use sterling_storage::now_millis;
 use sterling_template::{Error, Result};
 
-use crate::storage::{Record, State};
+use crate::store::{Record, State};
 
 /// Publishes decision events and remembers which went out from this process.
 #[derive(Clone)]

@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use crate::announce::Announcer;
 pub use crate::authorisation::{Authorisation, MAX_MAJOR_UNITS};
-use crate::storage::{AuthorisationStore, Claim, Decision, From, Record, State};
+use crate::store::{AuthorisationStore, Claim, Decision, From, Record, State};
 
 /// Budget for deciding when the caller set no deadline.
 pub const DEFAULT_BUDGET: Duration = Duration::from_millis(100);

@@ -9,7 +9,7 @@ use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
 use crate::decide::{Authorisation, Decider};
-use crate::storage::Decision;
+use crate::store::Decision;
 
 /// The card-processing gRPC service.
 pub struct CardProcessingHandlers {

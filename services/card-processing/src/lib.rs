@@ -13,7 +13,7 @@ pub mod authorisation;
 pub mod decide;
 pub mod handlers;
 pub mod recovery;
-pub mod storage;
+pub mod store;
 
 use sterling_proto::cardprocessing::v1::card_processing_server::CardProcessingServer;
 use sterling_proto::cards::v1::cards_client::CardsClient;
@@ -32,7 +32,7 @@ use crate::announce::Announcer;
 use crate::decide::Decider;
 use crate::handlers::CardProcessingHandlers;
 use crate::recovery::{SweepConfig, Sweeper};
-use crate::storage::AuthorisationStore;
+use crate::store::AuthorisationStore;
 
 /// The versioned migrations of the `sterling_card_processing` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::authorisation::Authorisation;
 use crate::decide::{Decider, declined, reason};
-use crate::storage::{AuthorisationStore, Claim, From, OPEN_BUCKET_MS, Record, State};
+use crate::store::{AuthorisationStore, Claim, From, OPEN_BUCKET_MS, Record, State};
 
 /// How the sweeper runs.
 #[derive(Debug, Clone, Copy)]

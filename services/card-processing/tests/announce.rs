@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use card_processing::announce::Announcer;
 use card_processing::authorisation::Authorisation;
-use card_processing::storage::{AuthorisationStore, Claim, Decision, From};
+use card_processing::store::{AuthorisationStore, Claim, Decision, From};
 use prost::Message;
 use sterling_bus::embedded::SqliteBus;
 use sterling_bus::nats::{NatsBus, NatsConfig};

@@ -9,7 +9,7 @@ use sterling_template::error::required;
 use sterling_template::money;
 use tonic::{Request, Response, Status};
 
-use crate::storage::{Card, CardStatus, CardStore};
+use crate::store::{Card, CardStatus, CardStore};
 
 /// The cards gRPC service.
 pub struct CardsHandlers {

@@ -2,14 +2,14 @@
 //! unfreezes them.
 
 pub mod handlers;
-pub mod storage;
+pub mod store;
 
 use sterling_proto::cards::v1::cards_server::CardsServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
 
 use crate::handlers::CardsHandlers;
-use crate::storage::CardStore;
+use crate::store::CardStore;
 
 /// The versioned migrations of the `sterling_cards` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_cards.cql");

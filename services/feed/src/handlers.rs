@@ -9,7 +9,7 @@ use sterling_template::error::required;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
-use crate::items::FeedStore;
+use crate::store::FeedStore;
 
 /// Largest page.
 pub const MAX_PAGE: usize = 100;

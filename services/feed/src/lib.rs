@@ -4,7 +4,7 @@
 //! this instance.
 
 pub mod handlers;
-pub mod items;
+pub mod store;
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
 
 use crate::handlers::FeedHandlers;
-use crate::items::FeedStore;
+use crate::store::FeedStore;
 
 /// The versioned migrations of the `sterling_feed` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_feed.cql");

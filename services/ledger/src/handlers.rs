@@ -11,7 +11,7 @@ use sterling_template::error::required;
 use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
-use crate::book::{AccountKind, Book, Hold, HoldStatus, Transfer};
+use crate::store::{AccountKind, Book, Hold, HoldStatus, Transfer};
 
 /// The ledger gRPC service.
 pub struct LedgerHandlers {

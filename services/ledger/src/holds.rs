@@ -19,7 +19,7 @@ use sterling_storage::{Mutation, Value, now_millis};
 use sterling_template::{Error, Result, failpoint};
 use tokio::sync::oneshot;
 
-use crate::book::{
+use crate::store::{
     Account, AccountKind, Book, Hold, HoldStatus, MAX_ROUNDS, contended, entry_key, hold_entry,
     insufficient,
 };

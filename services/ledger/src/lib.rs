@@ -1,16 +1,16 @@
 //! ledger: the double-entry book of the bank. Accounts, immutable postings, holds; every change
 //! keyed by an id the caller supplies, every balance change a compare-and-set.
 
-pub mod book;
 pub mod handlers;
 pub mod holds;
+pub mod store;
 
 use sterling_proto::ledger::v1::ledger_server::LedgerServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
 
-use crate::book::Book;
 use crate::handlers::LedgerHandlers;
+use crate::store::Book;
 
 /// The versioned migrations of the `sterling_ledger` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_ledger.cql");

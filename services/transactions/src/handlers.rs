@@ -9,7 +9,7 @@ use sterling_template::error::required;
 use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
-use crate::storage::{TransactionRecord, TransactionStore};
+use crate::store::{TransactionRecord, TransactionStore};
 
 /// Largest page a list returns.
 pub const MAX_PAGE: usize = 100;

@@ -2,7 +2,7 @@
 //! merchant's name, category and logo once `transaction.enriched` arrives.
 
 pub mod handlers;
-pub mod storage;
+pub mod store;
 
 use prost::Message;
 use sterling_bus::ConsumerConfig;
@@ -13,7 +13,7 @@ use sterling_storage::Migration;
 use sterling_template::{Api, Error, ServiceContext, ServiceDefinition};
 
 use crate::handlers::TransactionsHandlers;
-use crate::storage::TransactionStore;
+use crate::store::TransactionStore;
 
 /// The versioned migrations of the `sterling_transactions` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_transactions.cql");

@@ -20,7 +20,7 @@ use sterling_template::signature;
 use sterling_template::{Error, Result};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::registry::Registry;
+use crate::store::Registry;
 
 /// Shards of `pending_deliveries`.
 pub const SHARDS: i64 = 8;

@@ -9,7 +9,7 @@ use sterling_template::error::required;
 use tonic::{Request, Response, Status};
 
 use crate::dispatch::Dispatcher;
-use crate::registry::{Registry, WebhookRecord};
+use crate::store::{Registry, WebhookRecord};
 
 /// The webhooks gRPC service.
 pub struct WebhooksHandlers {

@@ -6,7 +6,7 @@
 
 pub mod dispatch;
 pub mod handlers;
-pub mod registry;
+pub mod store;
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
 use crate::dispatch::{DEFAULT_SCHEDULE, Dispatcher};
 use crate::handlers::WebhooksHandlers;
-use crate::registry::Registry;
+use crate::store::Registry;
 
 /// The versioned migrations of the `sterling_webhooks` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_webhooks.cql");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ledger::MIGRATIONS;
-use ledger::book::{AccountKind, Book, HoldStatus, Transfer};
+use ledger::store::{AccountKind, Book, HoldStatus, Transfer};
 use sterling_money::{Currency, Money};
 use sterling_storage::embedded::SqliteStore;
 

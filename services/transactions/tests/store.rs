@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sterling_storage::embedded::SqliteStore;
 use transactions::MIGRATIONS;
-use transactions::storage::{TransactionRecord, TransactionStore};
+use transactions::store::{TransactionRecord, TransactionStore};
 
 fn record(id: &str, authorisation: &str, amount: i64) -> TransactionRecord {
     TransactionRecord {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use feed::items::FeedStore;
+use feed::store::FeedStore;
 use sterling_bus::Envelope;
 use sterling_proto::common::v1::Money;
 use sterling_proto::event_types as types;
