@@ -30,6 +30,8 @@ pub struct BenchOptions {
     pub durability: Durability,
     /// Engines to run on.
     pub engines: Engines,
+    /// Advanced once per authorisation (hidden when not on a terminal).
+    pub progress: indicatif::ProgressBar,
 }
 
 /// Latency summary.
@@ -107,8 +109,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let secret = Arc::new(secret);
     let started = Instant::now();
     let mut workers = Vec::new();
+    options
+        .progress
+        .set_length((per_worker * options.concurrency) as u64);
     for (worker, card) in cards.into_iter().enumerate() {
         let (http, url, secret) = (http.clone(), url.clone(), secret.clone());
+        let progress = options.progress.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_worker);
             let mut approved = 0;
@@ -125,6 +131,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
                     approved += 1;
                 }
                 latencies.push(outcome.latency);
+                progress.inc(1);
             }
             anyhow::Ok((latencies, approved))
         }));
@@ -137,6 +144,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         approved += a;
     }
     let elapsed = started.elapsed();
+    options.progress.finish_and_clear();
     bank.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     latencies.sort();

@@ -3,6 +3,7 @@
 
 pub mod bank;
 pub mod bench;
+pub mod operate;
 pub mod reconcile;
 pub mod scaffold;
 pub mod tools;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use sterling::bank::{self, Bank, BankOptions, Engines, SERVICES};
 use sterling::bench;
+use sterling::operate::{self, show_money};
 use sterling::reconcile::{self, Heard, Reconciler};
 use sterling::tools::{self, Clients};
 use sterling_money::{Currency, Money};
@@ -180,12 +181,75 @@ enum Command {
         /// Ledger account id.
         account: String,
     },
-    /// List an account's latest transactions.
+    /// List an account's transactions, newest first, a page at a time.
     Transactions {
         /// Ledger account id.
         account: String,
+        /// How many on this page.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Where the page starts: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Devices that receive push notifications.
+    Devices {
+        #[command(subcommand)]
+        command: Devices,
+    },
+    /// Webhooks: URLs that receive an account's events, signed.
+    Webhooks {
+        #[command(subcommand)]
+        command: Webhooks,
+    },
+}
+
+#[derive(Subcommand)]
+enum Devices {
+    /// Register a device for an account's notifications (idempotent on the token).
+    Register {
+        /// Ledger account id.
+        #[arg(long)]
+        account: String,
+        /// The device's push token.
+        #[arg(long)]
+        token: String,
+        /// ios or android.
+        #[arg(long, default_value = "ios")]
+        platform: String,
+    },
+    /// List an account's devices.
+    List {
+        /// Ledger account id.
+        account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Webhooks {
+    /// Register a URL for an account's events; prints the signing secret once.
+    Register {
+        /// Ledger account id.
+        #[arg(long)]
+        account: String,
+        /// Where events are POSTed.
+        #[arg(long)]
+        url: String,
+        /// Idempotency key (default: a fresh one).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// List an account's webhooks.
+    List {
+        /// Ledger account id.
+        account: String,
+    },
+    /// A webhook's latest deliveries and how each went.
+    Deliveries {
+        /// Webhook id.
+        webhook: String,
         /// How many.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20)]
         limit: u32,
     },
 }
@@ -207,15 +271,6 @@ async fn card_api_url(discovery: &SharedDiscovery) -> anyhow::Result<String> {
         .find(|r| r.protocol == Protocol::Http)
         .ok_or_else(|| anyhow::anyhow!("card-api is not running (no endpoints.json entry)"))?;
     Ok(format!("http://{}", card_api.address))
-}
-
-fn show_money(m: Option<sterling_proto::common::v1::Money>) -> String {
-    m.and_then(|m| {
-        Currency::from_code(&m.currency)
-            .ok()
-            .map(|c| Money::from_minor(m.minor_units, c).to_string())
-    })
-    .unwrap_or_else(|| "-".into())
 }
 
 /// Says which services the bank expects from outside and the exact command for each.
@@ -276,58 +331,34 @@ fn parse_durability(name: &str) -> anyhow::Result<Durability> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `--data` is the data directory of every configuration read below (discovery, bus,
     // stores); set before any thread exists.
     // SAFETY: no other thread runs yet, so nothing reads the environment concurrently.
     unsafe { std::env::set_var("STERLING_DATA_DIR", &cli.data) };
-    tokio::runtime::Runtime::new()?.block_on(run(cli))
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sterling: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::New {
             what: New::Service { name, root },
-        } => {
-            for path in sterling::scaffold::new_service(&root, &name)? {
-                println!("  wrote {}", path.display());
-            }
-            println!(
-                "\nNext:\n  cargo test -p {name}      # its generated test\n  make run                  # the bank, {name} included\n  grpcurl -plaintext -d '{{\"id\": \"1\", \"text\": \"hi\"}}' <address> sterling.{}.v1.{}/PutItem",
-                name.replace('-', ""),
-                sterling::scaffold::ServiceNames::parse(&name)?.camel
-            );
-        }
+        } => new_service(&root, &name),
         Command::Config => {
-            let mut config = configured(SERVICES);
-            config.data_dir = cli.data.clone();
-            for (name, value) in config.describe() {
-                println!("{name}={value}");
-            }
-            for definition in SERVICES {
-                for setting in definition.settings {
-                    let variable = definition.variable(setting.name);
-                    let value =
-                        std::env::var(&variable).unwrap_or_else(|_| setting.default.to_string());
-                    println!("{variable}={}", redact_setting(&variable, &value));
-                }
-            }
+            print_config();
+            Ok(())
         }
-        Command::Serve { service } => {
-            let Some(definition) = SERVICES
-                .iter()
-                .chain(bank::DEVELOPMENT_FAKES)
-                .find(|d| d.name == service)
-            else {
-                let names: Vec<&str> = SERVICES.iter().map(|d| d.name).collect();
-                anyhow::bail!("no service {service}: one of {}", names.join(", "));
-            };
-            // Typos are looked for among every service's settings: one environment often
-            // configures several.
-            let config = configured(SERVICES);
-            serve(*definition, config).await?;
-        }
+        Command::Serve { service } => serve_one(&service).await,
         Command::Up {
             grpc_base_port,
             http_port,
@@ -335,62 +366,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             engines,
             check,
         } => {
-            let mut config = configured(SERVICES);
-            telemetry::init(config.log_format, &config.log_filter);
-            if let Some(address) = config.metrics_addr {
-                telemetry::install_metrics(address);
-            }
-            config.data_dir = cli.data.clone();
-            let engines = parse_engines(&engines)?;
-            let bank = Bank::start(BankOptions {
-                engines,
-                config,
+            let options = UpOptions {
                 grpc_base_port,
                 http_port,
-                except: except.clone(),
-            })
-            .await?;
-            println!(
-                "Sterling is up. Data in {}.\n{}",
-                cli.data.display(),
-                bank.describe()
-            );
-            if check {
-                let not_ready = bank.wait_ready(std::time::Duration::from_secs(10)).await;
-                bank.stop().await;
-                if !not_ready.is_empty() {
-                    anyhow::bail!("not ready: {}", not_ready.join("; "));
-                }
-                println!("Every service is ready.");
-                return Ok(());
-            }
-            print_expected(&except, engines, &cli.data);
-            println!(
-                "Next: `sterling seed`, then `sterling pay --card <token> --amount 3.50 --currency EUR`."
-            );
-            shutdown_signal().await;
-            bank.stop().await;
-            telemetry::flush();
+                except,
+                engines: parse_engines(&engines)?,
+                check,
+            };
+            up(options, &cli.data).await
         }
         Command::Seed {
             currency,
             amount,
             key,
-        } => {
-            let currency = Currency::from_code(&currency)?;
-            let funded = Money::parse(&amount, currency)?;
-            let clients = Clients::connect(discovery().await?).await?;
-            let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-            let seeded = tools::seed(&clients, &key, funded).await?;
-            println!(
-                "account {}  funded with {}",
-                seeded.account_id, seeded.funded
-            );
-            println!(
-                "card    {}  (last four {})",
-                seeded.card.token, seeded.card.last_four
-            );
-        }
+        } => seed(&currency, &amount, key).await,
         Command::Pay {
             card,
             amount,
@@ -402,174 +391,396 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             answers,
         } => {
             let currency = Currency::from_code(&currency)?;
-            let amount = Money::parse(&amount, currency)?;
-            let card_api = card_api_url(&discovery().await?).await?;
-            let id = id.unwrap_or_else(|| format!("auth_{}", uuid::Uuid::now_v7().simple()));
-            let request = tools::authorisation_json(&id, &card, amount, &merchant, &mcc);
-            let outcome = tools::pay(
-                &reqwest::Client::new(),
-                &card_api,
-                secret.as_bytes(),
-                &request,
-                None,
-            )
-            .await?;
-            let b = &outcome.body;
-            if let (Some(path), 200) = (&answers, outcome.status) {
-                use std::io::Write;
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?;
-                writeln!(file, "{}", serde_json::to_string(b)?)?;
-            }
-            if outcome.status == 200 {
-                println!(
-                    "{} ({}) {} held {} {}  in {:.1} ms  [authorisation {}]",
-                    b["result"].as_str().unwrap_or("?"),
-                    b["reason"].as_str().unwrap_or("?"),
-                    amount,
-                    b["held_currency"].as_str().unwrap_or(""),
-                    b["held_amount"],
-                    outcome.latency.as_secs_f64() * 1000.0,
-                    id
-                );
-            } else {
-                println!(
-                    "HTTP {}: {}",
-                    outcome.status,
-                    serde_json::to_string_pretty(b)?
-                );
-                std::process::exit(1);
-            }
+            let payment = Payment {
+                card,
+                amount: Money::parse(&amount, currency)?,
+                merchant,
+                mcc,
+                id: id.unwrap_or_else(|| format!("auth_{}", uuid::Uuid::now_v7().simple())),
+            };
+            pay(payment, &secret, answers.as_deref()).await
         }
         Command::Reconcile {
             answers,
             settle_secs,
             complete,
             secret,
-        } => {
-            let discovery = discovery().await?;
-            let mut heard = Vec::new();
-            for (n, line) in std::fs::read_to_string(&answers)?.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let value: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| anyhow::anyhow!("{}:{}: {e}", answers.display(), n + 1))?;
-                heard.push(Heard::from_json(&value).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{}:{}: not an authorisation answer",
-                        answers.display(),
-                        n + 1
-                    )
-                })?);
-            }
-            let reconciler = Reconciler {
-                clients: Clients::connect(discovery.clone()).await?,
-                http: reqwest::Client::new(),
-                card_api_url: card_api_url(&discovery).await?,
-                secret: secret.into_bytes(),
-            };
-            let report = reconciler
-                .reconcile_settled(
-                    &reconcile::by_id(heard),
-                    complete,
-                    std::time::Duration::from_secs(settle_secs),
-                )
-                .await?;
-            print!("{report}");
-            if !report.violations.is_empty() {
-                std::process::exit(1);
-            }
-        }
+        } => reconcile_answers(&answers, settle_secs, complete, secret).await,
         Command::Bench {
             payments,
             concurrency,
             durability,
             engines,
-        } => {
-            let engines = parse_engines(&engines)?;
-            let durability = parse_durability(&durability)?;
-            let report = bench::run(bench::BenchOptions {
-                payments,
-                concurrency: concurrency.max(1),
-                durability,
-                engines,
-            })
-            .await?;
-            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-            println!(
-                "authorisations {} (approved {}), engines {engines:?}, concurrency {concurrency}, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  throughput {:.0}/s",
-                report.payments,
-                report.approved,
-                ms(report.p50),
-                ms(report.p99),
-                ms(report.max),
-                report.throughput
-            );
-        }
-        Command::BenchHop { calls } => {
-            let r = bench::hop_overhead(calls).await?;
-            let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
-            println!(
-                "unary call, {calls} each: bare tonic p50 {:.0} us p99 {:.0} us; full stack p50 {:.0} us p99 {:.0} us; median ratio {:.2}x",
-                us(r.bare_p50),
-                us(r.bare_p99),
-                us(r.full_p50),
-                us(r.full_p99),
-                r.full_p50.as_secs_f64() / r.bare_p50.as_secs_f64()
-            );
-        }
-        Command::BenchPush { swipes, durability } => {
-            let durability = parse_durability(&durability)?;
-            let r = bench::swipe_to_push(swipes, durability).await?;
-            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-            println!(
-                "swipe to push, {} swipes, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-                r.swipes,
-                ms(r.p50),
-                ms(r.p99),
-                ms(r.max)
-            );
-        }
-        Command::Freeze { card } => {
-            let clients = Clients::connect(discovery().await?).await?;
-            let c = tools::set_frozen(&clients, &card, true).await?;
-            println!("card {} is frozen (status {})", c.token, c.status);
-        }
-        Command::Unfreeze { card } => {
-            let clients = Clients::connect(discovery().await?).await?;
-            let c = tools::set_frozen(&clients, &card, false).await?;
-            println!("card {} is active (status {})", c.token, c.status);
-        }
-        Command::Balance { account } => {
-            let clients = Clients::connect(discovery().await?).await?;
-            let b = tools::balance(&clients, &account).await?;
-            println!(
-                "balance {}  held {}  available {}",
-                show_money(b.balance),
-                show_money(b.held),
-                show_money(b.available)
-            );
-        }
-        Command::Transactions { account, limit } => {
-            let clients = Clients::connect(discovery().await?).await?;
-            for t in tools::transactions(&clients, &account, limit).await? {
-                println!(
-                    "{}  {:<10} {:>14}  {}",
-                    t.transaction_id,
-                    match t.status {
-                        1 => "pending",
-                        2 => "settled",
-                        3 => "released",
-                        _ => "?",
-                    },
-                    show_money(t.amount),
-                    t.merchant_descriptor
-                );
-            }
+        } => bench_authorisations(payments, concurrency, &durability, &engines).await,
+        Command::BenchHop { calls } => bench_hop(calls).await,
+        Command::BenchPush { swipes, durability } => bench_push(swipes, &durability).await,
+        Command::Freeze { card } => freeze(&card, true).await,
+        Command::Unfreeze { card } => freeze(&card, false).await,
+        Command::Balance { account } => balance(&account).await,
+        Command::Transactions {
+            account,
+            limit,
+            cursor,
+        } => operate::transactions(&discovery().await?, &account, limit, cursor).await,
+        Command::Devices { command } => devices(command).await,
+        Command::Webhooks { command } => webhooks(command).await,
+    }
+}
+
+/// `sterling new service`.
+fn new_service(root: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    for path in sterling::scaffold::new_service(root, name)? {
+        println!("  wrote {}", path.display());
+    }
+    println!(
+        "\nNext:\n  cargo test -p {name}      # its generated test\n  make run                  # the bank, {name} included\n  grpcurl -plaintext -d '{{\"id\": \"1\", \"text\": \"hi\"}}' <address> sterling.{}.v1.{}/PutItem",
+        name.replace('-', ""),
+        sterling::scaffold::ServiceNames::parse(name)?.camel
+    );
+    Ok(())
+}
+
+/// `sterling config`: every variable with its value in effect, secrets redacted.
+fn print_config() {
+    let config = configured(SERVICES);
+    for (name, value) in config.describe() {
+        println!("{name}={value}");
+    }
+    for definition in SERVICES {
+        for setting in definition.settings {
+            let variable = definition.variable(setting.name);
+            let value = std::env::var(&variable).unwrap_or_else(|_| setting.default.to_string());
+            println!("{variable}={}", redact_setting(&variable, &value));
         }
     }
+}
+
+/// `sterling serve`: one service as this process.
+async fn serve_one(service: &str) -> anyhow::Result<()> {
+    let Some(definition) = SERVICES
+        .iter()
+        .chain(bank::DEVELOPMENT_FAKES)
+        .find(|d| d.name == service)
+    else {
+        let names: Vec<&str> = SERVICES.iter().map(|d| d.name).collect();
+        anyhow::bail!("no service {service}: one of {}", names.join(", "));
+    };
+    // Typos are looked for among every service's settings: one environment often
+    // configures several.
+    let config = configured(SERVICES);
+    serve(*definition, config).await?;
     Ok(())
+}
+
+/// How `sterling up` runs the bank.
+struct UpOptions {
+    grpc_base_port: u16,
+    http_port: u16,
+    except: Vec<String>,
+    engines: Engines,
+    check: bool,
+}
+
+/// `sterling up`: the whole bank in this process until Ctrl-C (or, with `--check`, until
+/// every service is ready).
+async fn up(options: UpOptions, data: &std::path::Path) -> anyhow::Result<()> {
+    let UpOptions {
+        grpc_base_port,
+        http_port,
+        except,
+        engines,
+        check,
+    } = options;
+    let config = configured(SERVICES);
+    telemetry::init(config.log_format, &config.log_filter);
+    if let Some(address) = config.metrics_addr {
+        telemetry::install_metrics(address);
+    }
+    let bank = Bank::start(BankOptions {
+        engines,
+        config,
+        grpc_base_port,
+        http_port,
+        except: except.clone(),
+    })
+    .await?;
+    println!(
+        "Sterling is up. Data in {}.\n{}",
+        data.display(),
+        bank.describe()
+    );
+    if check {
+        let not_ready = bank.wait_ready(std::time::Duration::from_secs(10)).await;
+        bank.stop().await;
+        if !not_ready.is_empty() {
+            anyhow::bail!("not ready: {}", not_ready.join("; "));
+        }
+        println!("Every service is ready.");
+        return Ok(());
+    }
+    print_expected(&except, engines, data);
+    println!(
+        "Next: `sterling seed`, then `sterling pay --card <token> --amount 3.50 --currency EUR`."
+    );
+    shutdown_signal().await;
+    bank.stop().await;
+    telemetry::flush();
+    Ok(())
+}
+
+/// `sterling seed`: checks the services it needs, then opens a funded account with a card and
+/// a test device (so the push sink shows the first payment).
+async fn seed(currency: &str, amount: &str, key: Option<String>) -> anyhow::Result<()> {
+    let currency = Currency::from_code(currency)?;
+    let funded = Money::parse(amount, currency)?;
+    let discovery = discovery().await?;
+    operate::require(&discovery, &["ledger", "cards", "push"]).await?;
+    let clients = Clients::connect(discovery.clone()).await?;
+    let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let seeded = tools::seed(&clients, &key, funded).await?;
+    println!(
+        "account {}  funded with {}",
+        seeded.account_id, seeded.funded
+    );
+    println!(
+        "card    {}  (last four {})",
+        seeded.card.token, seeded.card.last_four
+    );
+    operate::register_device(
+        &discovery,
+        &seeded.account_id,
+        &format!("seed-{key}"),
+        "ios",
+    )
+    .await?;
+    Ok(())
+}
+
+/// An authorisation the processor sends.
+struct Payment {
+    card: String,
+    amount: Money,
+    merchant: String,
+    mcc: String,
+    id: String,
+}
+
+/// `sterling pay`: signs an authorisation as the processor would and sends it to card-api.
+async fn pay(
+    payment: Payment,
+    secret: &str,
+    answers: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let card_api = card_api_url(&discovery().await?).await?;
+    let request = tools::authorisation_json(
+        &payment.id,
+        &payment.card,
+        payment.amount,
+        &payment.merchant,
+        &payment.mcc,
+    );
+    let outcome = tools::pay(
+        &reqwest::Client::new(),
+        &card_api,
+        secret.as_bytes(),
+        &request,
+        None,
+    )
+    .await?;
+    let b = &outcome.body;
+    if let (Some(path), 200) = (answers, outcome.status) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(file, "{}", serde_json::to_string(b)?)?;
+    }
+    if outcome.status == 200 {
+        let result = b["result"].as_str().unwrap_or("?");
+        let held = operate::show_minor(
+            b["held_amount"].as_i64().unwrap_or(0),
+            b["held_currency"].as_str().unwrap_or(""),
+        );
+        println!(
+            "{} ({}) {}, held {held}  in {:.1} ms  [authorisation {}]",
+            operate::paint(result, result == "APPROVED"),
+            b["reason"].as_str().unwrap_or("?"),
+            payment.amount,
+            outcome.latency.as_secs_f64() * 1000.0,
+            payment.id
+        );
+    } else {
+        println!(
+            "HTTP {}: {}",
+            outcome.status,
+            serde_json::to_string_pretty(b)?
+        );
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `sterling reconcile`.
+async fn reconcile_answers(
+    answers: &std::path::Path,
+    settle_secs: u64,
+    complete: bool,
+    secret: String,
+) -> anyhow::Result<()> {
+    let discovery = discovery().await?;
+    let mut heard = Vec::new();
+    for (n, line) in std::fs::read_to_string(answers)?.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", answers.display(), n + 1))?;
+        heard.push(Heard::from_json(&value).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}:{}: not an authorisation answer",
+                answers.display(),
+                n + 1
+            )
+        })?);
+    }
+    let reconciler = Reconciler {
+        clients: Clients::connect(discovery.clone()).await?,
+        http: reqwest::Client::new(),
+        card_api_url: card_api_url(&discovery).await?,
+        secret: secret.into_bytes(),
+    };
+    let report = reconciler
+        .reconcile_settled(
+            &reconcile::by_id(heard),
+            complete,
+            std::time::Duration::from_secs(settle_secs),
+        )
+        .await?;
+    print!("{report}");
+    if !report.violations.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `sterling bench`.
+async fn bench_authorisations(
+    payments: usize,
+    concurrency: usize,
+    durability: &str,
+    engines: &str,
+) -> anyhow::Result<()> {
+    let engines = parse_engines(engines)?;
+    let durability = parse_durability(durability)?;
+    let report = bench::run(bench::BenchOptions {
+        payments,
+        concurrency: concurrency.max(1),
+        durability,
+        engines,
+        progress: progress_bar(),
+    })
+    .await?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "authorisations {} (approved {}), engines {engines:?}, concurrency {concurrency}, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  throughput {:.0}/s",
+        report.payments,
+        report.approved,
+        ms(report.p50),
+        ms(report.p99),
+        ms(report.max),
+        report.throughput
+    );
+    Ok(())
+}
+
+/// A progress bar on standard error (drawn only on a terminal).
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// `sterling bench-hop`.
+async fn bench_hop(calls: usize) -> anyhow::Result<()> {
+    let r = bench::hop_overhead(calls).await?;
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "unary call, {calls} each: bare tonic p50 {:.0} us p99 {:.0} us; full stack p50 {:.0} us p99 {:.0} us; median ratio {:.2}x",
+        us(r.bare_p50),
+        us(r.bare_p99),
+        us(r.full_p50),
+        us(r.full_p99),
+        r.full_p50.as_secs_f64() / r.bare_p50.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `sterling bench-push`.
+async fn bench_push(swipes: usize, durability: &str) -> anyhow::Result<()> {
+    let durability = parse_durability(durability)?;
+    let r = bench::swipe_to_push(swipes, durability).await?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "swipe to push, {} swipes, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        r.swipes,
+        ms(r.p50),
+        ms(r.p99),
+        ms(r.max)
+    );
+    Ok(())
+}
+
+/// `sterling freeze` and `sterling unfreeze`.
+async fn freeze(card: &str, frozen: bool) -> anyhow::Result<()> {
+    let clients = Clients::connect(discovery().await?).await?;
+    let c = tools::set_frozen(&clients, card, frozen).await?;
+    let state = if frozen { "frozen" } else { "active" };
+    println!("card {} is {state}", c.token);
+    Ok(())
+}
+
+/// `sterling balance`.
+async fn balance(account: &str) -> anyhow::Result<()> {
+    let clients = Clients::connect(discovery().await?).await?;
+    let b = tools::balance(&clients, account).await?;
+    println!(
+        "balance {}  held {}  available {}",
+        show_money(b.balance),
+        show_money(b.held),
+        show_money(b.available)
+    );
+    Ok(())
+}
+
+/// `sterling devices ...`.
+async fn devices(command: Devices) -> anyhow::Result<()> {
+    let discovery = discovery().await?;
+    match command {
+        Devices::Register {
+            account,
+            token,
+            platform,
+        } => operate::register_device(&discovery, &account, &token, &platform).await,
+        Devices::List { account } => operate::list_devices(&discovery, &account).await,
+    }
+}
+
+/// `sterling webhooks ...`.
+async fn webhooks(command: Webhooks) -> anyhow::Result<()> {
+    let discovery = discovery().await?;
+    match command {
+        Webhooks::Register { account, url, key } => {
+            let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+            operate::register_webhook(&discovery, &account, &url, &key).await
+        }
+        Webhooks::List { account } => operate::list_webhooks(&discovery, &account).await,
+        Webhooks::Deliveries { webhook, limit } => {
+            operate::deliveries(&discovery, &webhook, limit).await
+        }
+    }
 }
