@@ -51,7 +51,9 @@ test-engines:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) machete
+	$(CARGO) machete cli services $(filter-out libs/workspace-hack,$(wildcard libs/*))
+	$(CARGO) hakari generate --diff
+	$(CARGO) hakari manage-deps --dry-run
 
 fmt:
 	$(CARGO) fmt --all

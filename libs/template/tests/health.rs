@@ -72,3 +72,29 @@ async fn health_answers_every_name_and_announces_a_stop() {
     );
     probe.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_service_answers_healthz_and_announces_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::from_env().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    let platform = Platform::embedded(config).unwrap();
+    let web = sterling_template::platform::start_with(
+        "web-health",
+        &[],
+        &[],
+        &platform,
+        "127.0.0.1:0".parse().unwrap(),
+        |_| Box::pin(async { Ok(sterling_template::Api::Http(axum::Router::new())) }),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/healthz", web.address);
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "SERVING");
+    web.announce_stopping().await;
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 503, "still answering while it stops");
+    web.stop().await;
+}

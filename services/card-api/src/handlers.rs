@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use card_processing::authorisation::Authorisation;
 use sterling_bus::Envelope;
 use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
@@ -217,9 +217,4 @@ pub async fn recorded_answer(
 /// Any other path.
 pub async fn not_found() -> Problem {
     Problem(Error::not_found("route", "no such endpoint"))
-}
-
-/// `GET /healthz`.
-pub async fn healthz() -> StatusCode {
-    StatusCode::OK
 }

@@ -72,7 +72,6 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let router = Router::new()
         .route("/v1/authorisations", post(handlers::authorise))
         .route("/v1/authorisations/{id}", get(handlers::recorded_answer))
-        .route("/healthz", get(handlers::healthz))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);

@@ -59,6 +59,8 @@ pub(crate) struct Health {
     failures: Arc<Mutex<Vec<String>>>,
     /// The gRPC health service and every name the status is reported under.
     reporter: Arc<Mutex<Option<Reporting>>>,
+    /// The status last reported (what `/healthz` answers on HTTP services).
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Health {
@@ -68,6 +70,7 @@ impl Health {
             checkers: Arc::new(Mutex::new(vec![first])),
             failures: Arc::new(Mutex::new(vec!["not checked yet".into()])),
             reporter: Arc::default(),
+            serving: Arc::default(),
         }
     }
 
@@ -138,8 +141,17 @@ impl Health {
         }
     }
 
+    /// Whether the service last reported SERVING.
+    pub(crate) fn serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Reports `status` under every name.
     pub(crate) async fn set(&self, status: ServingStatus) {
+        self.serving.store(
+            status == ServingStatus::Serving,
+            std::sync::atomic::Ordering::SeqCst,
+        );
         let reporter = self
             .reporter
             .lock()

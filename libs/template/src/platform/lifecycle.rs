@@ -156,7 +156,14 @@ where
         }
         Api::Http(router) => (
             Protocol::Http,
-            serve_http(name, router, listener, max_in_flight, shutdown.clone()),
+            serve_http(
+                name,
+                router,
+                health.clone(),
+                listener,
+                max_in_flight,
+                shutdown.clone(),
+            ),
         ),
     };
     health.check_once().await;
@@ -240,14 +247,28 @@ fn serve_grpc(
     }))
 }
 
+/// Serves an HTTP API with the template's stack, and `GET /healthz` answering 200 `SERVING`
+/// or 503 `NOT_SERVING` from the service's health (the HTTP counterpart of gRPC health).
 fn serve_http(
     name: &'static str,
     router: axum::Router,
+    health: Health,
     listener: tokio::net::TcpListener,
     max_in_flight: usize,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    let healthz = axum::routing::get(move || {
+        let serving = health.serving();
+        async move {
+            if serving {
+                (http::StatusCode::OK, "SERVING")
+            } else {
+                (http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING")
+            }
+        }
+    });
     let router = router
+        .route("/healthz", healthz)
         .layer(axum::middleware::map_response(
             crate::server::problem::problem_json,
         ))
