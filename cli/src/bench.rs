@@ -59,42 +59,70 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Starts a bank in a temporary directory, seeds one customer per worker and measures.
-pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
-    let dir = std::env::temp_dir().join(format!("sterling-bench-{}", uuid::Uuid::now_v7()));
-    let mut bank_options = BankOptions::ephemeral(&dir);
-    bank_options.config.durability = options.durability;
-    bank_options.engines = options.engines;
-    if options.engines != Engines::Embedded {
-        // A namespace of its own: fresh keyspaces, stream and discovery bucket.
-        bank_options.config.namespace =
-            format!("bench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+/// A bank started for a benchmark in a temporary directory, with the processor's secret.
+struct BenchBank {
+    dir: std::path::PathBuf,
+    bank: Bank,
+    clients: Clients,
+    url: String,
+    secret: Vec<u8>,
+}
+
+impl BenchBank {
+    async fn start(name: &str, durability: Durability, engines: Engines) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("sterling-{name}-{}", uuid::Uuid::now_v7()));
+        let mut options = BankOptions::ephemeral(&dir);
+        options.config.durability = durability;
+        options.engines = engines;
+        if engines != Engines::Embedded {
+            // A namespace of its own: fresh keyspaces, stream and discovery bucket.
+            options.config.namespace =
+                format!("bench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        }
+        let secret = b"bench-secret".to_vec();
+        options.config.settings.insert(
+            "STERLING_CARD_API_SECRET".into(),
+            String::from_utf8(secret.clone())?,
+        );
+        let bank = Bank::start(options).await?;
+        let clients = Clients::connect(bank.platform.discovery.clone()).await?;
+        let url = bank
+            .card_api_url()
+            .ok_or_else(|| anyhow::anyhow!("card-api not started"))?;
+        Ok(BenchBank {
+            dir,
+            bank,
+            clients,
+            url,
+            secret,
+        })
     }
-    let secret = b"bench-secret".to_vec();
-    bank_options.config.settings.insert(
-        "STERLING_CARD_API_SECRET".into(),
-        String::from_utf8(secret.clone())?,
-    );
-    let bank = Bank::start(bank_options).await?;
-    let clients = Clients::connect(bank.platform.discovery.clone()).await?;
-    let url = bank
-        .card_api_url()
-        .ok_or_else(|| anyhow::anyhow!("card-api not started"))?;
+}
+
+/// One funded customer per worker; their cards.
+async fn seed_workers(clients: &Clients, workers: usize) -> anyhow::Result<Vec<String>> {
     let gbp = Currency::from_code("GBP")?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency)
-        .build()?;
     let mut cards = Vec::new();
-    for worker in 0..options.concurrency {
+    for worker in 0..workers {
         let seeded = tools::seed(
-            &clients,
+            clients,
             &format!("bench-{worker}"),
             Money::from_minor(1_000_000_000, gbp),
         )
         .await?;
         cards.push(seeded.card.token);
     }
-    // Warm every connection before measuring.
+    Ok(cards)
+}
+
+/// One payment per card, so every connection is warm before measuring.
+async fn warm(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    cards: &[String],
+) -> anyhow::Result<()> {
+    let gbp = Currency::from_code("GBP")?;
     for (i, card) in cards.iter().enumerate() {
         let body = tools::authorisation_json(
             &format!("warm-{i}"),
@@ -103,8 +131,26 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             "WARM UP",
             "5812",
         );
-        tools::pay(&http, &url, &secret, &body, None).await?;
+        tools::pay(http, url, secret, &body, None).await?;
     }
+    Ok(())
+}
+
+/// Starts a bank in a temporary directory, seeds one customer per worker and measures.
+pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
+    let BenchBank {
+        dir,
+        bank,
+        clients,
+        url,
+        secret,
+    } = BenchBank::start("bench", options.durability, options.engines).await?;
+    let gbp = Currency::from_code("GBP")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .build()?;
+    let cards = seed_workers(&clients, options.concurrency).await?;
+    warm(&http, &url, &secret, &cards).await?;
     let per_worker = options.payments.div_ceil(options.concurrency);
     let secret = Arc::new(secret);
     let started = Instant::now();
@@ -274,21 +320,32 @@ pub struct PushReport {
     pub max: Duration,
 }
 
+/// When the push sink received notification number `n` (microseconds since the epoch),
+/// polling until it has.
+async fn wait_for_push(http: &reqwest::Client, sink: &str, n: usize) -> anyhow::Result<i64> {
+    loop {
+        let delivered: Vec<serde_json::Value> = http
+            .get(format!("http://{sink}/deliveries?from={n}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if let Some(d) = delivered.first() {
+            return Ok(d["received_at_us"].as_i64().unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
 /// Swipes `swipes` times, one at a time, and times each until its push reaches the sink.
 pub async fn swipe_to_push(swipes: usize, durability: Durability) -> anyhow::Result<PushReport> {
-    let dir = std::env::temp_dir().join(format!("sterling-push-{}", uuid::Uuid::now_v7()));
-    let mut options = BankOptions::ephemeral(&dir);
-    options.config.durability = durability;
-    let secret = b"bench-secret".to_vec();
-    options.config.settings.insert(
-        "STERLING_CARD_API_SECRET".into(),
-        String::from_utf8(secret.clone())?,
-    );
-    let bank = Bank::start(options).await?;
-    let clients = Clients::connect(bank.platform.discovery.clone()).await?;
-    let url = bank
-        .card_api_url()
-        .ok_or_else(|| anyhow::anyhow!("card-api not started"))?;
+    let BenchBank {
+        dir,
+        bank,
+        clients,
+        url,
+        secret,
+    } = BenchBank::start("push", durability, Engines::Embedded).await?;
     let sink = bank
         .address("push-sink")
         .ok_or_else(|| anyhow::anyhow!("no push sink"))?;
@@ -331,18 +388,7 @@ pub async fn swipe_to_push(swipes: usize, durability: Durability) -> anyhow::Res
         );
         let started = now_us();
         tools::pay(&http, &url, &secret, &body, None).await?;
-        let received = loop {
-            let delivered: Vec<serde_json::Value> = http
-                .get(format!("http://{sink}/deliveries?from={i}"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            if let Some(d) = delivered.first() {
-                break d["received_at_us"].as_i64().unwrap_or_default();
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        };
+        let received = wait_for_push(&http, &sink.to_string(), i).await?;
         // The first 20 warm connections and caches up.
         if i >= 20 {
             latencies.push(Duration::from_micros((received - started).max(0) as u64));

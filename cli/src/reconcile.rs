@@ -18,7 +18,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use sterling_proto::cardprocessing::v1::{Decision as DecisionKind, GetAuthorisationRequest};
+use sterling_proto::cardprocessing::v1::{
+    AuthoriseResponse, Decision as DecisionKind, GetAuthorisationRequest,
+};
 use sterling_proto::ledger::v1::{GetBalanceRequest, GetHoldRequest, HoldStatus};
 use sterling_proto::transactions::v1::{GetTransactionRequest, TransactionStatus};
 
@@ -129,6 +131,43 @@ struct AccountTotals {
     ids: Vec<String>,
 }
 
+/// The violations found for one id: rule and what was wrong.
+#[derive(Default)]
+struct Found(Vec<(u8, String)>);
+
+impl Found {
+    fn add(&mut self, rule: u8, what: String) {
+        self.0.push((rule, what));
+    }
+}
+
+/// Rule 1: the processor heard one answer, the one card-api recorded.
+fn check_answers(answers: &[Heard], recorded: Option<&Heard>, found: &mut Found) {
+    for answer in answers {
+        if !answers[0].same_answer(answer) {
+            found.add(
+                1,
+                format!("answered {} and {}", show(&answers[0]), show(answer)),
+            );
+        }
+    }
+    match (recorded, answers.first()) {
+        (Some(r), Some(a)) if !r.same_answer(a) => found.add(
+            1,
+            format!(
+                "processor heard {} but card-api recorded {}",
+                show(a),
+                show(r)
+            ),
+        ),
+        (None, Some(a)) => found.add(
+            1,
+            format!("processor heard {} but card-api recorded nothing", show(a)),
+        ),
+        _ => {}
+    }
+}
+
 impl Reconciler {
     /// The answer card-api recorded for `id`.
     pub async fn recorded(&self, id: &str) -> anyhow::Result<Option<Heard>> {
@@ -165,145 +204,162 @@ impl Reconciler {
         let mut accounts: BTreeMap<String, AccountTotals> = BTreeMap::new();
         for (id, answers) in heard {
             report.checked += 1;
-            let violations = &mut report.violations;
-            let mut violation = |rule: u8, what: String| {
-                violations.push(Violation {
+            let mut found = Found::default();
+            self.check_id(id, answers, &mut report, &mut accounts, &mut found)
+                .await?;
+            report
+                .violations
+                .extend(found.0.into_iter().map(|(rule, what)| Violation {
                     rule,
                     ids: vec![id.clone()],
                     what,
-                })
-            };
-            // Rule 1: the processor heard one answer, the one card-api recorded.
-            let recorded = self.recorded(id).await?;
-            for answer in answers {
-                if !answers[0].same_answer(answer) {
-                    violation(
-                        1,
-                        format!("answered {} and {}", show(&answers[0]), show(answer)),
-                    );
-                }
-            }
-            match (&recorded, answers.first()) {
-                (Some(r), Some(a)) if !r.same_answer(a) => violation(
-                    1,
-                    format!(
-                        "processor heard {} but card-api recorded {}",
-                        show(a),
-                        show(r)
-                    ),
-                ),
-                (None, Some(a)) => violation(
-                    1,
-                    format!("processor heard {} but card-api recorded nothing", show(a)),
-                ),
-                _ => {}
-            }
-            // Rule 4: decided.
-            let decision = match self
-                .clients
-                .card_processing
-                .clone()
-                .get_authorisation(GetAuthorisationRequest {
-                    processor_authorisation_id: id.clone(),
-                })
-                .await
-            {
-                Ok(d) => d.into_inner(),
-                Err(status) if status.code() == tonic::Code::NotFound => {
-                    report.unknown += 1;
-                    if recorded.as_ref().is_some_and(|r| r.result == "APPROVED") {
-                        violation(4, "approved but card-processing has no record".into());
-                    }
-                    continue;
-                }
-                Err(status) => {
-                    violation(4, format!("no decision yet: {}", status.message()));
-                    continue;
-                }
-            };
-            let approved = decision.decision == DecisionKind::Approved as i32;
-            if approved {
-                report.approved += 1;
-            } else {
-                report.declined += 1;
-            }
-            if let Some(r) = &recorded
-                && (r.result == "APPROVED") != approved
-            {
-                violation(
-                    1,
-                    format!(
-                        "card-api answered {} but card-processing decided {}",
-                        r.result,
-                        if approved { "APPROVED" } else { "DECLINED" }
-                    ),
-                );
-            }
-            // Rule 2: the money matches the decision.
-            let held = decision.held_amount.clone().unwrap_or_default();
-            if !decision.account_id.is_empty() {
-                let hold = self
-                    .clients
-                    .ledger
-                    .clone()
-                    .get_hold(GetHoldRequest {
-                        hold_id: id.clone(),
-                        account_id: decision.account_id.clone(),
-                    })
-                    .await;
-                let active = match &hold {
-                    Ok(h) => {
-                        let h = h.get_ref();
-                        (h.status == HoldStatus::Active as i32)
-                            .then(|| h.amount.clone().unwrap_or_default().minor_units)
-                    }
-                    Err(status) if status.code() == tonic::Code::NotFound => None,
-                    Err(status) => anyhow::bail!("ledger: {status}"),
-                };
-                match (approved, active) {
-                    (true, Some(amount)) if amount != held.minor_units => violation(
-                        2,
-                        format!("approved {} but the hold is {amount}", held.minor_units),
-                    ),
-                    (true, None) => violation(2, "approved without an active hold".into()),
-                    (false, Some(amount)) => {
-                        violation(2, format!("declined with an active hold of {amount}"))
-                    }
-                    _ => {}
-                }
-                let totals = accounts.entry(decision.account_id.clone()).or_default();
-                totals.ids.push(id.clone());
-                if approved {
-                    totals.approved_held += held.minor_units;
-                }
-            } else if approved {
-                violation(2, "approved without an account".into());
-            }
-            if !decision.transaction_id.is_empty() {
-                let transaction = self
-                    .clients
-                    .transactions
-                    .clone()
-                    .get_transaction(GetTransactionRequest {
-                        transaction_id: decision.transaction_id.clone(),
-                    })
-                    .await;
-                let pending = match &transaction {
-                    Ok(t) => t.get_ref().status == TransactionStatus::Pending as i32,
-                    Err(status) if status.code() == tonic::Code::NotFound => false,
-                    Err(status) => anyhow::bail!("transactions: {status}"),
-                };
-                if approved && !pending {
-                    violation(2, "approved without a pending transaction".into());
-                }
-                if !approved && pending {
-                    violation(2, "declined with a pending transaction".into());
-                }
-            }
+                }));
         }
         self.check_accounts(&accounts, complete_accounts, &mut report)
             .await?;
         Ok(report)
+    }
+
+    /// Rules 1, 2 and 4 for one id.
+    async fn check_id(
+        &self,
+        id: &str,
+        answers: &[Heard],
+        report: &mut Report,
+        accounts: &mut BTreeMap<String, AccountTotals>,
+        found: &mut Found,
+    ) -> anyhow::Result<()> {
+        let recorded = self.recorded(id).await?;
+        check_answers(answers, recorded.as_ref(), found);
+        // Rule 4: decided.
+        let decision = match self
+            .clients
+            .card_processing
+            .clone()
+            .get_authorisation(GetAuthorisationRequest {
+                processor_authorisation_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(d) => d.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                report.unknown += 1;
+                if recorded.as_ref().is_some_and(|r| r.result == "APPROVED") {
+                    found.add(4, "approved but card-processing has no record".into());
+                }
+                return Ok(());
+            }
+            Err(status) => {
+                found.add(4, format!("no decision yet: {}", status.message()));
+                return Ok(());
+            }
+        };
+        let approved = decision.decision == DecisionKind::Approved as i32;
+        if approved {
+            report.approved += 1;
+        } else {
+            report.declined += 1;
+        }
+        if let Some(r) = &recorded
+            && (r.result == "APPROVED") != approved
+        {
+            let decided = if approved { "APPROVED" } else { "DECLINED" };
+            found.add(
+                1,
+                format!(
+                    "card-api answered {} but card-processing decided {decided}",
+                    r.result
+                ),
+            );
+        }
+        self.check_hold(id, &decision, approved, accounts, found)
+            .await?;
+        self.check_transaction(&decision, approved, found).await
+    }
+
+    /// Rule 2, the hold: an approval holds exactly its amount, a decline holds nothing.
+    async fn check_hold(
+        &self,
+        id: &str,
+        decision: &AuthoriseResponse,
+        approved: bool,
+        accounts: &mut BTreeMap<String, AccountTotals>,
+        found: &mut Found,
+    ) -> anyhow::Result<()> {
+        let held = decision.held_amount.clone().unwrap_or_default();
+        if decision.account_id.is_empty() {
+            if approved {
+                found.add(2, "approved without an account".into());
+            }
+            return Ok(());
+        }
+        let hold = self
+            .clients
+            .ledger
+            .clone()
+            .get_hold(GetHoldRequest {
+                hold_id: id.to_string(),
+                account_id: decision.account_id.clone(),
+            })
+            .await;
+        let active = match &hold {
+            Ok(h) => {
+                let h = h.get_ref();
+                (h.status == HoldStatus::Active as i32)
+                    .then(|| h.amount.clone().unwrap_or_default().minor_units)
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => None,
+            Err(status) => anyhow::bail!("ledger: {status}"),
+        };
+        match (approved, active) {
+            (true, Some(amount)) if amount != held.minor_units => found.add(
+                2,
+                format!("approved {} but the hold is {amount}", held.minor_units),
+            ),
+            (true, None) => found.add(2, "approved without an active hold".into()),
+            (false, Some(amount)) => {
+                found.add(2, format!("declined with an active hold of {amount}"))
+            }
+            _ => {}
+        }
+        let totals = accounts.entry(decision.account_id.clone()).or_default();
+        totals.ids.push(id.to_string());
+        if approved {
+            totals.approved_held += held.minor_units;
+        }
+        Ok(())
+    }
+
+    /// Rule 2, the transaction: pending exactly when approved.
+    async fn check_transaction(
+        &self,
+        decision: &AuthoriseResponse,
+        approved: bool,
+        found: &mut Found,
+    ) -> anyhow::Result<()> {
+        if decision.transaction_id.is_empty() {
+            return Ok(());
+        }
+        let transaction = self
+            .clients
+            .transactions
+            .clone()
+            .get_transaction(GetTransactionRequest {
+                transaction_id: decision.transaction_id.clone(),
+            })
+            .await;
+        let pending = match &transaction {
+            Ok(t) => t.get_ref().status == TransactionStatus::Pending as i32,
+            Err(status) if status.code() == tonic::Code::NotFound => false,
+            Err(status) => anyhow::bail!("transactions: {status}"),
+        };
+        if approved && !pending {
+            found.add(2, "approved without a pending transaction".into());
+        }
+        if !approved && pending {
+            found.add(2, "declined with a pending transaction".into());
+        }
+        Ok(())
     }
 
     /// Rule 3, per account.

@@ -71,6 +71,43 @@ impl CassandraConfig {
     }
 }
 
+/// What a claim on a migration's row found: whether this instance took it, and the row as it
+/// stands (state, owner, last update).
+struct MigrationClaim {
+    applied: bool,
+    state: Option<String>,
+    owner: Option<uuid::Uuid>,
+    updated: Option<CqlTimestamp>,
+}
+
+impl MigrationClaim {
+    fn read(result: scylla::response::query_result::QueryResult) -> Result<MigrationClaim> {
+        let rows = result.into_rows_result().map_err(unavailable)?;
+        let row = rows
+            .rows::<scylla::value::Row>()
+            .map_err(unavailable)?
+            .next()
+            .ok_or_else(|| unavailable("no LWT result"))?
+            .map_err(unavailable)?;
+        let mut claim = MigrationClaim {
+            applied: false,
+            state: None,
+            owner: None,
+            updated: None,
+        };
+        for (spec, value) in rows.column_specs().iter().zip(row.columns) {
+            match (spec.name(), value) {
+                ("[applied]", Some(CqlValue::Boolean(b))) => claim.applied = b,
+                ("state", Some(CqlValue::Text(s))) => claim.state = Some(s),
+                ("owner", Some(CqlValue::Uuid(u))) => claim.owner = Some(u),
+                ("updated_at", Some(CqlValue::Timestamp(t))) => claim.updated = Some(t),
+                _ => {}
+            }
+        }
+        Ok(claim)
+    }
+}
+
 /// A consistency level by its CQL name (`local_quorum`, `quorum`, `one`, ...).
 pub fn parse_consistency(level: &str) -> Option<Consistency> {
     Some(match level.to_ascii_lowercase().as_str() {
@@ -191,34 +228,12 @@ impl CassandraStore {
                 )
                 .await
                 .map_err(unavailable)?;
-            let rows = claim.into_rows_result().map_err(unavailable)?;
-            let (applied, state, owner, updated): (
-                bool,
-                Option<String>,
-                Option<uuid::Uuid>,
-                Option<CqlTimestamp>,
-            ) = {
-                let row = rows
-                    .rows::<scylla::value::Row>()
-                    .map_err(unavailable)?
-                    .next()
-                    .ok_or_else(|| unavailable("no LWT result"))?
-                    .map_err(unavailable)?;
-                let mut applied = false;
-                let mut state = None;
-                let mut owner = None;
-                let mut updated = None;
-                for (spec, value) in rows.column_specs().iter().zip(row.columns) {
-                    match (spec.name(), value) {
-                        ("[applied]", Some(CqlValue::Boolean(b))) => applied = b,
-                        ("state", Some(CqlValue::Text(s))) => state = Some(s),
-                        ("owner", Some(CqlValue::Uuid(u))) => owner = Some(u),
-                        ("updated_at", Some(CqlValue::Timestamp(t))) => updated = Some(t),
-                        _ => {}
-                    }
-                }
-                (applied, state, owner, updated)
-            };
+            let MigrationClaim {
+                applied,
+                state,
+                owner,
+                updated,
+            } = MigrationClaim::read(claim)?;
             let mine = applied || owner == Some(me);
             if !mine && state.as_deref() == Some("applied") {
                 return Ok(());
@@ -239,20 +254,7 @@ impl CassandraStore {
                         continue;
                     }
                 }
-                for statement in schema::statements(migration.cql) {
-                    self.session
-                        .use_keyspace(ks, false)
-                        .await
-                        .map_err(unavailable)?;
-                    self.session
-                        .query_unpaged(ddl_statement(statement), &[])
-                        .await
-                        .map_err(unavailable)?;
-                    self.session
-                        .await_schema_agreement()
-                        .await
-                        .map_err(unavailable)?;
-                }
+                self.run_statements(migration).await?;
                 self.session
                     .query_unpaged(
                         format!("UPDATE {ks}.schema_migrations SET state = 'applied', updated_at = toTimestamp(now()) WHERE version = ? IF owner = ?"),
@@ -265,6 +267,25 @@ impl CassandraStore {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Runs a migration's statements in order, each agreed by the cluster before the next.
+    async fn run_statements(&self, migration: &Migration) -> Result<()> {
+        for statement in schema::statements(migration.cql) {
+            self.session
+                .use_keyspace(&self.keyspace, false)
+                .await
+                .map_err(unavailable)?;
+            self.session
+                .query_unpaged(ddl_statement(statement), &[])
+                .await
+                .map_err(unavailable)?;
+            self.session
+                .await_schema_agreement()
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     fn schema(&self, table: &str) -> Result<&TableSchema> {
@@ -439,6 +460,34 @@ fn decode_rows(
 }
 
 /// One mutation as CQL with its bound values.
+/// The `IF ...` of a conditional update (empty without conditions), its values appended to
+/// `values`.
+fn if_clause(
+    table: &TableSchema,
+    conditions: &[Condition],
+    values: &mut Vec<Option<CqlValue>>,
+) -> Result<String> {
+    let mut ifs = Vec::new();
+    for condition in conditions {
+        match condition {
+            Condition::Exists => ifs.push("EXISTS".to_string()),
+            Condition::Equals(c, v) => {
+                check_type(table, c, v)?;
+                ifs.push(format!("{c} = ?"));
+                values.push(to_cql(v));
+            }
+        }
+    }
+    if ifs.is_empty() {
+        return Ok(String::new());
+    }
+    if ifs.iter().any(|i| i == "EXISTS") && ifs.len() > 1 {
+        // `IF EXISTS` cannot be combined; column conditions imply existence.
+        ifs.retain(|i| i != "EXISTS");
+    }
+    Ok(format!(" IF {}", ifs.join(" AND ")))
+}
+
 fn statement(
     keyspace: &str,
     table: &TableSchema,
@@ -491,24 +540,7 @@ fn statement(
                 "UPDATE {name} SET {} WHERE {predicate}",
                 assignments.join(", ")
             );
-            let mut ifs = Vec::new();
-            for condition in conditions {
-                match condition {
-                    Condition::Exists => ifs.push("EXISTS".to_string()),
-                    Condition::Equals(c, v) => {
-                        check_type(table, c, v)?;
-                        ifs.push(format!("{c} = ?"));
-                        values.push(to_cql(v));
-                    }
-                }
-            }
-            if !ifs.is_empty() {
-                if ifs.iter().any(|i| i == "EXISTS") && ifs.len() > 1 {
-                    // `IF EXISTS` cannot be combined; column conditions imply existence.
-                    ifs.retain(|i| i != "EXISTS");
-                }
-                cql.push_str(&format!(" IF {}", ifs.join(" AND ")));
-            }
+            cql.push_str(&if_clause(table, conditions, &mut values)?);
             (cql, values)
         }
         Mutation::Delete { key, if_exists, .. } => {

@@ -434,6 +434,35 @@ fn apply_in(
     Ok(Applied::Yes)
 }
 
+/// Strictly after `after` in clustering order: `(c1 beyond) OR (c1 = AND c2 beyond) ...`, its
+/// values appended to `params`; `None` for a table without clustering columns.
+fn after_predicate(
+    table: &TableSchema,
+    after: &Row,
+    params: &mut Vec<SqlValue>,
+) -> Result<Option<String>> {
+    let mut alternatives = Vec::new();
+    for (i, (column, order)) in table.clustering_key.iter().enumerate() {
+        let mut parts = Vec::new();
+        for (prev, _) in &table.clustering_key[..i] {
+            let v = after.get(prev).ok_or_else(|| {
+                StorageError::Invalid(format!("cursor lacks clustering column {prev}"))
+            })?;
+            params.push(to_sql(v));
+            parts.push(format!("{} = ?{}", quote(prev), params.len()));
+        }
+        let v = after.get(column).ok_or_else(|| {
+            StorageError::Invalid(format!("cursor lacks clustering column {column}"))
+        })?;
+        check_type(table, column, v)?;
+        params.push(to_sql(v));
+        let op = if *order == Order::Asc { ">" } else { "<" };
+        parts.push(format!("{} {op} ?{}", quote(column), params.len()));
+        alternatives.push(format!("({})", parts.join(" AND ")));
+    }
+    Ok((!alternatives.is_empty()).then(|| format!("({})", alternatives.join(" OR "))))
+}
+
 fn run_query(
     conn: &Connection,
     tables: &BTreeMap<String, TableSchema>,
@@ -464,30 +493,10 @@ fn run_query(
             predicate.push(format!("{} {op} ?{}", quote(column), params.len()));
         }
     }
-    if let Some(after) = &query.after {
-        // Strictly after `after` in clustering order: (c1 beyond) OR (c1 = AND c2 beyond) ...
-        let mut alternatives = Vec::new();
-        for (i, (column, order)) in table.clustering_key.iter().enumerate() {
-            let mut parts = Vec::new();
-            for (prev, _) in &table.clustering_key[..i] {
-                let v = after.get(prev).ok_or_else(|| {
-                    StorageError::Invalid(format!("cursor lacks clustering column {prev}"))
-                })?;
-                params.push(to_sql(v));
-                parts.push(format!("{} = ?{}", quote(prev), params.len()));
-            }
-            let v = after.get(column).ok_or_else(|| {
-                StorageError::Invalid(format!("cursor lacks clustering column {column}"))
-            })?;
-            check_type(table, column, v)?;
-            params.push(to_sql(v));
-            let op = if *order == Order::Asc { ">" } else { "<" };
-            parts.push(format!("{} {op} ?{}", quote(column), params.len()));
-            alternatives.push(format!("({})", parts.join(" AND ")));
-        }
-        if !alternatives.is_empty() {
-            predicate.push(format!("({})", alternatives.join(" OR ")));
-        }
+    if let Some(after) = &query.after
+        && let Some(beyond) = after_predicate(table, after, &mut params)?
+    {
+        predicate.push(beyond);
     }
     params.push(SqlValue::Integer(now_millis()));
     predicate.push(format!(

@@ -242,27 +242,8 @@ pub fn parse_create_table(statement: &str) -> Result<TableSchema, StorageError> 
     if partition_key.is_empty() {
         return Err(bad("no primary key"));
     }
-    let tail = statement[close + 1..].to_ascii_lowercase();
-    let orders: BTreeMap<String, Order> = match tail.find("clustering order by") {
-        Some(at) => {
-            let rest = &tail[at..];
-            let o = rest.find('(').ok_or_else(|| bad("bad clustering order"))?;
-            let c = matching_paren(rest, o).ok_or_else(|| bad("bad clustering order"))?;
-            rest[o + 1..c]
-                .split(',')
-                .filter_map(|item| {
-                    let mut w = item.split_whitespace();
-                    let col = w.next()?.to_string();
-                    let order = match w.next() {
-                        Some("desc") => Order::Desc,
-                        _ => Order::Asc,
-                    };
-                    Some((col, order))
-                })
-                .collect()
-        }
-        None => BTreeMap::new(),
-    };
+    let orders = clustering_orders(&statement[close + 1..].to_ascii_lowercase())
+        .ok_or_else(|| bad("bad clustering order"))?;
     let clustering_key = clustering
         .into_iter()
         .map(|c| {
@@ -285,6 +266,31 @@ pub fn parse_create_table(statement: &str) -> Result<TableSchema, StorageError> 
         }
     }
     Ok(table)
+}
+
+/// The `WITH CLUSTERING ORDER BY (...)` of a table's options (`tail`, lower case), by column;
+/// `None` when it is malformed.
+fn clustering_orders(tail: &str) -> Option<BTreeMap<String, Order>> {
+    let Some(at) = tail.find("clustering order by") else {
+        return Some(BTreeMap::new());
+    };
+    let rest = &tail[at..];
+    let o = rest.find('(')?;
+    let c = matching_paren(rest, o)?;
+    Some(
+        rest[o + 1..c]
+            .split(',')
+            .filter_map(|item| {
+                let mut w = item.split_whitespace();
+                let col = w.next()?.to_string();
+                let order = match w.next() {
+                    Some("desc") => Order::Desc,
+                    _ => Order::Asc,
+                };
+                Some((col, order))
+            })
+            .collect(),
+    )
 }
 
 fn matching_paren(text: &str, open: usize) -> Option<usize> {

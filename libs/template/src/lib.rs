@@ -23,7 +23,6 @@ pub mod outbox;
 pub mod platform;
 mod request_metrics;
 pub mod server;
-pub mod signature;
 pub mod telemetry;
 pub mod testing;
 

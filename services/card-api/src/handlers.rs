@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use card_processing::authorisation::Authorisation;
 use sterling_bus::Envelope;
 use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
-use sterling_proto::cardprocessing::v1::{AuthoriseRequest, Decision, Merchant};
+use sterling_proto::cardprocessing::v1::{AuthoriseRequest, AuthoriseResponse, Decision, Merchant};
 use sterling_proto::events::v1::CardAuthorisationStoodIn;
 use sterling_template::client::GrpcChannel;
 use sterling_template::context::RequestContext;
@@ -18,7 +18,7 @@ use sterling_template::{Error, ErrorClass, failpoint, money};
 
 use crate::answers::{Answer, AnswerStore, stand_in_event};
 use crate::webhook::{AuthorisationRequest, AuthorisationResponse};
-use sterling_template::signature::{self, SIGNATURE_HEADER, SignatureError};
+use sterling_signature::{self as signature, SIGNATURE_HEADER, SignatureError};
 
 /// What the handlers share.
 pub struct CardApiState {
@@ -123,28 +123,7 @@ async fn ask(
     });
     let outcome = tokio::time::timeout(state.budget, context.scope(call)).await;
     let error = match outcome {
-        Ok(Ok(answer)) => {
-            let answer = answer.into_inner();
-            let approved = answer.decision == Decision::Approved as i32;
-            let held = answer.held_amount.unwrap_or_default();
-            let response = AuthorisationResponse {
-                id: a.processor_authorisation_id.clone(),
-                result: if approved { "APPROVED" } else { "DECLINED" }.into(),
-                reason: answer.reason,
-                approved_amount: if approved { a.amount.minor_units() } else { 0 },
-                currency: a.amount.currency().code().into(),
-                held_amount: held.minor_units,
-                held_currency: held.currency,
-                transaction_id: answer.transaction_id,
-            };
-            let answer = Answer {
-                response,
-                fingerprint,
-                stand_in: false,
-                event_id: String::new(),
-            };
-            return Ok((answer, None));
-        }
+        Ok(Ok(answer)) => return Ok((decided(a, answer.into_inner(), fingerprint), None)),
         Ok(Err(status)) => Error::from(status),
         Err(_) => Error::timeout("card-processing did not answer within the budget"),
     };
@@ -163,6 +142,33 @@ async fn ask(
         reason,
         "declining on card-processing's behalf"
     );
+    Ok(stand_in(a, reason, fingerprint))
+}
+
+/// The answer card-processing decided.
+fn decided(a: &Authorisation, answer: AuthoriseResponse, fingerprint: String) -> Answer {
+    let approved = answer.decision == Decision::Approved as i32;
+    let held = answer.held_amount.unwrap_or_default();
+    let response = AuthorisationResponse {
+        id: a.processor_authorisation_id.clone(),
+        result: if approved { "APPROVED" } else { "DECLINED" }.into(),
+        reason: answer.reason,
+        approved_amount: if approved { a.amount.minor_units() } else { 0 },
+        currency: a.amount.currency().code().into(),
+        held_amount: held.minor_units,
+        held_currency: held.currency,
+        transaction_id: answer.transaction_id,
+    };
+    Answer {
+        response,
+        fingerprint,
+        stand_in: false,
+        event_id: String::new(),
+    }
+}
+
+/// A decline card-api gives on its own, and the event that hands it to card-processing.
+fn stand_in(a: &Authorisation, reason: &str, fingerprint: String) -> (Answer, Option<Envelope>) {
     let event = stand_in_event(&CardAuthorisationStoodIn {
         processor_authorisation_id: a.processor_authorisation_id.clone(),
         card_token: a.card_token.clone(),
@@ -189,7 +195,7 @@ async fn ask(
         stand_in: true,
         event_id: event.event_id.clone(),
     };
-    Ok((answer, Some(event)))
+    (answer, Some(event))
 }
 
 /// `GET /v1/authorisations/{id}`: the answer recorded for `id`, signed like a webhook

@@ -9,7 +9,7 @@ pub mod answers;
 pub mod handlers;
 pub mod webhook;
 
-pub use sterling_template::signature;
+pub use sterling_signature as signature;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 
 use card_api::webhook::AuthorisationRequest;
 use proptest::prelude::*;
-use sterling_template::signature;
+use sterling_signature as signature;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]

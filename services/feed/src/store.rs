@@ -61,6 +61,43 @@ fn item_from_row(row: &Row) -> Result<FeedItem> {
     })
 }
 
+/// The feed item of a card decision (an approval is pending, a decline final).
+fn decision_row(d: &CardAuthorisationDecided, occurred_at_ms: i64) -> Row {
+    let amount = d
+        .amount
+        .clone()
+        .or(d.local_amount.clone())
+        .unwrap_or_default();
+    let local = d.local_amount.clone().unwrap_or_default();
+    let decided_at = if d.decided_at_ms > 0 {
+        d.decided_at_ms
+    } else {
+        occurred_at_ms
+    };
+    key(&d.account_id, &d.transaction_id)
+        .with("descriptor", d.merchant_descriptor.as_str())
+        .with("amount", amount.minor_units)
+        .with("currency", amount.currency.as_str())
+        .with("local_amount", local.minor_units)
+        .with("local_currency", local.currency.as_str())
+        .with("status", if d.approved { "pending" } else { "declined" })
+        .with(
+            "declined_reason",
+            if d.approved { "" } else { d.reason.as_str() },
+        )
+        .with("created_at", Value::Timestamp(decided_at))
+}
+
+/// The merchant columns an enrichment adds to an item.
+fn enrichment_row(e: &TransactionEnriched, occurred_at_ms: i64) -> Row {
+    let m = e.merchant.clone().unwrap_or_default();
+    key(&e.account_id, &e.transaction_id)
+        .with("merchant_name", m.name.as_str())
+        .with("category", m.category.as_str())
+        .with("logo_url", m.logo_url.as_str())
+        .with("enriched_at", Value::Timestamp(occurred_at_ms.max(1)))
+}
+
 impl FeedStore {
     /// The feed over the service's store.
     pub fn new(store: SharedStore) -> Self {
@@ -77,44 +114,12 @@ impl FeedStore {
             types::CARD_AUTHORISATION_APPROVED | types::CARD_AUTHORISATION_DECLINED => {
                 let d =
                     CardAuthorisationDecided::decode(envelope.payload.as_slice()).map_err(bad)?;
-                let amount = d
-                    .amount
-                    .clone()
-                    .or(d.local_amount.clone())
-                    .unwrap_or_default();
-                let local = d.local_amount.clone().unwrap_or_default();
-                let row = key(&d.account_id, &d.transaction_id)
-                    .with("descriptor", d.merchant_descriptor.as_str())
-                    .with("amount", amount.minor_units)
-                    .with("currency", amount.currency.as_str())
-                    .with("local_amount", local.minor_units)
-                    .with("local_currency", local.currency.as_str())
-                    .with("status", if d.approved { "pending" } else { "declined" })
-                    .with(
-                        "declined_reason",
-                        if d.approved { "" } else { d.reason.as_str() },
-                    )
-                    .with(
-                        "created_at",
-                        Value::Timestamp(if d.decided_at_ms > 0 {
-                            d.decided_at_ms
-                        } else {
-                            envelope.occurred_at_ms
-                        }),
-                    );
+                let row = decision_row(&d, envelope.occurred_at_ms);
                 (d.account_id, d.transaction_id, row)
             }
             types::TRANSACTION_ENRICHED => {
                 let e = TransactionEnriched::decode(envelope.payload.as_slice()).map_err(bad)?;
-                let m = e.merchant.unwrap_or_default();
-                let row = key(&e.account_id, &e.transaction_id)
-                    .with("merchant_name", m.name.as_str())
-                    .with("category", m.category.as_str())
-                    .with("logo_url", m.logo_url.as_str())
-                    .with(
-                        "enriched_at",
-                        Value::Timestamp(envelope.occurred_at_ms.max(1)),
-                    );
+                let row = enrichment_row(&e, envelope.occurred_at_ms);
                 (e.account_id, e.transaction_id, row)
             }
             other => {

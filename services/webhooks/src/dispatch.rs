@@ -15,8 +15,8 @@ use prost::Message;
 use serde_json::json;
 use sterling_bus::Envelope;
 use sterling_proto::events::v1::CardAuthorisationDecided;
+use sterling_signature as signature;
 use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value, now_millis};
-use sterling_template::signature;
 use sterling_template::{Error, Result};
 use tokio::sync::{Notify, Semaphore};
 
@@ -339,6 +339,47 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// POSTs a delivery's body, signed with the webhook's secret; returns the HTTP status
+    /// (0 for no answer), the error (empty when delivered) and the latency in ms.
+    async fn post(
+        &self,
+        url: &str,
+        secret: &str,
+        event_id: &str,
+        delivery: &Row,
+    ) -> Result<(i64, String, i64)> {
+        let body = delivery.blob("body")?.to_vec();
+        let timestamp = now_millis() / 1000;
+        let started = Instant::now();
+        let outcome = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header(
+                signature::SIGNATURE_HEADER,
+                signature::sign(secret.as_bytes(), timestamp, &body),
+            )
+            .header("sterling-event-id", event_id)
+            .header(
+                "sterling-event-type",
+                delivery.text("event_type").unwrap_or_default(),
+            )
+            .body(body)
+            .send()
+            .await;
+        let latency_ms = started.elapsed().as_millis() as i64;
+        let (code, error) = match &outcome {
+            Ok(r) if r.status().is_success() => (i64::from(r.status().as_u16()), String::new()),
+            Ok(r) => (
+                i64::from(r.status().as_u16()),
+                format!("receiver answered {}", r.status()),
+            ),
+            Err(e) if e.is_timeout() => (0, "timed out".to_string()),
+            Err(e) => (0, e.to_string()),
+        };
+        Ok((code, error, latency_ms))
+    }
+
     /// One attempt of one delivery.
     async fn attempt(&self, webhook_id: &str, event_id: &str) -> Result<()> {
         let Some(delivery) = self
@@ -371,36 +412,10 @@ impl Dispatcher {
                 .with("last_error", "webhook deleted");
             return self.finish(webhook_id, event_id, Some(update)).await;
         };
-        let body = delivery.blob("body")?.to_vec();
         let attempts = delivery.i64("attempts").unwrap_or_default() + 1;
-        let timestamp = now_millis() / 1000;
-        let started = Instant::now();
-        let outcome = self
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header(
-                signature::SIGNATURE_HEADER,
-                signature::sign(webhook.secret.as_bytes(), timestamp, &body),
-            )
-            .header("sterling-event-id", event_id)
-            .header(
-                "sterling-event-type",
-                delivery.text("event_type").unwrap_or_default(),
-            )
-            .body(body)
-            .send()
-            .await;
-        let latency_ms = started.elapsed().as_millis() as i64;
-        let (code, error) = match &outcome {
-            Ok(r) if r.status().is_success() => (i64::from(r.status().as_u16()), String::new()),
-            Ok(r) => (
-                i64::from(r.status().as_u16()),
-                format!("receiver answered {}", r.status()),
-            ),
-            Err(e) if e.is_timeout() => (0, "timed out".to_string()),
-            Err(e) => (0, e.to_string()),
-        };
+        let (code, error, latency_ms) = self
+            .post(&url, &webhook.secret, event_id, &delivery)
+            .await?;
         let delivered = error.is_empty();
         self.record_outcome(&url, delivered);
         let update = Row::new()

@@ -61,12 +61,14 @@ pub struct EjectionGroup {
     service: Arc<str>,
     total: AtomicUsize,
     ejected: AtomicUsize,
+    ejections: metrics::Counter,
 }
 
 impl EjectionGroup {
-    /// A group for `service`.
+    /// A group for `service`; its ejections counter exists from now, at 0.
     pub fn new(service: Arc<str>) -> Self {
         EjectionGroup {
+            ejections: metrics::counter!("sterling_client_ejections_total", "service" => service.to_string()),
             service,
             total: AtomicUsize::new(0),
             ejected: AtomicUsize::new(0),
@@ -153,8 +155,7 @@ fn record(
     h.ejected_until = Some(Instant::now() + time);
     h.ejections += 1;
     group.ejected.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("sterling_client_ejections_total", "service" => group.service.to_string())
-        .increment(1);
+    group.ejections.increment(1);
     tracing::warn!(service = %group.service, address, ?time, "endpoint ejected after consecutive failures");
 }
 

@@ -137,35 +137,7 @@ where
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let max_in_flight = platform.config.max_in_flight;
-    let (protocol, server) = match api {
-        Api::Grpc(api) => {
-            let (reporter, names) = health_names(name, &api);
-            health.report_to(reporter.clone(), names);
-            (
-                Protocol::Grpc,
-                serve_grpc(
-                    name,
-                    api,
-                    reporter,
-                    listener,
-                    max_in_flight,
-                    shutdown.clone(),
-                )?,
-            )
-        }
-        Api::Http(router) => (
-            Protocol::Http,
-            serve_http(
-                name,
-                router,
-                health.clone(),
-                listener,
-                max_in_flight,
-                shutdown.clone(),
-            ),
-        ),
-    };
+    let (protocol, server) = serve(name, api, &health, listener, platform, shutdown.clone())?;
     health.check_once().await;
     let health_loop = tokio::spawn(
         health
@@ -196,6 +168,37 @@ where
         shutdown,
         server: Some(server),
         background: vec![health_loop, heartbeat],
+    })
+}
+
+/// Serves `api` on `listener` with the template's stack, health reporting to it.
+fn serve(
+    name: &'static str,
+    api: Api,
+    health: &Health,
+    listener: tokio::net::TcpListener,
+    platform: &Platform,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Protocol, JoinHandle<()>)> {
+    let max_in_flight = platform.config.max_in_flight;
+    Ok(match api {
+        Api::Grpc(api) => {
+            let (reporter, names) = health_names(name, &api);
+            health.report_to(reporter.clone(), names);
+            let server = serve_grpc(name, api, reporter, listener, max_in_flight, shutdown)?;
+            (Protocol::Grpc, server)
+        }
+        Api::Http(router) => {
+            let server = serve_http(
+                name,
+                router,
+                health.clone(),
+                listener,
+                max_in_flight,
+                shutdown,
+            );
+            (Protocol::Http, server)
+        }
     })
 }
 
