@@ -116,7 +116,11 @@ pub fn event(event_type: &str, payload: &impl Message) -> Envelope {
             .unwrap_or_default(),
         traceparent: context
             .as_ref()
-            .map(|c| crate::telemetry::span_trace(&span, &c.trace).header())
+            .map(|c| {
+                crate::telemetry::span_trace(&span, &c.trace)
+                    .unwrap_or_else(|| c.trace.clone())
+                    .header()
+            })
             .unwrap_or_default(),
         payload: payload.encode_to_vec(),
     }

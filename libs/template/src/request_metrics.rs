@@ -24,7 +24,8 @@ pub(crate) struct MethodMetrics {
     requests: String,
     labels: Vec<Label>,
     duration: Histogram,
-    by_outcome: Mutex<HashMap<(&'static str, String), Counter>>,
+    /// By outcome value; the label name (`code` or `status`) is fixed per side and protocol.
+    by_outcome: Mutex<HashMap<String, Counter>>,
 }
 
 impl RequestMetrics {
@@ -70,7 +71,7 @@ impl MethodMetrics {
     pub(crate) fn record(&self, outcome: (&'static str, &str), elapsed: Duration) {
         self.duration.record(elapsed.as_secs_f64());
         let mut by_outcome = self.by_outcome.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(counter) = by_outcome.get(&(outcome.0, outcome.1.to_string())) {
+        if let Some(counter) = by_outcome.get(outcome.1) {
             counter.increment(1);
             return;
         }
@@ -78,7 +79,7 @@ impl MethodMetrics {
         labels.push(Label::new(outcome.0, outcome.1.to_string()));
         let counter = metrics::counter!(self.requests.clone(), labels.iter());
         counter.increment(1);
-        by_outcome.insert((outcome.0, outcome.1.to_string()), counter);
+        by_outcome.insert(outcome.1.to_string(), counter);
     }
 }
 

@@ -152,22 +152,18 @@ pub fn join_trace(
 }
 
 /// The trace context naming `span` (a client or producer span under the current one) as the
-/// parent of what it calls or publishes; without an exporter, `current` as it is.
-pub fn span_trace(span: &tracing::Span, current: &TraceContext) -> TraceContext {
+/// parent of what it calls or publishes, in the trace of `current`; `None` without an
+/// exporter (then `current` itself is the parent).
+pub fn span_trace(span: &tracing::Span, current: &TraceContext) -> Option<TraceContext> {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if TRACER_PROVIDER.get().is_none() {
-        return current.clone();
-    }
+    TRACER_PROVIDER.get()?;
     let own = span.context().span().span_context().clone();
-    if !own.is_valid() {
-        return current.clone();
-    }
-    TraceContext {
+    own.is_valid().then(|| TraceContext {
         trace_id: own.trace_id().to_string(),
         span_id: own.span_id().to_string(),
-        ..current.clone()
-    }
+        sampled: current.sampled,
+    })
 }
 
 /// Help text of every series the template emits.

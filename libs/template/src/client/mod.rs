@@ -227,7 +227,8 @@ fn stamp(
             headers.insert(REQUEST_ID_HEADER, v);
         }
         let trace = crate::telemetry::span_trace(span, &context.trace);
-        if let Ok(v) = HeaderValue::from_str(&trace.header()) {
+        let header = trace.as_ref().unwrap_or(&context.trace).header();
+        if let Ok(v) = HeaderValue::from_str(&header) {
             headers.insert(TRACEPARENT_HEADER, v);
         }
         headers.insert(HOP_HEADER, HeaderValue::from(context.hop + 1));

@@ -3,12 +3,12 @@
 
 use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
+use futures::future::{Either, Ready, ready};
 use metrics::Counter;
 use tower::{Layer, Service};
 
 use super::Wire;
-use crate::context::RequestContext;
+use crate::context::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout};
 use crate::error::Error;
 
 /// See the module documentation.
@@ -46,12 +46,11 @@ pub struct Deadline<S> {
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Deadline<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
     ResBody: Wire,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -59,18 +58,18 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let expired = request
-            .extensions()
-            .get::<RequestContext>()
-            .and_then(RequestContext::remaining)
+            .headers()
+            .get(GRPC_TIMEOUT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
             .is_some_and(|left| left.is_zero());
         if expired {
             self.expired.increment(1);
-            return Box::pin(async {
-                Ok(ResBody::refuse(Error::timeout(
-                    "the deadline passed before the request was handled",
-                )))
-            });
+            let refusal = ResBody::refuse(Error::timeout(
+                "the deadline passed before the request was handled",
+            ));
+            return Either::Left(ready(Ok(refusal)));
         }
-        Box::pin(self.inner.call(request))
+        Either::Right(self.inner.call(request))
     }
 }

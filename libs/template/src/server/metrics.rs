@@ -2,15 +2,18 @@
 //! included, since they are answered below this layer) and records its duration; see
 //! [`crate::request_metrics`] for the series.
 
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::future::BoxFuture;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::Wire;
-use crate::request_metrics::RequestMetrics;
+use crate::request_metrics::{MethodMetrics, RequestMetrics};
 
 /// See the module documentation.
 #[derive(Clone)]
@@ -50,30 +53,56 @@ pub struct Metrics<S> {
     metrics: Arc<RequestMetrics>,
 }
 
+pin_project! {
+    /// A request's future that records its outcome and duration when it completes.
+    pub struct Measured<F, B> {
+        #[pin]
+        inner: F,
+        method: Arc<MethodMetrics>,
+        started: Instant,
+        _body: PhantomData<fn() -> B>,
+    }
+}
+
+impl<F, B, E> Future for Measured<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Wire,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &output {
+            let (label, outcome) = B::outcome(response);
+            this.method
+                .record((label, &outcome), this.started.elapsed());
+        }
+        Poll::Ready(output)
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Metrics<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
     ResBody: Wire,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = Measured<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let (parts, body) = request.into_parts();
-        let method = self.metrics.method(&ResBody::method(&parts));
-        let started = Instant::now();
-        let response = self.inner.call(http::Request::from_parts(parts, body));
-        Box::pin(async move {
-            let response = response.await?;
-            let (label, outcome) = ResBody::outcome(&response);
-            method.record((label, &outcome), started.elapsed());
-            Ok(response)
-        })
+        let method = self.metrics.method(&ResBody::method(&request));
+        Measured {
+            inner: self.inner.call(request),
+            method,
+            started: Instant::now(),
+            _body: PhantomData,
+        }
     }
 }

@@ -19,6 +19,7 @@ pub mod problem;
 pub mod shed;
 pub mod trace;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use tower::layer::util::{Identity, Stack};
@@ -36,9 +37,11 @@ pub trait Wire: Sized + Send + 'static {
     /// The response refusing a request with `error`.
     fn refuse(error: Error) -> http::Response<Self>;
     /// The outcome label of a response: `("code", "OK")` on gRPC, `("status", "404")` on HTTP.
-    fn outcome(response: &http::Response<Self>) -> (&'static str, String);
+    fn outcome(response: &http::Response<Self>) -> (&'static str, Cow<'static, str>);
     /// The method label of a request: the gRPC method, or `VERB /route/{param}` on HTTP.
-    fn method(request: &http::request::Parts) -> String;
+    fn method<B>(request: &http::Request<B>) -> Cow<'_, str>;
+    /// The name of a request's span: the gRPC path, or `VERB /path` on HTTP.
+    fn span_name<B>(request: &http::Request<B>) -> Cow<'_, str>;
     /// The stable error code a response carries, if any.
     fn error_code(response: &http::Response<Self>) -> String {
         response
@@ -55,24 +58,21 @@ impl Wire for tonic::body::Body {
         tonic::Status::from(error).into_http()
     }
 
-    fn outcome(response: &http::Response<Self>) -> (&'static str, String) {
+    fn outcome(response: &http::Response<Self>) -> (&'static str, Cow<'static, str>) {
         // A handler's error is trailers-only: its status is in the headers. A response with a
         // body ends with its status in the trailers; answered by a handler, that is OK.
         let code = crate::client::endpoint::grpc_status(response.headers()).unwrap_or(0);
-        (
-            "code",
-            crate::request_metrics::grpc_code_name(code).to_string(),
-        )
+        let name = crate::request_metrics::grpc_code_name(code);
+        ("code", Cow::Borrowed(name))
     }
 
-    fn method(request: &http::request::Parts) -> String {
-        request
-            .uri
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string()
+    fn method<B>(request: &http::Request<B>) -> Cow<'_, str> {
+        let path = request.uri().path();
+        Cow::Borrowed(path.rsplit('/').next().unwrap_or_default())
+    }
+
+    fn span_name<B>(request: &http::Request<B>) -> Cow<'_, str> {
+        Cow::Borrowed(request.uri().path())
     }
 }
 
@@ -82,17 +82,20 @@ impl Wire for axum::body::Body {
         Problem(error).into_response()
     }
 
-    fn outcome(response: &http::Response<Self>) -> (&'static str, String) {
-        ("status", response.status().as_u16().to_string())
+    fn outcome(response: &http::Response<Self>) -> (&'static str, Cow<'static, str>) {
+        ("status", Cow::Owned(response.status().as_u16().to_string()))
     }
 
-    fn method(request: &http::request::Parts) -> String {
+    fn method<B>(request: &http::Request<B>) -> Cow<'_, str> {
         let route = request
-            .extensions
+            .extensions()
             .get::<axum::extract::MatchedPath>()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "unmatched".into());
-        format!("{} {route}", request.method)
+            .map_or("unmatched", |p| p.as_str());
+        Cow::Owned(format!("{} {route}", request.method()))
+    }
+
+    fn span_name<B>(request: &http::Request<B>) -> Cow<'_, str> {
+        Cow::Owned(format!("{} {}", request.method(), request.uri().path()))
     }
 
     fn error_code(response: &http::Response<Self>) -> String {

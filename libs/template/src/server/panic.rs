@@ -1,12 +1,13 @@
 //! Layer 5: the panic guard. A handler that panics answers `internal` (a 500 problem document
 //! on HTTP) and is logged at ERROR; the connection and the other requests on it live on.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use metrics::Counter;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::Wire;
@@ -55,15 +56,49 @@ fn answer<B: Wire>(panics: &Counter, panic: Box<dyn std::any::Any + Send>) -> ht
     B::refuse(Error::internal("the handler failed"))
 }
 
+pin_project! {
+    /// A handler's future whose panic becomes an `internal` answer.
+    pub struct Guarded<F> {
+        #[pin]
+        inner: Option<F>,
+        panicked: Option<Box<dyn std::any::Any + Send>>,
+        panics: Counter,
+    }
+}
+
+impl<F, B, E> Future for Guarded<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Wire,
+{
+    type Output = Result<http::Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(panic) = this.panicked.take() {
+            return Poll::Ready(Ok(answer(this.panics, panic)));
+        }
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(Ok(B::refuse(Error::internal("polled after completion"))));
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                this.inner.set(None);
+                Poll::Ready(Ok(answer(this.panics, panic)))
+            }
+        }
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for PanicGuard<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
     ResBody: Wire,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = Guarded<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -71,14 +106,17 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let inner = &mut self.inner;
-        let panics = self.panics.clone();
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
-            Ok(response) => Box::pin(
-                AssertUnwindSafe(response)
-                    .catch_unwind()
-                    .map(move |result| result.unwrap_or_else(|panic| Ok(answer(&panics, panic)))),
-            ),
-            Err(panic) => Box::pin(async move { Ok(answer(&panics, panic)) }),
+            Ok(future) => Guarded {
+                inner: Some(future),
+                panicked: None,
+                panics: self.panics.clone(),
+            },
+            Err(panic) => Guarded {
+                inner: None,
+                panicked: Some(panic),
+                panics: self.panics.clone(),
+            },
         }
     }
 }

@@ -2,12 +2,15 @@
 //! past that a request is refused at once with `unavailable.overloaded` (retryable, so a
 //! client tries another instance) instead of queueing behind the others.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
+use futures::future::{Either, Ready, ready};
 use metrics::Counter;
-use tokio::sync::Semaphore;
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use super::Wire;
@@ -49,15 +52,34 @@ pub struct Shed<S> {
     layer: ShedLayer,
 }
 
+pin_project! {
+    /// A request's future holding its place among those in flight until it completes.
+    pub struct Admitted<F> {
+        #[pin]
+        inner: F,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<F: Future> Future for Admitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        this.permit.take();
+        Poll::Ready(output)
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Shed<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
     ResBody: Wire,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, Admitted<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -67,18 +89,15 @@ where
         let Ok(permit) = self.layer.in_flight.clone().try_acquire_owned() else {
             self.layer.shed.increment(1);
             tracing::warn!(service = self.layer.service, path = %request.uri().path(), "overloaded: shedding");
-            return Box::pin(async {
-                Ok(ResBody::refuse(
-                    Error::unavailable("overloaded", "too many requests in flight; retry")
-                        .with_retryable(true),
-                ))
-            });
+            let refusal = ResBody::refuse(
+                Error::unavailable("overloaded", "too many requests in flight; retry")
+                    .with_retryable(true),
+            );
+            return Either::Left(ready(Ok(refusal)));
         };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await;
-            drop(permit);
-            response
+        Either::Right(Admitted {
+            inner: self.inner.call(request),
+            permit: Some(permit),
         })
     }
 }

@@ -1,6 +1,5 @@
 //! Layer 1: the request context and span. Turns the inbound headers into the
-//! [`RequestContext`] the handler runs in (also left in the request's extensions for the layers
-//! below), opens the request span (a child of the caller's span in the trace), logs one line
+//! [`RequestContext`] the handler runs in, opens the request span (a child of the caller's span in the trace), logs one line
 //! per request and answers with the request id. Health probes are served without a span or a
 //! log line, so they make no traces of their own.
 
@@ -63,46 +62,47 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let mut context = context_from_headers(request.headers(), None);
-        let path = request.uri().path().to_string();
-        if is_probe(&path) {
-            request.extensions_mut().insert(context.clone());
+        if is_probe(request.uri().path()) {
             let response = self.inner.call(request);
             return Box::pin(context.scope(response));
         }
         let span = tracing::info_span!(
             "request",
-            otel.name = %format!("{} {path}", request.method()),
+            otel.name = %ResBody::span_name(&request),
             otel.kind = "server",
             service = self.service,
-            method = %path,
+            method = %request.uri().path(),
             request_id = %context.request_id,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             hop = context.hop,
         );
-        let parent = request
-            .headers()
-            .get(TRACEPARENT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse);
-        crate::telemetry::join_trace(&span, parent.as_ref(), &mut context);
-        span.record("trace_id", context.trace.trace_id.as_str());
-        span.record("span_id", context.trace.span_id.as_str());
+        if !span.is_disabled() {
+            let parent = request
+                .headers()
+                .get(TRACEPARENT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceContext::parse);
+            crate::telemetry::join_trace(&span, parent.as_ref(), &mut context);
+            span.record("trace_id", context.trace.trace_id.as_str());
+            span.record("span_id", context.trace.span_id.as_str());
+        }
         let request_id = http::HeaderValue::from_str(&context.request_id).ok();
-        request.extensions_mut().insert(context.clone());
         let started = Instant::now();
         let response = span.in_scope(|| self.inner.call(request));
         let handled = async move {
             let mut response = response.await?;
-            let (label, outcome) = ResBody::outcome(&response);
-            tracing::info!(
-                outcome = %format!("{label}={outcome}"),
-                error_code = %ResBody::error_code(&response),
-                duration_us = started.elapsed().as_micros() as u64,
-                "request handled"
-            );
+            if tracing::enabled!(tracing::Level::INFO) {
+                let (label, outcome) = ResBody::outcome(&response);
+                tracing::info!(
+                    outcome = %format!("{label}={outcome}"),
+                    error_code = %ResBody::error_code(&response),
+                    duration_us = started.elapsed().as_micros() as u64,
+                    "request handled"
+                );
+            }
             if let Some(id) = request_id {
                 response.headers_mut().insert(REQUEST_ID_HEADER, id);
             }
