@@ -72,15 +72,38 @@ fn a_misspelt_value_of_each_variable_stops_the_process_naming_it() {
             assert!(stderr.contains(variable), "{variable}: {stderr}");
         }
     }
-    // Each service's own settings too.
-    let mut command = sterling();
-    command
-        .args(["serve", "card-api"])
-        .env("STERLING_DATA_DIR", dir.path())
-        .env("STERLING_CARD_API_BUDGET_MS", "fast");
-    let (code, stderr) = run_briefly(command);
-    assert!(code.is_some_and(|c| c != 0), "{stderr}");
-    assert!(stderr.contains("STERLING_CARD_API_BUDGET_MS"), "{stderr}");
+    // Each service's own settings too (free text such as the card-api secret aside).
+    let settings = [
+        ("card-api", "STERLING_CARD_API_BUDGET_MS", "fast"),
+        (
+            "card-processing",
+            "STERLING_CARD_PROCESSING_SWEEP_INTERVAL_MS",
+            "1s",
+        ),
+        (
+            "card-processing",
+            "STERLING_CARD_PROCESSING_SWEEP_GRACE_MS",
+            "-5",
+        ),
+        ("fx", "STERLING_FX_RATES_FILE", "/no/such/rates.csv"),
+        ("push", "STERLING_PUSH_GATEWAY_URL", "apns.example"),
+        ("webhooks", "STERLING_WEBHOOKS_TIMEOUT_MS", "5s"),
+        (
+            "webhooks",
+            "STERLING_WEBHOOKS_RETRY_SCHEDULE_MS",
+            "1000,ten",
+        ),
+    ];
+    for (service, variable, value) in settings {
+        let mut command = sterling();
+        command
+            .args(["serve", service])
+            .env("STERLING_DATA_DIR", dir.path())
+            .env(variable, value);
+        let (code, stderr) = run_briefly(command);
+        assert!(code.is_some_and(|c| c != 0), "{variable}: {stderr}");
+        assert!(stderr.contains(variable), "{variable}: {stderr}");
+    }
 }
 
 /// Runs a command that should stop by itself; one still running after 10 s is killed (and

@@ -61,14 +61,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let decider = Decider {
-        store: AuthorisationStore::new(ctx.store.clone()),
-        announcer: Announcer::new(ctx.platform.bus.clone()),
-        cards: CardsClient::new(ctx.channel("cards").await?),
-        fx: FxClient::new(ctx.channel("fx").await?),
-        ledger: LedgerClient::new(ctx.channel("ledger").await?),
-        transactions: TransactionsClient::new(ctx.channel("transactions").await?),
-    };
+    // Settings first: a bad value stops the service before it connects to anything.
     let sweep = SweepConfig {
         interval: Duration::from_millis(
             ctx.setting_as("sweep_interval_ms", "a whole number of milliseconds")?,
@@ -76,6 +69,14 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         grace: Duration::from_millis(
             ctx.setting_as("sweep_grace_ms", "a whole number of milliseconds")?,
         ),
+    };
+    let decider = Decider {
+        store: AuthorisationStore::new(ctx.store.clone()),
+        announcer: Announcer::new(ctx.platform.bus.clone()),
+        cards: CardsClient::new(ctx.channel("cards").await?),
+        fx: FxClient::new(ctx.channel("fx").await?),
+        ledger: LedgerClient::new(ctx.channel("ledger").await?),
+        transactions: TransactionsClient::new(ctx.channel("transactions").await?),
     };
     let sweeper = Sweeper::new(decider.clone(), ctx.store.clone(), sweep);
     ctx.spawn(sweeper.run(ctx.stopping()));

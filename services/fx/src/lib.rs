@@ -28,8 +28,11 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let text = if file.is_empty() {
         BUILTIN_RATES.to_string()
     } else {
-        std::fs::read_to_string(&file)?
+        std::fs::read_to_string(&file).map_err(|e| {
+            ctx.invalid_setting("rates_file", format!("a readable CSV file of rates ({e})"))
+        })?
     };
-    let rates = RateTable::parse(&text)?;
+    let rates = RateTable::parse(&text)
+        .map_err(|e| ctx.invalid_setting("rates_file", format!("a CSV file of rates ({e})")))?;
     Ok(Api::grpc(FxServer::new(FxHandlers { rates })))
 }

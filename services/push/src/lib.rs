@@ -51,7 +51,12 @@ pub fn consumer_config() -> ConsumerConfig {
 }
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let gateway = Gateway::new(&ctx.setting("gateway_url"), ctx.platform.discovery.clone())?;
+    let url = ctx.setting("gateway_url");
+    if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+        let expected = "an http:// or https:// URL, or nothing for the push-sink";
+        return Err(ctx.invalid_setting("gateway_url", expected).into());
+    }
+    let gateway = Gateway::new(&url, ctx.platform.discovery.clone())?;
     let notifier = Notifier::new(ctx.store.clone(), gateway);
     let consumer = notifier.clone();
     ctx.consume(consumer_config(), move |envelope| {

@@ -64,7 +64,12 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let dispatcher = Dispatcher::new(
         ctx.store.clone(),
         registry.clone(),
-        schedule(&ctx.setting("retry_schedule_ms"))?,
+        schedule(&ctx.setting("retry_schedule_ms")).map_err(|_| {
+            ctx.invalid_setting(
+                "retry_schedule_ms",
+                "whole numbers of milliseconds, comma separated",
+            )
+        })?,
         Duration::from_millis(timeout_ms),
     )?;
     ctx.spawn(dispatcher.clone().run(ctx.stopping()));

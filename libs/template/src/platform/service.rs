@@ -202,6 +202,16 @@ impl ServiceContext {
             .unwrap_or_else(|| declared.default.to_string())
     }
 
+    /// The error for a declared setting whose value this service cannot use: it names the
+    /// variable, its value and what it accepts.
+    pub fn invalid_setting(&self, name: &str, expected: impl Into<String>) -> ConfigError {
+        ConfigError {
+            variable: variable_of(self.name, name),
+            value: self.setting(name),
+            expected: expected.into(),
+        }
+    }
+
     /// A declared setting parsed as `T`; a value that does not parse is an error naming the
     /// variable, its value and `expected`.
     pub fn setting_as<T: FromStr>(
