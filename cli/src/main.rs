@@ -534,7 +534,12 @@ async fn seed(currency: &str, amount: &str, key: Option<String>) -> anyhow::Resu
     let currency = Currency::from_code(currency)?;
     let funded = Money::parse(amount, currency)?;
     let discovery = discovery().await?;
-    operate::require(&discovery, &["ledger", "cards", "push"]).await?;
+    let needed = [
+        sterling_proto::ledger::v1::LEDGER_SERVICE,
+        sterling_proto::cards::v1::CARDS_SERVICE,
+        sterling_proto::push::v1::PUSH_SERVICE,
+    ];
+    operate::require(&discovery, &needed).await?;
     let clients = Clients::connect(discovery.clone()).await?;
     let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
     let seeded = tools::seed(&clients, &key, funded).await?;

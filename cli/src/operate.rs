@@ -94,7 +94,11 @@ pub async fn transactions(
     cursor: Option<String>,
 ) -> anyhow::Result<()> {
     let mut client = sterling_proto::transactions::v1::transactions_client::TransactionsClient::new(
-        channel(discovery, "transactions").await?,
+        channel(
+            discovery,
+            sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
+        )
+        .await?,
     );
     let page = client
         .list_transactions(ListTransactionsRequest {
@@ -139,8 +143,8 @@ pub async fn register_device(
     token: &str,
     platform: &str,
 ) -> anyhow::Result<()> {
-    require(discovery, &["push"]).await?;
-    let device = PushClient::new(channel(discovery, "push").await?)
+    require(discovery, &[sterling_proto::push::v1::PUSH_SERVICE]).await?;
+    let device = PushClient::new(channel(discovery, sterling_proto::push::v1::PUSH_SERVICE).await?)
         .register_device(RegisterDeviceRequest {
             account_id: account.into(),
             device_token: token.into(),
@@ -158,14 +162,15 @@ pub async fn register_device(
 
 /// Lists an account's devices.
 pub async fn list_devices(discovery: &SharedDiscovery, account: &str) -> anyhow::Result<()> {
-    let devices = PushClient::new(channel(discovery, "push").await?)
-        .list_devices(ListDevicesRequest {
-            account_id: account.into(),
-        })
-        .await
-        .map_err(sterling_template::Error::from)?
-        .into_inner()
-        .devices;
+    let devices =
+        PushClient::new(channel(discovery, sterling_proto::push::v1::PUSH_SERVICE).await?)
+            .list_devices(ListDevicesRequest {
+                account_id: account.into(),
+            })
+            .await
+            .map_err(sterling_template::Error::from)?
+            .into_inner()
+            .devices;
     for d in &devices {
         println!("{}  {}", d.device_token, d.platform);
     }
@@ -182,16 +187,18 @@ pub async fn register_webhook(
     url: &str,
     key: &str,
 ) -> anyhow::Result<()> {
-    require(discovery, &["webhooks"]).await?;
-    let webhook = WebhooksClient::new(channel(discovery, "webhooks").await?)
-        .register_webhook(RegisterWebhookRequest {
-            idempotency_key: key.into(),
-            account_id: account.into(),
-            url: url.into(),
-        })
-        .await
-        .map_err(sterling_template::Error::from)?
-        .into_inner();
+    require(discovery, &[sterling_proto::webhooks::v1::WEBHOOKS_SERVICE]).await?;
+    let webhook = WebhooksClient::new(
+        channel(discovery, sterling_proto::webhooks::v1::WEBHOOKS_SERVICE).await?,
+    )
+    .register_webhook(RegisterWebhookRequest {
+        idempotency_key: key.into(),
+        account_id: account.into(),
+        url: url.into(),
+    })
+    .await
+    .map_err(sterling_template::Error::from)?
+    .into_inner();
     println!("webhook {}  {}", webhook.webhook_id, webhook.url);
     if !webhook.secret.is_empty() {
         println!(
@@ -204,14 +211,16 @@ pub async fn register_webhook(
 
 /// Lists an account's webhooks.
 pub async fn list_webhooks(discovery: &SharedDiscovery, account: &str) -> anyhow::Result<()> {
-    let webhooks = WebhooksClient::new(channel(discovery, "webhooks").await?)
-        .list_webhooks(ListWebhooksRequest {
-            account_id: account.into(),
-        })
-        .await
-        .map_err(sterling_template::Error::from)?
-        .into_inner()
-        .webhooks;
+    let webhooks = WebhooksClient::new(
+        channel(discovery, sterling_proto::webhooks::v1::WEBHOOKS_SERVICE).await?,
+    )
+    .list_webhooks(ListWebhooksRequest {
+        account_id: account.into(),
+    })
+    .await
+    .map_err(sterling_template::Error::from)?
+    .into_inner()
+    .webhooks;
     for w in &webhooks {
         println!("{}  {}", w.webhook_id, w.url);
     }
@@ -227,15 +236,17 @@ pub async fn deliveries(
     webhook: &str,
     limit: u32,
 ) -> anyhow::Result<()> {
-    let deliveries = WebhooksClient::new(channel(discovery, "webhooks").await?)
-        .list_deliveries(ListDeliveriesRequest {
-            webhook_id: webhook.into(),
-            limit,
-        })
-        .await
-        .map_err(sterling_template::Error::from)?
-        .into_inner()
-        .deliveries;
+    let deliveries = WebhooksClient::new(
+        channel(discovery, sterling_proto::webhooks::v1::WEBHOOKS_SERVICE).await?,
+    )
+    .list_deliveries(ListDeliveriesRequest {
+        webhook_id: webhook.into(),
+        limit,
+    })
+    .await
+    .map_err(sterling_template::Error::from)?
+    .into_inner()
+    .deliveries;
     for d in &deliveries {
         let status = paint(&format!("{:<9}", d.status), d.status != "failed");
         println!(

@@ -56,6 +56,7 @@ impl ServiceNames {
     fn fill(&self, template: &str) -> String {
         template
             .replace("__NAME__", &self.name)
+            .replace("__UPPER__", &self.ident.to_ascii_uppercase())
             .replace("__IDENT__", &self.ident)
             .replace("__SNAKE__", &self.ident)
             .replace("__PKG__", &self.package)

@@ -36,16 +36,36 @@ impl Clients {
         let timeout = Duration::from_secs(5);
         Ok(Clients {
             ledger: LedgerClient::new(
-                GrpcChannel::connect(discovery.clone(), "ledger", timeout).await?,
+                GrpcChannel::connect(
+                    discovery.clone(),
+                    sterling_proto::ledger::v1::LEDGER_SERVICE,
+                    timeout,
+                )
+                .await?,
             ),
             cards: CardsClient::new(
-                GrpcChannel::connect(discovery.clone(), "cards", timeout).await?,
+                GrpcChannel::connect(
+                    discovery.clone(),
+                    sterling_proto::cards::v1::CARDS_SERVICE,
+                    timeout,
+                )
+                .await?,
             ),
             transactions: TransactionsClient::new(
-                GrpcChannel::connect(discovery.clone(), "transactions", timeout).await?,
+                GrpcChannel::connect(
+                    discovery.clone(),
+                    sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
+                    timeout,
+                )
+                .await?,
             ),
             card_processing: CardProcessingClient::new(
-                GrpcChannel::connect(discovery, "card-processing", timeout).await?,
+                GrpcChannel::connect(
+                    discovery,
+                    sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+                    timeout,
+                )
+                .await?,
             ),
         })
     }

@@ -44,15 +44,21 @@ fn collect_protos(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Res
 /// `pub mod cards { pub mod v1 { include_proto!("sterling.cards.v1"); } }` for every package
 /// `sterling.<name>.<version>`, so a new contract needs no registration here.
 fn modules(descriptors: &prost_types::FileDescriptorSet) -> String {
-    let mut packages: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    // Package -> version -> the gRPC services declared in it.
+    let mut packages: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, Vec<String>>,
+    > = Default::default();
     for file in &descriptors.file {
         let package = file.package();
         let parts: Vec<&str> = package.split('.').collect();
         if let ["sterling", name, version] = parts.as_slice() {
-            let versions = packages.entry(name.to_string()).or_default();
-            if !versions.contains(&version.to_string()) {
-                versions.push(version.to_string());
-            }
+            let services = packages
+                .entry(name.to_string())
+                .or_default()
+                .entry(version.to_string())
+                .or_default();
+            services.extend(file.service.iter().map(|s| s.name().to_string()));
         }
     }
     let mut out = String::new();
@@ -60,12 +66,32 @@ fn modules(descriptors: &prost_types::FileDescriptorSet) -> String {
         out.push_str(&format!(
             "/// Package `sterling.{name}`.\npub mod {name} {{\n"
         ));
-        for version in versions {
+        for (version, services) in versions {
             out.push_str(&format!(
-                "    /// Version `{version}`.\n    pub mod {version} {{\n        tonic::include_proto!(\"sterling.{name}.{version}\");\n    }}\n"
+                "    /// Version `{version}`.\n    pub mod {version} {{\n        tonic::include_proto!(\"sterling.{name}.{version}\");\n"
             ));
+            for service in services {
+                out.push_str(&format!(
+                    "        /// The discovery name of `sterling.{name}.{version}.{service}`: its name in kebab case.\n        pub const {}_SERVICE: &str = \"{}\";\n",
+                    snake(&service).to_ascii_uppercase(),
+                    snake(&service).replace('_', "-"),
+                ));
+            }
+            out.push_str("    }\n");
         }
         out.push_str("}\n");
+    }
+    out
+}
+
+/// `CardProcessing` -> `card_processing`.
+fn snake(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
     }
     out
 }

@@ -50,7 +50,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
             help: "time card-processing gets for one decision",
         },
     ],
-    depends_on: &["card-processing"],
+    depends_on: &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -67,7 +67,10 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         answers: AnswerStore::new(ctx.store.clone(), outbox),
         secret: secret.into_bytes(),
         budget: Duration::from_millis(budget_ms),
-        card_processing: CardProcessingClient::new(ctx.channel("card-processing").await?),
+        card_processing: CardProcessingClient::new(
+            ctx.channel(sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE)
+                .await?,
+        ),
     });
     let router = Router::new()
         .route("/v1/authorisations", post(handlers::authorise))

@@ -42,7 +42,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
 
 /// The card-processing service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "card-processing",
+    name: sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
     migrations: MIGRATIONS,
     settings: &[
         Setting {
@@ -56,7 +56,12 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
             help: "how long past its deadline a claim is left to its saga",
         },
     ],
-    depends_on: &["cards", "fx", "ledger", "transactions"],
+    depends_on: &[
+        sterling_proto::cards::v1::CARDS_SERVICE,
+        sterling_proto::fx::v1::FX_SERVICE,
+        sterling_proto::ledger::v1::LEDGER_SERVICE,
+        sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 
@@ -73,10 +78,19 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let decider = Decider {
         store: AuthorisationStore::new(ctx.store.clone()),
         announcer: Announcer::new(ctx.platform.bus.clone()),
-        cards: CardsClient::new(ctx.channel("cards").await?),
-        fx: FxClient::new(ctx.channel("fx").await?),
-        ledger: LedgerClient::new(ctx.channel("ledger").await?),
-        transactions: TransactionsClient::new(ctx.channel("transactions").await?),
+        cards: CardsClient::new(
+            ctx.channel(sterling_proto::cards::v1::CARDS_SERVICE)
+                .await?,
+        ),
+        fx: FxClient::new(ctx.channel(sterling_proto::fx::v1::FX_SERVICE).await?),
+        ledger: LedgerClient::new(
+            ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
+                .await?,
+        ),
+        transactions: TransactionsClient::new(
+            ctx.channel(sterling_proto::transactions::v1::TRANSACTIONS_SERVICE)
+                .await?,
+        ),
     };
     let sweeper = Sweeper::new(decider.clone(), ctx.store.clone(), sweep);
     ctx.spawn(sweeper.run(ctx.stopping()));

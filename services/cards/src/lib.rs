@@ -16,7 +16,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_ca
 
 /// The cards service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "cards",
+    name: sterling_proto::cards::v1::CARDS_SERVICE,
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],

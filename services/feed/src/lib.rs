@@ -22,7 +22,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_fe
 
 /// The feed service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "feed",
+    name: sterling_proto::feed::v1::FEED_SERVICE,
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],

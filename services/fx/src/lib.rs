@@ -12,7 +12,7 @@ use crate::rates::{BUILTIN_RATES, RateTable};
 
 /// The fx service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "fx",
+    name: sterling_proto::fx::v1::FX_SERVICE,
     migrations: &[],
     settings: &[Setting {
         name: "rates_file",

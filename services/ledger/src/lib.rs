@@ -17,7 +17,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_le
 
 /// The ledger service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "ledger",
+    name: sterling_proto::ledger::v1::LEDGER_SERVICE,
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],

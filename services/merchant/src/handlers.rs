@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sterling_proto::events::v1::MerchantProfile;
 use sterling_proto::merchant::v1::GetMerchantRequest;
-use sterling_proto::merchant::v1::merchants_server::Merchants;
+use sterling_proto::merchant::v1::merchant_server::Merchant;
 use tonic::{Request, Response, Status};
 
 use crate::directory::Directory;
@@ -16,7 +16,7 @@ pub struct MerchantHandlers {
 }
 
 #[tonic::async_trait]
-impl Merchants for MerchantHandlers {
+impl Merchant for MerchantHandlers {
     async fn get_merchant(
         &self,
         request: Request<GetMerchantRequest>,

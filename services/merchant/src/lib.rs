@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
-use sterling_proto::merchant::v1::merchants_server::MerchantsServer;
+use sterling_proto::merchant::v1::merchant_server::MerchantServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition};
 
@@ -25,7 +25,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_en
 
 /// The merchant service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "merchant",
+    name: sterling_proto::merchant::v1::MERCHANT_SERVICE,
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],
@@ -50,7 +50,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         let enricher = enricher.clone();
         async move { enricher.handle(envelope).await }
     });
-    Ok(Api::grpc(MerchantsServer::new(MerchantHandlers {
+    Ok(Api::grpc(MerchantServer::new(MerchantHandlers {
         directory,
     })))
 }

@@ -26,7 +26,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_pu
 
 /// The push service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "push",
+    name: sterling_proto::push::v1::PUSH_SERVICE,
     migrations: MIGRATIONS,
     settings: &[Setting {
         name: "gateway_url",

@@ -20,7 +20,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_tr
 
 /// The transactions service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "transactions",
+    name: sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],

@@ -25,7 +25,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_we
 
 /// The webhooks service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
-    name: "webhooks",
+    name: sterling_proto::webhooks::v1::WEBHOOKS_SERVICE,
     migrations: MIGRATIONS,
     settings: &[
         Setting {
