@@ -2,9 +2,11 @@
 //! `""`, as grpc-health-probe and Kubernetes ask; at a stop it reports NOT_SERVING while it
 //! still serves, so probes see it before the port closes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sterling_template::platform::{Platform, PlatformConfig};
+use sterling_template::platform::{Checker, Platform, PlatformConfig};
 use sterling_template::testing::{Behaviour, start_probe};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -97,4 +99,128 @@ async fn an_http_service_answers_healthz_and_announces_a_stop() {
     let response = reqwest::get(&url).await.unwrap();
     assert_eq!(response.status(), 503, "still answering while it stops");
     web.stop().await;
+}
+
+/// A check that fails once told to.
+struct Switch(Arc<AtomicBool>);
+
+#[async_trait::async_trait]
+impl Checker for Switch {
+    fn name(&self) -> &str {
+        "switch"
+    }
+    async fn check(&self) -> Result<(), String> {
+        if self.0.load(Ordering::SeqCst) {
+            Err("switched off".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_interval_drives_the_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::from_env().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    // Far below the 5 s default: a failure must show within a few rounds.
+    config.health_interval = Duration::from_millis(50);
+    let platform = Platform::embedded(config).unwrap();
+    let probe = start_probe(&platform, "probe-interval", "p", Behaviour::default(), None)
+        .await
+        .unwrap();
+    let off = Arc::new(AtomicBool::new(false));
+    probe
+        .running
+        .context
+        .add_checker(Arc::new(Switch(off.clone())));
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", probe.running.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut client = HealthClient::new(channel);
+    off.store(true, Ordering::SeqCst);
+    let seen = tokio::time::Instant::now();
+    loop {
+        if status(&mut client, "probe-interval").await == Ok(ServingStatus::NotServing) {
+            break;
+        }
+        assert!(
+            seen.elapsed() < Duration::from_secs(2),
+            "checks do not run every 50 ms"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!probe.running.ready());
+    off.store(false, Ordering::SeqCst);
+    loop {
+        if status(&mut client, "probe-interval").await == Ok(ServingStatus::Serving) {
+            break;
+        }
+        assert!(
+            seen.elapsed() < Duration::from_secs(4),
+            "recovery is seen too"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    probe.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_service_and_health_only() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::from_env().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    let platform = Platform::embedded(config).unwrap();
+    let probe = start_probe(
+        &platform,
+        "probe-reflection",
+        "p",
+        Behaviour::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", probe.running.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a list of services: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"sterling.testing.v1.Probe".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("sterling.") && n != "sterling.testing.v1.Probe"),
+        "only this service's own: {names:?}"
+    );
+    probe.running.stop().await;
 }
