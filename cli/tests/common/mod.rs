@@ -87,6 +87,11 @@ async fn start_with(
         "STERLING_CARD_API_SECRET".into(),
         String::from_utf8(SECRET.to_vec()).unwrap(),
     );
+    // The tests' webhook receivers listen on loopback.
+    options.config.settings.insert(
+        "STERLING_WEBHOOKS_ALLOW_LOCAL_RECEIVERS".into(),
+        "true".into(),
+    );
     for (k, v) in settings {
         options.config.settings.insert(k.to_string(), v.to_string());
     }

@@ -96,8 +96,11 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     ctx.spawn(sweeper.run(ctx.stopping()));
     let stand_ins = decider.clone();
     // A stand-in decline is a command that must apply, however long an outage lasts: retried
-    // every few seconds for hours rather than dead-lettered after a few minutes.
+    // every few seconds for hours rather than dead-lettered after a few minutes. A delivery
+    // in hand when an instance dies comes back after 5 s (not the default 30 s): until it is
+    // applied an approval stands against the decline the processor heard.
     let stand_in_consumer = ConsumerConfig {
+        ack_wait: Duration::from_secs(5),
         max_deliver: 10_000,
         backoff: [100, 500, 1_000, 2_000, 5_000]
             .into_iter()

@@ -20,6 +20,7 @@ use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Va
 use sterling_template::{Error, Result};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::address::{PublicResolver, UrlPolicy};
 use crate::store::Registry;
 
 /// Shards of `pending_deliveries`.
@@ -132,24 +133,35 @@ pub struct Dispatcher {
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
     slots: Arc<Semaphore>,
     wake: Arc<Notify>,
+    policy: UrlPolicy,
 }
 
 impl Dispatcher {
-    /// A dispatcher retrying on `schedule`, each attempt bounded by `timeout`.
+    /// A dispatcher retrying on `schedule`, each attempt bounded by `timeout`, delivering only
+    /// where `policy` allows.
     pub fn new(
         store: SharedStore,
         registry: Registry,
         schedule: Vec<Duration>,
         timeout: Duration,
+        policy: UrlPolicy,
     ) -> anyhow::Result<Self> {
         Ok(Dispatcher {
             store,
             registry,
+            // Only public addresses, checked when connecting; no redirects (they could lead
+            // anywhere) and no proxy from the environment.
             http: reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(2))
                 .user_agent("sterling-webhooks/1")
+                .dns_resolver(Arc::new(PublicResolver {
+                    allow_local: policy.allow_local,
+                }))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
                 .build()?,
+            policy,
             schedule: Arc::new(schedule),
             breakers: Arc::default(),
             in_flight: Arc::default(),
@@ -393,6 +405,13 @@ impl Dispatcher {
             return self.finish(webhook_id, event_id, None).await;
         }
         let url = delivery.text("url")?.to_string();
+        if let Err(refused) = self.policy.check(&url) {
+            // Checked again at every attempt: the policy may have tightened since.
+            let update = Row::new()
+                .with("status", "failed")
+                .with("last_error", refused.message());
+            return self.finish(webhook_id, event_id, Some(update)).await;
+        }
         if let Some(until) = self.breaker_open_until(&url) {
             let at =
                 now_millis() + until.saturating_duration_since(Instant::now()).as_millis() as i64;

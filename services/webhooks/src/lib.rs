@@ -4,6 +4,7 @@
 //! webhook's secret, with a timeout, retries over hours, a circuit breaker per URL and a
 //! delivery log.
 
+pub mod address;
 pub mod dispatch;
 pub mod handlers;
 pub mod store;
@@ -16,6 +17,7 @@ use sterling_proto::webhooks::v1::webhooks_server::WebhooksServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
+use crate::address::UrlPolicy;
 use crate::dispatch::{DEFAULT_SCHEDULE, Dispatcher};
 use crate::handlers::WebhooksHandlers;
 use crate::store::Registry;
@@ -32,6 +34,11 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
             name: "timeout_ms",
             default: "5000",
             help: "timeout of one delivery attempt",
+        },
+        Setting {
+            name: "allow_local_receivers",
+            default: "false",
+            help: "development only: allow http and loopback or private receivers",
         },
         Setting {
             name: "retry_schedule_ms",
@@ -59,7 +66,15 @@ fn schedule(setting: &str) -> anyhow::Result<Vec<Duration>> {
 }
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let registry = Registry::new(ctx.store.clone());
+    let policy = UrlPolicy {
+        allow_local: ctx.setting_as("allow_local_receivers", "true or false")?,
+    };
+    if policy.allow_local {
+        tracing::warn!(
+            "STERLING_WEBHOOKS_ALLOW_LOCAL_RECEIVERS: http and local receivers allowed (development only)"
+        );
+    }
+    let registry = Registry::new(ctx.store.clone(), policy);
     let timeout_ms: u64 = ctx.setting_as("timeout_ms", "a whole number of milliseconds")?;
     let dispatcher = Dispatcher::new(
         ctx.store.clone(),
@@ -71,6 +86,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             )
         })?,
         Duration::from_millis(timeout_ms),
+        policy,
     )?;
     ctx.spawn(dispatcher.clone().run(ctx.stopping()));
     let queue = dispatcher.clone();

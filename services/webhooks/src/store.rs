@@ -1,5 +1,6 @@
 //! Webhook registrations: register, list, delete.
 
+use crate::address::UrlPolicy;
 use rand::RngCore;
 use sterling_storage::{Applied, Mutation, Query, Row, SharedStore, Value, now_millis};
 use sterling_template::{Error, Result};
@@ -29,36 +30,22 @@ fn from_row(row: &Row) -> Result<WebhookRecord> {
     })
 }
 
-/// Checks a webhook URL: http(s), a host, bounded length.
-pub fn check_url(url: &str) -> Result<()> {
-    let parsed = url
-        .parse::<http::Uri>()
-        .map_err(|_| Error::bad_request("url", "url is not a URL"))?;
-    let scheme_ok = matches!(parsed.scheme_str(), Some("http" | "https"));
-    if url.len() > 2048 || !scheme_ok || parsed.host().is_none() {
-        return Err(Error::bad_request(
-            "url",
-            "url must be an http(s) URL with a host, at most 2048 bytes",
-        ));
-    }
-    Ok(())
-}
-
 /// Data access of registrations.
 #[derive(Clone)]
 pub struct Registry {
     store: SharedStore,
+    policy: UrlPolicy,
 }
 
 impl Registry {
-    /// Over the service's store.
-    pub fn new(store: SharedStore) -> Self {
-        Registry { store }
+    /// Over the service's store, registering only URLs `policy` allows.
+    pub fn new(store: SharedStore, policy: UrlPolicy) -> Self {
+        Registry { store, policy }
     }
 
     /// Registers a URL once per idempotency key.
     pub async fn register(&self, key: &str, account_id: &str, url: &str) -> Result<WebhookRecord> {
-        check_url(url)?;
+        self.policy.check(url)?;
         let webhook_id = format!("wh_{}", uuid::Uuid::now_v7().simple());
         let claim = Row::new()
             .with("idempotency_key", key)
