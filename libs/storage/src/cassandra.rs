@@ -82,21 +82,14 @@ struct MigrationClaim {
 
 impl MigrationClaim {
     fn read(result: scylla::response::query_result::QueryResult) -> Result<MigrationClaim> {
-        let rows = result.into_rows_result().map_err(unavailable)?;
-        let row = rows
-            .rows::<scylla::value::Row>()
-            .map_err(unavailable)?
-            .next()
-            .ok_or_else(|| unavailable("no LWT result"))?
-            .map_err(unavailable)?;
         let mut claim = MigrationClaim {
             applied: false,
             state: None,
             owner: None,
             updated: None,
         };
-        for (spec, value) in rows.column_specs().iter().zip(row.columns) {
-            match (spec.name(), value) {
+        for (name, value) in lwt_columns(result)? {
+            match (name.as_str(), value) {
                 ("[applied]", Some(CqlValue::Boolean(b))) => claim.applied = b,
                 ("state", Some(CqlValue::Text(s))) => claim.state = Some(s),
                 ("owner", Some(CqlValue::Uuid(u))) => claim.owner = Some(u),
@@ -385,7 +378,10 @@ impl CassandraStore {
     }
 }
 
-fn lwt_applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
+/// The row a lightweight transaction answers, column by column (`[applied]` first).
+fn lwt_columns(
+    result: scylla::response::query_result::QueryResult,
+) -> Result<Vec<(String, Option<CqlValue>)>> {
     let rows = result.into_rows_result().map_err(unavailable)?;
     let row = rows
         .rows::<scylla::value::Row>()
@@ -393,10 +389,17 @@ fn lwt_applied(result: scylla::response::query_result::QueryResult) -> Result<bo
         .next()
         .ok_or_else(|| unavailable("no LWT result"))?
         .map_err(unavailable)?;
-    Ok(matches!(
-        row.columns.first(),
-        Some(Some(CqlValue::Boolean(true)))
-    ))
+    let names = rows
+        .column_specs()
+        .iter()
+        .map(|spec| spec.name().to_string());
+    Ok(names.zip(row.columns).collect())
+}
+
+fn lwt_applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
+    Ok(lwt_columns(result)?
+        .into_iter()
+        .any(|(name, value)| name == "[applied]" && value == Some(CqlValue::Boolean(true))))
 }
 
 fn to_cql(value: &Value) -> Option<CqlValue> {

@@ -25,22 +25,32 @@ async fn status(
         .map_err(|s| s.code())
 }
 
+/// A channel to a service's address.
+async fn connect(address: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The environment's configuration with its data under `dir`.
+fn config_in(dir: &std::path::Path) -> PlatformConfig {
+    let mut config = PlatformConfig::from_env().unwrap();
+    config.data_dir = dir.to_path_buf();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_every_name_and_announces_a_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = PlatformConfig::from_env().unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let mut config = config_in(dir.path());
     config.health_interval = Duration::from_millis(50);
     let platform = Platform::embedded(config).unwrap();
     let probe = start_probe(&platform, "probe-health", "p", Behaviour::default(), None)
         .await
         .unwrap();
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", probe.running.address))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = connect(probe.running.address).await;
     let mut client = HealthClient::new(channel);
     for name in ["", "probe-health", "sterling.testing.v1.Probe"] {
         assert_eq!(
@@ -78,8 +88,7 @@ async fn health_answers_every_name_and_announces_a_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_service_answers_healthz_and_announces_a_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = PlatformConfig::from_env().unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let config = config_in(dir.path());
     let platform = Platform::embedded(config).unwrap();
     let web = sterling_template::platform::start_with(
         "web-health",
@@ -121,8 +130,7 @@ impl Checker for Switch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_interval_drives_the_checks() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = PlatformConfig::from_env().unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let mut config = config_in(dir.path());
     // Far below the 5 s default: a failure must show within a few rounds.
     config.health_interval = Duration::from_millis(50);
     let platform = Platform::embedded(config).unwrap();
@@ -134,12 +142,7 @@ async fn the_configured_interval_drives_the_checks() {
         .running
         .context
         .add_checker(Arc::new(Switch(off.clone())));
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", probe.running.address))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = connect(probe.running.address).await;
     let mut client = HealthClient::new(channel);
     off.store(true, Ordering::SeqCst);
     let seen = tokio::time::Instant::now();
@@ -176,8 +179,7 @@ async fn reflection_lists_the_service_and_health_only() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut config = PlatformConfig::from_env().unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let config = config_in(dir.path());
     let platform = Platform::embedded(config).unwrap();
     let probe = start_probe(
         &platform,
@@ -188,12 +190,7 @@ async fn reflection_lists_the_service_and_health_only() {
     )
     .await
     .unwrap();
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", probe.running.address))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = connect(probe.running.address).await;
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
