@@ -44,7 +44,7 @@ fn platform(dir: &std::path::Path, max_in_flight: usize) -> Platform {
 }
 
 async fn slow() -> &'static str {
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     "slow"
 }
 
@@ -93,6 +93,7 @@ async fn http_sheds_past_the_bound_and_counts_it() {
         let (client, url) = (client.clone(), url.clone());
         async move { client.get(url).send().await.unwrap().status() }
     });
+    // The first holds the only place for 2 s; 100 ms is ample for it to get there.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let second = client.get(&url).send().await.unwrap();
     assert_eq!(second.status(), 503);
@@ -122,7 +123,7 @@ async fn grpc_sheds_past_the_bound_and_counts_it() {
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path(), 1);
     let slow = Behaviour {
-        delay: Duration::from_millis(400),
+        delay: Duration::from_secs(2),
         ..Behaviour::default()
     };
     let probe = start_probe(&platform, "probe-shed", "p", slow, None)
@@ -134,7 +135,15 @@ async fn grpc_sheds_past_the_bound_and_counts_it() {
         let mut client = client.clone();
         async move { client.read(request()).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first is in its handler (holding the only place) before the second is sent.
+    while probe
+        .counters
+        .received
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let refused = client.clone().read(request()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert_eq!(
@@ -251,18 +260,24 @@ async fn expired_deadlines_are_refused_on_both_protocols() {
     let probe = start_probe(&platform, "probe-late", "p", Behaviour::default(), None)
         .await
         .unwrap();
-    let mut client = ProbeClient::connect(format!("http://{}", probe.running.address))
+    // A raw HTTP/2 call, so that no client-side timer can give up before the server answers.
+    let late = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(format!(
+            "http://{}/sterling.testing.v1.Probe/Read",
+            probe.running.address
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "0m")
+        .body(vec![0u8; 5])
+        .send()
         .await
         .unwrap();
-    let mut late = tonic::Request::new(request());
-    late.metadata_mut()
-        .insert("grpc-timeout", "0m".parse().unwrap());
-    let error = client.read(late).await.unwrap_err();
-    // Whichever side notices first, the class is timeout.
-    assert_eq!(
-        sterling_template::Error::from(error).class(),
-        sterling_template::ErrorClass::Timeout
-    );
+    assert_eq!(late.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(late.headers()["sterling-error-code"], "timeout");
     assert_eq!(
         probe
             .counters
