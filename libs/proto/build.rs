@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     // Every contract under proto/: a new service's proto is found, not registered.
     let mut paths = Vec::new();
     collect_protos(&root, &mut paths)?;

@@ -175,15 +175,22 @@ impl AnswerStore {
                 Ok(answer)
             }
             Applied::No(current) => {
-                if let Some(event) = &stand_in {
-                    self.outbox.discard(event).await?;
-                }
                 let row = current
                     .into_iter()
                     .flatten()
                     .next()
                     .ok_or_else(|| Error::internal("answer insert failed without a row"))?;
-                answer_from_row(&id, &row)
+                let standing = answer_from_row(&id, &row)?;
+                if let Some(event) = stand_in {
+                    // Our own earlier write (a retry after a write whose outcome was not
+                    // heard) stands: its event must go out, not be thrown away.
+                    if standing.event_id == event.event_id {
+                        self.outbox.publish_soon(event);
+                    } else {
+                        self.outbox.discard(&event).await?;
+                    }
+                }
+                Ok(standing)
             }
         }
     }
