@@ -11,12 +11,14 @@ use sterling_storage::embedded::Durability;
 use sterling_proto::testing::v1::probe_client::ProbeClient;
 use sterling_proto::testing::v1::probe_server::{Probe, ProbeServer};
 use sterling_proto::testing::v1::{ProbeReply, ProbeRequest};
+use sterling_template::OPERATOR;
 use sterling_template::client::GrpcChannel;
 use sterling_template::client::policy::ClientPolicy;
 use sterling_template::platform::{Platform, PlatformConfig};
 use sterling_template::testing::{Behaviour, start_probe};
 
 use crate::bank::{Bank, BankOptions, Engines};
+use crate::operate::Reach;
 use crate::tools::{self, Clients};
 
 /// What to measure.
@@ -85,7 +87,7 @@ impl BenchBank {
             String::from_utf8(secret.clone())?,
         );
         let bank = Bank::start(options).await?;
-        let clients = Clients::connect(bank.platform.discovery.clone()).await?;
+        let clients = Clients::connect(&Reach::of(&bank.platform)).await?;
         let url = bank
             .card_api_url()
             .ok_or_else(|| anyhow::anyhow!("card-api not started"))?;
@@ -269,7 +271,8 @@ pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
     let probe = start_probe(&platform, "probe", "probe-0", Behaviour::default(), None).await?;
     let mut full = ProbeClient::new(
         GrpcChannel::connect_with(platform.discovery.clone(), "probe", ClientPolicy::default())
-            .await?,
+            .await?
+            .calling_as(&platform.identity, OPERATOR),
     );
     let request = || ProbeRequest {
         payload: "payload".into(),
@@ -357,12 +360,9 @@ pub async fn swipe_to_push(swipes: usize, durability: Durability) -> anyhow::Res
     )
     .await?;
     let mut push = sterling_proto::push::v1::push_client::PushClient::new(
-        GrpcChannel::connect(
-            bank.platform.discovery.clone(),
-            "push",
-            Duration::from_secs(5),
-        )
-        .await?,
+        Reach::of(&bank.platform)
+            .channel(sterling_proto::push::v1::PUSH_SERVICE)
+            .await?,
     );
     push.register_device(sterling_proto::push::v1::RegisterDeviceRequest {
         account_id: seeded.account_id.clone(),

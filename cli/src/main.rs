@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use sterling::bank::{self, Bank, BankOptions, Engines, SERVICES};
 use sterling::bench;
-use sterling::operate::{self, show_money};
+use sterling::operate::{self, Reach, show_money};
 use sterling::reconcile::{self, Heard, Reconciler};
 use sterling::tools::{self, Clients};
 use sterling_money::{Currency, Money};
@@ -255,11 +255,15 @@ enum Webhooks {
 }
 
 /// Finds the running bank: `STERLING_DISCOVERY` (e.g. `nats`), else what the bank under the
-/// data directory records (NATS, or the `endpoints.json` it writes).
-async fn discovery() -> anyhow::Result<SharedDiscovery> {
+/// data directory records (NATS, or the `endpoints.json` it writes); the operator's identity
+/// from the bank's authority (`STERLING_IDENTITY_*`).
+async fn reach() -> anyhow::Result<Reach> {
     let config = PlatformConfig::from_env()?;
     let spec = bank::discovery_of(&config)?;
-    Ok(open_discovery(&spec, &config).await?)
+    Ok(Reach {
+        discovery: open_discovery(&spec, &config).await?,
+        identity: config.open_identity()?,
+    })
 }
 
 /// card-api's base URL, found through discovery.
@@ -421,7 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             account,
             limit,
             cursor,
-        } => operate::transactions(&discovery().await?, &account, limit, cursor).await,
+        } => operate::transactions(&reach().await?, &account, limit, cursor).await,
         Command::Devices { command } => devices(command).await,
         Command::Webhooks { command } => webhooks(command).await,
     }
@@ -533,14 +537,14 @@ async fn up(options: UpOptions, data: &std::path::Path) -> anyhow::Result<()> {
 async fn seed(currency: &str, amount: &str, key: Option<String>) -> anyhow::Result<()> {
     let currency = Currency::from_code(currency)?;
     let funded = Money::parse(amount, currency)?;
-    let discovery = discovery().await?;
+    let bank = reach().await?;
     let needed = [
         sterling_proto::ledger::v1::LEDGER_SERVICE,
         sterling_proto::cards::v1::CARDS_SERVICE,
         sterling_proto::push::v1::PUSH_SERVICE,
     ];
-    operate::require(&discovery, &needed).await?;
-    let clients = Clients::connect(discovery.clone()).await?;
+    operate::require(&bank, &needed).await?;
+    let clients = Clients::connect(&bank).await?;
     let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
     let seeded = tools::seed(&clients, &key, funded).await?;
     println!(
@@ -551,13 +555,7 @@ async fn seed(currency: &str, amount: &str, key: Option<String>) -> anyhow::Resu
         "card    {}  (last four {})",
         seeded.card.token, seeded.card.last_four
     );
-    operate::register_device(
-        &discovery,
-        &seeded.account_id,
-        &format!("seed-{key}"),
-        "ios",
-    )
-    .await?;
+    operate::register_device(&bank, &seeded.account_id, &format!("seed-{key}"), "ios").await?;
     Ok(())
 }
 
@@ -576,7 +574,7 @@ async fn pay(
     secret: &str,
     answers: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let card_api = card_api_url(&discovery().await?).await?;
+    let card_api = card_api_url(&reach().await?.discovery).await?;
     let request = tools::authorisation_json(
         &payment.id,
         &payment.card,
@@ -633,7 +631,7 @@ async fn reconcile_answers(
     complete: bool,
     secret: String,
 ) -> anyhow::Result<()> {
-    let discovery = discovery().await?;
+    let bank = reach().await?;
     let mut heard = Vec::new();
     for (n, line) in std::fs::read_to_string(answers)?.lines().enumerate() {
         if line.trim().is_empty() {
@@ -650,9 +648,9 @@ async fn reconcile_answers(
         })?);
     }
     let reconciler = Reconciler {
-        clients: Clients::connect(discovery.clone()).await?,
+        clients: Clients::connect(&bank).await?,
         http: reqwest::Client::new(),
-        card_api_url: card_api_url(&discovery).await?,
+        card_api_url: card_api_url(&bank.discovery).await?,
         secret: secret.into_bytes(),
     };
     let report = reconciler
@@ -742,7 +740,7 @@ async fn bench_push(swipes: usize, durability: &str) -> anyhow::Result<()> {
 
 /// `sterling freeze` and `sterling unfreeze`.
 async fn freeze(card: &str, frozen: bool) -> anyhow::Result<()> {
-    let clients = Clients::connect(discovery().await?).await?;
+    let clients = Clients::connect(&reach().await?).await?;
     let c = tools::set_frozen(&clients, card, frozen).await?;
     let state = if frozen { "frozen" } else { "active" };
     println!("card {} is {state}", c.token);
@@ -751,7 +749,7 @@ async fn freeze(card: &str, frozen: bool) -> anyhow::Result<()> {
 
 /// `sterling balance`.
 async fn balance(account: &str) -> anyhow::Result<()> {
-    let clients = Clients::connect(discovery().await?).await?;
+    let clients = Clients::connect(&reach().await?).await?;
     let b = tools::balance(&clients, account).await?;
     println!(
         "balance {}  held {}  available {}",
@@ -764,28 +762,28 @@ async fn balance(account: &str) -> anyhow::Result<()> {
 
 /// `sterling devices ...`.
 async fn devices(command: Devices) -> anyhow::Result<()> {
-    let discovery = discovery().await?;
+    let bank = reach().await?;
     match command {
         Devices::Register {
             account,
             token,
             platform,
-        } => operate::register_device(&discovery, &account, &token, &platform).await,
-        Devices::List { account } => operate::list_devices(&discovery, &account).await,
+        } => operate::register_device(&bank, &account, &token, &platform).await,
+        Devices::List { account } => operate::list_devices(&bank, &account).await,
     }
 }
 
 /// `sterling webhooks ...`.
 async fn webhooks(command: Webhooks) -> anyhow::Result<()> {
-    let discovery = discovery().await?;
+    let bank = reach().await?;
     match command {
         Webhooks::Register { account, url, key } => {
             let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-            operate::register_webhook(&discovery, &account, &url, &key).await
+            operate::register_webhook(&bank, &account, &url, &key).await
         }
-        Webhooks::List { account } => operate::list_webhooks(&discovery, &account).await,
+        Webhooks::List { account } => operate::list_webhooks(&bank, &account).await,
         Webhooks::Deliveries { webhook, limit } => {
-            operate::deliveries(&discovery, &webhook, limit).await
+            operate::deliveries(&bank, &webhook, limit).await
         }
     }
 }

@@ -14,8 +14,11 @@ use sterling_proto::webhooks::v1::webhooks_client::WebhooksClient;
 use sterling_proto::webhooks::v1::{
     ListDeliveriesRequest, ListWebhooksRequest, RegisterWebhookRequest,
 };
+use sterling_template::OPERATOR;
 use sterling_template::client::GrpcChannel;
 use sterling_template::discovery::SharedDiscovery;
+use sterling_template::identity::Identity;
+use sterling_template::platform::Platform;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -23,17 +26,47 @@ use tonic_health::pb::health_client::HealthClient;
 /// How long an operator's call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A channel to `service` through discovery.
-pub async fn channel(discovery: &SharedDiscovery, service: &str) -> anyhow::Result<GrpcChannel> {
-    Ok(GrpcChannel::connect(discovery.clone(), service, CALL_TIMEOUT).await?)
+/// How the operator's tools reach a running bank: its discovery, and the identity they call
+/// with (the operator's).
+#[derive(Clone)]
+pub struct Reach {
+    /// The bank's discovery.
+    pub discovery: SharedDiscovery,
+    /// The bank's identity authority, as this process knows it.
+    pub identity: Identity,
+}
+
+impl Reach {
+    /// The bank a platform belongs to.
+    pub fn of(platform: &Platform) -> Reach {
+        Reach {
+            discovery: platform.discovery.clone(),
+            identity: platform.identity.clone(),
+        }
+    }
+
+    /// A channel to `service` through discovery, calling as the operator.
+    pub async fn channel(&self, service: &str) -> anyhow::Result<GrpcChannel> {
+        self.channel_with(service, CALL_TIMEOUT).await
+    }
+
+    /// As [`Reach::channel`], with calls capped at `timeout`.
+    pub async fn channel_with(
+        &self,
+        service: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<GrpcChannel> {
+        let channel = GrpcChannel::connect(self.discovery.clone(), service, timeout).await?;
+        Ok(channel.calling_as(&self.identity, OPERATOR))
+    }
 }
 
 /// Checks that every one of `services` is running and serving, before a command changes
 /// anything; the error names those that are not and says why.
-pub async fn require(discovery: &SharedDiscovery, services: &[&str]) -> anyhow::Result<()> {
+pub async fn require(bank: &Reach, services: &[&str]) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     for service in services {
-        let serving = match channel(discovery, service).await {
+        let serving = match bank.channel(service).await {
             Ok(channel) if channel.live_instances() > 0 => HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: service.to_string(),
@@ -88,17 +121,14 @@ pub fn paint(text: &str, good: bool) -> String {
 
 /// Prints one page of an account's transactions, newest first, and the command for the next.
 pub async fn transactions(
-    discovery: &SharedDiscovery,
+    bank: &Reach,
     account: &str,
     limit: u32,
     cursor: Option<String>,
 ) -> anyhow::Result<()> {
     let mut client = sterling_proto::transactions::v1::transactions_client::TransactionsClient::new(
-        channel(
-            discovery,
-            sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
-        )
-        .await?,
+        bank.channel(sterling_proto::transactions::v1::TRANSACTIONS_SERVICE)
+            .await?,
     );
     let page = client
         .list_transactions(ListTransactionsRequest {
@@ -138,13 +168,13 @@ pub async fn transactions(
 
 /// Registers a device for push notifications.
 pub async fn register_device(
-    discovery: &SharedDiscovery,
+    bank: &Reach,
     account: &str,
     token: &str,
     platform: &str,
 ) -> anyhow::Result<()> {
-    require(discovery, &[sterling_proto::push::v1::PUSH_SERVICE]).await?;
-    let device = PushClient::new(channel(discovery, sterling_proto::push::v1::PUSH_SERVICE).await?)
+    require(bank, &[sterling_proto::push::v1::PUSH_SERVICE]).await?;
+    let device = PushClient::new(bank.channel(sterling_proto::push::v1::PUSH_SERVICE).await?)
         .register_device(RegisterDeviceRequest {
             account_id: account.into(),
             device_token: token.into(),
@@ -161,16 +191,15 @@ pub async fn register_device(
 }
 
 /// Lists an account's devices.
-pub async fn list_devices(discovery: &SharedDiscovery, account: &str) -> anyhow::Result<()> {
-    let devices =
-        PushClient::new(channel(discovery, sterling_proto::push::v1::PUSH_SERVICE).await?)
-            .list_devices(ListDevicesRequest {
-                account_id: account.into(),
-            })
-            .await
-            .map_err(sterling_template::Error::from)?
-            .into_inner()
-            .devices;
+pub async fn list_devices(bank: &Reach, account: &str) -> anyhow::Result<()> {
+    let devices = PushClient::new(bank.channel(sterling_proto::push::v1::PUSH_SERVICE).await?)
+        .list_devices(ListDevicesRequest {
+            account_id: account.into(),
+        })
+        .await
+        .map_err(sterling_template::Error::from)?
+        .into_inner()
+        .devices;
     for d in &devices {
         println!("{}  {}", d.device_token, d.platform);
     }
@@ -182,14 +211,15 @@ pub async fn list_devices(discovery: &SharedDiscovery, account: &str) -> anyhow:
 
 /// Registers a webhook; prints its signing secret (shown this once).
 pub async fn register_webhook(
-    discovery: &SharedDiscovery,
+    bank: &Reach,
     account: &str,
     url: &str,
     key: &str,
 ) -> anyhow::Result<()> {
-    require(discovery, &[sterling_proto::webhooks::v1::WEBHOOKS_SERVICE]).await?;
+    require(bank, &[sterling_proto::webhooks::v1::WEBHOOKS_SERVICE]).await?;
     let webhook = WebhooksClient::new(
-        channel(discovery, sterling_proto::webhooks::v1::WEBHOOKS_SERVICE).await?,
+        bank.channel(sterling_proto::webhooks::v1::WEBHOOKS_SERVICE)
+            .await?,
     )
     .register_webhook(RegisterWebhookRequest {
         idempotency_key: key.into(),
@@ -210,9 +240,10 @@ pub async fn register_webhook(
 }
 
 /// Lists an account's webhooks.
-pub async fn list_webhooks(discovery: &SharedDiscovery, account: &str) -> anyhow::Result<()> {
+pub async fn list_webhooks(bank: &Reach, account: &str) -> anyhow::Result<()> {
     let webhooks = WebhooksClient::new(
-        channel(discovery, sterling_proto::webhooks::v1::WEBHOOKS_SERVICE).await?,
+        bank.channel(sterling_proto::webhooks::v1::WEBHOOKS_SERVICE)
+            .await?,
     )
     .list_webhooks(ListWebhooksRequest {
         account_id: account.into(),
@@ -231,13 +262,10 @@ pub async fn list_webhooks(discovery: &SharedDiscovery, account: &str) -> anyhow
 }
 
 /// Prints a webhook's latest deliveries.
-pub async fn deliveries(
-    discovery: &SharedDiscovery,
-    webhook: &str,
-    limit: u32,
-) -> anyhow::Result<()> {
+pub async fn deliveries(bank: &Reach, webhook: &str, limit: u32) -> anyhow::Result<()> {
     let deliveries = WebhooksClient::new(
-        channel(discovery, sterling_proto::webhooks::v1::WEBHOOKS_SERVICE).await?,
+        bank.channel(sterling_proto::webhooks::v1::WEBHOOKS_SERVICE)
+            .await?,
     )
     .list_deliveries(ListDeliveriesRequest {
         webhook_id: webhook.into(),

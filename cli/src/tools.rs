@@ -14,7 +14,8 @@ use sterling_proto::ledger::v1::{
 use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
 use sterling_proto::transactions::v1::{ListTransactionsRequest, Transaction};
 use sterling_template::client::GrpcChannel;
-use sterling_template::discovery::SharedDiscovery;
+
+use crate::operate::Reach;
 use sterling_template::{Error, money};
 
 /// Typed clients for the services the tools use.
@@ -31,41 +32,18 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Connects through discovery.
-    pub async fn connect(discovery: SharedDiscovery) -> anyhow::Result<Clients> {
+    /// Connects to the bank `bank` reaches, calling as the operator.
+    pub async fn connect(bank: &Reach) -> anyhow::Result<Clients> {
         let timeout = Duration::from_secs(5);
+        let channel = |service| bank.channel_with(service, timeout);
         Ok(Clients {
-            ledger: LedgerClient::new(
-                GrpcChannel::connect(
-                    discovery.clone(),
-                    sterling_proto::ledger::v1::LEDGER_SERVICE,
-                    timeout,
-                )
-                .await?,
-            ),
-            cards: CardsClient::new(
-                GrpcChannel::connect(
-                    discovery.clone(),
-                    sterling_proto::cards::v1::CARDS_SERVICE,
-                    timeout,
-                )
-                .await?,
-            ),
+            ledger: LedgerClient::new(channel(sterling_proto::ledger::v1::LEDGER_SERVICE).await?),
+            cards: CardsClient::new(channel(sterling_proto::cards::v1::CARDS_SERVICE).await?),
             transactions: TransactionsClient::new(
-                GrpcChannel::connect(
-                    discovery.clone(),
-                    sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
-                    timeout,
-                )
-                .await?,
+                channel(sterling_proto::transactions::v1::TRANSACTIONS_SERVICE).await?,
             ),
             card_processing: CardProcessingClient::new(
-                GrpcChannel::connect(
-                    discovery,
-                    sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
-                    timeout,
-                )
-                .await?,
+                channel(sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE).await?,
             ),
         })
     }

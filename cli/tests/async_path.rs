@@ -102,6 +102,7 @@ async fn channel(bank: &TestBank, service: &str) -> GrpcChannel {
     )
     .await
     .unwrap()
+    .calling_as(&bank.bank.platform.identity, sterling_template::OPERATOR)
 }
 
 async fn sink_deliveries(bank: &TestBank) -> Vec<serde_json::Value> {

@@ -25,7 +25,8 @@ async fn card_processing(bank: &common::TestBank) -> CardProcessingClient<GrpcCh
         Duration::from_secs(5),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .calling_as(&bank.bank.platform.identity, "card-api");
     CardProcessingClient::new(channel)
 }
 

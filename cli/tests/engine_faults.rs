@@ -42,6 +42,7 @@ const AUDIT: ServiceDefinition = ServiceDefinition {
     migrations: &[],
     settings: &[],
     depends_on: &[],
+    access: &[],
     build: |ctx| {
         Box::pin(async move {
             let config = ConsumerConfig {
@@ -324,9 +325,10 @@ async fn a_steady_stream_through_a_cassandra_outage_and_a_nats_restart_keeps_eve
         burst::reasons(&heard)
     );
     heard.extend(burst::send_limited(&bank.http, &bank.url, SECRET, &requests, 1, 8).await);
-    let clients = sterling::tools::Clients::connect(bank.bank.platform.discovery.clone())
-        .await
-        .unwrap();
+    let clients =
+        sterling::tools::Clients::connect(&sterling::operate::Reach::of(&bank.bank.platform))
+            .await
+            .unwrap();
     let reconciler = burst::reconciler(clients, &bank.url, SECRET);
     let report = burst::assert_rules_hold(
         &reconciler,

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 use common::burst::{self, Request, assert_rules_hold};
 use common::{SECRET, money, real_engines};
 use rand::Rng;
+use sterling::operate::Reach;
 use sterling::tools::{self, Clients};
-use sterling_template::discovery::{Protocol, SharedDiscovery};
+use sterling_template::discovery::Protocol;
+use sterling_template::identity::Identity;
+use sterling_template::platform::config::IDENTITY_KEY_FILE;
 use sterling_template::platform::{DiscoverySpec, PlatformConfig, open_discovery};
 
 struct ChildBank {
@@ -54,7 +57,8 @@ impl ChildBank {
         }
     }
 
-    async fn discovery(&self) -> SharedDiscovery {
+    /// The bank's discovery, and its identity authority (the key file in its data directory).
+    async fn reach(&self) -> Reach {
         let mut config = PlatformConfig::from_env().unwrap();
         config.namespace = self.namespace.clone();
         let spec = if real_engines() {
@@ -62,7 +66,10 @@ impl ChildBank {
         } else {
             DiscoverySpec::File(self.dir.join("endpoints.json"))
         };
-        open_discovery(&spec, &config).await.unwrap()
+        Reach {
+            discovery: open_discovery(&spec, &config).await.unwrap(),
+            identity: Identity::load_or_create(&self.dir.join(IDENTITY_KEY_FILE)).unwrap(),
+        }
     }
 
     /// Waits until the bank answers on card-api; returns its URL.
@@ -85,7 +92,13 @@ impl ChildBank {
     }
 
     async fn card_api_url(&self) -> Option<String> {
-        let found = self.discovery().await.resolve("card-api").await.ok()?;
+        let found = self
+            .reach()
+            .await
+            .discovery
+            .resolve("card-api")
+            .await
+            .ok()?;
         found
             .into_iter()
             .find(|r| r.protocol == Protocol::Http)
@@ -134,7 +147,7 @@ async fn killing_the_bank_mid_burst_keeps_every_rule() {
     let namespace = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let mut bank = ChildBank::spawn(dir.path(), &namespace);
     let url = bank.ready().await;
-    let clients = Clients::connect(bank.discovery().await).await.unwrap();
+    let clients = Clients::connect(&bank.reach().await).await.unwrap();
     let customer = tools::seed(&clients, "kill-nine", money("60.00", "GBP"))
         .await
         .unwrap();
@@ -174,7 +187,7 @@ async fn killing_the_bank_mid_burst_keeps_every_rule() {
         heard.len(),
         burst::reasons(&heard)
     );
-    let clients = Clients::connect(bank.discovery().await).await.unwrap();
+    let clients = Clients::connect(&bank.reach().await).await.unwrap();
     let reconciler = burst::reconciler(clients, &url, SECRET);
     let report = assert_rules_hold(
         &reconciler,

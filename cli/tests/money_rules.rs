@@ -36,7 +36,7 @@ const SETTINGS: &[(&str, &str)] = &[
 ];
 
 async fn reconciler(bank: &TestBank) -> std::sync::Arc<sterling::reconcile::Reconciler> {
-    let clients = Clients::connect(bank.bank.platform.discovery.clone())
+    let clients = Clients::connect(&sterling::operate::Reach::of(&bank.bank.platform))
         .await
         .unwrap();
     burst::reconciler(clients, &bank.url, SECRET)
@@ -178,10 +178,20 @@ async fn the_reconciler_reports_each_broken_rule() {
         "{report}"
     );
 
-    // Rules 2 and 3: a hold released behind card-processing's back.
-    bank.clients
-        .ledger
-        .clone()
+    // Rules 2 and 3: a hold released behind card-processing's back (only a caller with its
+    // identity may release one).
+    let as_card_processing = sterling_template::client::GrpcChannel::connect(
+        bank.bank.platform.discovery.clone(),
+        sterling_proto::ledger::v1::LEDGER_SERVICE,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+    .calling_as(
+        &bank.bank.platform.identity,
+        sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+    );
+    sterling_proto::ledger::v1::ledger_client::LedgerClient::new(as_card_processing)
         .release_hold(ReleaseHoldRequest {
             hold_id: "oracle-1".into(),
             account_id: customer.account_id.clone(),

@@ -49,7 +49,8 @@ async fn a_payment_is_one_trace_across_hops_and_events() {
         Duration::from_secs(5),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .calling_as(&bank.bank.platform.identity, sterling_template::OPERATOR);
     PushClient::new(channel)
         .register_device(RegisterDeviceRequest {
             account_id: customer.account_id.clone(),

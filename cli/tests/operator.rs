@@ -55,7 +55,8 @@ async fn seed_checks_its_services_before_changing_anything() {
         std::time::Duration::from_secs(2),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .calling_as(&bank.platform.identity, sterling_template::OPERATOR);
     let missing = LedgerClient::new(channel)
         .get_balance(GetBalanceRequest {
             account_id: "acc-k1".into(),

@@ -48,7 +48,8 @@ async fn every_service_a_payment_touches_logs_its_request_id() {
         std::time::Duration::from_secs(5),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .calling_as(&bank.bank.platform.identity, sterling_template::OPERATOR);
     let mut feed = sterling_proto::feed::v1::feed_client::FeedClient::new(channel);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {

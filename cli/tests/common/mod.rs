@@ -99,7 +99,7 @@ async fn start_with(
     let bank = Bank::start_on(options, platform)
         .await
         .expect("bank starts");
-    let clients = Clients::connect(bank.platform.discovery.clone())
+    let clients = Clients::connect(&sterling::operate::Reach::of(&bank.platform))
         .await
         .unwrap();
     let url = bank.card_api_url().unwrap();

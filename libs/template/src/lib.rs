@@ -5,6 +5,7 @@
 //! - [`server`]: the stack of layers around every server, one job each;
 //! - [`client`]: channels to a service name through discovery, carrying the context, with
 //!   retry and hedging policy read from the contracts;
+//! - [`identity`]: who is calling: service identity tokens signed by the bank's authority;
 //! - [`context`]: request id, deadline, W3C trace context, hop count;
 //! - [`error`]: the one error type with typed classes and stable dotted codes, across gRPC
 //!   and HTTP;
@@ -18,6 +19,7 @@ pub mod context;
 pub mod discovery;
 pub mod error;
 pub mod failpoint;
+pub mod identity;
 pub mod money;
 pub mod outbox;
 pub mod platform;
@@ -27,4 +29,6 @@ pub mod telemetry;
 pub mod testing;
 
 pub use error::{Error, ErrorClass, Result};
+pub use identity::OPERATOR;
 pub use platform::{Api, ServiceContext, ServiceDefinition, Setting};
+pub use server::access::Rule;

@@ -19,6 +19,7 @@ use crate::client::policy::ClientPolicy;
 use crate::context::RequestContext;
 use crate::error::Error;
 use crate::platform::{self, Platform, RunningService};
+use crate::server::access::{ANY_CALLER, Rule};
 
 /// How a probe instance behaves; change it while it runs.
 #[derive(Debug, Clone, Default)]
@@ -128,6 +129,8 @@ impl Handler {
                     )
                 })
                 .await?
+                .clone()
+                .calling_as(&self.platform.identity, &self.name)
                 .clone();
             let onward = ProbeRequest {
                 payload: request.payload.clone(),
@@ -158,6 +161,18 @@ impl Probe for Handler {
     }
 }
 
+/// Any caller the bank knows may call a probe.
+pub const PROBE_ACCESS: &[Rule] = &[
+    Rule {
+        method: "Read",
+        callers: &[ANY_CALLER],
+    },
+    Rule {
+        method: "Write",
+        callers: &[ANY_CALLER],
+    },
+];
+
 /// Starts a probe instance registered as `service`, optionally calling `downstream` (another
 /// probe service) with `policy` from each request.
 pub async fn start_probe(
@@ -181,9 +196,15 @@ pub async fn start_probe(
         platform: platform.clone(),
     };
     let listen: SocketAddr = "127.0.0.1:0".parse()?;
-    let running = platform::start_with(service, &[], &[], platform, listen, move |_ctx| {
-        Box::pin(async move { Ok(Api::grpc(ProbeServer::new(handler))) })
-    })
+    let running = platform::start_with(
+        service,
+        &[],
+        &[],
+        PROBE_ACCESS,
+        platform,
+        listen,
+        move |_ctx| Box::pin(async move { Ok(Api::grpc(ProbeServer::new(handler))) }),
+    )
     .await?;
     Ok(ProbeInstance {
         name: instance.to_string(),

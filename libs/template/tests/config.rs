@@ -42,6 +42,9 @@ const MISSPELT: &[(&str, &str)] = &[
     ("STERLING_METRICS_ADDR", ":9464"),
     ("STERLING_LOG", "info,[bad"),
     ("STERLING_LOG_FORMAT", "jsn"),
+    ("STERLING_IDENTITY_PUBLIC_KEY", "not-a-key"),
+    // A token without the public key that checks it.
+    ("STERLING_IDENTITY_TOKEN", "sst1.fx.0.00"),
 ];
 
 #[test]
@@ -55,7 +58,11 @@ fn a_misspelt_value_of_each_variable_is_refused_by_name() {
     }
     // Every variable that takes a constrained value is covered.
     for (variable, _, _) in VARIABLES {
-        let free_text = ["STERLING_DATA_DIR", "STERLING_ZONE"];
+        let free_text = [
+            "STERLING_DATA_DIR",
+            "STERLING_ZONE",
+            "STERLING_IDENTITY_KEY_FILE",
+        ];
         assert!(
             free_text.contains(variable) || MISSPELT.iter().any(|(v, _)| v == variable),
             "{variable} has no misspelt case"

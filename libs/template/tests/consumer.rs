@@ -47,6 +47,7 @@ async fn outcomes_follow_the_policy_and_are_counted() {
         "audit-m",
         &[],
         &[],
+        &[],
         &platform,
         "127.0.0.1:0".parse().unwrap(),
         move |ctx| {

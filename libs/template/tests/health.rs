@@ -94,6 +94,7 @@ async fn an_http_service_answers_healthz_and_announces_a_stop() {
         "web-health",
         &[],
         &[],
+        &[],
         &platform,
         "127.0.0.1:0".parse().unwrap(),
         |_| Box::pin(async { Ok(sterling_template::Api::Http(axum::Router::new())) }),

@@ -1,6 +1,7 @@
 //! Each layer of the server stack proves its one job, on a gRPC service (the probe) and on an
 //! HTTP service (an axum router) alike: the request context and request id, metrics, expired
-//! deadlines, load shedding, the panic guard and, on HTTP, problem documents for every error.
+//! deadlines, load shedding, the panic guard and, on HTTP, problem documents for every error;
+//! on gRPC, callers without the bank's identity refused before any handler, probes let in.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -12,9 +13,13 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sterling_proto::testing::v1::ProbeRequest;
 use sterling_proto::testing::v1::probe_client::ProbeClient;
+use sterling_template::OPERATOR;
 use sterling_template::context::RequestContext;
 use sterling_template::platform::{self, Api, Platform, PlatformConfig, RunningService};
 use sterling_template::testing::{Behaviour, start_probe};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -34,6 +39,26 @@ fn series(parts: &[&str]) -> f64 {
         .find(|l| parts.iter().all(|p| l.contains(p)))
         .unwrap_or_else(|| panic!("no series with {parts:?} in\n{text}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A plain tonic client of a probe, carrying the operator's identity token.
+async fn probe_client(
+    platform: &Platform,
+    address: SocketAddr,
+) -> ProbeClient<InterceptedService<Channel, impl Interceptor + Clone + use<>>> {
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = platform.identity.header_for(OPERATOR).unwrap();
+    let token = tonic::metadata::MetadataValue::try_from(token.as_bytes()).unwrap();
+    ProbeClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+        Ok(request)
+    })
 }
 
 fn platform(dir: &std::path::Path, max_in_flight: usize) -> Platform {
@@ -68,7 +93,7 @@ async fn start_web(platform: &Platform, name: &'static str) -> RunningService {
         .route("/echo", post(echo))
         .layer(DefaultBodyLimit::max(64));
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    platform::start_with(name, &[], &[], platform, listen, move |_| {
+    platform::start_with(name, &[], &[], &[], platform, listen, move |_| {
         Box::pin(async move { Ok(Api::Http(router)) })
     })
     .await
@@ -129,8 +154,7 @@ async fn grpc_sheds_past_the_bound_and_counts_it() {
     let probe = start_probe(&platform, "probe-shed", "p", slow, None)
         .await
         .unwrap();
-    let url = format!("http://{}", probe.running.address);
-    let client = ProbeClient::connect(url).await.unwrap();
+    let client = probe_client(&platform, probe.running.address).await;
     let first = tokio::spawn({
         let mut client = client.clone();
         async move { client.read(request()).await }
@@ -222,9 +246,7 @@ async fn a_panicking_grpc_handler_answers_internal_and_is_counted() {
     let probe = start_probe(&platform, "probe-panic", "p", panics, None)
         .await
         .unwrap();
-    let mut client = ProbeClient::connect(format!("http://{}", probe.running.address))
-        .await
-        .unwrap();
+    let mut client = probe_client(&platform, probe.running.address).await;
     let error = client.read(request()).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::Internal);
     probe.behaviour.lock().unwrap().panic = false;
@@ -272,6 +294,10 @@ async fn expired_deadlines_are_refused_on_both_protocols() {
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", "0m")
+        .header(
+            "authorization",
+            platform.identity.header_for(OPERATOR).unwrap(),
+        )
         .body(vec![0u8; 5])
         .send()
         .await
@@ -357,4 +383,94 @@ async fn every_http_error_is_a_problem_document() {
         assert_eq!(body["status"], status);
         assert_eq!(body["request_id"], "req-problem");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_without_the_banks_identity_are_refused_and_probes_let_in() {
+    prometheus();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path(), 8);
+    let probe = start_probe(&platform, "probe-door", "p", Behaviour::default(), None)
+        .await
+        .unwrap();
+    let raw = |token: Option<String>| {
+        let mut call = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap()
+            .post(format!(
+                "http://{}/sterling.testing.v1.Probe/Read",
+                probe.running.address
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(vec![0u8; 5]);
+        if let Some(token) = token {
+            call = call.header("authorization", token);
+        }
+        call.send()
+    };
+    let other_bank = {
+        let other = tempfile::tempdir().unwrap();
+        sterling_template::identity::Identity::load_or_create(&other.path().join("k"))
+            .unwrap()
+            .mint("probe-door", Duration::from_secs(60))
+            .unwrap()
+    };
+    let expired = platform
+        .identity
+        .mint("probe-door", Duration::ZERO)
+        .unwrap();
+    for token in [
+        None,
+        Some("Bearer nonsense".to_string()),
+        Some(format!("Bearer {other_bank}")),
+        Some(format!("Bearer {expired}")),
+    ] {
+        let refused = raw(token.clone()).await.unwrap();
+        assert_eq!(refused.headers()["grpc-status"], "16", "{token:?}");
+        assert_eq!(
+            refused.headers()["sterling-error-code"],
+            "unauthorized.service_identity"
+        );
+    }
+    assert_eq!(
+        probe
+            .counters
+            .received
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert_eq!(
+        series(&[
+            "sterling_server_refused_total",
+            "service=\"probe-door\"",
+            "reason=\"unauthenticated\""
+        ]),
+        4.0
+    );
+    let token = platform.identity.header_for(OPERATOR).unwrap();
+    let let_in = raw(Some(token.to_str().unwrap().to_string()))
+        .await
+        .unwrap();
+    assert_eq!(let_in.status(), 200);
+    assert!(
+        let_in.headers().get("grpc-status").is_none(),
+        "answered by the handler"
+    );
+
+    // Health is open to any prober.
+    let channel = Channel::from_shared(format!("http://{}", probe.running.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "probe-door".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, 1, "SERVING");
 }

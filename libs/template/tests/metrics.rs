@@ -51,7 +51,8 @@ async fn retries_hedges_ejections_and_sheds_are_counted() {
     };
     let channel = GrpcChannel::connect_with(platform.discovery.clone(), "probe-m", policy)
         .await
-        .unwrap();
+        .unwrap()
+        .calling_as(&platform.identity, sterling_template::OPERATOR);
     let mut probe = ProbeClient::new(channel);
     for _ in 0..60 {
         let _ = probe.read(request()).await;

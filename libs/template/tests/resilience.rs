@@ -40,7 +40,8 @@ async fn client(
     ProbeClient::new(
         GrpcChannel::connect_with(platform.discovery.clone(), service, policy)
             .await
-            .unwrap(),
+            .unwrap()
+            .calling_as(&platform.identity, sterling_template::OPERATOR),
     )
 }
 
@@ -362,6 +363,12 @@ async fn a_request_whose_deadline_passed_is_refused_at_once() {
     let mut late = tonic::Request::new(request());
     late.metadata_mut()
         .insert("grpc-timeout", "0m".parse().unwrap());
+    let token = platform
+        .identity
+        .header_for(sterling_template::OPERATOR)
+        .unwrap();
+    late.metadata_mut()
+        .insert("authorization", token.to_str().unwrap().parse().unwrap());
     let status = raw.read(late).await.unwrap_err();
     assert_eq!(Error::from(status).code(), "timeout");
     assert_eq!(probe.counters.received.load(Ordering::SeqCst), 0);

@@ -51,6 +51,8 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         },
     ],
     depends_on: &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
+    // An HTTP API: processors authenticate with the webhook signature.
+    access: &[],
     build: |ctx| Box::pin(build(ctx)),
 };
 

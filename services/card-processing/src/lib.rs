@@ -21,7 +21,7 @@ use sterling_proto::fx::v1::fx_client::FxClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition, Setting};
 
 use std::time::Duration;
 
@@ -61,6 +61,11 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         sterling_proto::fx::v1::FX_SERVICE,
         sterling_proto::ledger::v1::LEDGER_SERVICE,
         sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
+    ],
+    access: &[
+        // Decisions are asked for by card-api alone.
+        Rule::new("Authorise", &["card-api"]),
+        Rule::new("GetAuthorisation", &["card-api", OPERATOR]),
     ],
     build: |ctx| Box::pin(build(ctx)),
 };

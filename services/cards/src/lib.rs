@@ -6,7 +6,7 @@ pub mod store;
 
 use sterling_proto::cards::v1::cards_server::CardsServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 
 use crate::handlers::CardsHandlers;
 use crate::store::CardStore;
@@ -20,6 +20,19 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],
+    access: &[
+        // Issued, frozen and unfrozen by the operator; read by card-processing to authorise.
+        Rule::new("IssueCard", &[OPERATOR]),
+        Rule::new(
+            "GetCard",
+            &[
+                sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+                OPERATOR,
+            ],
+        ),
+        Rule::new("FreezeCard", &[OPERATOR]),
+        Rule::new("UnfreezeCard", &[OPERATOR]),
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 

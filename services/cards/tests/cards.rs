@@ -27,7 +27,8 @@ async fn start() -> Cards {
         .unwrap();
     let channel = GrpcChannel::connect(platform.discovery.clone(), "cards", Duration::from_secs(2))
         .await
-        .unwrap();
+        .unwrap()
+        .calling_as(&platform.identity, sterling_template::OPERATOR);
     Cards {
         client: CardsClient::new(channel),
         running,

@@ -12,7 +12,7 @@ use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
 use sterling_proto::feed::v1::feed_server::FeedServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 
 use crate::handlers::FeedHandlers;
 use crate::store::FeedStore;
@@ -26,6 +26,11 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],
+    access: &[
+        // Read by the operator.
+        Rule::new("ListFeed", &[OPERATOR]),
+        Rule::new("FollowFeed", &[OPERATOR]),
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 

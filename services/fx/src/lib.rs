@@ -5,7 +5,7 @@ pub mod handlers;
 pub mod rates;
 
 use sterling_proto::fx::v1::fx_server::FxServer;
-use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition, Setting};
 
 use crate::handlers::FxHandlers;
 use crate::rates::{BUILTIN_RATES, RateTable};
@@ -20,6 +20,16 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         help: "FX reference rates (CSV); built-in rates when empty",
     }],
     depends_on: &[],
+    access: &[
+        // Conversions for card-processing and the operator.
+        Rule::new(
+            "Convert",
+            &[
+                sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+                OPERATOR,
+            ],
+        ),
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 

@@ -7,7 +7,7 @@ pub mod store;
 
 use sterling_proto::ledger::v1::ledger_server::LedgerServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 
 use crate::handlers::LedgerHandlers;
 use crate::store::Book;
@@ -21,6 +21,27 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],
+    access: &[
+        // Holds are card-processing's alone; money moves and accounts open only on the operator's word.
+        Rule::new("CreateAccount", &[OPERATOR]),
+        Rule::new("GetBalance", &[OPERATOR]),
+        Rule::new("Transfer", &[OPERATOR]),
+        Rule::new(
+            "PlaceHold",
+            &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
+        ),
+        Rule::new(
+            "ReleaseHold",
+            &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
+        ),
+        Rule::new(
+            "GetHold",
+            &[
+                sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+                OPERATOR,
+            ],
+        ),
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 

@@ -14,7 +14,7 @@ use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
 use sterling_proto::merchant::v1::merchant_server::MerchantServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 
 use crate::directory::{BUILTIN, Directory};
 use crate::enrich::{Enricher, EnrichmentConfirm};
@@ -29,6 +29,10 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],
+    access: &[
+        // Read by the operator.
+        Rule::new("GetMerchant", &[OPERATOR]),
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 

@@ -15,7 +15,7 @@ use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
 use sterling_proto::push::v1::push_server::PushServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition, Setting};
 
 use crate::gateway::Gateway;
 use crate::handlers::PushHandlers;
@@ -34,6 +34,12 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         help: "APNs-shaped HTTP/2 push gateway; the push-sink in discovery when empty",
     }],
     depends_on: &[],
+    access: &[
+        // Devices registered and read by the operator.
+        Rule::new("RegisterDevice", &[OPERATOR]),
+        Rule::new("ListDevices", &[OPERATOR]),
+        Rule::new("UnregisterDevice", &[OPERATOR]),
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 

@@ -57,6 +57,8 @@ pub const SINK: ServiceDefinition = ServiceDefinition {
     migrations: &[],
     settings: &[],
     depends_on: &[],
+    // An HTTP stand-in for the push gateway, in development only.
+    access: &[],
     build: |_ctx| Box::pin(async { Ok(Api::Http(router())) }),
 };
 

@@ -33,7 +33,8 @@ async fn devices_are_registered_once_and_unregistered_once() {
         .unwrap();
     let channel = GrpcChannel::connect(platform.discovery.clone(), "push", Duration::from_secs(2))
         .await
-        .unwrap();
+        .unwrap()
+        .calling_as(&platform.identity, sterling_template::OPERATOR);
     let mut push = PushClient::new(channel);
     let list = |account: &str| ListDevicesRequest {
         account_id: account.into(),

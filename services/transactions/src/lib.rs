@@ -10,7 +10,7 @@ use sterling_proto::event_types as types;
 use sterling_proto::events::v1::TransactionEnriched;
 use sterling_proto::transactions::v1::transactions_server::TransactionsServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, Error, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, Error, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 
 use crate::handlers::TransactionsHandlers;
 use crate::store::TransactionStore;
@@ -24,6 +24,25 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     migrations: MIGRATIONS,
     settings: &[],
     depends_on: &[],
+    access: &[
+        // Written by card-processing alone; read by it and the operator.
+        Rule::new(
+            "RecordPending",
+            &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
+        ),
+        Rule::new(
+            "ReleaseTransaction",
+            &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
+        ),
+        Rule::new(
+            "GetTransaction",
+            &[
+                sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+                OPERATOR,
+            ],
+        ),
+        Rule::new("ListTransactions", &[OPERATOR]),
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 

@@ -15,7 +15,7 @@ use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
 use sterling_proto::webhooks::v1::webhooks_server::WebhooksServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition, Setting};
 
 use crate::address::UrlPolicy;
 use crate::dispatch::{DEFAULT_SCHEDULE, Dispatcher};
@@ -47,6 +47,13 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         },
     ],
     depends_on: &[],
+    access: &[
+        // Registered and read by the operator.
+        Rule::new("RegisterWebhook", &[OPERATOR]),
+        Rule::new("ListWebhooks", &[OPERATOR]),
+        Rule::new("DeleteWebhook", &[OPERATOR]),
+        Rule::new("ListDeliveries", &[OPERATOR]),
+    ],
     build: |ctx| Box::pin(build(ctx)),
 };
 

@@ -42,7 +42,8 @@ async fn webhooks_are_registered_once_listed_and_deleted() {
         Duration::from_secs(2),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .calling_as(&platform.identity, sterling_template::OPERATOR);
     let mut webhooks = WebhooksClient::new(channel);
 
     let url = "https://receiver.example/hooks";

@@ -57,6 +57,7 @@ use crate::context::{
 };
 use crate::discovery::SharedDiscovery;
 use crate::error::{Error, Result};
+use crate::identity::Identity;
 use crate::request_metrics::{RequestMetrics, grpc_code_name};
 
 /// Boxed error type of the channel (a `tonic::Status` inside for errors it makes itself).
@@ -106,6 +107,7 @@ pub struct GrpcChannel {
     latencies: Arc<LatencyTracker>,
     budget: Arc<TpsBudget>,
     metrics: Arc<ChannelMetrics>,
+    caller: Option<(Identity, Arc<str>)>,
 }
 
 impl GrpcChannel {
@@ -186,7 +188,15 @@ impl GrpcChannel {
             balancer,
             latencies,
             budget,
+            caller: None,
         })
+    }
+
+    /// The channel calling as `caller` (a service name, or [`crate::identity::OPERATOR`]):
+    /// every call carries a token of `identity` naming it.
+    pub fn calling_as(mut self, identity: &Identity, caller: &str) -> Self {
+        self.caller = Some((identity.clone(), Arc::from(caller)));
+        self
     }
 
     /// Number of instances the channel currently balances over.
@@ -341,6 +351,12 @@ impl Service<http::Request<Body>> for GrpcChannel {
         let span = tracing::info_span!("call", otel.name = %path, otel.kind = "client", peer.service = %service);
         let (mut parts, body) = request.into_parts();
         stamp(&mut parts.headers, timeout, context.as_ref(), &span);
+        if let Some((identity, caller)) = &self.caller
+            && !parts.headers.contains_key(http::header::AUTHORIZATION)
+            && let Some(token) = identity.header_for(caller)
+        {
+            parts.headers.insert(http::header::AUTHORIZATION, token);
+        }
         let method = path.rsplit('/').next().unwrap_or_default().to_string();
         let method_metrics = self.metrics.requests.method(&method);
         let attempts = Attempts {

@@ -14,6 +14,7 @@ use super::config::{BusSpec, DiscoverySpec, PlatformConfig, StorageBackend};
 use crate::discovery::nats::NatsDiscovery;
 use crate::discovery::{EmbeddedDiscovery, SharedDiscovery, StaticDiscovery};
 use crate::error::{Error, Result};
+use crate::identity::Identity;
 
 /// What every service in a process shares: configuration, discovery and the event bus.
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct Platform {
     pub discovery: SharedDiscovery,
     /// The event bus.
     pub bus: Arc<dyn Bus>,
+    /// Who this process's services are, and how they check who calls them.
+    pub identity: Identity,
 }
 
 impl Platform {
@@ -36,6 +39,7 @@ impl Platform {
             BusSpec::Embedded(path) => Arc::new(embedded_bus(&config, path)?),
         };
         Ok(Platform {
+            identity: config.open_identity()?,
             config,
             discovery,
             bus,
@@ -48,6 +52,7 @@ impl Platform {
         let discovery = open_discovery(&DiscoverySpec::Nats, &config).await?;
         let bus = nats_bus(&config).await?;
         Ok(Platform {
+            identity: config.open_identity()?,
             config,
             discovery,
             bus: Arc::new(bus),
@@ -59,6 +64,7 @@ impl Platform {
     pub fn embedded(config: PlatformConfig) -> Result<Platform> {
         let bus = embedded_bus(&config, &config.data_dir.join("bus.sqlite"))?;
         Ok(Platform {
+            identity: config.open_identity()?,
             config,
             discovery: Arc::new(EmbeddedDiscovery::new()),
             bus: Arc::new(bus),

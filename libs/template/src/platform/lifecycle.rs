@@ -17,6 +17,7 @@ use super::health::{Health, StoreChecker};
 use super::service::{Api, GrpcApi, ServiceContext, ServiceDefinition, Setting};
 use crate::discovery::{Protocol, Registration};
 use crate::outbox::{OUTBOX_MIGRATION, PROCESSED_EVENTS_MIGRATION};
+use crate::server::access::{AccessLayer, Rule};
 
 /// A started service.
 pub struct RunningService {
@@ -107,6 +108,7 @@ pub async fn start(
         definition.name,
         definition.migrations,
         definition.settings,
+        definition.access,
         platform,
         listen,
         definition.build,
@@ -120,6 +122,7 @@ pub async fn start_with<B>(
     name: &'static str,
     service_migrations: &[Migration],
     settings: &'static [Setting],
+    access: &'static [Rule],
     platform: &Platform,
     listen: SocketAddr,
     build: B,
@@ -137,7 +140,16 @@ where
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let (protocol, server) = serve(name, api, &health, listener, platform, shutdown.clone())?;
+    let access = AccessLayer::new(name, platform.identity.clone(), access);
+    let (protocol, server) = serve(
+        name,
+        api,
+        access,
+        &health,
+        listener,
+        platform,
+        shutdown.clone(),
+    )?;
     health.check_once().await;
     let health_loop = tokio::spawn(
         health
@@ -175,6 +187,7 @@ where
 fn serve(
     name: &'static str,
     api: Api,
+    access: AccessLayer,
     health: &Health,
     listener: tokio::net::TcpListener,
     platform: &Platform,
@@ -185,7 +198,8 @@ fn serve(
         Api::Grpc(api) => {
             let (reporter, names) = health_names(name, &api);
             health.report_to(reporter.clone(), names);
-            let server = serve_grpc(name, api, reporter, listener, max_in_flight, shutdown)?;
+            let stack = crate::server::stack(name, "grpc", access, max_in_flight);
+            let server = serve_grpc(name, api, reporter, listener, stack, shutdown)?;
             (Protocol::Grpc, server)
         }
         Api::Http(router) => {
@@ -219,7 +233,7 @@ fn serve_grpc(
     api: GrpcApi,
     reporter: tonic_health::server::HealthReporter,
     listener: tokio::net::TcpListener,
-    max_in_flight: usize,
+    stack: crate::server::ServerStack,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -240,7 +254,7 @@ fn serve_grpc(
     Ok(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(crate::server::stack(name, "grpc", max_in_flight))
+            .layer(stack)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await;
@@ -275,7 +289,12 @@ fn serve_http(
         .layer(axum::middleware::map_response(
             crate::server::problem::problem_json,
         ))
-        .layer(crate::server::stack(name, "http", max_in_flight));
+        .layer(crate::server::stack(
+            name,
+            "http",
+            AccessLayer::open(),
+            max_in_flight,
+        ));
     tokio::spawn(async move {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);

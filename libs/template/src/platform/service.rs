@@ -23,6 +23,7 @@ use crate::client::GrpcChannel;
 use crate::client::policy::ClientPolicy;
 use crate::error::Result;
 use crate::outbox::{Confirm, OUTBOX_GRACE, Outbox};
+use crate::server::access::Rule;
 
 /// A setting a service reads, `STERLING_<SERVICE>_<NAME>` in the environment.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +47,9 @@ pub struct ServiceDefinition {
     pub settings: &'static [Setting],
     /// Services it calls synchronously; they start before it.
     pub depends_on: &'static [&'static str],
+    /// Who may call each gRPC method it serves ([`crate::server::access`]); a method with no
+    /// rule answers `forbidden` to everyone.
+    pub access: &'static [Rule],
     /// Builds the API.
     pub build: fn(ServiceContext) -> BoxFuture<'static, anyhow::Result<Api>>,
 }
@@ -177,7 +181,10 @@ impl ServiceContext {
 
     /// A channel to another service with a policy of its own (not shared).
     pub async fn channel_with(&self, service: &str, policy: ClientPolicy) -> Result<GrpcChannel> {
-        GrpcChannel::connect_from(self.name, self.platform.discovery.clone(), service, policy).await
+        let channel =
+            GrpcChannel::connect_from(self.name, self.platform.discovery.clone(), service, policy)
+                .await?;
+        Ok(channel.calling_as(&self.platform.identity, self.name))
     }
 
     /// A declared setting of this service: `STERLING_<SERVICE>_<NAME>` from the platform's

@@ -4,14 +4,16 @@
 //! 1. [`trace`]: the request context from the headers (request id, deadline, trace, hop), the
 //!    request span every log line of the handler carries, one log line per request;
 //! 2. [`metrics`]: requests by method and outcome, and their durations;
-//! 3. [`deadline`]: a request whose deadline has already passed is refused at once;
-//! 4. [`shed`]: past a bound on requests in flight, new ones are refused at once (retryable);
-//! 5. [`panic`]: a panicking handler becomes an `internal` error, not a dropped connection;
-//! 6. on HTTP only, [`problem`]: every error response is `application/problem+json`.
+//! 3. on gRPC, [`access`]: the caller's identity is checked, then the method's rule;
+//! 4. [`deadline`]: a request whose deadline has already passed is refused at once;
+//! 5. [`shed`]: past a bound on requests in flight, new ones are refused at once (retryable);
+//! 6. [`panic`]: a panicking handler becomes an `internal` error, not a dropped connection;
+//! 7. on HTTP only, [`problem`]: every error response is `application/problem+json`.
 //!
 //! Refusals are written in the protocol's own way by [`Wire`]: a gRPC status with the stable
 //! code in metadata, or a problem document.
 
+pub mod access;
 pub mod deadline;
 pub mod metrics;
 pub mod panic;
@@ -114,16 +116,26 @@ pub type ServerStack = Stack<
         shed::ShedLayer,
         Stack<
             deadline::DeadlineLayer,
-            Stack<metrics::MetricsLayer, Stack<trace::TraceLayer, Identity>>,
+            Stack<
+                access::AccessLayer,
+                Stack<metrics::MetricsLayer, Stack<trace::TraceLayer, Identity>>,
+            >,
         >,
     >,
 >;
 
-/// The stack for `service`, shedding past `max_in_flight` requests at once.
-pub fn stack(service: &'static str, protocol: &'static str, max_in_flight: usize) -> ServerStack {
+/// The stack for `service`, checking callers with `access`, shedding past `max_in_flight`
+/// requests at once.
+pub fn stack(
+    service: &'static str,
+    protocol: &'static str,
+    access: access::AccessLayer,
+    max_in_flight: usize,
+) -> ServerStack {
     tower::ServiceBuilder::new()
         .layer(trace::TraceLayer::new(service))
         .layer(metrics::MetricsLayer::new(service, protocol))
+        .layer(access)
         .layer(deadline::DeadlineLayer::new(service))
         .layer(shed::ShedLayer::new(service, max_in_flight))
         .layer(panic::PanicGuardLayer::new(service))

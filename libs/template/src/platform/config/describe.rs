@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{BusSpec, DiscoverySpec, PlatformConfig, StorageBackend};
+use super::{BusSpec, DiscoverySpec, IdentitySpec, PlatformConfig, StorageBackend};
 
 impl PlatformConfig {
     /// The effective configuration, one `NAME=value` per variable, secrets redacted.
@@ -77,6 +77,23 @@ impl PlatformConfig {
             "STERLING_METRICS_ADDR",
             self.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
         );
+        match &self.identity {
+            IdentitySpec::InDataDir | IdentitySpec::KeyFile(_) => {
+                let path = match &self.identity {
+                    IdentitySpec::KeyFile(path) => path.display().to_string(),
+                    _ => format!("<data>/{}", super::IDENTITY_KEY_FILE),
+                };
+                put("STERLING_IDENTITY_KEY_FILE", path);
+                put("STERLING_IDENTITY_PUBLIC_KEY", String::new());
+                put("STERLING_IDENTITY_TOKEN", String::new());
+            }
+            IdentitySpec::Given { public_key, token } => {
+                put("STERLING_IDENTITY_KEY_FILE", String::new());
+                put("STERLING_IDENTITY_PUBLIC_KEY", public_key.clone());
+                let token = if token.is_some() { "***" } else { "" };
+                put("STERLING_IDENTITY_TOKEN", token.into());
+            }
+        }
         put("STERLING_LOG", self.log_filter.clone());
         put(
             "STERLING_LOG_FORMAT",

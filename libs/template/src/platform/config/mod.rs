@@ -74,6 +74,59 @@ pub enum BusSpec {
     Embedded(PathBuf),
 }
 
+/// Where the identity authority is (see [`crate::identity`]).
+#[derive(Clone, PartialEq, Eq)]
+pub enum IdentitySpec {
+    /// The authority's key in `identity.key` under the data directory (development).
+    InDataDir,
+    /// The authority's key, in a file.
+    KeyFile(PathBuf),
+    /// Only the authority's public key, and this process's token if it calls others.
+    Given {
+        /// Hex of the Ed25519 public key.
+        public_key: String,
+        /// This process's token.
+        token: Option<String>,
+    },
+}
+
+impl fmt::Debug for IdentitySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentitySpec::InDataDir => f.write_str("InDataDir"),
+            IdentitySpec::KeyFile(path) => f.debug_tuple("KeyFile").field(path).finish(),
+            IdentitySpec::Given { public_key, .. } => f
+                .debug_struct("Given")
+                .field("public_key", public_key)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl PlatformConfig {
+    /// The identity authority as this process knows it: reads (or, in development, creates)
+    /// the key file.
+    pub fn open_identity(&self) -> crate::error::Result<crate::identity::Identity> {
+        use crate::identity::Identity;
+        let from_file = |path: &std::path::Path| {
+            Identity::load_or_create(path).map_err(|e| {
+                crate::error::Error::unavailable("identity", format!("identity key: {e}"))
+            })
+        };
+        match &self.identity {
+            IdentitySpec::InDataDir => from_file(&self.data_dir.join(IDENTITY_KEY_FILE)),
+            IdentitySpec::KeyFile(path) => from_file(path),
+            IdentitySpec::Given { public_key, token } => {
+                Identity::given(public_key, token.as_deref())
+                    .map_err(|why| crate::error::Error::internal(format!("identity: {why}")))
+            }
+        }
+    }
+}
+
+/// The authority's key file in the data directory, by default.
+pub const IDENTITY_KEY_FILE: &str = "identity.key";
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -124,6 +177,8 @@ pub struct PlatformConfig {
     pub listen: SocketAddr,
     /// Where Prometheus `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the identity authority is.
+    pub identity: IdentitySpec,
     /// Log filter (`tracing` env-filter syntax).
     pub log_filter: String,
     /// Log format.
@@ -189,6 +244,7 @@ impl PlatformConfig {
                     )
                 })?),
             },
+            identity: specs::identity(&vars)?,
             log_filter,
             log_format: vars.choice(
                 "STERLING_LOG_FORMAT",

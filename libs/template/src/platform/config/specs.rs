@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use sterling_storage::cassandra::CassandraConfig;
 
 use super::variables::{CONSISTENCIES, Vars, error};
-use super::{BusSpec, ConfigError, DiscoverySpec};
+use super::{BusSpec, ConfigError, DiscoverySpec, IdentitySpec};
 
 /// `STERLING_NAMESPACE`: it names keyspaces, so 1 to 32 of a-z, 0-9 and `_`.
 pub(super) fn namespace(vars: &Vars) -> Result<String, ConfigError> {
@@ -175,5 +175,38 @@ pub(super) fn bus(vars: &Vars, data_dir: &Path) -> Result<BusSpec, ConfigError> 
                 "nats, embedded or embedded:PATH",
             )),
         },
+    }
+}
+
+/// `STERLING_IDENTITY_*`: the authority's key file, or its public key and this process's token.
+pub(super) fn identity(vars: &Vars) -> Result<IdentitySpec, ConfigError> {
+    let token = vars
+        .get("STERLING_IDENTITY_TOKEN")
+        .filter(|t| !t.is_empty());
+    match vars
+        .get("STERLING_IDENTITY_PUBLIC_KEY")
+        .filter(|k| !k.is_empty())
+    {
+        Some(public_key) => {
+            crate::identity::Identity::given(&public_key, token.as_deref()).map_err(|why| {
+                error(
+                    "STERLING_IDENTITY_PUBLIC_KEY",
+                    &public_key,
+                    &format!("the hex of a 32-byte Ed25519 public key ({why})"),
+                )
+            })?;
+            Ok(IdentitySpec::Given { public_key, token })
+        }
+        None if token.is_some() => Err(error(
+            "STERLING_IDENTITY_TOKEN",
+            "***",
+            "STERLING_IDENTITY_PUBLIC_KEY set beside it",
+        )),
+        None => Ok(vars
+            .get("STERLING_IDENTITY_KEY_FILE")
+            .filter(|p| !p.is_empty())
+            .map_or(IdentitySpec::InDataDir, |p| {
+                IdentitySpec::KeyFile(PathBuf::from(p))
+            })),
     }
 }

@@ -97,6 +97,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "",
         "serve Prometheus /metrics here",
     ),
+    (
+        "STERLING_IDENTITY_KEY_FILE",
+        "<data>/identity.key",
+        "the identity authority's key (development: created on first start)",
+    ),
+    (
+        "STERLING_IDENTITY_PUBLIC_KEY",
+        "",
+        "the authority's public key (hex); set, this process cannot sign identities",
+    ),
+    (
+        "STERLING_IDENTITY_TOKEN",
+        "",
+        "this process's identity token, from `sterling identity mint`",
+    ),
     ("STERLING_LOG", "info", "log filter"),
     ("STERLING_LOG_FORMAT", "json", "json or pretty"),
 ];

@@ -1,0 +1,149 @@
+//! The locks inside, walked from the contracts: every gRPC method of every service of the bank
+//! has an access rule; a call with no service identity, or with one that is tampered, expired
+//! or signed by another bank, is `unauthenticated`; every caller the rule does not name (each
+//! other service, the operator, a stranger) is `forbidden`; each caller it names gets past
+//! the door. A new method without a rule fails here.
+
+mod common;
+
+use std::time::Duration;
+
+use prost::Message;
+use sterling::bank::SERVICES;
+use sterling_template::OPERATOR;
+use sterling_template::discovery::Protocol;
+use sterling_template::identity::Identity;
+
+/// `CardProcessing` -> `card-processing`, the discovery name of a gRPC service.
+fn kebab(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// One raw gRPC call with an empty message; the status code it ends with (0 if the handler
+/// answered with a body), and the stable error code.
+async fn call(
+    http: &reqwest::Client,
+    address: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u32, String) {
+    let mut request = http
+        .post(format!("http://{address}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "2S")
+        .body(vec![0u8; 5]);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = request.send().await.expect("the service answers");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let code = header("grpc-status").parse().unwrap_or(0);
+    (code, header("sterling-error-code"))
+}
+
+const UNAUTHENTICATED: u32 = 16;
+const PERMISSION_DENIED: u32 = 7;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_of_every_service_keeps_its_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = common::start(dir.path(), &[]).await;
+    let platform = &bank.bank.platform;
+    let identity = &platform.identity;
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let other_bank = Identity::load_or_create(&dir.path().join("other-bank.key")).unwrap();
+    let minute = Duration::from_secs(60);
+    let callers: Vec<&str> = SERVICES
+        .iter()
+        .map(|s| s.name)
+        .chain([OPERATOR, "stranger"])
+        .collect();
+
+    let descriptors =
+        prost_types::FileDescriptorSet::decode(sterling_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut checked = 0;
+    for file in &descriptors.file {
+        for contract in &file.service {
+            let full = format!("{}.{}", file.package(), contract.name());
+            if file.package().starts_with("sterling.testing.") {
+                continue; // test fixtures, not a service of the bank
+            }
+            let name = kebab(contract.name());
+            let definition = SERVICES
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{full} is served by no service named {name}"));
+            let methods: Vec<&str> = contract.method.iter().map(|m| m.name()).collect();
+            for rule in definition.access {
+                assert!(
+                    methods.contains(&rule.method),
+                    "{name}'s rule for {} names no method of {full}",
+                    rule.method
+                );
+            }
+            let address = platform
+                .discovery
+                .resolve(&name)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.protocol == Protocol::Grpc)
+                .unwrap_or_else(|| panic!("{name} is not serving gRPC"))
+                .address;
+            for method in &methods {
+                let path = format!("/{full}/{method}");
+                let rule = definition
+                    .access
+                    .iter()
+                    .find(|r| r.method == *method)
+                    .unwrap_or_else(|| panic!("{path} has no access rule in {name}'s definition"));
+
+                let good = identity.mint(OPERATOR, minute).unwrap();
+                let tampered = good.replacen(OPERATOR, &name, 1);
+                let expired = identity.mint(OPERATOR, Duration::ZERO).unwrap();
+                let foreign = other_bank.mint(OPERATOR, minute).unwrap();
+                for token in [None, Some(&tampered), Some(&expired), Some(&foreign)] {
+                    let (code, error) =
+                        call(&http, &address, &path, token.map(|t| t.as_str())).await;
+                    assert_eq!(code, UNAUTHENTICATED, "{path} with {token:?}");
+                    assert_eq!(error, "unauthorized.service_identity", "{path}");
+                }
+                for caller in &callers {
+                    let token = identity.mint(caller, minute).unwrap();
+                    let (code, error) = call(&http, &address, &path, Some(&token)).await;
+                    if rule.allows(caller) {
+                        assert!(
+                            code != UNAUTHENTICATED && code != PERMISSION_DENIED,
+                            "{caller} may call {path} but got {code} {error}"
+                        );
+                    } else {
+                        assert_eq!(code, PERMISSION_DENIED, "{caller} on {path}: {error}");
+                        assert_eq!(error, "forbidden.caller", "{caller} on {path}");
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} methods walked");
+    eprintln!("{checked} methods walked, {} callers each", callers.len());
+    bank.bank.stop().await;
+}

@@ -1,0 +1,159 @@
+//! Layer 3 (gRPC): who may call what. The caller's identity token ([`crate::identity`]) is
+//! checked, then the service's rules: each method names the callers allowed to call it.
+//! No token, or one this bank did not sign or that has expired: `unauthenticated`
+//! (`unauthorized.service_identity`). A caller the method does not name, or a method with no
+//! rule: `forbidden.caller`. Health and reflection are open to anyone, so probes and tools
+//! such as grpc-health-probe and grpcurl work without a credential.
+//!
+//! The authenticated [`Caller`] is put in the request's extensions for the handler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{Either, Ready, ready};
+use metrics::Counter;
+use tower::{Layer, Service};
+
+use super::Wire;
+use crate::error::Error;
+use crate::identity::{Caller, Identity};
+
+/// Any authenticated caller (a rule for test fixtures and public reads between services).
+pub const ANY_CALLER: &str = "*";
+
+/// Paths open to anyone: health and reflection.
+const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// Who may call one method: `Rule { method: "PlaceHold", callers: &["card-processing"] }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// The gRPC method name, as in the contract (`Transfer`).
+    pub method: &'static str,
+    /// The services (or [`crate::identity::OPERATOR`], or [`ANY_CALLER`]) allowed.
+    pub callers: &'static [&'static str],
+}
+
+impl Rule {
+    /// `callers` may call `method`.
+    pub const fn new(method: &'static str, callers: &'static [&'static str]) -> Rule {
+        Rule { method, callers }
+    }
+
+    /// Whether `caller` may call this rule's method.
+    pub fn allows(&self, caller: &str) -> bool {
+        self.callers
+            .iter()
+            .any(|c| *c == caller || *c == ANY_CALLER)
+    }
+}
+
+/// See the module documentation. `None` rules: every request passes (HTTP APIs authenticate
+/// their own callers).
+#[derive(Clone)]
+pub struct AccessLayer {
+    checks: Option<Arc<Checks>>,
+}
+
+struct Checks {
+    service: &'static str,
+    identity: Identity,
+    rules: HashMap<&'static str, Rule>,
+    unauthenticated: Counter,
+    forbidden: Counter,
+}
+
+impl AccessLayer {
+    /// Checks every call against `rules`, callers against `identity`.
+    pub fn new(service: &'static str, identity: Identity, rules: &'static [Rule]) -> Self {
+        let refused = |reason: &'static str| metrics::counter!("sterling_server_refused_total", "service" => service, "reason" => reason);
+        AccessLayer {
+            checks: Some(Arc::new(Checks {
+                service,
+                identity,
+                rules: rules.iter().map(|r| (r.method, *r)).collect(),
+                unauthenticated: refused("unauthenticated"),
+                forbidden: refused("forbidden"),
+            })),
+        }
+    }
+
+    /// Lets every request through.
+    pub fn open() -> Self {
+        AccessLayer { checks: None }
+    }
+}
+
+impl Checks {
+    fn check<B>(&self, request: &http::Request<B>) -> Result<Option<Caller>, Error> {
+        let path = request.uri().path();
+        if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Ok(None);
+        }
+        let caller = self
+            .identity
+            .verify_header(request.headers().get(http::header::AUTHORIZATION))
+            .inspect_err(|_| self.unauthenticated.increment(1))?;
+        let method = path.rsplit('/').next().unwrap_or_default();
+        match self.rules.get(method) {
+            Some(rule) if rule.allows(caller.name()) => Ok(Some(caller)),
+            _ => {
+                self.forbidden.increment(1);
+                tracing::warn!(
+                    service = self.service,
+                    caller = caller.name(),
+                    path,
+                    "caller not allowed"
+                );
+                Err(Error::forbidden(
+                    "caller",
+                    format!("{} may not call {path}", caller.name()),
+                ))
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for AccessLayer {
+    type Service = Access<S>;
+    fn layer(&self, inner: S) -> Access<S> {
+        Access {
+            inner,
+            checks: self.checks.clone(),
+        }
+    }
+}
+
+/// See [`AccessLayer`].
+#[derive(Clone)]
+pub struct Access<S> {
+    inner: S,
+    checks: Option<Arc<Checks>>,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Access<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: Wire,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        if let Some(checks) = &self.checks {
+            match checks.check(&request) {
+                Ok(Some(caller)) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Ok(None) => {}
+                Err(error) => return Either::Left(ready(Ok(ResBody::refuse(error)))),
+            }
+        }
+        Either::Right(self.inner.call(request))
+    }
+}
