@@ -202,6 +202,26 @@ enum Command {
         #[command(subcommand)]
         command: Webhooks,
     },
+    /// Service identities: tokens from the bank's identity authority.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Print a token naming a service (or `operator`), for a deployed process
+    /// (`STERLING_IDENTITY_TOKEN`) or a tool such as grpcurl (`authorization: Bearer <token>`).
+    Mint {
+        /// The service, or `operator`.
+        caller: String,
+        /// How long it is valid, in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+    /// Print the authority's public key (`STERLING_IDENTITY_PUBLIC_KEY` of deployed processes).
+    PublicKey,
 }
 
 #[derive(Subcommand)]
@@ -428,7 +448,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => operate::transactions(&reach().await?, &account, limit, cursor).await,
         Command::Devices { command } => devices(command).await,
         Command::Webhooks { command } => webhooks(command).await,
+        Command::Identity { command } => identity(command),
     }
+}
+
+/// `sterling identity`.
+fn identity(command: IdentityCommand) -> anyhow::Result<()> {
+    let identity = PlatformConfig::from_env()?.open_identity()?;
+    match command {
+        IdentityCommand::Mint { caller, hours } => {
+            let ttl = std::time::Duration::from_secs(hours.saturating_mul(3600));
+            println!("{}", identity.mint(&caller, ttl)?);
+        }
+        IdentityCommand::PublicKey => println!("{}", identity.public_key()),
+    }
+    Ok(())
 }
 
 /// `sterling new service`.
@@ -437,7 +471,7 @@ fn new_service(root: &std::path::Path, name: &str) -> anyhow::Result<()> {
         println!("  wrote {}", path.display());
     }
     println!(
-        "\nNext:\n  cargo test -p {name}      # its generated test\n  make run                  # the bank, {name} included\n  grpcurl -plaintext -d '{{\"id\": \"1\", \"text\": \"hi\"}}' <address> sterling.{}.v1.{}/PutItem",
+        "\nNext:\n  cargo test -p {name}      # its generated test\n  make run                  # the bank, {name} included\n  grpcurl -plaintext -H \"authorization: Bearer $(sterling identity mint operator)\" -d '{{\"id\": \"1\", \"text\": \"hi\"}}' <address> sterling.{}.v1.{}/PutItem",
         name.replace('-', ""),
         sterling::scaffold::ServiceNames::parse(name)?.camel
     );

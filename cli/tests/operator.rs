@@ -147,3 +147,48 @@ fn no_bank_under_the_data_directory_gets_a_hint() {
     assert!(text.contains("--data"), "{text}");
     assert!(!text.contains("Stack backtrace"), "{text}");
 }
+
+/// A token from `sterling identity mint` opens the doors its caller may open (what grpcurl is
+/// given); the public key is the bank's; a deployed process given only the public key and its
+/// token is who the token says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_tokens_minted_by_the_tool_are_the_banks() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = bank(dir.path(), &[]).await;
+    let data = dir.path().to_path_buf();
+    let (ok, minted) = tokio::task::spawn_blocking(move || {
+        let operator = sterling(&data, &["identity", "mint", "operator"]);
+        let key = sterling(&data, &["identity", "public-key"]);
+        (operator.0 && key.0, (operator.1, key.1))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{minted:?}");
+    let (token, public_key) = (minted.0.trim().to_string(), minted.1.trim().to_string());
+    assert_eq!(public_key, bank.platform.identity.public_key());
+    let deployed = sterling_template::identity::Identity::given(&public_key, Some(&token)).unwrap();
+    assert_eq!(deployed.verify(&token).unwrap().name(), "operator");
+    let channel = GrpcChannel::connect(
+        bank.platform.discovery.clone(),
+        "ledger",
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .unwrap()
+    .calling_as(
+        &deployed,
+        "ignored: a deployed process speaks as its token says",
+    );
+    let missing = LedgerClient::new(channel)
+        .get_balance(GetBalanceRequest {
+            account_id: "acc-none".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sterling_template::Error::from(missing).code(),
+        "not_found.account",
+        "past the door, answered by the ledger"
+    );
+    bank.stop().await;
+}

@@ -51,7 +51,7 @@ impl Caller {
 
 /// Where this process's tokens come from.
 #[derive(Clone)]
-enum Signer_ {
+enum TokenSource {
     /// The authority's key: any identity can be signed (development, operator tools).
     Authority(Arc<SigningKey>),
     /// One token, given to the process (a deployment).
@@ -65,10 +65,16 @@ enum Signer_ {
 #[derive(Clone)]
 pub struct Identity {
     verifying: VerifyingKey,
-    signer: Signer_,
-    verified: Arc<Mutex<HashMap<String, (Arc<str>, i64)>>>,
-    signed: Arc<Mutex<HashMap<String, (HeaderValue, i64)>>>,
+    signer: TokenSource,
+    verified: Arc<Mutex<VerifiedTokens>>,
+    signed: Arc<Mutex<SignedHeaders>>,
 }
+
+/// Tokens already verified: the caller each names and when it expires (unix seconds).
+type VerifiedTokens = HashMap<String, (Arc<str>, i64)>;
+
+/// Headers this process signed, by caller, and when to sign a fresh one (unix seconds).
+type SignedHeaders = HashMap<String, (HeaderValue, i64)>;
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,7 +99,7 @@ impl Identity {
     pub fn authority(key: SigningKey) -> Identity {
         Identity {
             verifying: key.verifying_key(),
-            signer: Signer_::Authority(Arc::new(key)),
+            signer: TokenSource::Authority(Arc::new(key)),
             verified: Arc::default(),
             signed: Arc::default(),
         }
@@ -137,11 +143,11 @@ impl Identity {
         let verifying =
             VerifyingKey::from_bytes(&bytes).map_err(|_| "not an Ed25519 key".to_string())?;
         let signer = match token {
-            Some(token) => Signer_::Given(
+            Some(token) => TokenSource::Given(
                 HeaderValue::try_from(format!("Bearer {}", token.trim()))
                     .map_err(|_| "the token is not a header value".to_string())?,
             ),
-            None => Signer_::Nobody,
+            None => TokenSource::Nobody,
         };
         Ok(Identity {
             verifying,
@@ -158,7 +164,7 @@ impl Identity {
 
     /// A token naming `caller`, valid for `ttl`; only the authority can sign one.
     pub fn mint(&self, caller: &str, ttl: Duration) -> Result<String> {
-        let Signer_::Authority(key) = &self.signer else {
+        let TokenSource::Authority(key) = &self.signer else {
             return Err(Error::forbidden(
                 "identity",
                 "only the identity authority signs tokens",
@@ -184,9 +190,9 @@ impl Identity {
     /// for it (renewed at half-life), or the one token it was given. `None` if it has none.
     pub fn header_for(&self, caller: &str) -> Option<HeaderValue> {
         match &self.signer {
-            Signer_::Given(header) => Some(header.clone()),
-            Signer_::Nobody => None,
-            Signer_::Authority(_) => {
+            TokenSource::Given(header) => Some(header.clone()),
+            TokenSource::Nobody => None,
+            TokenSource::Authority(_) => {
                 let now = now_secs();
                 let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((header, renew_at)) = signed.get(caller)
