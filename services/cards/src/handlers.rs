@@ -5,8 +5,10 @@ use sterling_proto::cards::v1::{
     Card as CardMessage, CardStatus as StatusMessage, FreezeCardRequest, GetCardRequest,
     IssueCardRequest, UnfreezeCardRequest,
 };
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
+use sterling_template::client::GrpcChannel;
 use sterling_template::error::required;
-use sterling_template::money;
+use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
 use crate::store::{Card, CardStatus, CardStore};
@@ -15,6 +17,8 @@ use crate::store::{Card, CardStatus, CardStore};
 pub struct CardsHandlers {
     /// Card records.
     pub cards: CardStore,
+    /// The ledger, to issue cards on its customer accounts only.
+    pub ledger: LedgerClient<GrpcChannel>,
 }
 
 fn to_message(card: Card) -> CardMessage {
@@ -41,6 +45,11 @@ impl Cards for CardsHandlers {
         let key = required("idempotency_key", &r.idempotency_key)?;
         let account_id = required("account_id", &r.account_id)?;
         let currency = money::currency("currency", &r.currency)?;
+        let account = ledger::client::customer_account(&self.ledger, account_id).await?;
+        if account.currency != currency.code() {
+            let why = format!("account {account_id} holds {}", account.currency);
+            return Err(Error::bad_request("currency", why).into());
+        }
         let card = self.cards.issue(key, account_id, currency.code()).await?;
         tracing::info!(token = %card.token, account_id, "card issued");
         Ok(Response::new(to_message(card)))

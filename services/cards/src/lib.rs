@@ -5,6 +5,7 @@ pub mod handlers;
 pub mod store;
 
 use sterling_proto::cards::v1::cards_server::CardsServer;
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_storage::Migration;
 use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 
@@ -19,7 +20,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: sterling_proto::cards::v1::CARDS_SERVICE,
     migrations: MIGRATIONS,
     settings: &[],
-    depends_on: &[],
+    depends_on: &[sterling_proto::ledger::v1::LEDGER_SERVICE],
     access: &[
         // Issued, frozen and unfrozen by the operator; read by card-processing to authorise.
         Rule::new("IssueCard", &[OPERATOR]),
@@ -38,5 +39,9 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let cards = CardStore::new(ctx.store.clone());
-    Ok(Api::grpc(CardsServer::new(CardsHandlers { cards })))
+    let ledger = LedgerClient::new(
+        ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
+            .await?,
+    );
+    Ok(Api::grpc(CardsServer::new(CardsHandlers { cards, ledger })))
 }

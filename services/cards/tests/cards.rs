@@ -14,6 +14,7 @@ use sterling_template::platform::{self, Platform, PlatformConfig, RunningService
 struct Cards {
     client: CardsClient<GrpcChannel>,
     running: RunningService,
+    _ledger: RunningService,
     _dir: tempfile::TempDir,
 }
 
@@ -22,6 +23,12 @@ async fn start() -> Cards {
     let mut config = PlatformConfig::from_env().unwrap();
     config.data_dir = dir.path().to_path_buf();
     let platform = Platform::embedded(config).unwrap();
+    let ledger = ledger::testing::start_with_customers(
+        &platform,
+        &[("acc-1", "GBP"), ("acc-2", "GBP"), ("acc-eur", "EUR")],
+    )
+    .await
+    .unwrap();
     let running = platform::start(&cards::SERVICE, &platform, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -32,6 +39,7 @@ async fn start() -> Cards {
     Cards {
         client: CardsClient::new(channel),
         running,
+        _ledger: ledger,
         _dir: dir,
     }
 }
@@ -94,6 +102,8 @@ async fn bad_input_names_the_field_and_stores_nothing() {
         (issue("", "acc-1", "GBP"), "bad_request.idempotency_key"),
         (issue("k", "", "GBP"), "bad_request.account_id"),
         (issue("k", "acc-1", "XXX"), "bad_request.currency"),
+        (issue("k", "acc-eur", "GBP"), "bad_request.currency"),
+        (issue("k", "acc-none", "GBP"), "not_found.account"),
         (
             issue(&"k".repeat(129), "acc-1", "GBP"),
             "bad_request.idempotency_key",
@@ -129,7 +139,7 @@ async fn freezing_and_unfreezing_are_idempotent() {
     let mut cards = start().await;
     let card = cards
         .client
-        .issue_card(issue("k2", "acc-1", "EUR"))
+        .issue_card(issue("k2", "acc-eur", "EUR"))
         .await
         .unwrap()
         .into_inner();

@@ -3,15 +3,15 @@
 use sterling_proto::ledger::v1::ledger_server::Ledger;
 use sterling_proto::ledger::v1::{
     Account as AccountMessage, AccountKind as KindMessage, Balance as BalanceMessage,
-    CreateAccountRequest, GetBalanceRequest, GetHoldRequest, Hold as HoldMessage,
-    HoldStatus as HoldStatusMessage, PlaceHoldRequest, ReleaseHoldRequest, TransferRequest,
-    TransferResponse,
+    CreateAccountRequest, GetAccountRequest, GetBalanceRequest, GetHoldRequest,
+    Hold as HoldMessage, HoldStatus as HoldStatusMessage, PlaceHoldRequest, ReleaseHoldRequest,
+    TransferRequest, TransferResponse,
 };
 use sterling_template::error::required;
 use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
-use crate::store::{AccountKind, Book, Hold, HoldStatus, Transfer};
+use crate::store::{Account, AccountKind, Book, Hold, HoldStatus, Transfer};
 
 /// The ledger gRPC service.
 pub struct LedgerHandlers {
@@ -48,11 +48,19 @@ impl Ledger for LedgerHandlers {
             }
         };
         let account = self.book.create_account(account_id, currency, kind).await?;
-        Ok(Response::new(AccountMessage {
-            account_id: account.account_id,
-            currency: account.currency.code().to_string(),
-            kind: r.kind,
-        }))
+        Ok(Response::new(account_message(account)))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<Response<AccountMessage>, Status> {
+        let r = request.into_inner();
+        let account = self
+            .book
+            .account(required("account_id", &r.account_id)?)
+            .await?;
+        Ok(Response::new(account_message(account)))
     }
 
     async fn get_balance(
@@ -141,5 +149,18 @@ impl Ledger for LedgerHandlers {
                 Error::not_found("hold", "no such hold").with_param("hold_id", hold_id)
             })?;
         Ok(Response::new(hold_message(hold)))
+    }
+}
+
+/// An account as the contract shows it.
+fn account_message(account: Account) -> AccountMessage {
+    let kind = match account.kind {
+        AccountKind::Customer => KindMessage::Customer,
+        AccountKind::Internal => KindMessage::Internal,
+    };
+    AccountMessage {
+        account_id: account.account_id,
+        currency: account.currency.code().to_string(),
+        kind: kind as i32,
     }
 }

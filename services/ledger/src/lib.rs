@@ -1,9 +1,11 @@
 //! ledger: the double-entry book of the bank. Accounts, immutable postings, holds; every change
 //! keyed by an id the caller supplies, every balance change a compare-and-set.
 
+pub mod client;
 pub mod handlers;
 pub mod holds;
 pub mod store;
+pub mod testing;
 
 use sterling_proto::ledger::v1::ledger_server::LedgerServer;
 use sterling_storage::Migration;
@@ -11,6 +13,10 @@ use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 
 use crate::handlers::LedgerHandlers;
 use crate::store::Book;
+
+const CARDS: &str = sterling_proto::cards::v1::CARDS_SERVICE;
+const PUSH: &str = sterling_proto::push::v1::PUSH_SERVICE;
+const WEBHOOKS: &str = sterling_proto::webhooks::v1::WEBHOOKS_SERVICE;
 
 /// The versioned migrations of the `sterling_ledger` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_ledger.cql");
@@ -22,8 +28,10 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     settings: &[],
     depends_on: &[],
     access: &[
-        // Holds are card-processing's alone; money moves and accounts open only on the operator's word.
+        // Holds are card-processing's alone; money moves and accounts open only on the operator's
+        // word; cards, push and webhooks check an account exists before attaching to it.
         Rule::new("CreateAccount", &[OPERATOR]),
+        Rule::new("GetAccount", &[OPERATOR, CARDS, PUSH, WEBHOOKS]),
         Rule::new("GetBalance", &[OPERATOR]),
         Rule::new("Transfer", &[OPERATOR]),
         Rule::new(

@@ -1,10 +1,12 @@
 //! gRPC handlers of push.
 
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::push::v1::push_server::Push;
 use sterling_proto::push::v1::{
     Device, ListDevicesRequest, ListDevicesResponse, RegisterDeviceRequest, UnregisterDeviceRequest,
 };
 use sterling_template::Error;
+use sterling_template::client::GrpcChannel;
 use sterling_template::error::{required, required_max};
 use tonic::{Request, Response, Status};
 
@@ -14,6 +16,8 @@ use crate::notify::{DeviceRecord, Notifier};
 pub struct PushHandlers {
     /// Devices and notifications.
     pub notifier: Notifier,
+    /// The ledger, to refuse a device on an account it does not hold.
+    pub ledger: LedgerClient<GrpcChannel>,
 }
 
 fn to_message(d: DeviceRecord) -> Device {
@@ -47,10 +51,12 @@ impl Push for PushHandlers {
         {
             return Err(Error::bad_request("device_token", "device_token must be URL-safe").into());
         }
+        let account_id = required("account_id", &r.account_id)?;
+        ledger::client::customer_account(&self.ledger, account_id).await?;
         let device = self
             .notifier
             .register(
-                required("account_id", &r.account_id)?,
+                account_id,
                 required_max("device_token", &r.device_token, 512)?,
                 platform,
             )

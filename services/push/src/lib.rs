@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::push::v1::push_server::PushServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition, Setting};
@@ -33,7 +34,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         default: "",
         help: "APNs-shaped HTTP/2 push gateway; the push-sink in discovery when empty",
     }],
-    depends_on: &[],
+    depends_on: &[sterling_proto::ledger::v1::LEDGER_SERVICE],
     access: &[
         // Devices registered and read by the operator.
         Rule::new("RegisterDevice", &[OPERATOR]),
@@ -69,5 +70,12 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         let notifier = consumer.clone();
         async move { notifier.handle(envelope).await }
     });
-    Ok(Api::grpc(PushServer::new(PushHandlers { notifier })))
+    let ledger = LedgerClient::new(
+        ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
+            .await?,
+    );
+    Ok(Api::grpc(PushServer::new(PushHandlers {
+        notifier,
+        ledger,
+    })))
 }

@@ -28,6 +28,9 @@ async fn devices_are_registered_once_and_unregistered_once() {
     let mut config = PlatformConfig::from_env().unwrap();
     config.data_dir = dir.path().to_path_buf();
     let platform = Platform::embedded(config).unwrap();
+    let _ledger = ledger::testing::start_with_customers(&platform, &[("acc-1", "GBP")])
+        .await
+        .unwrap();
     let running = platform::start(&push::SERVICE, &platform, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -101,5 +104,14 @@ async fn devices_are_registered_once_and_unregistered_once() {
         .devices;
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].device_token, "phone-2");
+    // No device on an account the ledger does not hold.
+    let nowhere = push
+        .register_device(device("acc-none", "phone-9", "ios"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sterling_template::Error::from(nowhere).code(),
+        "not_found.account"
+    );
     running.stop().await;
 }

@@ -1,10 +1,12 @@
 //! gRPC handlers of webhooks.
 
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::webhooks::v1::webhooks_server::Webhooks;
 use sterling_proto::webhooks::v1::{
     DeleteWebhookRequest, Delivery, ListDeliveriesRequest, ListDeliveriesResponse,
     ListWebhooksRequest, ListWebhooksResponse, RegisterWebhookRequest, Webhook,
 };
+use sterling_template::client::GrpcChannel;
 use sterling_template::error::required;
 use tonic::{Request, Response, Status};
 
@@ -17,6 +19,8 @@ pub struct WebhooksHandlers {
     pub registry: Registry,
     /// Deliveries.
     pub dispatcher: Dispatcher,
+    /// The ledger, to refuse a webhook on an account it does not hold.
+    pub ledger: LedgerClient<GrpcChannel>,
 }
 
 fn to_message(w: WebhookRecord, with_secret: bool) -> Webhook {
@@ -36,14 +40,10 @@ impl Webhooks for WebhooksHandlers {
         request: Request<RegisterWebhookRequest>,
     ) -> Result<Response<Webhook>, Status> {
         let r = request.into_inner();
-        let webhook = self
-            .registry
-            .register(
-                required("idempotency_key", &r.idempotency_key)?,
-                required("account_id", &r.account_id)?,
-                &r.url,
-            )
-            .await?;
+        let key = required("idempotency_key", &r.idempotency_key)?;
+        let account_id = required("account_id", &r.account_id)?;
+        ledger::client::customer_account(&self.ledger, account_id).await?;
+        let webhook = self.registry.register(key, account_id, &r.url).await?;
         tracing::info!(webhook_id = %webhook.webhook_id, "webhook registered");
         Ok(Response::new(to_message(webhook, true)))
     }

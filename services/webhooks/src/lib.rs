@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::webhooks::v1::webhooks_server::WebhooksServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition, Setting};
@@ -46,7 +47,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
             help: "retry delays, comma separated; about 16 h when empty",
         },
     ],
-    depends_on: &[],
+    depends_on: &[sterling_proto::ledger::v1::LEDGER_SERVICE],
     access: &[
         // Registered and read by the operator.
         Rule::new("RegisterWebhook", &[OPERATOR]),
@@ -104,8 +105,13 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             async move { dispatcher.enqueue(envelope).await }
         },
     );
+    let ledger = LedgerClient::new(
+        ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
+            .await?,
+    );
     Ok(Api::grpc(WebhooksServer::new(WebhooksHandlers {
         registry,
         dispatcher,
+        ledger,
     })))
 }

@@ -29,6 +29,9 @@ async fn webhooks_are_registered_once_listed_and_deleted() {
     let mut config = PlatformConfig::from_env().unwrap();
     config.data_dir = dir.path().to_path_buf();
     let platform = Platform::embedded(config).unwrap();
+    let _ledger = ledger::testing::start_with_customers(&platform, &[("acc-1", "GBP")])
+        .await
+        .unwrap();
     let running = platform::start(
         &webhooks::SERVICE,
         &platform,
@@ -115,5 +118,11 @@ async fn webhooks_are_registered_once_listed_and_deleted() {
         ),
         "bad_request.idempotency_key"
     );
+    // No webhook on an account the ledger does not hold.
+    let nowhere = webhooks
+        .register_webhook(register("w9", "acc-none", url))
+        .await
+        .unwrap_err();
+    assert_eq!(code(nowhere), "not_found.account");
     running.stop().await;
 }
