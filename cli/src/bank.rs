@@ -84,6 +84,8 @@ pub struct BankOptions {
     pub grpc_base_port: u16,
     /// card-api's HTTP port. 0 for an ephemeral port.
     pub http_port: u16,
+    /// The gateway's HTTP port (the public API). 0 for an ephemeral port.
+    pub gateway_port: u16,
     /// Services not to start (they run elsewhere, e.g. from an IDE).
     pub except: Vec<String>,
 }
@@ -98,6 +100,7 @@ impl BankOptions {
             config,
             grpc_base_port: 0,
             http_port: 0,
+            gateway_port: 0,
             except: Vec::new(),
         }
     }
@@ -150,6 +153,8 @@ impl Bank {
             }
             let port = if definition.name == "card-api" {
                 options.http_port
+            } else if definition.name == sterling_template::identity::GATEWAY {
+                options.gateway_port
             } else if options.grpc_base_port == 0 {
                 0
             } else {
@@ -211,15 +216,8 @@ impl Bank {
         let registrations: Vec<Registration> = self
             .services
             .iter()
-            .map(|s| Registration {
-                service: s.name.to_string(),
-                instance: format!("{}-{}", s.name, s.address),
-                address: s.address.to_string(),
-                protocol: s.protocol,
-                zone: String::new(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                routes: Vec::new(),
-            })
+            .flat_map(RunningService::registrations)
+            .cloned()
             .collect();
         std::fs::create_dir_all(&self.platform.config.data_dir)?;
         let on_nats = self.engines != Engines::Embedded;

@@ -50,6 +50,9 @@ enum Command {
         /// card-api's HTTP port.
         #[arg(long, default_value_t = 8080)]
         http_port: u16,
+        /// The gateway's HTTP port: the public API.
+        #[arg(long, default_value_t = 8000)]
+        gateway_port: u16,
         /// Services not to start, comma separated (run them yourself, with the bus and
         /// discovery on NATS: `--engines nats` or `real`).
         #[arg(long, value_delimiter = ',')]
@@ -386,6 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up {
             grpc_base_port,
             http_port,
+            gateway_port,
             except,
             engines,
             check,
@@ -393,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = UpOptions {
                 grpc_base_port,
                 http_port,
+                gateway_port,
                 except,
                 engines: parse_engines(&engines)?,
                 check,
@@ -514,6 +519,7 @@ async fn serve_one(service: &str) -> anyhow::Result<()> {
 struct UpOptions {
     grpc_base_port: u16,
     http_port: u16,
+    gateway_port: u16,
     except: Vec<String>,
     engines: Engines,
     check: bool,
@@ -525,6 +531,7 @@ async fn up(options: UpOptions, data: &std::path::Path) -> anyhow::Result<()> {
     let UpOptions {
         grpc_base_port,
         http_port,
+        gateway_port,
         except,
         engines,
         check,
@@ -539,6 +546,7 @@ async fn up(options: UpOptions, data: &std::path::Path) -> anyhow::Result<()> {
         config,
         grpc_base_port,
         http_port,
+        gateway_port,
         except: except.clone(),
     })
     .await?;

@@ -29,6 +29,25 @@ use crate::error::{Error, Result};
 /// The caller name of the operator's tools (`sterling` commands, the reconciler).
 pub const OPERATOR: &str = "operator";
 
+/// The caller name of the gateway, the only caller of the public API's services.
+pub const GATEWAY: &str = "gateway";
+
+/// Header by which the gateway tells a public API service which customer it authenticated.
+/// Only the gateway's calls are believed: a client cannot reach those services directly.
+pub const CUSTOMER_HEADER: &str = "x-sterling-customer";
+
+/// The customer the gateway authenticated for a request to a public API service, in the
+/// request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer(pub Arc<str>);
+
+impl Customer {
+    /// The customer's id (`cus_...`).
+    pub fn id(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Version prefix of a service identity token.
 pub const TOKEN_PREFIX: &str = "sst1";
 

@@ -14,6 +14,7 @@ use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 use crate::handlers::LedgerHandlers;
 use crate::store::Book;
 
+const ACCOUNTS: &str = "accounts";
 const CARDS: &str = sterling_proto::cards::v1::CARDS_SERVICE;
 const PUSH: &str = sterling_proto::push::v1::PUSH_SERVICE;
 const WEBHOOKS: &str = sterling_proto::webhooks::v1::WEBHOOKS_SERVICE;
@@ -28,12 +29,13 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     settings: &[],
     depends_on: &[],
     access: &[
-        // Holds are card-processing's alone; money moves and accounts open only on the operator's
-        // word; cards, push and webhooks check an account exists before attaching to it.
-        Rule::new("CreateAccount", &[OPERATOR]),
+        // Holds are card-processing's alone; accounts open and money moves on the operator's
+        // word or the accounts service's (for its customer); cards, push and webhooks check an
+        // account exists before attaching to it.
+        Rule::new("CreateAccount", &[OPERATOR, ACCOUNTS]),
         Rule::new("GetAccount", &[OPERATOR, CARDS, PUSH, WEBHOOKS]),
-        Rule::new("GetBalance", &[OPERATOR]),
-        Rule::new("Transfer", &[OPERATOR]),
+        Rule::new("GetBalance", &[OPERATOR, ACCOUNTS]),
+        Rule::new("Transfer", &[OPERATOR, ACCOUNTS]),
         Rule::new(
             "PlaceHold",
             &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],

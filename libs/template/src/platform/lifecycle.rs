@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::engines::{Platform, open_store};
 use super::health::{Health, StoreChecker};
-use super::service::{Api, GrpcApi, ServiceContext, ServiceDefinition, Setting};
+use super::service::{Api, GrpcApi, PUBLIC_API, ServiceContext, ServiceDefinition, Setting};
 use crate::discovery::{Protocol, Registration};
 use crate::outbox::{OUTBOX_MIGRATION, PROCESSED_EVENTS_MIGRATION};
 use crate::server::access::{AccessLayer, Rule};
@@ -29,13 +29,19 @@ pub struct RunningService {
     pub protocol: Protocol,
     /// Its context (store, clients), for tools and tests in the same process.
     pub context: ServiceContext,
-    registration: Registration,
+    registrations: Vec<Registration>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
 impl RunningService {
+    /// Its registrations in discovery: under its name, and under the public API's if it
+    /// serves part of it.
+    pub fn registrations(&self) -> &[Registration] {
+        &self.registrations
+    }
+
     /// Whether every checker passed on the last round.
     pub fn ready(&self) -> bool {
         self.context.health.failures().is_empty()
@@ -50,12 +56,14 @@ impl RunningService {
     /// stop, held for a grace period so that probes and balancers see it before the port
     /// closes.
     pub async fn announce_stopping(&self) {
-        let _ = self
-            .context
-            .platform
-            .discovery
-            .deregister(self.name, &self.registration.instance)
-            .await;
+        for registration in &self.registrations {
+            let _ = self
+                .context
+                .platform
+                .discovery
+                .deregister(&registration.service, &registration.instance)
+                .await;
+        }
         // The check loop must not report SERVING again.
         for task in &self.background {
             task.abort();
@@ -141,6 +149,10 @@ where
     let address = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let access = AccessLayer::new(name, platform.identity.clone(), access);
+    let routes = match &api {
+        Api::Public(public) => public.prefixes.clone(),
+        _ => Vec::new(),
+    };
     let (protocol, server) = serve(
         name,
         api,
@@ -163,23 +175,34 @@ where
         protocol,
         zone: platform.config.zone.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        routes: Vec::new(),
+        routes,
     };
-    platform
-        .discovery
-        .register(&registration, platform.config.registration_ttl)
-        .await?;
-    let heartbeat = heartbeat(platform, registration.clone());
     tracing::info!(service = name, %address, ?protocol, instance = %registration.instance, "serving and registered in discovery");
+    let mut registrations = vec![registration.clone()];
+    if !registration.routes.is_empty() {
+        // Also under the public API's name, where the gateway looks for routes.
+        registrations.push(Registration {
+            service: PUBLIC_API.to_string(),
+            ..registration
+        });
+    }
+    let mut background = vec![health_loop];
+    for registration in &registrations {
+        platform
+            .discovery
+            .register(registration, platform.config.registration_ttl)
+            .await?;
+        background.push(heartbeat(platform, registration.clone()));
+    }
     Ok(RunningService {
         name,
         address,
         protocol,
         context,
-        registration,
+        registrations,
         shutdown,
         server: Some(server),
-        background: vec![health_loop, heartbeat],
+        background,
     })
 }
 
@@ -203,12 +226,19 @@ fn serve(
             (Protocol::Grpc, server)
         }
         Api::Http(router) => {
+            let stack = crate::server::stack(name, "http", AccessLayer::open(), max_in_flight);
+            let server = serve_http(name, router, health.clone(), listener, stack, shutdown);
+            (Protocol::Http, server)
+        }
+        Api::Public(public) => {
+            let access = AccessLayer::gateway_only(name, platform.identity.clone());
+            let stack = crate::server::stack(name, "http", access, max_in_flight);
             let server = serve_http(
                 name,
-                router,
+                public.router,
                 health.clone(),
                 listener,
-                max_in_flight,
+                stack,
                 shutdown,
             );
             (Protocol::Http, server)
@@ -271,7 +301,7 @@ fn serve_http(
     router: axum::Router,
     health: Health,
     listener: tokio::net::TcpListener,
-    max_in_flight: usize,
+    stack: crate::server::ServerStack,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let healthz = axum::routing::get(move || {
@@ -289,17 +319,14 @@ fn serve_http(
         .layer(axum::middleware::map_response(
             crate::server::problem::problem_json,
         ))
-        .layer(crate::server::stack(
-            name,
-            "http",
-            AccessLayer::open(),
-            max_in_flight,
-        ));
+        .layer(stack);
     tokio::spawn(async move {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let result = axum::serve(listener, router)
+        // The peer's address is in each request (`ConnectInfo`), e.g. for per-client limits.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(e) = result {

@@ -21,4 +21,6 @@ pub use engines::{Platform, open_discovery, open_store};
 pub use health::Checker;
 pub use lifecycle::{RunningService, start, start_with};
 pub use process::{main, shutdown_signal};
-pub use service::{Api, GrpcApi, ServiceContext, ServiceDefinition, Setting};
+pub use service::{
+    Api, GrpcApi, PUBLIC_API, PublicApi, ServiceContext, ServiceDefinition, Setting,
+};

@@ -81,6 +81,24 @@ pub enum Api {
     Grpc(GrpcApi),
     /// An HTTP/JSON API (e.g. a webhook receiver for a card processor).
     Http(axum::Router),
+    /// Part of the bank's public API, behind the gateway (see [`PublicApi`]).
+    Public(PublicApi),
+}
+
+/// The discovery name under which every service of the public API also registers, with the
+/// path prefixes it serves: what the gateway watches to route.
+pub const PUBLIC_API: &str = "public-api";
+
+/// An HTTP/JSON API serving paths under `prefixes` (`/v1/accounts`) of the bank's public API.
+/// The gateway finds it through discovery ([`PUBLIC_API`]) and is its only caller; each
+/// request carries the customer the gateway authenticated, as
+/// [`crate::identity::Customer`] in its extensions.
+pub struct PublicApi {
+    /// The routes.
+    pub router: axum::Router,
+    /// The path prefixes it serves, each a whole path segment (`/v1/accounts` serves
+    /// `/v1/accounts` and `/v1/accounts/...`).
+    pub prefixes: Vec<String>,
 }
 
 /// gRPC routes and the fully-qualified names of the services in them.

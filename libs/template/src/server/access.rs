@@ -6,6 +6,10 @@
 //! such as grpc-health-probe and grpcurl work without a credential.
 //!
 //! The authenticated [`Caller`] is put in the request's extensions for the handler.
+//!
+//! A service of the public API (HTTP) is called by the gateway alone: any other caller is
+//! refused, and the customer the gateway names in [`CUSTOMER_HEADER`] is put in the request's
+//! extensions as [`Customer`]. `/healthz` stays open.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use tower::{Layer, Service};
 
 use super::Wire;
 use crate::error::Error;
-use crate::identity::{Caller, Identity};
+use crate::identity::{CUSTOMER_HEADER, Caller, Customer, GATEWAY, Identity};
 
 /// Any authenticated caller (a rule for test fixtures and public reads between services).
 pub const ANY_CALLER: &str = "*";
@@ -48,6 +52,14 @@ impl Rule {
     }
 }
 
+/// Who may call.
+enum Policy {
+    /// gRPC: each method's rule.
+    Methods(HashMap<&'static str, Rule>),
+    /// A public API service: the gateway, on behalf of a customer.
+    GatewayOnly,
+}
+
 /// See the module documentation. `None` rules: every request passes (HTTP APIs authenticate
 /// their own callers).
 #[derive(Clone)]
@@ -58,7 +70,7 @@ pub struct AccessLayer {
 struct Checks {
     service: &'static str,
     identity: Identity,
-    rules: HashMap<&'static str, Rule>,
+    policy: Policy,
     unauthenticated: Counter,
     forbidden: Counter,
 }
@@ -66,12 +78,25 @@ struct Checks {
 impl AccessLayer {
     /// Checks every call against `rules`, callers against `identity`.
     pub fn new(service: &'static str, identity: Identity, rules: &'static [Rule]) -> Self {
-        let refused = |reason: &'static str| metrics::counter!("sterling_server_refused_total", "service" => service, "reason" => reason);
+        let rules = rules.iter().map(|r| (r.method, *r)).collect();
+        Self::with_policy(service, identity, Policy::Methods(rules))
+    }
+
+    /// Lets the gateway alone call, on behalf of the customer it names.
+    pub fn gateway_only(service: &'static str, identity: Identity) -> Self {
+        Self::with_policy(service, identity, Policy::GatewayOnly)
+    }
+
+    fn with_policy(service: &'static str, identity: Identity, policy: Policy) -> Self {
+        let refused = |reason: &'static str| {
+            let labels = [("service", service), ("reason", reason)];
+            metrics::counter!("sterling_server_refused_total", &labels)
+        };
         AccessLayer {
             checks: Some(Arc::new(Checks {
                 service,
                 identity,
-                rules: rules.iter().map(|r| (r.method, *r)).collect(),
+                policy,
                 unauthenticated: refused("unauthenticated"),
                 forbidden: refused("forbidden"),
             })),
@@ -87,17 +112,23 @@ impl AccessLayer {
 impl Checks {
     fn check<B>(&self, request: &http::Request<B>) -> Result<Option<Caller>, Error> {
         let path = request.uri().path();
-        if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) || path == "/healthz" {
             return Ok(None);
         }
         let caller = self
             .identity
             .verify_header(request.headers().get(http::header::AUTHORIZATION))
             .inspect_err(|_| self.unauthenticated.increment(1))?;
-        let method = path.rsplit('/').next().unwrap_or_default();
-        match self.rules.get(method) {
-            Some(rule) if rule.allows(caller.name()) => Ok(Some(caller)),
-            _ => {
+        let allowed = match &self.policy {
+            Policy::Methods(rules) => {
+                let method = path.rsplit('/').next().unwrap_or_default();
+                rules.get(method).is_some_and(|r| r.allows(caller.name()))
+            }
+            Policy::GatewayOnly => caller.name() == GATEWAY,
+        };
+        match allowed {
+            true => Ok(Some(caller)),
+            false => {
                 self.forbidden.increment(1);
                 tracing::warn!(
                     service = self.service,
@@ -148,6 +179,15 @@ where
         if let Some(checks) = &self.checks {
             match checks.check(&request) {
                 Ok(Some(caller)) => {
+                    let customer = request
+                        .headers()
+                        .get(CUSTOMER_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|c| !c.is_empty())
+                        .map(|c| Customer(Arc::from(c)));
+                    if let (Some(customer), Policy::GatewayOnly) = (customer, &checks.policy) {
+                        request.extensions_mut().insert(customer);
+                    }
                     request.extensions_mut().insert(caller);
                 }
                 Ok(None) => {}

@@ -1,0 +1,296 @@
+//! The public API through the gateway alone, as a customer's app uses it: sign up, sign in,
+//! open an account, top it up, read the balance; another customer's token on it gets 404; no
+//! token, a forged one or a signed-out one gets 401; an API service reached without the
+//! gateway believes no customer header; limits answer 429 with `Retry-After` and 413, as
+//! problem+json; a new API service is routed as soon as it registers.
+
+mod common;
+
+use axum::Extension;
+use axum::routing::get;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sterling_template::identity::Customer;
+use sterling_template::platform::{self, Api, PublicApi};
+
+const PASSWORD: &str = "a long enough password";
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        if status.is_client_error() || status.is_server_error() {
+            assert!(
+                headers["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/problem+json"),
+                "{status} {path} is not a problem document"
+            );
+        }
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body, headers)
+    }
+
+    async fn sign_up_and_in(&self, email: &str) -> String {
+        let credentials = json!({"email": email, "password": PASSWORD});
+        let key = format!("signup-{email}");
+        let (status, _, _) = self
+            .call(
+                Method::POST,
+                "/v1/sign-up",
+                None,
+                Some(&key),
+                Some(credentials.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, session, _) = self
+            .call(Method::POST, "/v1/sign-in", None, None, Some(credentials))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{session}");
+        session["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_uses_the_bank_through_the_gateway_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = common::start(
+        dir.path(),
+        &[
+            ("STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS", "true"),
+            ("STERLING_GATEWAY_SIGN_INS_PER_MINUTE", "3"),
+            ("STERLING_GATEWAY_MAX_BODY_BYTES", "4096"),
+        ],
+    )
+    .await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        url: format!("http://{}", bank.bank.address("gateway").unwrap()),
+    };
+    let ada = client.sign_up_and_in("ada@example.com").await;
+    let bob = client.sign_up_and_in("bob@example.com").await;
+
+    // Open an account; the same request again is the same account.
+    let open = || json!({"currency": "GBP"});
+    let (status, account, _) = client
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            Some(&ada),
+            Some("open-1"),
+            Some(open()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{account}");
+    let account_id = account["account_id"].as_str().unwrap().to_string();
+    let (_, again, _) = client
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            Some(&ada),
+            Some("open-1"),
+            Some(open()),
+        )
+        .await;
+    assert_eq!(again["account_id"], account_id);
+
+    // Top up GBP 100.00 once, even if the request is repeated.
+    let top_up = format!("/v1/accounts/{account_id}/top-ups");
+    for _ in 0..2 {
+        let (status, body, _) = client
+            .call(
+                Method::POST,
+                &top_up,
+                Some(&ada),
+                Some("t-1"),
+                Some(json!({"minor_units": 10000})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let path = format!("/v1/accounts/{account_id}");
+    let (status, read, _) = client
+        .call(Method::GET, &path, Some(&ada), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        read["balance"],
+        json!({"minor_units": 10000, "currency": "GBP"})
+    );
+    let (_, listed, _) = client
+        .call(Method::GET, "/v1/accounts", Some(&ada), None, None)
+        .await;
+    assert_eq!(listed["accounts"][0]["account_id"], account_id);
+
+    // Bob sees nothing of Ada's: not found, never her data, never "forbidden".
+    let (status, body, _) = client
+        .call(Method::GET, &path, Some(&bob), None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["code"], "not_found.account");
+    let (status, _, _) = client
+        .call(
+            Method::POST,
+            &top_up,
+            Some(&bob),
+            Some("t-bob"),
+            Some(json!({"minor_units": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, bobs, _) = client
+        .call(Method::GET, "/v1/accounts", Some(&bob), None, None)
+        .await;
+    assert_eq!(bobs["accounts"], json!([]));
+
+    // No token, a made-up one: 401 with a challenge.
+    for token in [None, Some("sat_0000"), Some("not a token")] {
+        let (status, body, headers) = client.call(Method::GET, &path, token, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(body["code"], "unauthorized.token");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+    }
+
+    // The accounts service itself, reached past the gateway with a customer header: refused.
+    let accounts = bank.bank.address("accounts").unwrap();
+    let direct = client
+        .http
+        .get(format!("http://{accounts}{path}"))
+        .header("x-sterling-customer", "whoever")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), StatusCode::UNAUTHORIZED);
+
+    // Unknown routes, bodies over the limit.
+    let (status, body, _) = client
+        .call(Method::GET, "/v1/nothing-here", Some(&ada), None, None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found.route"))
+    );
+    let big = json!({"currency": "x".repeat(8000)});
+    let (status, _, _) = client
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            Some(&ada),
+            Some("big"),
+            Some(big),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Guessing a password: refused alike, then limited with Retry-After.
+    let guess = json!({"email": "ada@example.com", "password": "guess guess guess"});
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, _, headers) = client
+            .call(Method::POST, "/v1/sign-in", None, None, Some(guess.clone()))
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(
+                headers["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+                    >= 1
+            );
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+
+    // Signed out: the token stops working.
+    let (status, _, _) = client
+        .call(Method::POST, "/v1/sign-out", Some(&ada), None, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = client
+        .call(Method::GET, &path, Some(&ada), None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    bank.bank.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_api_service_is_live_as_soon_as_it_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = common::start_sync(dir.path(), &[]).await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        url: format!("http://{}", bank.bank.address("gateway").unwrap()),
+    };
+    let token = client.sign_up_and_in("cleo@example.com").await;
+    let (status, _, _) = client
+        .call(Method::GET, "/v1/echo", Some(&token), None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not routed before it exists");
+
+    async fn whoami(Extension(customer): Extension<Customer>) -> axum::Json<Value> {
+        axum::Json(json!({"customer_id": customer.id()}))
+    }
+    let echo = platform::start_with(
+        "echo",
+        &[],
+        &[],
+        &[],
+        &bank.bank.platform,
+        "127.0.0.1:0".parse().unwrap(),
+        |_| {
+            Box::pin(async {
+                Ok(Api::Public(PublicApi {
+                    router: axum::Router::new().route("/v1/echo/whoami", get(whoami)),
+                    prefixes: vec!["/v1/echo".into()],
+                }))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        let (status, body, _) = client
+            .call(Method::GET, "/v1/echo/whoami", Some(&token), None, None)
+            .await;
+        if status == StatusCode::OK || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        answer["customer_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("cus_")),
+        "{answer}"
+    );
+    echo.stop().await;
+    bank.bank.stop().await;
+}

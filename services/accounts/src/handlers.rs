@@ -1,0 +1,210 @@
+//! HTTP handlers of accounts, each for the customer the gateway authenticated: open an account
+//! in a currency, list them, read one with its balance, and (in development) top one up from
+//! the bank's funding account.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sterling_proto::common::v1::Money;
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
+use sterling_proto::ledger::v1::{
+    AccountKind, CreateAccountRequest, GetBalanceRequest, TransferRequest,
+};
+use sterling_template::client::{GrpcChannel, IDEMPOTENCY_KEY_HEADER};
+use sterling_template::error::required;
+use sterling_template::identity::Customer;
+use sterling_template::server::Problem;
+use sterling_template::{Error, money};
+
+use crate::store::{AccountStore, OwnedAccount};
+
+/// What the handlers share.
+pub struct AccountsState {
+    /// Ownership of accounts.
+    pub accounts: AccountStore,
+    /// The ledger.
+    pub ledger: LedgerClient<GrpcChannel>,
+    /// Whether development top-ups are allowed.
+    pub top_ups: bool,
+}
+
+type Shared = State<Arc<AccountsState>>;
+type Caller = Option<Extension<Customer>>;
+
+/// Largest top-up, in minor units.
+const MAX_TOP_UP: i64 = 100_000_000;
+
+fn customer(caller: &Caller) -> Result<&str, Problem> {
+    caller
+        .as_ref()
+        .map(|Extension(c)| c.id())
+        .ok_or_else(|| Problem(Error::unauthorized("customer", "no authenticated customer")))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<&str, Problem> {
+    let key = headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    Ok(required("idempotency_key", key)?)
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
+    serde_json::from_slice(body)
+        .map_err(|e| Problem(Error::bad_request("json", format!("bad JSON: {e}"))))
+}
+
+fn money_json(m: Option<Money>) -> Value {
+    let m = m.unwrap_or_default();
+    json!({"minor_units": m.minor_units, "currency": m.currency})
+}
+
+fn account_json(a: &OwnedAccount) -> Value {
+    json!({"account_id": a.account_id, "currency": a.currency})
+}
+
+/// The bank's internal account that funds development top-ups in `currency`.
+pub fn funding_account(currency: &str) -> String {
+    format!("internal-funding-{}", currency.to_ascii_lowercase())
+}
+
+/// What opening an account takes.
+#[derive(Deserialize)]
+struct Open {
+    currency: String,
+}
+
+/// `POST /v1/accounts` with an `Idempotency-Key`: 201 and the account.
+pub async fn open(
+    State(state): Shared,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let customer_id = customer(&caller)?;
+    let key = idempotency_key(&headers)?;
+    let request: Open = parse(&body)?;
+    let currency = money::currency("currency", &request.currency)?;
+    let account_id = state
+        .accounts
+        .claim(customer_id, key, currency.code())
+        .await?;
+    state
+        .ledger
+        .clone()
+        .create_account(CreateAccountRequest {
+            account_id: account_id.clone(),
+            currency: currency.code().to_string(),
+            kind: AccountKind::Customer as i32,
+        })
+        .await
+        .map_err(Error::from)?;
+    let account = OwnedAccount {
+        account_id,
+        customer_id: customer_id.to_string(),
+        currency: currency.code().to_string(),
+    };
+    state.accounts.record(&account).await?;
+    tracing::info!(account_id = %account.account_id, "account opened");
+    Ok((StatusCode::CREATED, Json(account_json(&account))))
+}
+
+/// `GET /v1/accounts`: the customer's accounts.
+pub async fn list(State(state): Shared, caller: Caller) -> Result<Json<Value>, Problem> {
+    let accounts = state.accounts.list(customer(&caller)?, 100).await?;
+    let accounts: Vec<Value> = accounts.iter().map(account_json).collect();
+    Ok(Json(json!({ "accounts": accounts })))
+}
+
+/// `GET /v1/accounts/{id}`: the account and its balance, held and available amounts.
+pub async fn get(
+    State(state): Shared,
+    caller: Caller,
+    Path(account_id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let account = state
+        .accounts
+        .owned(customer(&caller)?, &account_id)
+        .await?;
+    let balance = state
+        .ledger
+        .clone()
+        .get_balance(GetBalanceRequest {
+            account_id: account.account_id.clone(),
+        })
+        .await
+        .map_err(Error::from)?
+        .into_inner();
+    let mut body = account_json(&account);
+    body["balance"] = money_json(balance.balance);
+    body["held"] = money_json(balance.held);
+    body["available"] = money_json(balance.available);
+    Ok(Json(body))
+}
+
+/// What a top-up takes.
+#[derive(Deserialize)]
+struct TopUp {
+    minor_units: i64,
+}
+
+/// `POST /v1/accounts/{id}/top-ups` with an `Idempotency-Key`, in development only: money
+/// from the bank's funding account, moved by the ledger once per key.
+pub async fn top_up(
+    State(state): Shared,
+    caller: Caller,
+    Path(account_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    if !state.top_ups {
+        return Err(
+            Error::forbidden("top_ups", "top-ups are a development feature, off here").into(),
+        );
+    }
+    let customer_id = customer(&caller)?;
+    let key = idempotency_key(&headers)?;
+    let request: TopUp = parse(&body)?;
+    if request.minor_units <= 0 || request.minor_units > MAX_TOP_UP {
+        let why = format!("minor_units is from 1 to {MAX_TOP_UP}");
+        return Err(Error::bad_request("amount", why).into());
+    }
+    let account = state.accounts.owned(customer_id, &account_id).await?;
+    let funding = funding_account(&account.currency);
+    let mut ledger = state.ledger.clone();
+    ledger
+        .create_account(CreateAccountRequest {
+            account_id: funding.clone(),
+            currency: account.currency.clone(),
+            kind: AccountKind::Internal as i32,
+        })
+        .await
+        .map_err(Error::from)?;
+    let amount = Money {
+        minor_units: request.minor_units,
+        currency: account.currency.clone(),
+    };
+    let transfer = ledger
+        .transfer(TransferRequest {
+            // Scoped by customer: one customer's key never names another's transfer.
+            transfer_id: format!("top-up:{customer_id}:{key}"),
+            debit_account_id: funding,
+            credit_account_id: account.account_id.clone(),
+            amount: Some(amount.clone()),
+            description: "development top-up".into(),
+        })
+        .await
+        .map_err(Error::from)?
+        .into_inner();
+    let body = json!({
+        "transfer_id": transfer.transfer_id,
+        "account_id": account.account_id,
+        "amount": money_json(Some(amount)),
+    });
+    Ok((StatusCode::CREATED, Json(body)))
+}

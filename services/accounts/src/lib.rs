@@ -1,0 +1,58 @@
+//! accounts: the public API of customers' accounts, behind the gateway (`/v1/accounts`).
+//! Opens ledger accounts for the authenticated customer and remembers who owns each; reads an
+//! account's balance from the ledger; a customer asking for another's account gets
+//! `not_found.account`, never its data. Development top-ups move money from the bank's
+//! funding account through the ledger.
+
+pub mod handlers;
+pub mod store;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use sterling_proto::ledger::v1::ledger_client::LedgerClient;
+use sterling_storage::Migration;
+use sterling_template::platform::PublicApi;
+use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
+
+use crate::handlers::AccountsState;
+use crate::store::AccountStore;
+
+/// The versioned migrations of the `sterling_accounts` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_accounts.cql");
+
+/// The accounts service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: "accounts",
+    migrations: MIGRATIONS,
+    settings: &[Setting {
+        name: "development_top_ups",
+        default: "false",
+        help: "development only: customers may top up from the bank's funding account",
+    }],
+    depends_on: &[sterling_proto::ledger::v1::LEDGER_SERVICE],
+    // Part of the public API: the gateway alone calls it, for a customer.
+    access: &[],
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let state = Arc::new(AccountsState {
+        accounts: AccountStore::new(ctx.store.clone()),
+        ledger: LedgerClient::new(
+            ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
+                .await?,
+        ),
+        top_ups: ctx.setting_as("development_top_ups", "true or false")?,
+    });
+    let router = Router::new()
+        .route("/v1/accounts", post(handlers::open).get(handlers::list))
+        .route("/v1/accounts/{account_id}", get(handlers::get))
+        .route("/v1/accounts/{account_id}/top-ups", post(handlers::top_up))
+        .with_state(state);
+    Ok(Api::Public(PublicApi {
+        router,
+        prefixes: vec!["/v1/accounts".into()],
+    }))
+}

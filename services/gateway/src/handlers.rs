@@ -1,0 +1,270 @@
+//! HTTP handlers of the gateway: sign-up, sign-in, refresh and sign-out (answered with auth),
+//! and every other request forwarded to the API service whose prefix it falls under, with the
+//! customer its access token belongs to.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sterling_proto::auth::v1::{
+    RefreshRequest, Session, SignInRequest, SignOutRequest, SignUpRequest,
+};
+use sterling_template::context::{REQUEST_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
+use sterling_template::identity::{CUSTOMER_HEADER, GATEWAY, Identity};
+use sterling_template::server::Problem;
+use sterling_template::{Error, client::IDEMPOTENCY_KEY_HEADER};
+
+use crate::limits::{Limited, Limits};
+use crate::routes::RouteTable;
+use crate::sessions::{Sessions, bearer};
+
+/// What the handlers share.
+pub struct GatewayState {
+    /// Access tokens, checked with auth.
+    pub sessions: Sessions,
+    /// Where each prefix is served.
+    pub routes: RouteTable,
+    /// Rate limits.
+    pub limits: Limits,
+    /// Client of the API services.
+    pub http: reqwest::Client,
+    /// The gateway's identity, proven to the API services.
+    pub identity: Identity,
+    /// Largest request body forwarded.
+    pub max_body: usize,
+    /// How long an API service has to answer.
+    pub timeout: Duration,
+    /// Spreads requests over the instances of a prefix.
+    pub next: AtomicUsize,
+}
+
+type Shared = State<Arc<GatewayState>>;
+
+/// A refusal as the client sees it: problem+json, with `Retry-After` when rate limited.
+pub struct Refusal(Response);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        let unauthorized = e.http_status() == StatusCode::UNAUTHORIZED;
+        let mut response = Problem(e).into_response();
+        if unauthorized {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        Refusal(response)
+    }
+}
+
+impl From<Limited> for Refusal {
+    fn from(l: Limited) -> Self {
+        let mut response = Problem(l.error).into_response();
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(l.retry_after_s),
+        );
+        Refusal(response)
+    }
+}
+
+impl From<tonic::Status> for Refusal {
+    fn from(s: tonic::Status) -> Self {
+        Error::from(s).into()
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::bad_request("json", format!("bad JSON: {e}")))
+}
+
+fn session_json(s: Session) -> Json<Value> {
+    Json(json!({
+        "customer_id": s.customer_id,
+        "token_type": "Bearer",
+        "access_token": s.access_token,
+        "access_expires_at_ms": s.access_expires_at_ms,
+        "refresh_token": s.refresh_token,
+        "refresh_expires_at_ms": s.refresh_expires_at_ms,
+    }))
+}
+
+/// Email and password.
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+/// `POST /v1/sign-up` with an `Idempotency-Key`: 201 and the new customer.
+pub async fn sign_up(
+    State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), Refusal> {
+    state.limits.address(peer.ip())?;
+    let key = headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let c: Credentials = parse(&body)?;
+    let customer = state
+        .sessions
+        .auth()
+        .sign_up(SignUpRequest {
+            idempotency_key: key.to_string(),
+            email: c.email,
+            password: c.password,
+        })
+        .await?
+        .into_inner();
+    let body = json!({"customer_id": customer.customer_id, "email": customer.email});
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `POST /v1/sign-in`: a session's tokens.
+pub async fn sign_in(
+    State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<Json<Value>, Refusal> {
+    state.limits.address(peer.ip())?;
+    let c: Credentials = parse(&body)?;
+    state.limits.sign_in(&c.email)?;
+    let session = state
+        .sessions
+        .auth()
+        .sign_in(SignInRequest {
+            email: c.email,
+            password: c.password,
+        })
+        .await?
+        .into_inner();
+    Ok(session_json(session))
+}
+
+/// A refresh token.
+#[derive(Deserialize)]
+struct Refresh {
+    refresh_token: String,
+}
+
+/// `POST /v1/refresh`: new tokens for a refresh token, which is spent.
+pub async fn refresh(
+    State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<Json<Value>, Refusal> {
+    state.limits.address(peer.ip())?;
+    let r: Refresh = parse(&body)?;
+    let session = state
+        .sessions
+        .auth()
+        .refresh(RefreshRequest {
+            refresh_token: r.refresh_token,
+        })
+        .await?
+        .into_inner();
+    Ok(session_json(session))
+}
+
+/// `POST /v1/sign-out` with the access token: the session ends; 204.
+pub async fn sign_out(
+    State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Refusal> {
+    state.limits.address(peer.ip())?;
+    let token = bearer(&headers)?;
+    state
+        .sessions
+        .auth()
+        .sign_out(SignOutRequest {
+            access_token: token.to_string(),
+        })
+        .await?;
+    state.sessions.forget(token);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every other request: authenticated, then forwarded to the API service serving its path.
+pub async fn forward(
+    State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Result<Response, Refusal> {
+    state.limits.address(peer.ip())?;
+    let (parts, body) = request.into_parts();
+    let token = bearer(&parts.headers)?;
+    state.limits.token(token)?;
+    let customer = state.sessions.customer(token).await?;
+    let pick = state.next.fetch_add(1, Ordering::Relaxed);
+    let (address, _) = state
+        .routes
+        .route(parts.uri.path(), pick)
+        .ok_or_else(|| Error::not_found("route", "no such endpoint"))?;
+    // Over the limit: a bare 413, which the template's problem layer documents.
+    let body = axum::body::to_bytes(body, state.max_body)
+        .await
+        .map_err(|_| Refusal(StatusCode::PAYLOAD_TOO_LARGE.into_response()))?;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut onward = state
+        .http
+        .request(parts.method.clone(), format!("http://{address}{path}"))
+        .timeout(state.timeout)
+        .body(body);
+    for name in [http::header::CONTENT_TYPE, http::header::ACCEPT] {
+        if let Some(value) = parts.headers.get(&name) {
+            onward = onward.header(name, value);
+        }
+    }
+    if let Some(key) = parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
+        onward = onward.header(IDEMPOTENCY_KEY_HEADER, key);
+    }
+    if let Some(context) = RequestContext::current() {
+        onward = onward
+            .header(REQUEST_ID_HEADER, context.request_id.as_str())
+            .header(TRACEPARENT_HEADER, context.trace.header());
+    }
+    let identity = state
+        .identity
+        .header_for(GATEWAY)
+        .ok_or_else(|| Error::internal("the gateway has no identity to call with"))?;
+    let answer = onward
+        .header(http::header::AUTHORIZATION, identity)
+        .header(CUSTOMER_HEADER, customer.as_str())
+        .send()
+        .await
+        .map_err(|e| match e.is_timeout() {
+            true => Error::timeout("the API service did not answer in time"),
+            false => Error::unavailable("api_service", "the API service cannot be reached"),
+        })?;
+    let mut response = Response::builder().status(answer.status().as_u16());
+    for name in [http::header::CONTENT_TYPE, http::header::RETRY_AFTER] {
+        if let Some(value) = answer.headers().get(&name) {
+            response = response.header(name, value.as_bytes());
+        }
+    }
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|_| Error::unavailable("api_service", "the API service's answer broke off"))?;
+    response
+        .body(Body::from(bytes))
+        .map_err(|e| Error::internal(format!("response: {e}")).into())
+}
