@@ -7,7 +7,8 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 ## run: the whole bank in one process on embedded backends (no Java, no NATS needed)
 run: build
-	$(TARGET_DIR)/debug/sterling --data $(DATA) up
+	STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS=$${STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS:-true} \
+		$(TARGET_DIR)/debug/sterling --data $(DATA) up
 
 build:
 	$(CARGO) build --workspace --bins
