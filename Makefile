@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATA ?= data
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run build test test-first-service test-engines engines-up engines-down lint fmt bench bench-engines clean
+.PHONY: run build test test-api test-first-service test-engines engines-up engines-down lint fmt bench bench-engines clean
 
 ## run: the whole bank in one process on embedded backends (no Java, no NATS needed)
 run: build
@@ -16,6 +16,10 @@ build:
 ## test: every unit, conformance and end-to-end test on the embedded backends
 test:
 	$(CARGO) test --workspace
+
+## test-api: the public API against its OpenAPI document with schemathesis (from PyPI)
+test-api:
+	.ci/test-api
 
 ## test-first-service: follow docs/first-service.md literally (make a service, test it, start it
 ## with the bank), then remove what it made

@@ -294,3 +294,59 @@ async fn a_new_api_service_is_live_as_soon_as_it_registers() {
     echo.stop().await;
     bank.bank.stop().await;
 }
+
+/// The OpenAPI document is served to anyone, every operation it names exists, and every prefix
+/// an API service registers is documented (a new API service without documentation fails
+/// here; schemathesis checks the answers themselves in `make test-api`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = common::start_sync(dir.path(), &[]).await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        url: format!("http://{}", bank.bank.address("gateway").unwrap()),
+    };
+    let (status, document, _) = client
+        .call(Method::GET, "/v1/openapi.json", None, None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["openapi"], "3.1.0");
+    let token = client.sign_up_and_in("doc@example.com").await;
+    let paths = document["paths"].as_object().unwrap();
+    for (path, operations) in paths {
+        for method in operations.as_object().unwrap().keys() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let concrete = path.replace("{account_id}", "acc_nobody");
+            let (status, body, _) = client
+                .call(
+                    method.clone(),
+                    &concrete,
+                    Some(&token),
+                    Some("doc"),
+                    Some(json!({})),
+                )
+                .await;
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED && body["code"] != "not_found.route",
+                "{method} {path} is documented but not served: {status} {body}"
+            );
+        }
+    }
+    let registered = bank
+        .bank
+        .platform
+        .discovery
+        .resolve(sterling_template::platform::PUBLIC_API)
+        .await
+        .unwrap();
+    assert!(!registered.is_empty());
+    for prefix in registered.iter().flat_map(|r| r.routes.iter()) {
+        assert!(
+            paths
+                .keys()
+                .any(|p| p == prefix || p.starts_with(&format!("{prefix}/"))),
+            "{prefix} is served but not documented"
+        );
+    }
+    bank.bank.stop().await;
+}

@@ -16,7 +16,7 @@ use sterling_proto::ledger::v1::{
     AccountKind, CreateAccountRequest, GetBalanceRequest, TransferRequest,
 };
 use sterling_template::client::{GrpcChannel, IDEMPOTENCY_KEY_HEADER};
-use sterling_template::error::required;
+use sterling_template::error::printable_key;
 use sterling_template::identity::Customer;
 use sterling_template::server::Problem;
 use sterling_template::{Error, money};
@@ -36,6 +36,9 @@ pub struct AccountsState {
 type Shared = State<Arc<AccountsState>>;
 type Caller = Option<Extension<Customer>>;
 
+/// The currencies the bank holds accounts in.
+pub const CURRENCIES: &[&str] = &["GBP", "EUR", "USD"];
+
 /// Largest top-up, in minor units.
 const MAX_TOP_UP: i64 = 100_000_000;
 
@@ -51,7 +54,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, Problem> {
         .get(IDEMPOTENCY_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    Ok(required("idempotency_key", key)?)
+    Ok(printable_key("idempotency_key", key)?)
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
@@ -66,6 +69,11 @@ fn money_json(m: Option<Money>) -> Value {
 
 fn account_json(a: &OwnedAccount) -> Value {
     json!({"account_id": a.account_id, "currency": a.currency})
+}
+
+fn key_digest(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
 /// The bank's internal account that funds development top-ups in `currency`.
@@ -90,6 +98,10 @@ pub async fn open(
     let key = idempotency_key(&headers)?;
     let request: Open = parse(&body)?;
     let currency = money::currency("currency", &request.currency)?;
+    if !CURRENCIES.contains(&currency.code()) {
+        let why = format!("accounts are held in {}", CURRENCIES.join(", "));
+        return Err(Error::bad_request("currency", why).into());
+    }
     let account_id = state
         .accounts
         .claim(customer_id, key, currency.code())
@@ -150,7 +162,17 @@ pub async fn get(
 /// What a top-up takes.
 #[derive(Deserialize)]
 struct TopUp {
-    minor_units: i64,
+    minor_units: serde_json::Number,
+}
+
+/// A JSON number as whole minor units: an integer, or a number with no fraction that an
+/// `f64` holds exactly (`2500.0` is 2500, as JSON Schema counts it).
+fn whole_units(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)
+            .map(|f| f as i64)
+    })
 }
 
 /// `POST /v1/accounts/{id}/top-ups` with an `Idempotency-Key`, in development only: money
@@ -170,10 +192,14 @@ pub async fn top_up(
     let customer_id = customer(&caller)?;
     let key = idempotency_key(&headers)?;
     let request: TopUp = parse(&body)?;
-    if request.minor_units <= 0 || request.minor_units > MAX_TOP_UP {
-        let why = format!("minor_units is from 1 to {MAX_TOP_UP}");
-        return Err(Error::bad_request("amount", why).into());
-    }
+    let minor_units = whole_units(&request.minor_units)
+        .filter(|m| (1..=MAX_TOP_UP).contains(m))
+        .ok_or_else(|| {
+            Error::bad_request(
+                "amount",
+                format!("minor_units is a whole number from 1 to {MAX_TOP_UP}"),
+            )
+        })?;
     let account = state.accounts.owned(customer_id, &account_id).await?;
     let funding = funding_account(&account.currency);
     let mut ledger = state.ledger.clone();
@@ -186,13 +212,14 @@ pub async fn top_up(
         .await
         .map_err(Error::from)?;
     let amount = Money {
-        minor_units: request.minor_units,
+        minor_units,
         currency: account.currency.clone(),
     };
     let transfer = ledger
         .transfer(TransferRequest {
-            // Scoped by customer: one customer's key never names another's transfer.
-            transfer_id: format!("top-up:{customer_id}:{key}"),
+            // Scoped by customer (one customer's key never names another's transfer) and
+            // hashed, so that any key fits the ledger's ids.
+            transfer_id: format!("top-up:{customer_id}:{}", &key_digest(key)[..40]),
             debit_account_id: funding,
             credit_account_id: account.account_id.clone(),
             amount: Some(amount.clone()),

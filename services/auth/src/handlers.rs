@@ -7,7 +7,7 @@ use sterling_proto::auth::v1::{
     Customer, IntrospectRequest, Principal, RefreshRequest, Session, SignInRequest, SignOutRequest,
     SignOutResponse, SignUpRequest,
 };
-use sterling_template::error::{required, required_max};
+use sterling_template::error::{printable_key, required_max};
 use sterling_template::{Error, Result};
 use tonic::{Request, Response, Status};
 
@@ -62,7 +62,7 @@ fn session_message(s: IssuedSession) -> Session {
 impl Auth for AuthHandlers {
     async fn sign_up(&self, request: Request<SignUpRequest>) -> Result<Response<Customer>, Status> {
         let r = request.into_inner();
-        let key = required("idempotency_key", &r.idempotency_key)?;
+        let key = printable_key("idempotency_key", &r.idempotency_key)?;
         let email = email(&r.email)?;
         let hash = passwords::hash(passwords::checked(&r.password)?).await?;
         let credential = self.store.sign_up(key, &email, &hash).await?;
@@ -76,7 +76,7 @@ impl Auth for AuthHandlers {
     async fn sign_in(&self, request: Request<SignInRequest>) -> Result<Response<Session>, Status> {
         let r = request.into_inner();
         let email = email(&r.email).map_err(|_| wrong_credentials())?;
-        if r.password.len() > passwords::MAX_PASSWORD_BYTES {
+        if passwords::too_long(&r.password) {
             return Err(wrong_credentials().into());
         }
         let credential = self.store.credential(&email).await?;

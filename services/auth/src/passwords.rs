@@ -5,20 +5,27 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sterling_template::{Error, Result};
 
-/// Shortest password accepted, in bytes.
-pub const MIN_PASSWORD_BYTES: usize = 10;
-/// Longest password accepted, in bytes (hashing cost must not be the caller's to choose).
-pub const MAX_PASSWORD_BYTES: usize = 256;
+/// Shortest password accepted, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 10;
+/// Longest password accepted, in characters (hashing cost must not be the caller's to
+/// choose: at most 1 KiB of UTF-8).
+pub const MAX_PASSWORD_CHARS: usize = 256;
 
 /// A password within bounds, or `bad_request.password`.
 pub fn checked(password: &str) -> Result<&str> {
-    if password.len() < MIN_PASSWORD_BYTES || password.len() > MAX_PASSWORD_BYTES {
+    let chars = password.chars().count();
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
         return Err(Error::bad_request(
             "password",
-            format!("a password has {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes"),
+            format!("a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
         ));
     }
     Ok(password)
+}
+
+/// Whether `password` is too long to be worth hashing.
+pub fn too_long(password: &str) -> bool {
+    password.len() > 4 * MAX_PASSWORD_CHARS
 }
 
 /// The argon2id PHC string of `password`.

@@ -103,6 +103,15 @@ fn session_json(s: Session) -> Json<Value> {
     }))
 }
 
+/// The public API's OpenAPI 3.1 document, checked against the running API by schemathesis
+/// (`make test-api`) and by the gateway's tests.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `GET /v1/openapi.json`: the document, to anyone.
+pub async fn openapi() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 /// Email and password.
 #[derive(Deserialize)]
 struct Credentials {
@@ -255,7 +264,11 @@ pub async fn forward(
             false => Error::unavailable("api_service", "the API service cannot be reached"),
         })?;
     let mut response = Response::builder().status(answer.status().as_u16());
-    for name in [http::header::CONTENT_TYPE, http::header::RETRY_AFTER] {
+    for name in [
+        http::header::CONTENT_TYPE,
+        http::header::RETRY_AFTER,
+        http::header::ALLOW,
+    ] {
         if let Some(value) = answer.headers().get(&name) {
             response = response.header(name, value.as_bytes());
         }

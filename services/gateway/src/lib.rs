@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::post;
+use axum::routing::{get, post};
 use sterling_proto::auth::v1::auth_client::AuthClient;
 use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
@@ -113,6 +113,7 @@ pub fn router(state: Arc<GatewayState>, max_body: usize) -> Router {
         .route("/v1/sign-in", post(handlers::sign_in))
         .route("/v1/refresh", post(handlers::refresh))
         .route("/v1/sign-out", post(handlers::sign_out))
+        .route("/v1/openapi.json", get(handlers::openapi))
         .fallback(handlers::forward)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

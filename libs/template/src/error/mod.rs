@@ -199,6 +199,20 @@ pub fn required_max<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a s
     }
 }
 
+/// A caller's key or id from the public API: 1 to [`MAX_ID_LEN`] printable ASCII characters
+/// without spaces (`!` to `~`), or `bad_request.<field>`.
+pub fn printable_key<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+    let value = required(field, value)?;
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::bad_request(
+            field,
+            format!("{field} is printable ASCII without spaces"),
+        )
+        .with_param("field", field));
+    }
+    Ok(value)
+}
+
 fn dotted(class: &str, detail: &str) -> String {
     if detail.is_empty() {
         class.to_string()
