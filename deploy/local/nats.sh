@@ -45,10 +45,18 @@ CONF
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
+# Whether nothing accepts connections on 127.0.0.1:$1.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 start() {
   if running; then log "already running (pid $(cat "$PIDFILE"))"; return 0; fi
   fetch
   config
+  # A server just stopped may still hold its ports for a moment.
+  for _ in $(seq 1 50); do
+    port_free "$PORT" && port_free "$MONITOR" && break
+    sleep 0.2
+  done
   log "starting on 127.0.0.1:$PORT (JetStream in $ROOT/jetstream)"
   nohup "$BIN" -c "$ROOT/nats.conf" > "$ROOT/logs/nats.log" 2>&1 &
   echo $! > "$PIDFILE"
@@ -61,7 +69,16 @@ wait_ready() {
       log "ready on 127.0.0.1:$PORT"
       return 0
     fi
-    if ! running; then log "exited during start-up:"; tail -n 20 "$ROOT/logs/nats.log" >&2; exit 1; fi
+    if ! running; then
+      if [ "${retried:-}" != yes ] && grep -q "address already in use" "$ROOT/logs/nats.log"; then
+        retried=yes
+        log "a port was still held; starting again"
+        sleep 1
+        start
+        continue
+      fi
+      log "exited during start-up:"; tail -n 20 "$ROOT/logs/nats.log" >&2; exit 1
+    fi
     sleep 0.2
   done
   log "not ready after 30s"; exit 1
