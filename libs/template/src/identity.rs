@@ -1,6 +1,8 @@
 //! Who is calling. Every gRPC call between Sterling's processes carries its caller's identity:
 //! a token the bank's identity authority signed with Ed25519, naming one service (or the
-//! operator) and when it expires, sent as `authorization: Bearer sst1.<caller>.<expiry>.<sig>`.
+//! operator) and when it expires (`sst1.<caller>.<expiry>.<sig>`), sent in the
+//! `sterling-identity` header (which HTTP/2 compresses to a few bytes after a connection's
+//! first call) or, from tools such as grpcurl, as `authorization: Bearer <token>`.
 //! Every service says which callers may call which of its methods ([`crate::server::access`]);
 //! a process that can merely reach a port, with no token, is refused.
 //!
@@ -48,6 +50,9 @@ impl Customer {
     }
 }
 
+/// Header carrying a caller's identity token between the bank's processes.
+pub const IDENTITY_HEADER: &str = "sterling-identity";
+
 /// Version prefix of a service identity token.
 pub const TOKEN_PREFIX: &str = "sst1";
 
@@ -92,7 +97,7 @@ pub struct Identity {
 /// Tokens already verified: the caller each names and when it expires (unix seconds).
 type VerifiedTokens = HashMap<String, (Arc<str>, i64)>;
 
-/// Headers this process signed, by caller, and when to sign a fresh one (unix seconds).
+/// Tokens this process signed, by caller, and when to sign a fresh one (unix seconds).
 type SignedHeaders = HashMap<String, (HeaderValue, i64)>;
 
 impl std::fmt::Debug for Identity {
@@ -163,7 +168,7 @@ impl Identity {
             VerifyingKey::from_bytes(&bytes).map_err(|_| "not an Ed25519 key".to_string())?;
         let signer = match token {
             Some(token) => TokenSource::Given(
-                HeaderValue::try_from(format!("Bearer {}", token.trim()))
+                HeaderValue::try_from(token.trim())
                     .map_err(|_| "the token is not a header value".to_string())?,
             ),
             None => TokenSource::Nobody,
@@ -205,27 +210,45 @@ impl Identity {
         Ok(format!("{signed}.{}", hex::encode(signature.to_bytes())))
     }
 
-    /// The `authorization` header this process sends when calling as `caller`: a token signed
-    /// for it (renewed at half-life), or the one token it was given. `None` if it has none.
-    pub fn header_for(&self, caller: &str) -> Option<HeaderValue> {
+    /// The token this process sends when calling as `caller` ([`IDENTITY_HEADER`]): one
+    /// signed for it (renewed at half-life), or the one token it was given. `None` if it has
+    /// none.
+    pub fn token_for(&self, caller: &str) -> Option<HeaderValue> {
         match &self.signer {
-            TokenSource::Given(header) => Some(header.clone()),
+            TokenSource::Given(token) => Some(token.clone()),
             TokenSource::Nobody => None,
             TokenSource::Authority(_) => {
                 let now = now_secs();
                 let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((header, renew_at)) = signed.get(caller)
+                if let Some((token, renew_at)) = signed.get(caller)
                     && now < *renew_at
                 {
-                    return Some(header.clone());
+                    return Some(token.clone());
                 }
-                let token = self.mint(caller, SELF_SIGNED_TTL).ok()?;
-                let header = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+                let token = HeaderValue::try_from(self.mint(caller, SELF_SIGNED_TTL).ok()?).ok()?;
                 let renew_at = now + SELF_SIGNED_TTL.as_secs() as i64 / 2;
-                signed.insert(caller.to_string(), (header.clone(), renew_at));
-                Some(header)
+                signed.insert(caller.to_string(), (token.clone(), renew_at));
+                Some(token)
             }
         }
+    }
+
+    /// The same token as an `authorization: Bearer` value (for tools and tests).
+    pub fn header_for(&self, caller: &str) -> Option<HeaderValue> {
+        let token = self.token_for(caller)?;
+        HeaderValue::try_from(format!("Bearer {}", token.to_str().ok()?)).ok()
+    }
+
+    /// The caller a request's headers prove ([`IDENTITY_HEADER`], else `authorization:
+    /// Bearer`), or `unauthenticated.service_identity`.
+    pub fn verify_headers(&self, headers: &http::HeaderMap) -> Result<Caller> {
+        if let Some(token) = headers.get(IDENTITY_HEADER) {
+            let token = token
+                .to_str()
+                .map_err(|_| unauthenticated("the service identity token is malformed"))?;
+            return self.verify(token.trim());
+        }
+        self.verify_header(headers.get(http::header::AUTHORIZATION))
     }
 
     /// The caller an `authorization` header proves, or `unauthenticated.service_identity`.

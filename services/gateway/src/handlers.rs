@@ -18,7 +18,7 @@ use sterling_proto::auth::v1::{
     RefreshRequest, Session, SignInRequest, SignOutRequest, SignUpRequest,
 };
 use sterling_template::context::{REQUEST_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
-use sterling_template::identity::{CUSTOMER_HEADER, GATEWAY, Identity};
+use sterling_template::identity::{CUSTOMER_HEADER, GATEWAY, IDENTITY_HEADER, Identity};
 use sterling_template::server::Problem;
 use sterling_template::{Error, client::IDEMPOTENCY_KEY_HEADER};
 
@@ -252,10 +252,10 @@ pub async fn forward(
     }
     let identity = state
         .identity
-        .header_for(GATEWAY)
+        .token_for(GATEWAY)
         .ok_or_else(|| Error::internal("the gateway has no identity to call with"))?;
     let answer = onward
-        .header(http::header::AUTHORIZATION, identity)
+        .header(IDENTITY_HEADER, identity)
         .header(CUSTOMER_HEADER, customer.as_str())
         .send()
         .await

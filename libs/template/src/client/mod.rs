@@ -57,7 +57,7 @@ use crate::context::{
 };
 use crate::discovery::SharedDiscovery;
 use crate::error::{Error, Result};
-use crate::identity::Identity;
+use crate::identity::{IDENTITY_HEADER, Identity};
 use crate::request_metrics::{RequestMetrics, grpc_code_name};
 
 /// Boxed error type of the channel (a `tonic::Status` inside for errors it makes itself).
@@ -353,9 +353,9 @@ impl Service<http::Request<Body>> for GrpcChannel {
         stamp(&mut parts.headers, timeout, context.as_ref(), &span);
         if let Some((identity, caller)) = &self.caller
             && !parts.headers.contains_key(http::header::AUTHORIZATION)
-            && let Some(token) = identity.header_for(caller)
+            && let Some(token) = identity.token_for(caller)
         {
-            parts.headers.insert(http::header::AUTHORIZATION, token);
+            parts.headers.insert(IDENTITY_HEADER, token);
         }
         let method = path.rsplit('/').next().unwrap_or_default().to_string();
         let method_metrics = self.metrics.requests.method(&method);

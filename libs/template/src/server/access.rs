@@ -117,7 +117,7 @@ impl Checks {
         }
         let caller = self
             .identity
-            .verify_header(request.headers().get(http::header::AUTHORIZATION))
+            .verify_headers(request.headers())
             .inspect_err(|_| self.unauthenticated.increment(1))?;
         let allowed = match &self.policy {
             Policy::Methods(rules) => {
