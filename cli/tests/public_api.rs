@@ -1,5 +1,6 @@
 //! The public API through the gateway alone, as a customer's app uses it: sign up, sign in,
-//! open an account, top it up, read the balance; another customer's token on it gets 404; no
+//! open an account, top it up, get a card, pay with it at a terminal, see the transaction and
+//! the balance, freeze the card; another customer's token on any of it gets 404; no
 //! token, a forged one or a signed-out one gets 401; an API service reached without the
 //! gateway believes no customer header; limits answer 429 with `Retry-After` and 413, as
 //! problem+json; a new API service is routed as soon as it registers.
@@ -145,6 +146,55 @@ async fn a_customer_uses_the_bank_through_the_gateway_alone() {
         .call(Method::GET, "/v1/accounts", Some(&ada), None, None)
         .await;
     assert_eq!(listed["accounts"][0]["account_id"], account_id);
+
+    // A card on the account, paid with at a terminal (the processor's side, through card-api):
+    // the transaction is listed and the hold is off the available balance.
+    let cards = format!("/v1/accounts/{account_id}/cards");
+    let (status, card, _) = client
+        .call(Method::POST, &cards, Some(&ada), Some("card-1"), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{card}");
+    let card_token = card["card_token"].as_str().unwrap().to_string();
+    let paid = bank
+        .pay("journey-1", &card_token, common::money("12.50", "GBP"))
+        .await;
+    assert_eq!(common::decision(&paid).0, "APPROVED");
+    let listing = format!("/v1/accounts/{account_id}/transactions?limit=10");
+    let (status, page, _) = client
+        .call(Method::GET, &listing, Some(&ada), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        page["transactions"][0]["amount"],
+        json!({"minor_units": 1250, "currency": "GBP"})
+    );
+    assert_eq!(page["transactions"][0]["status"], "pending");
+    let (_, read, _) = client
+        .call(Method::GET, &path, Some(&ada), None, None)
+        .await;
+    assert_eq!(read["available"]["minor_units"], 8750);
+    // Frozen, the card is declined; Bob cannot touch it.
+    let freeze = format!("{cards}/{card_token}/freeze");
+    let (status, frozen, _) = client
+        .call(Method::POST, &freeze, Some(&ada), None, None)
+        .await;
+    assert_eq!(
+        (status, frozen["status"].as_str()),
+        (StatusCode::OK, Some("frozen"))
+    );
+    let declined = bank
+        .pay("journey-2", &card_token, common::money("1.00", "GBP"))
+        .await;
+    assert_eq!(common::decision(&declined).0, "DECLINED");
+    let unfreeze = format!("{cards}/{card_token}/unfreeze");
+    let (status, _, _) = client
+        .call(Method::POST, &unfreeze, Some(&bob), None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = client
+        .call(Method::GET, &listing, Some(&bob), None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Bob sees nothing of Ada's: not found, never her data, never "forbidden".
     let (status, body, _) = client

@@ -10,11 +10,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sterling_proto::cards::v1::cards_client::CardsClient;
 use sterling_proto::common::v1::Money;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::ledger::v1::{
     AccountKind, CreateAccountRequest, GetBalanceRequest, TransferRequest,
 };
+use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
 use sterling_template::client::{GrpcChannel, IDEMPOTENCY_KEY_HEADER};
 use sterling_template::error::printable_key;
 use sterling_template::identity::Customer;
@@ -29,6 +31,10 @@ pub struct AccountsState {
     pub accounts: AccountStore,
     /// The ledger.
     pub ledger: LedgerClient<GrpcChannel>,
+    /// Transactions, for an account's list.
+    pub transactions: TransactionsClient<GrpcChannel>,
+    /// Cards, issued on and frozen for an account.
+    pub cards: CardsClient<GrpcChannel>,
     /// Whether development top-ups are allowed.
     pub top_ups: bool,
 }
@@ -42,14 +48,16 @@ pub const CURRENCIES: &[&str] = &["GBP", "EUR", "USD"];
 /// Largest top-up, in minor units.
 const MAX_TOP_UP: i64 = 100_000_000;
 
-fn customer(caller: &Caller) -> Result<&str, Problem> {
+/// The authenticated customer's id, or 401.
+pub fn customer(caller: &Caller) -> Result<&str, Problem> {
     caller
         .as_ref()
         .map(|Extension(c)| c.id())
         .ok_or_else(|| Problem(Error::unauthorized("customer", "no authenticated customer")))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<&str, Problem> {
+/// The request's `Idempotency-Key`, or 400.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<&str, Problem> {
     let key = headers
         .get(IDEMPOTENCY_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -62,7 +70,8 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
         .map_err(|e| Problem(Error::bad_request("json", format!("bad JSON: {e}"))))
 }
 
-fn money_json(m: Option<Money>) -> Value {
+/// Money as the public API writes it.
+pub fn money_json(m: Option<Money>) -> Value {
     let m = m.unwrap_or_default();
     json!({"minor_units": m.minor_units, "currency": m.currency})
 }
@@ -71,7 +80,8 @@ fn account_json(a: &OwnedAccount) -> Value {
     json!({"account_id": a.account_id, "currency": a.currency})
 }
 
-fn key_digest(key: &str) -> String {
+/// The hex SHA-256 of a caller's key: any key fits another service's ids this way.
+pub fn key_digest(key: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }

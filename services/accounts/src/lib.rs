@@ -2,8 +2,10 @@
 //! Opens ledger accounts for the authenticated customer and remembers who owns each; reads an
 //! account's balance from the ledger; a customer asking for another's account gets
 //! `not_found.account`, never its data. Development top-ups move money from the bank's
-//! funding account through the ledger.
+//! funding account through the ledger. An account's transactions and cards are reached
+//! through it ([`activity`]).
 
+pub mod activity;
 pub mod handlers;
 pub mod store;
 
@@ -11,7 +13,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
+use sterling_proto::cards::v1::cards_client::CardsClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
+use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
 use sterling_storage::Migration;
 use sterling_template::platform::PublicApi;
 use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
@@ -31,7 +35,11 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         default: "false",
         help: "development only: customers may top up from the bank's funding account",
     }],
-    depends_on: &[sterling_proto::ledger::v1::LEDGER_SERVICE],
+    depends_on: &[
+        sterling_proto::ledger::v1::LEDGER_SERVICE,
+        sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
+        sterling_proto::cards::v1::CARDS_SERVICE,
+    ],
     // Part of the public API: the gateway alone calls it, for a customer.
     access: &[],
     build: |ctx| Box::pin(build(ctx)),
@@ -44,12 +52,36 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
                 .await?,
         ),
+        transactions: TransactionsClient::new(
+            ctx.channel(sterling_proto::transactions::v1::TRANSACTIONS_SERVICE)
+                .await?,
+        ),
+        cards: CardsClient::new(
+            ctx.channel(sterling_proto::cards::v1::CARDS_SERVICE)
+                .await?,
+        ),
         top_ups: ctx.setting_as("development_top_ups", "true or false")?,
     });
     let router = Router::new()
         .route("/v1/accounts", post(handlers::open).get(handlers::list))
         .route("/v1/accounts/{account_id}", get(handlers::get))
         .route("/v1/accounts/{account_id}/top-ups", post(handlers::top_up))
+        .route(
+            "/v1/accounts/{account_id}/transactions",
+            get(activity::transactions),
+        )
+        .route(
+            "/v1/accounts/{account_id}/cards",
+            post(activity::issue_card),
+        )
+        .route(
+            "/v1/accounts/{account_id}/cards/{card_token}/freeze",
+            post(activity::freeze_card),
+        )
+        .route(
+            "/v1/accounts/{account_id}/cards/{card_token}/unfreeze",
+            post(activity::unfreeze_card),
+        )
         .with_state(state);
     Ok(Api::Public(PublicApi {
         router,

@@ -22,17 +22,19 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     settings: &[],
     depends_on: &[sterling_proto::ledger::v1::LEDGER_SERVICE],
     access: &[
-        // Issued, frozen and unfrozen by the operator; read by card-processing to authorise.
-        Rule::new("IssueCard", &[OPERATOR]),
+        // Issued, frozen and unfrozen by the operator or, for its customer, the accounts
+        // service; read by card-processing to authorise.
+        Rule::new("IssueCard", &[OPERATOR, "accounts"]),
         Rule::new(
             "GetCard",
             &[
                 sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
                 OPERATOR,
+                "accounts",
             ],
         ),
-        Rule::new("FreezeCard", &[OPERATOR]),
-        Rule::new("UnfreezeCard", &[OPERATOR]),
+        Rule::new("FreezeCard", &[OPERATOR, "accounts"]),
+        Rule::new("UnfreezeCard", &[OPERATOR, "accounts"]),
     ],
     build: |ctx| Box::pin(build(ctx)),
 };

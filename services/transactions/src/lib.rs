@@ -25,7 +25,8 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     settings: &[],
     depends_on: &[],
     access: &[
-        // Written by card-processing alone; read by it and the operator.
+        // Written by card-processing alone; read by it, the operator and (for its customer) the
+        // accounts service.
         Rule::new(
             "RecordPending",
             &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
@@ -41,7 +42,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
                 OPERATOR,
             ],
         ),
-        Rule::new("ListTransactions", &[OPERATOR]),
+        Rule::new("ListTransactions", &[OPERATOR, "accounts"]),
     ],
     build: |ctx| Box::pin(build(ctx)),
 };
