@@ -56,43 +56,15 @@ impl PlatformConfig {
         );
         put("STERLING_NATS_URL", redact_url(&self.nats_url));
         put("STERLING_NATS_REPLICAS", self.nats_replicas.to_string());
-        put(
-            "STERLING_DISCOVERY",
-            match &self.discovery {
-                DiscoverySpec::Nats => "nats".into(),
-                DiscoverySpec::Embedded => "embedded".into(),
-                DiscoverySpec::Static(list) => format!("static:{list}"),
-                DiscoverySpec::File(path) => format!("file:{}", path.display()),
-            },
-        );
-        put(
-            "STERLING_BUS",
-            match &self.bus {
-                BusSpec::Nats => "nats".into(),
-                BusSpec::Embedded(path) => format!("embedded:{}", path.display()),
-            },
-        );
+        put("STERLING_DISCOVERY", self.describe_discovery());
+        put("STERLING_BUS", self.describe_bus());
         put("STERLING_LISTEN", self.listen.to_string());
         put(
             "STERLING_METRICS_ADDR",
             self.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
         );
-        match &self.identity {
-            IdentitySpec::InDataDir | IdentitySpec::KeyFile(_) => {
-                let path = match &self.identity {
-                    IdentitySpec::KeyFile(path) => path.display().to_string(),
-                    _ => format!("<data>/{}", super::IDENTITY_KEY_FILE),
-                };
-                put("STERLING_IDENTITY_KEY_FILE", path);
-                put("STERLING_IDENTITY_PUBLIC_KEY", String::new());
-                put("STERLING_IDENTITY_TOKEN", String::new());
-            }
-            IdentitySpec::Given { public_key, token } => {
-                put("STERLING_IDENTITY_KEY_FILE", String::new());
-                put("STERLING_IDENTITY_PUBLIC_KEY", public_key.clone());
-                let token = if token.is_some() { "***" } else { "" };
-                put("STERLING_IDENTITY_TOKEN", token.into());
-            }
+        for (key, value) in self.describe_identity() {
+            put(key, value);
         }
         put("STERLING_LOG", self.log_filter.clone());
         put(
@@ -103,6 +75,48 @@ impl PlatformConfig {
             put(key, redact_setting(key, value));
         }
         out
+    }
+
+    fn describe_discovery(&self) -> String {
+        match &self.discovery {
+            DiscoverySpec::Nats => "nats".into(),
+            DiscoverySpec::Embedded => "embedded".into(),
+            DiscoverySpec::Static(list) => format!("static:{list}"),
+            DiscoverySpec::File(path) => format!("file:{}", path.display()),
+        }
+    }
+
+    fn describe_bus(&self) -> String {
+        match &self.bus {
+            BusSpec::Nats => "nats".into(),
+            BusSpec::Embedded(path) => format!("embedded:{}", path.display()),
+        }
+    }
+
+    /// The identity variables in effect: the key file, or the public key and whether a token
+    /// was given (never the token).
+    fn describe_identity(&self) -> [(&'static str, String); 3] {
+        match &self.identity {
+            IdentitySpec::InDataDir | IdentitySpec::KeyFile(_) => {
+                let path = match &self.identity {
+                    IdentitySpec::KeyFile(path) => path.display().to_string(),
+                    _ => format!("<data>/{}", super::IDENTITY_KEY_FILE),
+                };
+                [
+                    ("STERLING_IDENTITY_KEY_FILE", path),
+                    ("STERLING_IDENTITY_PUBLIC_KEY", String::new()),
+                    ("STERLING_IDENTITY_TOKEN", String::new()),
+                ]
+            }
+            IdentitySpec::Given { public_key, token } => [
+                ("STERLING_IDENTITY_KEY_FILE", String::new()),
+                ("STERLING_IDENTITY_PUBLIC_KEY", public_key.clone()),
+                (
+                    "STERLING_IDENTITY_TOKEN",
+                    if token.is_some() { "***" } else { "" }.into(),
+                ),
+            ],
+        }
     }
 }
 
