@@ -22,6 +22,14 @@ struct Client {
 }
 
 impl Client {
+    /// A client of `bank`'s gateway.
+    fn of(bank: &common::TestBank) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            url: format!("http://{}", bank.bank.address("gateway").unwrap()),
+        }
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -88,10 +96,7 @@ async fn a_customer_uses_the_bank_through_the_gateway_alone() {
         ],
     )
     .await;
-    let client = Client {
-        http: reqwest::Client::new(),
-        url: format!("http://{}", bank.bank.address("gateway").unwrap()),
-    };
+    let client = Client::of(&bank);
     let ada = client.sign_up_and_in("ada@example.com").await;
     let bob = client.sign_up_and_in("bob@example.com").await;
 
@@ -294,10 +299,7 @@ async fn a_customer_uses_the_bank_through_the_gateway_alone() {
 async fn a_new_api_service_is_live_as_soon_as_it_registers() {
     let dir = tempfile::tempdir().unwrap();
     let bank = common::start_sync(dir.path(), &[]).await;
-    let client = Client {
-        http: reqwest::Client::new(),
-        url: format!("http://{}", bank.bank.address("gateway").unwrap()),
-    };
+    let client = Client::of(&bank);
     let token = client.sign_up_and_in("cleo@example.com").await;
     let (status, _, _) = client
         .call(Method::GET, "/v1/echo", Some(&token), None, None)
@@ -352,10 +354,7 @@ async fn a_new_api_service_is_live_as_soon_as_it_registers() {
 async fn the_openapi_document_matches_the_routes() {
     let dir = tempfile::tempdir().unwrap();
     let bank = common::start_sync(dir.path(), &[]).await;
-    let client = Client {
-        http: reqwest::Client::new(),
-        url: format!("http://{}", bank.bank.address("gateway").unwrap()),
-    };
+    let client = Client::of(&bank);
     let (status, document, _) = client
         .call(Method::GET, "/v1/openapi.json", None, None, None)
         .await;

@@ -142,15 +142,9 @@ impl AuthStore {
     /// New tokens for a refresh token, which is spent. A spent one presented again ends its
     /// session: whoever holds the newer tokens loses them too.
     pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedSession> {
-        if !refresh_token.starts_with(REFRESH_PREFIX) {
-            return Err(invalid_token());
-        }
-        let key = Row::new().with("token_hash", tokens::hash(refresh_token));
-        let row = self
-            .store
-            .get("refresh_tokens", &key)
-            .await?
-            .ok_or_else(invalid_token)?;
+        let (key, row) = self
+            .token_row("refresh_tokens", REFRESH_PREFIX, refresh_token)
+            .await?;
         let (session_id, customer_id) = (row.text("session_id")?, row.text("customer_id")?);
         if row.timestamp("expires_at")? <= now_millis() || self.revoked(session_id).await? {
             return Err(invalid_token());
@@ -174,15 +168,9 @@ impl AuthStore {
 
     /// Who `access_token` belongs to, or `unauthorized.token`.
     pub async fn introspect(&self, access_token: &str) -> Result<Principal> {
-        if !access_token.starts_with(ACCESS_PREFIX) {
-            return Err(invalid_token());
-        }
-        let key = Row::new().with("token_hash", tokens::hash(access_token));
-        let row = self
-            .store
-            .get("access_tokens", &key)
-            .await?
-            .ok_or_else(invalid_token)?;
+        let (_, row) = self
+            .token_row("access_tokens", ACCESS_PREFIX, access_token)
+            .await?;
         let expires_at_ms = row.timestamp("expires_at")?;
         let session_id = row.text("session_id")?;
         if expires_at_ms <= now_millis() || self.revoked(session_id).await? {
@@ -197,15 +185,27 @@ impl AuthStore {
 
     /// Ends the session `access_token` belongs to (again, if it has ended); its id.
     pub async fn sign_out(&self, access_token: &str) -> Result<String> {
-        let key = Row::new().with("token_hash", tokens::hash(access_token));
-        let row = self
-            .store
-            .get("access_tokens", &key)
-            .await?
-            .ok_or_else(invalid_token)?;
+        let (_, row) = self
+            .token_row("access_tokens", ACCESS_PREFIX, access_token)
+            .await?;
         let session_id = row.text("session_id")?.to_string();
         self.revoke(&session_id).await?;
         Ok(session_id)
+    }
+
+    /// The stored row of a token with `prefix` in `table`, and its key; `unauthorized.token`
+    /// if there is none.
+    async fn token_row(&self, table: &str, prefix: &str, token: &str) -> Result<(Row, Row)> {
+        if !token.starts_with(prefix) {
+            return Err(invalid_token());
+        }
+        let key = Row::new().with("token_hash", tokens::hash(token));
+        let row = self
+            .store
+            .get(table, &key)
+            .await?
+            .ok_or_else(invalid_token)?;
+        Ok((key, row))
     }
 
     async fn revoked(&self, session_id: &str) -> Result<bool> {

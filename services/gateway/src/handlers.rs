@@ -223,7 +223,7 @@ pub async fn forward(
     state.limits.token(token)?;
     let customer = state.sessions.customer(token).await?;
     let pick = state.next.fetch_add(1, Ordering::Relaxed);
-    let (address, _) = state
+    let address = state
         .routes
         .route(parts.uri.path(), pick)
         .ok_or_else(|| Error::not_found("route", "no such endpoint"))?;

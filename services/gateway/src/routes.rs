@@ -41,8 +41,8 @@ impl RouteTable {
     }
 
     /// The address of an instance serving `path` under the longest matching prefix (spread
-    /// over instances by `pick`), and that instance's service name.
-    pub fn route(&self, path: &str, pick: usize) -> Option<(String, String)> {
+    /// over instances by `pick`).
+    pub fn route(&self, path: &str, pick: usize) -> Option<String> {
         let instances = self.instances.read().unwrap_or_else(|p| p.into_inner());
         let best = instances
             .iter()
@@ -53,16 +53,7 @@ impl RouteTable {
             .filter(|r| r.routes.iter().any(|p| p.len() == best && under(path, p)))
             .collect();
         let chosen = serving.get(pick % serving.len().max(1))?;
-        Some((chosen.address.clone(), chosen.instance.clone()))
-    }
-
-    /// Every prefix routed now, sorted.
-    pub fn prefixes(&self) -> Vec<String> {
-        let instances = self.instances.read().unwrap_or_else(|p| p.into_inner());
-        let mut prefixes: Vec<String> = instances.iter().flat_map(|r| r.routes.clone()).collect();
-        prefixes.sort();
-        prefixes.dedup();
-        prefixes
+        Some(chosen.address.clone())
     }
 }
 
@@ -90,15 +81,11 @@ mod tests {
             instance("accounts-1", "a:1", &["/v1/accounts"]),
             instance("cards-1", "c:1", &["/v1/accounts/cards", "/v1/cards"]),
         ]);
-        assert_eq!(table.route("/v1/accounts", 0).unwrap().0, "a:1");
-        assert_eq!(
-            table.route("/v1/accounts/acc_1/balance", 0).unwrap().0,
-            "a:1"
-        );
-        assert_eq!(table.route("/v1/accounts/cards/x", 0).unwrap().0, "c:1");
-        assert_eq!(table.route("/v1/cards", 0).unwrap().0, "c:1");
+        assert_eq!(table.route("/v1/accounts", 0).unwrap(), "a:1");
+        assert_eq!(table.route("/v1/accounts/acc_1/balance", 0).unwrap(), "a:1");
+        assert_eq!(table.route("/v1/accounts/cards/x", 0).unwrap(), "c:1");
+        assert_eq!(table.route("/v1/cards", 0).unwrap(), "c:1");
         assert!(table.route("/v1/accountsfoo", 0).is_none());
         assert!(table.route("/v2/accounts", 0).is_none());
-        assert_eq!(table.prefixes().len(), 3);
     }
 }

@@ -179,13 +179,14 @@ where
         if let Some(checks) = &self.checks {
             match checks.check(&request) {
                 Ok(Some(caller)) => {
-                    let customer = request
-                        .headers()
-                        .get(CUSTOMER_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|c| !c.is_empty())
-                        .map(|c| Customer(Arc::from(c)));
-                    if let (Some(customer), Policy::GatewayOnly) = (customer, &checks.policy) {
+                    if let Policy::GatewayOnly = checks.policy
+                        && let Some(customer) = request
+                            .headers()
+                            .get(CUSTOMER_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .filter(|c| !c.is_empty())
+                    {
+                        let customer = Customer(Arc::from(customer));
                         request.extensions_mut().insert(customer);
                     }
                     request.extensions_mut().insert(caller);
