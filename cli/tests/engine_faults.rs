@@ -87,7 +87,8 @@ async fn restarting_nats_mid_run_loses_no_event_and_handles_none_twice() {
         assert_eq!(
             decision(&outcome).0,
             "APPROVED",
-            "payments do not need the bus"
+            "payments do not need the bus: {:?}",
+            outcome.body
         );
         transactions.push(outcome.body["transaction_id"].as_str().unwrap().to_string());
     }

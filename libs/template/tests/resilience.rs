@@ -378,3 +378,37 @@ async fn a_request_whose_deadline_passed_is_refused_at_once() {
     assert_eq!(probe.counters.received.load(Ordering::SeqCst), 0);
     let _ = Arc::new(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_listing_nobody_does_not_empty_a_channel() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path());
+    let instance = start_probe(&platform, "probe-kept", "probe-kept-0", fast(), None)
+        .await
+        .unwrap();
+    let registered = instance.running.registrations()[0].instance.clone();
+    let mut probe = client(&platform, "probe-kept", ClientPolicy::default()).await;
+    probe.write(request()).await.unwrap();
+    // Every registration gone at once, as when the registry restarts past the TTL: the
+    // channel keeps the instance it knew rather than failing every call until heartbeats
+    // return.
+    platform
+        .discovery
+        .deregister("probe-kept", &registered)
+        .await
+        .unwrap();
+    assert!(
+        platform
+            .discovery
+            .resolve("probe-kept")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    probe
+        .write(request())
+        .await
+        .expect("the last known instance still answers");
+}

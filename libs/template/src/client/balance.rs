@@ -60,12 +60,26 @@ pub(crate) struct Endpoints {
 
 impl Endpoints {
     /// Sends the difference to the balancer; false once the channel is gone.
+    ///
+    /// A snapshot listing no instance at all never empties a known set: when every
+    /// registration vanishes at once, the registry's outage (NATS restarting, heartbeats
+    /// missed past their TTL) is far likelier than every instance dying, so the last known
+    /// instances stay, and outlier ejection deals with any that really died (Eureka's
+    /// self-preservation, for the same reason).
     pub(crate) fn apply(&mut self, snapshot: Vec<Registration>) -> bool {
         let wanted: HashMap<String, String> = snapshot
             .into_iter()
             .filter(|r| r.protocol == Protocol::Grpc)
             .map(|r| (r.instance, r.address))
             .collect();
+        if wanted.is_empty() && !self.known.is_empty() {
+            tracing::warn!(
+                service = %self.group.service(),
+                kept = self.known.len(),
+                "discovery lists no instance; keeping the last known ones"
+            );
+            return !self.changes.is_closed();
+        }
         let gone: Vec<String> = self
             .known
             .iter()

@@ -74,6 +74,11 @@ impl EjectionGroup {
             ejected: AtomicUsize::new(0),
         }
     }
+
+    /// The service whose endpoints these are.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
 }
 
 #[derive(Debug, Default)]

@@ -153,7 +153,17 @@ impl Discovery for NatsDiscovery {
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "discovery read failed"),
                     }
-                    let _ = tokio::time::timeout(Duration::from_secs(1), changes.next()).await;
+                    // A watch that ended (the server restarted) is polled once a second
+                    // and opened again, never spun on.
+                    if let Ok(None) =
+                        tokio::time::timeout(Duration::from_secs(1), changes.next()).await
+                    {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if let Ok(renewed) = store.watch(format!("{}.>", key_part(&service))).await
+                        {
+                            changes = renewed;
+                        }
+                    }
                 }
             });
         Ok(Box::pin(stream))

@@ -335,16 +335,33 @@ fn serve_http(
     })
 }
 
+/// How soon a failed heartbeat is tried again.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(250);
+
 fn heartbeat(platform: &Platform, registration: Registration) -> JoinHandle<()> {
     let discovery = platform.discovery.clone();
     let ttl = platform.config.registration_ttl;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = discovery.register(&registration, ttl).await {
-                tracing::warn!(service = %registration.service, error = %e, "heartbeat failed");
+            // A failed heartbeat is tried again soon, each try bounded, rather than a third
+            // of a TTL later: a registry outage must not outlast the TTL by our own waiting.
+            loop {
+                let attempt =
+                    tokio::time::timeout(ttl / 6, discovery.register(&registration, ttl)).await;
+                match attempt {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => {
+                        tracing::warn!(service = %registration.service, error = %e, "heartbeat failed")
+                    }
+                    Err(_) => {
+                        tracing::warn!(service = %registration.service, "heartbeat timed out")
+                    }
+                }
+                tokio::time::sleep(HEARTBEAT_RETRY).await;
             }
         }
     })
