@@ -6,14 +6,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use common::receiver::{python_verifies, receiver};
 use common::{TestBank, decision, money, start, start_wrapped};
 use sterling::tools;
 use sterling_bus::{Acker, Bus, ConsumerConfig, Delivery, Envelope, PublishAck, Subscription};
@@ -24,75 +22,6 @@ use sterling_proto::push::v1::push_client::PushClient;
 use sterling_proto::webhooks::v1::webhooks_client::WebhooksClient;
 use sterling_proto::webhooks::v1::{ListDeliveriesRequest, RegisterWebhookRequest, Webhook};
 use sterling_template::client::GrpcChannel;
-
-/// A customer's webhook receiver: records what arrives; can fail or hang on purpose.
-#[derive(Default)]
-struct Receiver {
-    received: Mutex<Vec<(HeaderMap, Bytes)>>,
-    first_accepted: Mutex<Option<Instant>>,
-    fail_first: AtomicU32,
-    hang_ms: AtomicU32,
-}
-
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let hang = r.hang_ms.load(Ordering::SeqCst);
-    if hang > 0 {
-        tokio::time::sleep(Duration::from_millis(u64::from(hang))).await;
-    }
-    if r.fail_first
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        return StatusCode::INTERNAL_SERVER_ERROR;
-    }
-    r.received.lock().unwrap().push((headers, body));
-    r.first_accepted
-        .lock()
-        .unwrap()
-        .get_or_insert_with(Instant::now);
-    StatusCode::OK
-}
-
-async fn receiver() -> (Arc<Receiver>, String) {
-    let state = Arc::new(Receiver::default());
-    let app = axum::Router::new()
-        .route("/hooks", axum::routing::post(receive))
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (state, url)
-}
-
-impl Receiver {
-    /// Distinct event ids received, and how many POSTs in all.
-    fn events(&self) -> (BTreeSet<String>, usize) {
-        let received = self.received.lock().unwrap();
-        let ids = received
-            .iter()
-            .map(|(h, _)| h["sterling-event-id"].to_str().unwrap().to_string())
-            .collect();
-        (ids, received.len())
-    }
-}
-
-/// Checks a delivery's signature the way a customer would, in Python with its standard library.
-fn python_verifies(secret: &str, header: &str, body: &[u8]) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("body");
-    std::fs::write(&path, body).unwrap();
-    let script = "import hmac, hashlib, sys\n\
-secret, header, path = sys.argv[1], sys.argv[2], sys.argv[3]\n\
-parts = dict(p.split('=', 1) for p in header.split(','))\n\
-body = open(path, 'rb').read()\n\
-mac = hmac.new(secret.encode(), parts['t'].encode() + b'.' + body, hashlib.sha256).hexdigest()\n\
-sys.exit(0 if hmac.compare_digest(mac, parts['v1']) else 1)\n";
-    std::process::Command::new("python3")
-        .args(["-c", script, secret, header, path.to_str().unwrap()])
-        .status()
-        .expect("python3 runs")
-        .success()
-}
 
 async fn channel(bank: &TestBank, service: &str) -> GrpcChannel {
     GrpcChannel::connect(

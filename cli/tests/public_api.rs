@@ -1,6 +1,8 @@
 //! The public API through the gateway alone, as a customer's app uses it: sign up, sign in,
-//! open an account, top it up, get a card, pay with it at a terminal, see the transaction and
-//! the balance, freeze the card; another customer's token on any of it gets 404; no
+//! open an account, top it up, get a card, register a phone and a webhook, follow the feed
+//! live, pay with the card at a terminal, see the feed item arrive on the stream, the push at
+//! the sink, the signed webhook at the receiver, the transaction and the balance, freeze the
+//! card; another customer's token on any of it gets 404; no
 //! token, a forged one or a signed-out one gets 401; an API service reached without the
 //! gateway believes no customer header; limits answer 429 with `Retry-After` and 413, as
 //! problem+json; a new API service is routed as soon as it registers.
@@ -84,6 +86,74 @@ impl Client {
     }
 }
 
+/// An account's feed followed through the gateway: the JSON of each `feed_item` event.
+struct LiveFeed(tokio::sync::mpsc::UnboundedReceiver<Value>);
+
+impl Client {
+    /// Follows the Server-Sent Events at `path`.
+    async fn follow(&self, path: &str, token: &str) -> LiveFeed {
+        use futures::StreamExt;
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let (sender, items) = tokio::sync::mpsc::unbounded_channel();
+        let mut bytes = response.bytes_stream();
+        tokio::spawn(async move {
+            let mut text = String::new();
+            while let Some(Ok(chunk)) = bytes.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = text.find("\n\n") {
+                    let event: String = text.drain(..end + 2).collect();
+                    let data = event.lines().find_map(|l| l.strip_prefix("data:"));
+                    if event.contains("event: feed_item")
+                        && let Some(data) = data
+                    {
+                        let _ = sender.send(serde_json::from_str(data.trim()).unwrap());
+                    }
+                }
+            }
+        });
+        LiveFeed(items)
+    }
+}
+
+impl LiveFeed {
+    /// The first event about `item_id`, within 10 s.
+    async fn item(&mut self, item_id: &str) -> Value {
+        loop {
+            let item = tokio::time::timeout(std::time::Duration::from_secs(10), self.0.recv())
+                .await
+                .expect("a feed item on the live stream within 10 s")
+                .expect("the stream stays open");
+            if item["item_id"] == item_id {
+                return item;
+            }
+        }
+    }
+}
+
+/// Whether `check` holds within 10 s, asked every 50 ms.
+async fn until<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_uses_the_bank_through_the_gateway_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,6 +163,7 @@ async fn a_customer_uses_the_bank_through_the_gateway_alone() {
             ("STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS", "true"),
             ("STERLING_GATEWAY_SIGN_INS_PER_MINUTE", "3"),
             ("STERLING_GATEWAY_MAX_BODY_BYTES", "4096"),
+            ("STERLING_GATEWAY_TIMEOUT_MS", "2000"),
         ],
     )
     .await;
@@ -160,10 +231,110 @@ async fn a_customer_uses_the_bank_through_the_gateway_alone() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{card}");
     let card_token = card["card_token"].as_str().unwrap().to_string();
+
+    // A phone for push, a webhook receiver, and the feed followed live, all through the API.
+    let phone = format!("journey-phone-{account_id}");
+    let (status, device, _) = client
+        .call(
+            Method::POST,
+            &format!("/v1/accounts/{account_id}/devices"),
+            Some(&ada),
+            None,
+            Some(json!({"device_token": phone, "platform": "ios"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    let (receiver, receiver_url) = common::receiver::receiver().await;
+    let webhooks = format!("/v1/accounts/{account_id}/webhooks");
+    let (status, webhook, _) = client
+        .call(
+            Method::POST,
+            &webhooks,
+            Some(&ada),
+            Some("hook-1"),
+            Some(json!({"url": receiver_url})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{webhook}");
+    let secret = webhook["secret"].as_str().unwrap().to_string();
+    let webhook_id = webhook["webhook_id"].as_str().unwrap().to_string();
+    let mut live = client
+        .follow(&format!("/v1/accounts/{account_id}/feed/stream"), &ada)
+        .await;
+    // The stream outlives a request's timeout: it is relayed, not buffered.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
     let paid = bank
         .pay("journey-1", &card_token, common::money("12.50", "GBP"))
         .await;
     assert_eq!(common::decision(&paid).0, "APPROVED");
+    let transaction_id = paid.body["transaction_id"].as_str().unwrap().to_string();
+    let item = live.item(&transaction_id).await;
+    assert_eq!(
+        item["amount"],
+        json!({"minor_units": 1250, "currency": "GBP"})
+    );
+    let pushed = until(|| async {
+        let sink = bank.bank.address("push-sink").unwrap();
+        let deliveries: Vec<Value> = reqwest::get(format!("http://{sink}/deliveries"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        deliveries
+            .iter()
+            .any(|d| d["device_token"] == phone.as_str())
+    })
+    .await;
+    assert!(pushed, "the phone got its push");
+    let hooked = until(|| async { !receiver.events().0.is_empty() }).await;
+    assert!(hooked, "the receiver got its webhook");
+    for (headers, body) in receiver.received.lock().unwrap().iter() {
+        let signature = headers["sterling-signature"].to_str().unwrap();
+        assert!(common::receiver::python_verifies(&secret, signature, body));
+    }
+    let log = format!("{webhooks}/{webhook_id}/deliveries");
+    let delivered = until(|| async {
+        let (_, log, _) = client.call(Method::GET, &log, Some(&ada), None, None).await;
+        log["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["status"] == "delivered"))
+    })
+    .await;
+    assert!(delivered, "the delivery log says delivered");
+    let (status, feed, _) = client
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{account_id}/feed?limit=5"),
+            Some(&ada),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(feed["items"][0]["item_id"], transaction_id.as_str());
+    // None of it is Bob's to see or change.
+    for (method, path) in [
+        (Method::GET, format!("/v1/accounts/{account_id}/feed")),
+        (
+            Method::GET,
+            format!("/v1/accounts/{account_id}/feed/stream"),
+        ),
+        (Method::GET, format!("/v1/accounts/{account_id}/devices")),
+        (Method::GET, webhooks.clone()),
+        (Method::GET, log.clone()),
+        (Method::DELETE, format!("{webhooks}/{webhook_id}")),
+        (
+            Method::DELETE,
+            format!("/v1/accounts/{account_id}/devices/{phone}"),
+        ),
+    ] {
+        let (status, _, _) = client
+            .call(method.clone(), &path, Some(&bob), None, None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+    }
     let listing = format!("/v1/accounts/{account_id}/transactions?limit=10");
     let (status, page, _) = client
         .call(Method::GET, &listing, Some(&ada), None, None)
@@ -396,6 +567,228 @@ async fn the_openapi_document_matches_the_routes() {
                 .any(|p| p == prefix || p.starts_with(&format!("{prefix}/"))),
             "{prefix} is served but not documented"
         );
+    }
+    bank.bank.stop().await;
+}
+
+/// Every secured operation of the OpenAPI document (the route table every registered prefix
+/// is checked against above) with a real resource of Ada's in its path.
+fn secured_operations(document: &Value, ids: &[(&str, &str)]) -> Vec<(Method, String, Value)> {
+    let mut operations = Vec::new();
+    for (path, methods) in document["paths"].as_object().unwrap() {
+        for (method, operation) in methods.as_object().unwrap() {
+            if operation["security"]
+                .as_array()
+                .is_none_or(|s| s.is_empty())
+            {
+                continue;
+            }
+            let mut concrete = path.clone();
+            for (name, id) in ids {
+                concrete = concrete.replace(&format!("{{{name}}}"), id);
+            }
+            assert!(!concrete.contains('{'), "no id for a parameter of {path}");
+            // A valid body for each write, so that only the caller can be wrong.
+            let body = match operation["operationId"].as_str().unwrap() {
+                "openAccount" => json!({"currency": "GBP"}),
+                "topUp" => json!({"minor_units": 100}),
+                "registerDevice" => json!({"device_token": "bobs-phone", "platform": "ios"}),
+                "registerWebhook" => json!({"url": "https://example.com/hooks"}),
+                _ => json!({}),
+            };
+            operations.push((method.to_uppercase().parse().unwrap(), concrete, body));
+        }
+    }
+    operations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = common::start(
+        dir.path(),
+        &[
+            ("STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS", "true"),
+            // Limits are their own test; this one walks every route quickly.
+            ("STERLING_GATEWAY_PER_ADDRESS_PER_S", "100000"),
+            ("STERLING_GATEWAY_PER_TOKEN_PER_S", "100000"),
+        ],
+    )
+    .await;
+    let client = Client::of(&bank);
+    let (_, document, _) = client
+        .call(Method::GET, "/v1/openapi.json", None, None, None)
+        .await;
+    // The operations anyone may call are exactly these.
+    let mut open: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|m| m.as_object().unwrap().values())
+        .filter(|o| o["security"].as_array().is_none_or(|s| s.is_empty()))
+        .map(|o| o["operationId"].as_str().unwrap())
+        .collect();
+    open.sort();
+    assert_eq!(open, ["refresh", "signIn", "signUp"]);
+
+    // Ada's account with one of everything on it.
+    let ada = client.sign_up_and_in("ada-locks@example.com").await;
+    let (_, account, _) = client
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            Some(&ada),
+            Some("a"),
+            Some(json!({"currency": "GBP"})),
+        )
+        .await;
+    let account_id = account["account_id"].as_str().unwrap().to_string();
+    let on_account = |rest: &str| format!("/v1/accounts/{account_id}{rest}");
+    let (_, card, _) = client
+        .call(
+            Method::POST,
+            &on_account("/cards"),
+            Some(&ada),
+            Some("c"),
+            None,
+        )
+        .await;
+    let (status, device, _) = client
+        .call(
+            Method::POST,
+            &on_account("/devices"),
+            Some(&ada),
+            None,
+            Some(json!({"device_token": "adas-phone", "platform": "ios"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    let (_, receiver_url) = common::receiver::receiver().await;
+    let (_, webhook, _) = client
+        .call(
+            Method::POST,
+            &on_account("/webhooks"),
+            Some(&ada),
+            Some("w"),
+            Some(json!({"url": receiver_url})),
+        )
+        .await;
+    let ids = [
+        ("account_id", account_id.as_str()),
+        ("card_token", card["card_token"].as_str().unwrap()),
+        ("webhook_id", webhook["webhook_id"].as_str().unwrap()),
+        ("device_token", "adas-phone"),
+    ];
+    let operations = secured_operations(&document, &ids);
+    assert!(operations.len() >= 15, "{} operations", operations.len());
+
+    // Bob, a customer with an account of his own, on each of Ada's: 404, never her data.
+    let bob = client.sign_up_and_in("bob-locks@example.com").await;
+    client
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            Some(&bob),
+            Some("b"),
+            Some(json!({"currency": "GBP"})),
+        )
+        .await;
+    for (method, path, body) in &operations {
+        if !path.contains(&account_id) {
+            continue; // his own accounts, by construction
+        }
+        let (status, answer, _) = client
+            .call(
+                method.clone(),
+                path,
+                Some(&bob),
+                Some("k"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "Bob: {method} {path}: {answer}"
+        );
+        assert!(answer["code"].as_str().unwrap().starts_with("not_found."));
+        assert!(!answer.to_string().contains("adas-phone"), "{answer}");
+    }
+
+    // No token, garbage, a tampered and a revoked one: 401 on every operation.
+    let mut tampered = ada.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == '0' { '1' } else { '0' });
+    let revoked = client.sign_up_and_in("carol-locks@example.com").await;
+    let (status, _, _) = client
+        .call(Method::POST, "/v1/sign-out", Some(&revoked), None, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for token in [
+        None,
+        Some("garbage"),
+        Some(tampered.as_str()),
+        Some(revoked.as_str()),
+    ] {
+        for (method, path, body) in &operations {
+            let (status, answer, _) = client
+                .call(method.clone(), path, token, Some("k"), Some(body.clone()))
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{token:?}: {method} {path}: {answer}"
+            );
+        }
+    }
+    // Ada's own token reaches every one of them (none is a 404 or a 401 for her); deletes
+    // last, signing out not at all.
+    let mut own = operations.clone();
+    own.sort_by_key(|(method, _, _)| *method == Method::DELETE);
+    for (method, path, body) in &own {
+        if path.ends_with("/feed/stream") || path == "/v1/sign-out" {
+            continue; // the 200 stream is read in the journey
+        }
+        let (status, answer, _) = client
+            .call(
+                method.clone(),
+                path,
+                Some(&ada),
+                Some("ada-k"),
+                Some(body.clone()),
+            )
+            .await;
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::UNAUTHORIZED,
+            "Ada: {method} {path}: {status} {answer}"
+        );
+    }
+    bank.bank.stop().await;
+
+    // An expired token, on a bank whose tokens live a second.
+    let dir = tempfile::tempdir().unwrap();
+    let bank = common::start_sync(
+        dir.path(),
+        &[
+            ("STERLING_AUTH_ACCESS_TTL_S", "1"),
+            ("STERLING_GATEWAY_PER_ADDRESS_PER_S", "100000"),
+        ],
+    )
+    .await;
+    let client = Client::of(&bank);
+    let expired = client.sign_up_and_in("dave-locks@example.com").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for (method, path, body) in &operations {
+        let (status, _, _) = client
+            .call(
+                method.clone(),
+                path,
+                Some(&expired),
+                Some("k"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "expired: {method} {path}");
     }
     bank.bank.stop().await;
 }

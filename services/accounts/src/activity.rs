@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sterling_proto::cards::v1::{
@@ -15,13 +15,11 @@ use sterling_proto::cards::v1::{
 };
 use sterling_proto::transactions::v1::{ListTransactionsRequest, Transaction, TransactionStatus};
 use sterling_template::Error;
-use sterling_template::identity::Customer;
 use sterling_template::server::Problem;
 
-use crate::handlers::{AccountsState, customer, idempotency_key, key_digest, money_json};
+use crate::handlers::{AccountsState, Caller, customer, idempotency_key, key_digest, money_json};
 
 type Shared = State<Arc<AccountsState>>;
-type Caller = Option<Extension<Customer>>;
 
 /// Largest page of transactions.
 pub const MAX_PAGE: u32 = 100;
@@ -79,6 +77,22 @@ pub struct Page {
     cursor: Option<String>,
 }
 
+/// A page's size (20 unless asked, at most [`MAX_PAGE`]) and cursor (empty for the first), or
+/// 400.
+pub fn page_of(page: Page) -> Result<(u32, String), Problem> {
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        let why = format!("limit is from 1 to {MAX_PAGE}");
+        return Err(Error::bad_request("limit", why).into());
+    }
+    let cursor = match page.cursor {
+        None => String::new(),
+        Some(cursor) if is_cursor(&cursor) => cursor,
+        Some(_) => return Err(Error::bad_request("cursor", "not a cursor this API gave").into()),
+    };
+    Ok((limit, cursor))
+}
+
 /// `GET /v1/accounts/{id}/transactions?limit=&cursor=`: newest first; `next_cursor` is empty
 /// on the last page.
 pub async fn transactions(
@@ -91,16 +105,7 @@ pub async fn transactions(
         .accounts
         .owned(customer(&caller)?, &account_id)
         .await?;
-    let limit = page.limit.unwrap_or(20);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        let why = format!("limit is from 1 to {MAX_PAGE}");
-        return Err(Error::bad_request("limit", why).into());
-    }
-    let cursor = match page.cursor {
-        None => String::new(),
-        Some(cursor) if is_cursor(&cursor) => cursor,
-        Some(_) => return Err(Error::bad_request("cursor", "not a cursor this API gave").into()),
-    };
+    let (limit, cursor) = page_of(page)?;
     let listed = state
         .transactions
         .clone()

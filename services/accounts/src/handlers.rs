@@ -12,11 +12,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sterling_proto::cards::v1::cards_client::CardsClient;
 use sterling_proto::common::v1::Money;
+use sterling_proto::feed::v1::feed_client::FeedClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_proto::ledger::v1::{
     AccountKind, CreateAccountRequest, GetBalanceRequest, TransferRequest,
 };
+use sterling_proto::push::v1::push_client::PushClient;
 use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
+use sterling_proto::webhooks::v1::webhooks_client::WebhooksClient;
 use sterling_template::client::{GrpcChannel, IDEMPOTENCY_KEY_HEADER};
 use sterling_template::error::printable_key;
 use sterling_template::identity::Customer;
@@ -35,12 +38,19 @@ pub struct AccountsState {
     pub transactions: TransactionsClient<GrpcChannel>,
     /// Cards, issued on and frozen for an account.
     pub cards: CardsClient<GrpcChannel>,
+    /// The feed, listed and followed.
+    pub feed: FeedClient<GrpcChannel>,
+    /// Phones registered for push.
+    pub push: PushClient<GrpcChannel>,
+    /// Webhooks and their delivery logs.
+    pub webhooks: WebhooksClient<GrpcChannel>,
     /// Whether development top-ups are allowed.
     pub top_ups: bool,
 }
 
 type Shared = State<Arc<AccountsState>>;
-type Caller = Option<Extension<Customer>>;
+/// The customer the gateway authenticated, if any.
+pub type Caller = Option<Extension<Customer>>;
 
 /// The currencies the bank holds accounts in.
 pub const CURRENCIES: &[&str] = &["GBP", "EUR", "USD"];
@@ -65,7 +75,8 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<&str, Problem> {
     Ok(printable_key("idempotency_key", key)?)
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
+/// The JSON body as `T`, or 400.
+pub fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
     serde_json::from_slice(body)
         .map_err(|e| Problem(Error::bad_request("json", format!("bad JSON: {e}"))))
 }
@@ -201,6 +212,8 @@ pub async fn top_up(
     }
     let customer_id = customer(&caller)?;
     let key = idempotency_key(&headers)?;
+    // Whose the account is comes first: another's gets 404 whatever the body says.
+    let account = state.accounts.owned(customer_id, &account_id).await?;
     let request: TopUp = parse(&body)?;
     let minor_units = whole_units(&request.minor_units)
         .filter(|m| (1..=MAX_TOP_UP).contains(m))
@@ -210,7 +223,6 @@ pub async fn top_up(
                 format!("minor_units is a whole number from 1 to {MAX_TOP_UP}"),
             )
         })?;
-    let account = state.accounts.owned(customer_id, &account_id).await?;
     let funding = funding_account(&account.currency);
     let mut ledger = state.ledger.clone();
     ledger

@@ -2,20 +2,26 @@
 //! Opens ledger accounts for the authenticated customer and remembers who owns each; reads an
 //! account's balance from the ledger; a customer asking for another's account gets
 //! `not_found.account`, never its data. Development top-ups move money from the bank's
-//! funding account through the ledger. An account's transactions and cards are reached
-//! through it ([`activity`]).
+//! funding account through the ledger. An account's transactions and cards ([`activity`]),
+//! its feed, live as Server-Sent Events ([`feed`]), its phones and webhooks
+//! ([`notifications`]) are reached through it.
 
 pub mod activity;
+pub mod feed;
 pub mod handlers;
+pub mod notifications;
 pub mod store;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use sterling_proto::cards::v1::cards_client::CardsClient;
+use sterling_proto::feed::v1::feed_client::FeedClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
+use sterling_proto::push::v1::push_client::PushClient;
 use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
+use sterling_proto::webhooks::v1::webhooks_client::WebhooksClient;
 use sterling_storage::Migration;
 use sterling_template::platform::PublicApi;
 use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
@@ -39,6 +45,9 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         sterling_proto::ledger::v1::LEDGER_SERVICE,
         sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
         sterling_proto::cards::v1::CARDS_SERVICE,
+        sterling_proto::feed::v1::FEED_SERVICE,
+        sterling_proto::push::v1::PUSH_SERVICE,
+        sterling_proto::webhooks::v1::WEBHOOKS_SERVICE,
     ],
     // Part of the public API: the gateway alone calls it, for a customer.
     access: &[],
@@ -58,6 +67,12 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         ),
         cards: CardsClient::new(
             ctx.channel(sterling_proto::cards::v1::CARDS_SERVICE)
+                .await?,
+        ),
+        feed: FeedClient::new(ctx.channel(sterling_proto::feed::v1::FEED_SERVICE).await?),
+        push: PushClient::new(ctx.channel(sterling_proto::push::v1::PUSH_SERVICE).await?),
+        webhooks: WebhooksClient::new(
+            ctx.channel(sterling_proto::webhooks::v1::WEBHOOKS_SERVICE)
                 .await?,
         ),
         top_ups: ctx.setting_as("development_top_ups", "true or false")?,
@@ -81,6 +96,28 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         .route(
             "/v1/accounts/{account_id}/cards/{card_token}/unfreeze",
             post(activity::unfreeze_card),
+        )
+        .route("/v1/accounts/{account_id}/feed", get(feed::list))
+        .route("/v1/accounts/{account_id}/feed/stream", get(feed::stream))
+        .route(
+            "/v1/accounts/{account_id}/devices",
+            post(notifications::register_device).get(notifications::list_devices),
+        )
+        .route(
+            "/v1/accounts/{account_id}/devices/{device_token}",
+            delete(notifications::unregister_device),
+        )
+        .route(
+            "/v1/accounts/{account_id}/webhooks",
+            post(notifications::register_webhook).get(notifications::list_webhooks),
+        )
+        .route(
+            "/v1/accounts/{account_id}/webhooks/{webhook_id}",
+            delete(notifications::delete_webhook),
+        )
+        .route(
+            "/v1/accounts/{account_id}/webhooks/{webhook_id}/deliveries",
+            get(notifications::deliveries),
         )
         .with_state(state);
     Ok(Api::Public(PublicApi {

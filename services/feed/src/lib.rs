@@ -17,6 +17,9 @@ use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 use crate::handlers::FeedHandlers;
 use crate::store::FeedStore;
 
+/// The public API service that calls for an account's owner.
+const ACCOUNTS: &str = "accounts";
+
 /// The versioned migrations of the `sterling_feed` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_feed.cql");
 
@@ -27,9 +30,9 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     settings: &[],
     depends_on: &[],
     access: &[
-        // Read by the operator.
-        Rule::new("ListFeed", &[OPERATOR]),
-        Rule::new("FollowFeed", &[OPERATOR]),
+        // Read by the operator, and by accounts for the customer it checked owns the account.
+        Rule::new("ListFeed", &[OPERATOR, ACCOUNTS]),
+        Rule::new("FollowFeed", &[OPERATOR, ACCOUNTS]),
     ],
     build: |ctx| Box::pin(build(ctx)),
 };

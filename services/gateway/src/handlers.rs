@@ -200,6 +200,8 @@ pub async fn sign_out(
 ) -> Result<StatusCode, Refusal> {
     state.limits.address(peer.ip())?;
     let token = bearer(&headers)?;
+    // Like every route: an expired or revoked token is refused, not signed out again.
+    state.sessions.customer(token).await?;
     state
         .sessions
         .auth()
@@ -212,11 +214,14 @@ pub async fn sign_out(
 }
 
 /// Every other request: authenticated, then forwarded to the API service serving its path.
+/// The API service must answer within the timeout; a `text/event-stream` answer is then
+/// relayed as it comes, any other is read whole within what is left of it.
 pub async fn forward(
     State(state): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Result<Response, Refusal> {
+    let deadline = tokio::time::Instant::now() + state.timeout;
     state.limits.address(peer.ip())?;
     let (parts, body) = request.into_parts();
     let token = bearer(&parts.headers)?;
@@ -231,19 +236,63 @@ pub async fn forward(
     let body = axum::body::to_bytes(body, state.max_body)
         .await
         .map_err(|_| Refusal(StatusCode::PAYLOAD_TOO_LARGE.into_response()))?;
+    let onward = onward(&state, &parts, &address, customer.as_str())?.body(body);
+    let too_late = || Error::timeout("the API service did not answer in time");
+    let unreachable = || Error::unavailable("api_service", "the API service cannot be reached");
+    let answer = tokio::time::timeout_at(deadline, onward.send())
+        .await
+        .map_err(|_| too_late())?
+        .map_err(|_| unreachable())?;
+    let mut response = Response::builder().status(answer.status().as_u16());
+    for name in [
+        http::header::CONTENT_TYPE,
+        http::header::RETRY_AFTER,
+        http::header::ALLOW,
+        http::header::CACHE_CONTROL,
+    ] {
+        if let Some(value) = answer.headers().get(&name) {
+            response = response.header(name, value.as_bytes());
+        }
+    }
+    let streamed = answer
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let body = if streamed {
+        Body::from_stream(answer.bytes_stream())
+    } else {
+        let bytes = tokio::time::timeout_at(deadline, answer.bytes())
+            .await
+            .map_err(|_| too_late())?
+            .map_err(|_| Error::unavailable("api_service", "the API service's answer broke off"))?;
+        Body::from(bytes)
+    };
+    response
+        .body(body)
+        .map_err(|e| Error::internal(format!("response: {e}")).into())
+}
+
+/// The request to the API service at `address`: the caller's method, path, content headers
+/// and idempotency key, this request's id and trace, the gateway's identity and the
+/// authenticated customer.
+fn onward(
+    state: &GatewayState,
+    parts: &http::request::Parts,
+    address: &str,
+    customer: &str,
+) -> Result<reqwest::RequestBuilder, Error> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut onward = state
         .http
-        .request(parts.method.clone(), format!("http://{address}{path}"))
-        .timeout(state.timeout)
-        .body(body);
-    for name in [http::header::CONTENT_TYPE, http::header::ACCEPT] {
+        .request(parts.method.clone(), format!("http://{address}{path}"));
+    for name in [
+        http::header::CONTENT_TYPE,
+        http::header::ACCEPT,
+        http::HeaderName::from_static(IDEMPOTENCY_KEY_HEADER),
+    ] {
         if let Some(value) = parts.headers.get(&name) {
             onward = onward.header(name, value);
         }
-    }
-    if let Some(key) = parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
-        onward = onward.header(IDEMPOTENCY_KEY_HEADER, key);
     }
     if let Some(context) = RequestContext::current() {
         onward = onward
@@ -254,30 +303,7 @@ pub async fn forward(
         .identity
         .token_for(GATEWAY)
         .ok_or_else(|| Error::internal("the gateway has no identity to call with"))?;
-    let answer = onward
+    Ok(onward
         .header(IDENTITY_HEADER, identity)
-        .header(CUSTOMER_HEADER, customer.as_str())
-        .send()
-        .await
-        .map_err(|e| match e.is_timeout() {
-            true => Error::timeout("the API service did not answer in time"),
-            false => Error::unavailable("api_service", "the API service cannot be reached"),
-        })?;
-    let mut response = Response::builder().status(answer.status().as_u16());
-    for name in [
-        http::header::CONTENT_TYPE,
-        http::header::RETRY_AFTER,
-        http::header::ALLOW,
-    ] {
-        if let Some(value) = answer.headers().get(&name) {
-            response = response.header(name, value.as_bytes());
-        }
-    }
-    let bytes = answer
-        .bytes()
-        .await
-        .map_err(|_| Error::unavailable("api_service", "the API service's answer broke off"))?;
-    response
-        .body(Body::from(bytes))
-        .map_err(|e| Error::internal(format!("response: {e}")).into())
+        .header(CUSTOMER_HEADER, customer))
 }

@@ -19,6 +19,7 @@ const CACHE_LIMIT: usize = 10_000;
 pub struct Sessions {
     auth: AuthClient<GrpcChannel>,
     cache_for: Duration,
+    /// Token -> (customer, remembered until).
     known: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
 
@@ -54,8 +55,8 @@ impl Sessions {
 
     /// The customer `token` belongs to, or `unauthorized.token`.
     pub async fn customer(&self, token: &str) -> Result<String> {
-        if let Some((customer, at)) = self.known().get(token)
-            && at.elapsed() < self.cache_for
+        if let Some((customer, until)) = self.known().get(token)
+            && Instant::now() < *until
         {
             return Ok(customer.clone());
         }
@@ -72,9 +73,15 @@ impl Sessions {
         if known.len() >= CACHE_LIMIT {
             known.clear();
         }
+        // Remembered for the cache time, and never past the token's own expiry.
+        let left = principal.expires_at_ms - sterling_storage::now_millis();
+        let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
         known.insert(
             token.to_string(),
-            (principal.customer_id.clone(), Instant::now()),
+            (
+                principal.customer_id.clone(),
+                Instant::now() + left.min(self.cache_for),
+            ),
         );
         Ok(principal.customer_id)
     }

@@ -29,6 +29,19 @@ fn to_message(d: DeviceRecord) -> Device {
     }
 }
 
+/// A device token as the platforms give them: 1 to 512 URL-safe characters, or
+/// `bad_request.device_token`.
+fn device_token(token: &str) -> Result<&str, Status> {
+    let token = required_max("device_token", token, 512)?;
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Error::bad_request("device_token", "device_token must be URL-safe").into());
+    }
+    Ok(token)
+}
+
 #[tonic::async_trait]
 impl Push for PushHandlers {
     async fn register_device(
@@ -44,22 +57,12 @@ impl Push for PushHandlers {
                 );
             }
         };
-        if !r
-            .device_token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(Error::bad_request("device_token", "device_token must be URL-safe").into());
-        }
+        let device_token = device_token(&r.device_token)?;
         let account_id = required("account_id", &r.account_id)?;
         ledger::client::customer_account(&self.ledger, account_id).await?;
         let device = self
             .notifier
-            .register(
-                account_id,
-                required_max("device_token", &r.device_token, 512)?,
-                platform,
-            )
+            .register(account_id, device_token, platform)
             .await?;
         Ok(Response::new(to_message(device)))
     }
@@ -86,7 +89,7 @@ impl Push for PushHandlers {
         self.notifier
             .unregister(
                 required("account_id", &r.account_id)?,
-                required_max("device_token", &r.device_token, 512)?,
+                device_token(&r.device_token)?,
             )
             .await?;
         Ok(Response::new(Device {

@@ -22,6 +22,9 @@ use crate::gateway::Gateway;
 use crate::handlers::PushHandlers;
 use crate::notify::Notifier;
 
+/// The public API service that calls for an account's owner.
+const ACCOUNTS: &str = "accounts";
+
 /// The versioned migrations of the `sterling_push` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_push.cql");
 
@@ -36,10 +39,10 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     }],
     depends_on: &[sterling_proto::ledger::v1::LEDGER_SERVICE],
     access: &[
-        // Devices registered and read by the operator.
-        Rule::new("RegisterDevice", &[OPERATOR]),
-        Rule::new("ListDevices", &[OPERATOR]),
-        Rule::new("UnregisterDevice", &[OPERATOR]),
+        // Devices registered and read by the operator, and by accounts for the account's owner.
+        Rule::new("RegisterDevice", &[OPERATOR, ACCOUNTS]),
+        Rule::new("ListDevices", &[OPERATOR, ACCOUNTS]),
+        Rule::new("UnregisterDevice", &[OPERATOR, ACCOUNTS]),
     ],
     build: |ctx| Box::pin(build(ctx)),
 };

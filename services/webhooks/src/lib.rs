@@ -23,6 +23,9 @@ use crate::dispatch::{DEFAULT_SCHEDULE, Dispatcher};
 use crate::handlers::WebhooksHandlers;
 use crate::store::Registry;
 
+/// The public API service that calls for an account's owner.
+const ACCOUNTS: &str = "accounts";
+
 /// The versioned migrations of the `sterling_webhooks` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_webhooks.cql");
 
@@ -49,11 +52,11 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     ],
     depends_on: &[sterling_proto::ledger::v1::LEDGER_SERVICE],
     access: &[
-        // Registered and read by the operator.
-        Rule::new("RegisterWebhook", &[OPERATOR]),
-        Rule::new("ListWebhooks", &[OPERATOR]),
-        Rule::new("DeleteWebhook", &[OPERATOR]),
-        Rule::new("ListDeliveries", &[OPERATOR]),
+        // Registered and read by the operator, and by accounts for the account's owner.
+        Rule::new("RegisterWebhook", &[OPERATOR, ACCOUNTS]),
+        Rule::new("ListWebhooks", &[OPERATOR, ACCOUNTS]),
+        Rule::new("DeleteWebhook", &[OPERATOR, ACCOUNTS]),
+        Rule::new("ListDeliveries", &[OPERATOR, ACCOUNTS]),
     ],
     build: |ctx| Box::pin(build(ctx)),
 };
