@@ -8,6 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 ## run: the whole bank in one process on embedded backends (no Java, no NATS needed)
 run: build
 	STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS=$${STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS:-true} \
+	STERLING_ACCOUNTS_DEVELOPMENT_TERMINAL=$${STERLING_ACCOUNTS_DEVELOPMENT_TERMINAL:-true} \
 		$(TARGET_DIR)/debug/sterling --data $(DATA) up
 
 build:

@@ -594,6 +594,7 @@ fn secured_operations(document: &Value, ids: &[(&str, &str)]) -> Vec<(Method, St
                 "topUp" => json!({"minor_units": 100}),
                 "registerDevice" => json!({"device_token": "bobs-phone", "platform": "ios"}),
                 "registerWebhook" => json!({"url": "https://example.com/hooks"}),
+                "payAtTerminal" => json!({"minor_units": 100}),
                 _ => json!({}),
             };
             operations.push((method.to_uppercase().parse().unwrap(), concrete, body));
@@ -609,6 +610,7 @@ async fn every_documented_route_is_locked() {
         dir.path(),
         &[
             ("STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS", "true"),
+            ("STERLING_ACCOUNTS_DEVELOPMENT_TERMINAL", "true"),
             // Limits are their own test; this one walks every route quickly.
             ("STERLING_GATEWAY_PER_ADDRESS_PER_S", "100000"),
             ("STERLING_GATEWAY_PER_TOKEN_PER_S", "100000"),

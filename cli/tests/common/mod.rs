@@ -84,10 +84,15 @@ async fn start_with(
         options.config.namespace = namespace_for(dir);
         options.config.storage = StorageBackend::Cassandra(CassandraConfig::from_env());
     }
-    options.config.settings.insert(
-        "STERLING_CARD_API_SECRET".into(),
-        String::from_utf8(SECRET.to_vec()).unwrap(),
-    );
+    for processor_secret in [
+        "STERLING_CARD_API_SECRET",
+        "STERLING_ACCOUNTS_PROCESSOR_SECRET",
+    ] {
+        options.config.settings.insert(
+            processor_secret.into(),
+            String::from_utf8(SECRET.to_vec()).unwrap(),
+        );
+    }
     // The tests' webhook receivers listen on loopback.
     options.config.settings.insert(
         "STERLING_WEBHOOKS_ALLOW_LOCAL_RECEIVERS".into(),

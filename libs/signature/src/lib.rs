@@ -8,6 +8,9 @@ use sha2::Sha256;
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "sterling-signature";
 
+/// The processor secret of development: card-api's default, and the development terminal's.
+pub const DEVELOPMENT_SECRET: &str = "sterling-development-secret";
+
 /// How far a signature's timestamp may be from now.
 pub const TOLERANCE_SECONDS: i64 = 300;
 

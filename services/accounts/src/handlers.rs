@@ -46,6 +46,12 @@ pub struct AccountsState {
     pub webhooks: WebhooksClient<GrpcChannel>,
     /// Whether development top-ups are allowed.
     pub top_ups: bool,
+    /// The processor secret the development terminal signs with, when it is on.
+    pub terminal: Option<Vec<u8>>,
+    /// Discovery, where the terminal finds card-api.
+    pub discovery: sterling_template::discovery::SharedDiscovery,
+    /// HTTP client of the terminal.
+    pub http: reqwest::Client,
 }
 
 type Shared = State<Arc<AccountsState>>;

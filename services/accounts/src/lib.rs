@@ -11,6 +11,7 @@ pub mod feed;
 pub mod handlers;
 pub mod notifications;
 pub mod store;
+pub mod terminal;
 
 use std::sync::Arc;
 
@@ -36,11 +37,23 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_ac
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: "accounts",
     migrations: MIGRATIONS,
-    settings: &[Setting {
-        name: "development_top_ups",
-        default: "false",
-        help: "development only: customers may top up from the bank's funding account",
-    }],
+    settings: &[
+        Setting {
+            name: "development_top_ups",
+            default: "false",
+            help: "development only: customers may top up from the bank's funding account",
+        },
+        Setting {
+            name: "development_terminal",
+            default: "false",
+            help: "development only: customers may pay with their card at a terminal",
+        },
+        Setting {
+            name: "processor_secret",
+            default: sterling_signature::DEVELOPMENT_SECRET,
+            help: "the key the development terminal signs authorisations with (card-api's secret)",
+        },
+    ],
     depends_on: &[
         sterling_proto::ledger::v1::LEDGER_SERVICE,
         sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
@@ -76,6 +89,11 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
                 .await?,
         ),
         top_ups: ctx.setting_as("development_top_ups", "true or false")?,
+        terminal: ctx
+            .setting_as::<bool>("development_terminal", "true or false")?
+            .then(|| ctx.setting("processor_secret").into_bytes()),
+        discovery: ctx.platform.discovery.clone(),
+        http: reqwest::Client::new(),
     });
     let router = Router::new()
         .route("/v1/accounts", post(handlers::open).get(handlers::list))
@@ -96,6 +114,10 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         .route(
             "/v1/accounts/{account_id}/cards/{card_token}/unfreeze",
             post(activity::unfreeze_card),
+        )
+        .route(
+            "/v1/accounts/{account_id}/cards/{card_token}/terminal",
+            post(terminal::pay),
         )
         .route("/v1/accounts/{account_id}/feed", get(feed::list))
         .route("/v1/accounts/{account_id}/feed/stream", get(feed::stream))

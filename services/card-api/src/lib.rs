@@ -26,7 +26,7 @@ use crate::answers::{AnswerStore, StandInConfirm};
 use crate::handlers::CardApiState;
 
 /// The development secret used when `STERLING_CARD_API_SECRET` is not set.
-pub const DEVELOPMENT_SECRET: &str = "sterling-development-secret";
+pub const DEVELOPMENT_SECRET: &str = sterling_signature::DEVELOPMENT_SECRET;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -5,12 +5,13 @@
 //! an API service believes the customer only from the gateway. Rate limits per client
 //! address, per token and per sign-in email ([`limits`]), a body limit and a timeout on the
 //! way in; the template's stack (request id, trace, metrics, shedding, panic guard,
-//! problem+json) around it all.
+//! problem+json) around it all. It also serves the web page at `/` ([`web`]).
 
 pub mod handlers;
 pub mod limits;
 pub mod routes;
 pub mod sessions;
+pub mod web;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -114,6 +115,10 @@ pub fn router(state: Arc<GatewayState>, max_body: usize) -> Router {
         .route("/v1/refresh", post(handlers::refresh))
         .route("/v1/sign-out", post(handlers::sign_out))
         .route("/v1/openapi.json", get(handlers::openapi))
+        .route("/", get(web::page))
+        .route("/app.js", get(web::script))
+        .route("/app.css", get(web::style))
+        .route("/favicon.ico", get(web::icon))
         .fallback(handlers::forward)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
