@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sterling_money::{Currency, Money};
 use sterling_storage::embedded::Durability;
 
+use sterling_proto::balance::v1::balance_client::BalanceClient;
 use sterling_proto::testing::v1::probe_client::ProbeClient;
 use sterling_proto::testing::v1::probe_server::{Probe, ProbeServer};
 use sterling_proto::testing::v1::{ProbeReply, ProbeRequest};
@@ -51,6 +52,11 @@ pub struct BenchReport {
     pub max: Duration,
     /// Authorisations per second over the run.
     pub throughput: f64,
+    /// The balance read model's lag behind the ledger (ledger write to read model write):
+    /// median and 99th percentile, when the bench could record it.
+    pub balance_lag: Option<(Duration, Duration)>,
+    /// From the last answer until the read model showed every account as the ledger does.
+    pub balance_caught_up: Duration,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -101,20 +107,73 @@ impl BenchBank {
     }
 }
 
-/// One funded customer per worker; their cards.
-async fn seed_workers(clients: &Clients, workers: usize) -> anyhow::Result<Vec<String>> {
+/// One funded customer per worker: (account, card).
+async fn seed_workers(clients: &Clients, workers: usize) -> anyhow::Result<Vec<(String, String)>> {
     let gbp = Currency::from_code("GBP")?;
-    let mut cards = Vec::new();
+    let mut seeded = Vec::new();
     for worker in 0..workers {
-        let seeded = tools::seed(
+        let customer = tools::seed(
             clients,
             &format!("bench-{worker}"),
             Money::from_minor(1_000_000_000, gbp),
         )
         .await?;
-        cards.push(seeded.card.token);
+        seeded.push((customer.account_id, customer.card.token));
     }
-    Ok(cards)
+    Ok(seeded)
+}
+
+/// Waits until the balance read model shows each account as the ledger does; how long it took.
+async fn balance_caught_up(
+    clients: &Clients,
+    reach: &Reach,
+    accounts: &[String],
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut balances = BalanceClient::new(reach.channel("balance").await?);
+    for account_id in accounts {
+        let truth = clients
+            .ledger
+            .clone()
+            .get_balance(sterling_proto::ledger::v1::GetBalanceRequest {
+                account_id: account_id.clone(),
+            })
+            .await?
+            .into_inner();
+        loop {
+            let read = balances
+                .get_balance(sterling_proto::balance::v1::GetBalanceRequest {
+                    account_id: account_id.clone(),
+                })
+                .await?
+                .into_inner();
+            if read.balance == truth.balance && read.pending == truth.held {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(120),
+                "the balance read model did not catch up with {account_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// The median and 99th percentile of `sterling_balance_lag_seconds` in a Prometheus text.
+fn balance_lag(rendered: &str) -> Option<(Duration, Duration)> {
+    let quantile = |q: &str| {
+        rendered
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "sterling_balance_lag_seconds{{quantile=\"{q}\"}} "
+                ))
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(Duration::from_secs_f64)
+    };
+    Some((quantile("0.5")?, quantile("0.99")?))
 }
 
 /// One payment per card, so every connection is warm before measuring.
@@ -147,11 +206,16 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         url,
         secret,
     } = BenchBank::start("bench", options.durability, options.engines).await?;
+    // The bank runs in this process: its metrics land here (a summary per histogram).
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
     let gbp = Currency::from_code("GBP")?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
         .build()?;
-    let cards = seed_workers(&clients, options.concurrency).await?;
+    let seeded = seed_workers(&clients, options.concurrency).await?;
+    let (accounts, cards): (Vec<String>, Vec<String>) = seeded.into_iter().unzip();
     warm(&http, &url, &secret, &cards).await?;
     let per_worker = options.payments.div_ceil(options.concurrency);
     let secret = Arc::new(secret);
@@ -193,6 +257,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let elapsed = started.elapsed();
     options.progress.finish_and_clear();
+    let caught_up = balance_caught_up(&clients, &Reach::of(&bank.platform), &accounts).await?;
+    let lag = recorder.and_then(|r| balance_lag(&r.render()));
     bank.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     latencies.sort();
@@ -203,6 +269,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         p99: percentile(&latencies, 99.0),
         max: latencies.last().copied().unwrap_or_default(),
         throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
+        balance_lag: lag,
+        balance_caught_up: caught_up,
     })
 }
 

@@ -736,6 +736,15 @@ async fn bench_authorisations(
         ms(report.max),
         report.throughput
     );
+    let lag = report
+        .balance_lag
+        .map_or("not recorded".to_string(), |(p50, p99)| {
+            format!("p50 {:.2} ms  p99 {:.2} ms", ms(p50), ms(p99))
+        });
+    println!(
+        "balance read model: lag behind the ledger {lag}; every account caught up {:.1} ms after the last answer",
+        ms(report.balance_caught_up)
+    );
     Ok(())
 }
 

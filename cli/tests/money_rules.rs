@@ -25,6 +25,7 @@ const POINTS: &[&str] = &[
     "card_processing::settle::after_write",
     "ledger::place_hold::before_write",
     "ledger::place_hold::after_write",
+    "ledger::change::after_write",
     "transactions::record::before_write",
     "transactions::record::after_write",
 ];

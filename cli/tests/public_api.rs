@@ -123,6 +123,25 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The account at `path` once its `field` reads `minor_units` (within 10 s).
+    async fn balance_until(&self, path: &str, token: &str, field: &str, minor_units: i64) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (status, read, _) = self.call(Method::GET, path, Some(token), None, None).await;
+            assert_eq!(status, StatusCode::OK, "{read}");
+            if read[field]["minor_units"] == minor_units {
+                return read;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{field} never reached {minor_units}: {read}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl LiveFeed {
     /// The first event about `item_id`, within 10 s.
     async fn item(&mut self, item_id: &str) -> Value {
@@ -209,15 +228,14 @@ async fn a_customer_uses_the_bank_through_the_gateway_alone() {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+    // The balance read model follows the ledger within moments: the top-up shows, once.
     let path = format!("/v1/accounts/{account_id}");
-    let (status, read, _) = client
-        .call(Method::GET, &path, Some(&ada), None, None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let read = client.balance_until(&path, &ada, "balance", 10000).await;
     assert_eq!(
         read["balance"],
         json!({"minor_units": 10000, "currency": "GBP"})
     );
+    assert_eq!(read["version"], 1, "one top-up, one change: {read}");
     let (_, listed, _) = client
         .call(Method::GET, "/v1/accounts", Some(&ada), None, None)
         .await;
@@ -345,10 +363,10 @@ async fn a_customer_uses_the_bank_through_the_gateway_alone() {
         json!({"minor_units": 1250, "currency": "GBP"})
     );
     assert_eq!(page["transactions"][0]["status"], "pending");
-    let (_, read, _) = client
-        .call(Method::GET, &path, Some(&ada), None, None)
-        .await;
-    assert_eq!(read["available"]["minor_units"], 8750);
+    let read = client.balance_until(&path, &ada, "available", 8750).await;
+    assert_eq!(read["held"]["minor_units"], 1250);
+    assert_eq!(read["balance"]["minor_units"], 10000);
+    assert_eq!(read["spent_today"]["minor_units"], 1250);
     // Frozen, the card is declined; Bob cannot touch it.
     let freeze = format!("{cards}/{card_token}/freeze");
     let (status, frozen, _) = client

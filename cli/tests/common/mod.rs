@@ -53,7 +53,14 @@ pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> TestBank {
 
 /// The services after the decision; tests of the synchronous path leave them out (fewer
 /// keyspaces to create on Cassandra).
-pub const ASYNC_SERVICES: &[&str] = &["merchant", "feed", "push-sink", "push", "webhooks"];
+pub const ASYNC_SERVICES: &[&str] = &[
+    "merchant",
+    "feed",
+    "push-sink",
+    "push",
+    "webhooks",
+    "balance",
+];
 
 /// As [`start`], without the asynchronous path's services.
 pub async fn start_sync(dir: &Path, settings: &[(&str, &str)]) -> TestBank {

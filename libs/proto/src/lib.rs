@@ -23,4 +23,6 @@ pub mod event_types {
     pub const CARD_AUTHORISATION_STOOD_IN: &str = "card.stand_in.declined";
     /// A transaction's merchant was made readable (`TransactionEnriched`).
     pub const TRANSACTION_ENRICHED: &str = "transaction.enriched";
+    /// An account's balance changed in the ledger (`AccountBalanceChanged`).
+    pub const LEDGER_BALANCE_CHANGED: &str = "ledger.balance.changed";
 }

@@ -10,13 +10,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sterling_proto::balance::v1::balance_client::BalanceClient;
 use sterling_proto::cards::v1::cards_client::CardsClient;
 use sterling_proto::common::v1::Money;
 use sterling_proto::feed::v1::feed_client::FeedClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
-use sterling_proto::ledger::v1::{
-    AccountKind, CreateAccountRequest, GetBalanceRequest, TransferRequest,
-};
+use sterling_proto::ledger::v1::{AccountKind, CreateAccountRequest, TransferRequest};
 use sterling_proto::push::v1::push_client::PushClient;
 use sterling_proto::transactions::v1::transactions_client::TransactionsClient;
 use sterling_proto::webhooks::v1::webhooks_client::WebhooksClient;
@@ -34,6 +33,8 @@ pub struct AccountsState {
     pub accounts: AccountStore,
     /// The ledger.
     pub ledger: LedgerClient<GrpcChannel>,
+    /// The balance read model, for what customers see.
+    pub balances: BalanceClient<GrpcChannel>,
     /// Transactions, for an account's list.
     pub transactions: TransactionsClient<GrpcChannel>,
     /// Cards, issued on and frozen for an account.
@@ -160,7 +161,9 @@ pub async fn list(State(state): Shared, caller: Caller) -> Result<Json<Value>, P
     Ok(Json(json!({ "accounts": accounts })))
 }
 
-/// `GET /v1/accounts/{id}`: the account and its balance, held and available amounts.
+/// `GET /v1/accounts/{id}`: the account and its balance as the balance read model holds it:
+/// settled, pending (`held`), available and spent today, as of the ledger version `version`.
+/// An account whose first change has not arrived yet reads as zero at version 0.
 pub async fn get(
     State(state): Shared,
     caller: Caller,
@@ -170,19 +173,38 @@ pub async fn get(
         .accounts
         .owned(customer(&caller)?, &account_id)
         .await?;
-    let balance = state
-        .ledger
+    let read = state
+        .balances
         .clone()
-        .get_balance(GetBalanceRequest {
+        .get_balance(sterling_proto::balance::v1::GetBalanceRequest {
             account_id: account.account_id.clone(),
         })
         .await
-        .map_err(Error::from)?
-        .into_inner();
+        .map_err(Error::from);
+    let read = match read {
+        Ok(read) => read.into_inner(),
+        Err(e) if e.code() == "not_found.balance" => {
+            let zero = Some(Money {
+                minor_units: 0,
+                currency: account.currency.clone(),
+            });
+            sterling_proto::balance::v1::AccountBalance {
+                account_id: account.account_id.clone(),
+                balance: zero.clone(),
+                available: zero.clone(),
+                pending: zero.clone(),
+                spent_today: zero,
+                ..Default::default()
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut body = account_json(&account);
-    body["balance"] = money_json(balance.balance);
-    body["held"] = money_json(balance.held);
-    body["available"] = money_json(balance.available);
+    body["balance"] = money_json(read.balance);
+    body["held"] = money_json(read.pending);
+    body["available"] = money_json(read.available);
+    body["spent_today"] = money_json(read.spent_today);
+    body["version"] = json!(read.version);
     Ok(Json(body))
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
+use sterling_proto::balance::v1::balance_client::BalanceClient;
 use sterling_proto::cards::v1::cards_client::CardsClient;
 use sterling_proto::feed::v1::feed_client::FeedClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
@@ -56,6 +57,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
     ],
     depends_on: &[
         sterling_proto::ledger::v1::LEDGER_SERVICE,
+        sterling_proto::balance::v1::BALANCE_SERVICE,
         sterling_proto::transactions::v1::TRANSACTIONS_SERVICE,
         sterling_proto::cards::v1::CARDS_SERVICE,
         sterling_proto::feed::v1::FEED_SERVICE,
@@ -72,6 +74,10 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         accounts: AccountStore::new(ctx.store.clone()),
         ledger: LedgerClient::new(
             ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
+                .await?,
+        ),
+        balances: BalanceClient::new(
+            ctx.channel(sterling_proto::balance::v1::BALANCE_SERVICE)
                 .await?,
         ),
         transactions: TransactionsClient::new(

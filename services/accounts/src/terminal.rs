@@ -117,14 +117,14 @@ async fn send(state: &AccountsState, secret: &[u8], authorisation: &Value) -> Re
         .json()
         .await
         .map_err(|_| Error::unavailable("card_api", "card-api's answer broke off"))?;
+    let detail = answer["detail"]
+        .as_str()
+        .unwrap_or("card-api refused the authorisation");
     match status.as_u16() {
         200 => Ok(answer),
-        400 => Err(Error::bad_request(
-            "authorisation",
-            answer["detail"]
-                .as_str()
-                .unwrap_or("card-api refused the authorisation"),
-        )),
+        400 => Err(Error::bad_request("authorisation", detail)),
+        // The same key with another sale: card-api's id is taken by a different one.
+        409 => Err(Error::conflict("authorisation", detail)),
         _ => Err(Error::unavailable("card_api", "card-api did not decide")),
     }
 }

@@ -19,6 +19,7 @@ use sterling_storage::{Mutation, Value, now_millis};
 use sterling_template::{Error, Result, failpoint};
 use tokio::sync::oneshot;
 
+use crate::announce::Cause;
 use crate::store::{
     Account, AccountKind, Book, Hold, HoldStatus, MAX_ROUNDS, contended, entry_key, hold_entry,
     insufficient,
@@ -211,14 +212,22 @@ impl Book {
         if accepted.is_empty() {
             return Ok(true);
         }
-        batch.push(Self::balance_cas(
-            &account.account_id,
-            &b,
-            b.balance.minor_units(),
-            held,
-        ));
+        let holds: Vec<&str> = accepted
+            .iter()
+            .map(|&i| group[i].hold_id.as_str())
+            .collect();
+        let (change, announcement) = self
+            .change(
+                account,
+                &b,
+                (b.balance.minor_units(), held),
+                Cause::HoldPlaced,
+                &holds.join(","),
+            )
+            .await?;
+        batch.extend(change);
         failpoint::step("ledger::place_hold::before_write").await?;
-        if !self.store.apply(batch).await?.applied() {
+        if !self.apply_change(batch, announcement).await? {
             return Ok(false);
         }
         failpoint::step("ledger::place_hold::after_write").await?;

@@ -1,6 +1,8 @@
 //! ledger: the double-entry book of the bank. Accounts, immutable postings, holds; every change
-//! keyed by an id the caller supplies, every balance change a compare-and-set.
+//! keyed by an id the caller supplies, every balance change a compare-and-set, announced on the
+//! bus as `ledger.balance.changed` ([`announce`]).
 
+pub mod announce;
 pub mod client;
 pub mod handlers;
 pub mod holds;
@@ -11,6 +13,9 @@ use sterling_proto::ledger::v1::ledger_server::LedgerServer;
 use sterling_storage::Migration;
 use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
 
+use std::sync::Arc;
+
+use crate::announce::{Announcer, VersionConfirm};
 use crate::handlers::LedgerHandlers;
 use crate::store::Book;
 
@@ -20,7 +25,10 @@ const PUSH: &str = sterling_proto::push::v1::PUSH_SERVICE;
 const WEBHOOKS: &str = sterling_proto::webhooks::v1::WEBHOOKS_SERVICE;
 
 /// The versioned migrations of the `sterling_ledger` keyspace.
-pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_ledger.cql");
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
+    1 => "0001_ledger.cql",
+    2 => "0002_balance_events.cql",
+);
 
 /// The ledger service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
@@ -34,7 +42,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         // account exists before attaching to it.
         Rule::new("CreateAccount", &[OPERATOR, ACCOUNTS]),
         Rule::new("GetAccount", &[OPERATOR, CARDS, PUSH, WEBHOOKS]),
-        Rule::new("GetBalance", &[OPERATOR, ACCOUNTS]),
+        Rule::new("GetBalance", &[OPERATOR]),
         Rule::new("Transfer", &[OPERATOR, ACCOUNTS]),
         Rule::new(
             "PlaceHold",
@@ -56,6 +64,9 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let book = Book::new(ctx.store.clone());
+    let outbox = ctx.outbox(Arc::new(VersionConfirm {
+        store: ctx.store.clone(),
+    }));
+    let book = Book::new(ctx.store.clone()).announcing(Announcer::new(outbox));
     Ok(Api::grpc(LedgerServer::new(LedgerHandlers { book })))
 }

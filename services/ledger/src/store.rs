@@ -8,7 +8,9 @@
 
 use sterling_money::{Currency, Money};
 use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value, now_millis};
-use sterling_template::{Error, Result};
+use sterling_template::{Error, Result, failpoint};
+
+use crate::announce::{Announcement, Announcer, Cause};
 
 /// How many compare-and-set rounds an operation may take before giving up as contended.
 pub(crate) const MAX_ROUNDS: usize = 1000;
@@ -112,6 +114,8 @@ pub struct Book {
     account_locks: std::sync::Arc<Vec<tokio::sync::Mutex<()>>>,
     /// Holds waiting to be placed, per account, in groups (see [`crate::holds`]).
     pub(crate) hold_queues: crate::holds::HoldQueues,
+    /// Announces every balance change, when set (see [`crate::announce`]).
+    announcer: Option<Announcer>,
 }
 
 pub(crate) fn entry_key(account_id: &str, entry: &str) -> Row {
@@ -120,7 +124,7 @@ pub(crate) fn entry_key(account_id: &str, entry: &str) -> Row {
         .with("entry", entry)
 }
 
-const BALANCE: &str = "balance";
+pub(crate) const BALANCE: &str = "balance";
 
 pub(crate) fn hold_entry(hold_id: &str) -> String {
     format!("hold:{hold_id}")
@@ -152,7 +156,58 @@ impl Book {
                     .collect(),
             ),
             hold_queues: crate::holds::HoldQueues::default(),
+            announcer: None,
         }
+    }
+
+    /// The book, announcing every balance change with `announcer`.
+    pub fn announcing(mut self, announcer: Announcer) -> Self {
+        self.announcer = Some(announcer);
+        self
+    }
+
+    /// The mutations that move `account`'s balance row from `b` to `balance` and `held`, its
+    /// announcement staged first, and the announcement to settle once the batch is applied.
+    pub(crate) async fn change(
+        &self,
+        account: &Account,
+        b: &Balance,
+        (balance, held): (i64, i64),
+        cause: Cause,
+        entry: &str,
+    ) -> Result<(Vec<Mutation>, Option<Announcement>)> {
+        let mut mutations = vec![Self::balance_cas(&account.account_id, b, balance, held)];
+        let Some(announcer) = &self.announcer else {
+            return Ok((mutations, None));
+        };
+        let (announcement, record) = announcer
+            .stage(
+                &account.account_id,
+                account.currency.code(),
+                b.version + 1,
+                (balance, held),
+                cause,
+                entry,
+            )
+            .await?;
+        mutations.push(record);
+        Ok((mutations, Some(announcement)))
+    }
+
+    /// Applies a change's batch and settles its announcement: published if it applied,
+    /// discarded if not, left to the relay if the outcome is unknown.
+    pub(crate) async fn apply_change(
+        &self,
+        batch: Vec<Mutation>,
+        announcement: Option<Announcement>,
+    ) -> Result<bool> {
+        let applied = self.store.apply(batch).await?.applied();
+        // Dying here leaves the announcement staged: the relay publishes it.
+        failpoint::step("ledger::change::after_write").await?;
+        if let (Some(announcer), Some(announcement)) = (&self.announcer, announcement) {
+            announcer.settle(announcement, applied);
+        }
+        Ok(applied)
     }
 
     /// This process's lock for changes to `account_id`.
@@ -320,24 +375,27 @@ impl Book {
                 return Ok(hold);
             }
             let b = self.balance(&account).await?;
-            let batch = vec![
-                Mutation::update(
-                    "account_entries",
-                    entry_key(account_id, &hold_entry(hold_id)),
-                    Row::new().with("status", "released"),
-                    vec![Condition::Equals("status".into(), "active".into())],
-                ),
-                Self::balance_cas(
-                    account_id,
+            let held = b
+                .held
+                .minor_units()
+                .checked_sub(hold.amount.minor_units())
+                .ok_or_else(|| Error::internal("held amount out of range"))?;
+            let (mut batch, announcement) = self
+                .change(
+                    &account,
                     &b,
-                    b.balance.minor_units(),
-                    b.held
-                        .minor_units()
-                        .checked_sub(hold.amount.minor_units())
-                        .ok_or_else(|| Error::internal("held amount out of range"))?,
-                ),
-            ];
-            if self.store.apply(batch).await?.applied() {
+                    (b.balance.minor_units(), held),
+                    Cause::HoldReleased,
+                    hold_id,
+                )
+                .await?;
+            batch.push(Mutation::update(
+                "account_entries",
+                entry_key(account_id, &hold_entry(hold_id)),
+                Row::new().with("status", "released"),
+                vec![Condition::Equals("status".into(), "active".into())],
+            ));
+            if self.apply_change(batch, announcement).await? {
                 return Ok(Hold {
                     status: HoldStatus::Released,
                     ..hold
@@ -468,11 +526,17 @@ impl Book {
                 .with("transfer_id", transfer_id)
                 .with("counterparty", counterparty)
                 .with("created_at", Value::Timestamp(now_millis()));
-            let batch = vec![
-                Mutation::insert_if_not_exists("account_entries", posting),
-                Self::balance_cas(&account.account_id, &b, balance, b.held.minor_units()),
-            ];
-            if self.store.apply(batch).await?.applied() {
+            let (mut batch, announcement) = self
+                .change(
+                    account,
+                    &b,
+                    (balance, b.held.minor_units()),
+                    Cause::Posting,
+                    transfer_id,
+                )
+                .await?;
+            batch.push(Mutation::insert_if_not_exists("account_entries", posting));
+            if self.apply_change(batch, announcement).await? {
                 return Ok(());
             }
         }

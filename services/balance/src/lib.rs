@@ -1,0 +1,55 @@
+//! balance: the customer-facing balance, a read model named in the seeds. It keeps, in its own
+//! keyspace, each account's latest ledger snapshot (from `ledger.balance.changed`, highest
+//! version wins) and its approved card payments per UTC day (from the card decisions), and
+//! answers balance, available, pending and spent today without asking the ledger. Its lag
+//! behind the ledger is `sterling_balance_lag_seconds`.
+
+pub mod handlers;
+pub mod store;
+
+use std::time::Duration;
+
+use sterling_bus::ConsumerConfig;
+use sterling_proto::balance::v1::balance_server::BalanceServer;
+use sterling_proto::event_types as types;
+use sterling_storage::Migration;
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
+
+use crate::handlers::BalanceHandlers;
+use crate::store::BalanceStore;
+
+/// The public API service that reads balances for an account's owner.
+const ACCOUNTS: &str = "accounts";
+
+/// The versioned migrations of the `sterling_balance` keyspace.
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_balance.cql");
+
+/// The balance service.
+pub const SERVICE: ServiceDefinition = ServiceDefinition {
+    name: sterling_proto::balance::v1::BALANCE_SERVICE,
+    migrations: MIGRATIONS,
+    settings: &[],
+    depends_on: &[],
+    access: &[
+        // Read by the operator, and by accounts for the customer it checked owns the account.
+        Rule::new("GetBalance", &[OPERATOR, ACCOUNTS]),
+    ],
+    build: |ctx| Box::pin(build(ctx)),
+};
+
+async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
+    let balances = BalanceStore::new(ctx.store.clone());
+    let config = ConsumerConfig {
+        ack_wait: Duration::from_secs(10),
+        ..ConsumerConfig::new(
+            "balance",
+            &[types::LEDGER_BALANCE_CHANGED, types::CARD_AUTHORISATION_ALL],
+        )
+    };
+    let consumer = balances.clone();
+    ctx.consume(config, move |envelope| {
+        let balances = consumer.clone();
+        async move { balances.apply_event(&envelope).await }
+    });
+    Ok(Api::grpc(BalanceServer::new(BalanceHandlers { balances })))
+}

@@ -1,0 +1,191 @@
+//! The read model's data: the highest-version ledger snapshot per account, and approved card
+//! payments per account per UTC day. Both are idempotent by construction (a snapshot never
+//! replaces a higher version; a payment is one row per authorisation id), so a redelivered
+//! event changes nothing.
+
+use prost::Message;
+use sterling_bus::Envelope;
+use sterling_proto::event_types as types;
+use sterling_proto::events::v1::{AccountBalanceChanged, CardAuthorisationDecided};
+use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value, now_millis};
+use sterling_template::{Error, Result};
+
+/// How many compare-and-set rounds a snapshot may take.
+const MAX_ROUNDS: usize = 100;
+
+/// An account's balance as the read model holds it, in minor units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The account.
+    pub account_id: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// Sum of postings.
+    pub balance: i64,
+    /// Sum of active holds: pending card payments.
+    pub held: i64,
+    /// The ledger's version of the account.
+    pub version: i64,
+    /// When the ledger made that version.
+    pub changed_at_ms: i64,
+}
+
+/// The read model's store.
+#[derive(Clone)]
+pub struct BalanceStore {
+    store: SharedStore,
+}
+
+fn key(account_id: &str) -> Row {
+    Row::new().with("account_id", account_id)
+}
+
+/// `YYYY-MM-DD` of a Unix time in milliseconds, in UTC (days to civil date, H. Hinnant).
+pub fn utc_day(ms: i64) -> String {
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+impl BalanceStore {
+    /// Wraps the service's store.
+    pub fn new(store: SharedStore) -> Self {
+        BalanceStore { store }
+    }
+
+    /// Takes one event: a ledger snapshot or a card decision; others are refused.
+    pub async fn apply_event(&self, envelope: &Envelope) -> Result<()> {
+        let bad = |e: prost::DecodeError| Error::bad_request("event", e.to_string());
+        match envelope.r#type.as_str() {
+            types::LEDGER_BALANCE_CHANGED => {
+                let e = AccountBalanceChanged::decode(envelope.payload.as_slice()).map_err(bad)?;
+                self.take_snapshot(&e).await
+            }
+            types::CARD_AUTHORISATION_APPROVED | types::CARD_AUTHORISATION_DECLINED => {
+                let d =
+                    CardAuthorisationDecided::decode(envelope.payload.as_slice()).map_err(bad)?;
+                self.take_decision(&d).await
+            }
+            other => Err(Error::bad_request(
+                "event",
+                format!("balance does not take {other}"),
+            )),
+        }
+    }
+
+    /// Keeps `e` if it is newer than what is held for its account.
+    async fn take_snapshot(&self, e: &AccountBalanceChanged) -> Result<()> {
+        let fields = |row: Row| {
+            row.with("currency", e.currency.as_str())
+                .with("balance", e.balance)
+                .with("held", e.held)
+                .with("version", e.version)
+                .with("changed_at", Value::Timestamp(e.changed_at_ms))
+        };
+        for _ in 0..MAX_ROUNDS {
+            let mutation = match self.snapshot(&e.account_id).await? {
+                Some(held) if held.version >= e.version => return Ok(()),
+                Some(held) => Mutation::update(
+                    "balances",
+                    key(&e.account_id),
+                    fields(Row::new()),
+                    vec![Condition::Equals(
+                        "version".into(),
+                        Value::BigInt(held.version),
+                    )],
+                ),
+                None => Mutation::insert_if_not_exists("balances", fields(key(&e.account_id))),
+            };
+            if self.store.apply(vec![mutation]).await?.applied() {
+                let lag = (now_millis() - e.changed_at_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!("sterling_balance_lag_seconds").record(lag);
+                return Ok(());
+            }
+        }
+        Err(Error::unavailable(
+            "contention",
+            "too much contention on a balance",
+        ))
+    }
+
+    /// Records an approved payment in its day's spending; a reversed one is taken out.
+    async fn take_decision(&self, d: &CardAuthorisationDecided) -> Result<()> {
+        let Some(amount) = d.amount.as_ref() else {
+            return Ok(());
+        };
+        if d.account_id.is_empty() || !d.approved {
+            return Ok(());
+        }
+        let row = Row::new()
+            .with("account_id", d.account_id.as_str())
+            .with("day", utc_day(d.decided_at_ms))
+            .with("authorisation_id", d.processor_authorisation_id.as_str());
+        let mutation = if d.reversed {
+            Mutation::Delete {
+                table: "spending".into(),
+                key: row,
+                if_exists: false,
+            }
+        } else {
+            Mutation::insert(
+                "spending",
+                row.with("amount", amount.minor_units)
+                    .with("currency", amount.currency.as_str()),
+            )
+        };
+        self.store.apply(vec![mutation]).await?;
+        Ok(())
+    }
+
+    /// The account's latest snapshot, if one has arrived.
+    pub async fn snapshot(&self, account_id: &str) -> Result<Option<Snapshot>> {
+        let Some(row) = self.store.get("balances", &key(account_id)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot {
+            account_id: account_id.to_string(),
+            currency: row.text("currency")?.to_string(),
+            balance: row.i64("balance")?,
+            held: row.i64("held")?,
+            version: row.i64("version")?,
+            changed_at_ms: row.timestamp("changed_at")?,
+        }))
+    }
+
+    /// What the account's approved card payments add up to on the UTC day of `now_ms`.
+    pub async fn spent_on(&self, account_id: &str, now_ms: i64) -> Result<i64> {
+        let partition = Row::new()
+            .with("account_id", account_id)
+            .with("day", utc_day(now_ms));
+        let rows = self
+            .store
+            .query(Query::partition("spending", partition).limit(100_000))
+            .await?;
+        rows.iter().try_fold(0i64, |sum, row| {
+            sum.checked_add(row.i64("amount")?)
+                .ok_or_else(|| Error::internal("spending out of range"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_day;
+
+    #[test]
+    fn days_are_utc_calendar_dates() {
+        assert_eq!(utc_day(0), "1970-01-01");
+        assert_eq!(utc_day(86_399_999), "1970-01-01");
+        assert_eq!(utc_day(86_400_000), "1970-01-02");
+        assert_eq!(utc_day(951_782_400_000), "2000-02-29");
+        assert_eq!(utc_day(1_798_761_599_000), "2026-12-31");
+        assert_eq!(utc_day(-1), "1969-12-31");
+    }
+}

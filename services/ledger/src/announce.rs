@@ -1,0 +1,151 @@
+//! Every balance change announced: `ledger.balance.changed`, a snapshot of the account's
+//! balance and held amounts at its new version, through the template's outbox.
+//!
+//! A change is the balance's compare-and-set to version `v`. Before it, the announcement is
+//! staged in the outbox; in the same conditional batch as the compare-and-set, the entry
+//! `version:<v>` records the announcement's event id. After it, the announcement is published
+//! if the batch applied and discarded if not. If the process dies in between, the relay asks
+//! [`VersionConfirm`]: the entry names this event (publish), names another or the balance has
+//! moved past `v` without it (discard), or is not there yet (wait).
+
+use async_trait::async_trait;
+use prost::Message;
+use sterling_bus::Envelope;
+use sterling_proto::event_types as types;
+use sterling_proto::events::v1::AccountBalanceChanged;
+use sterling_storage::{Mutation, SharedStore, now_millis};
+use sterling_template::outbox::{self, Confirm, Outbox, Verdict};
+use sterling_template::{Error, Result};
+
+use crate::store::{BALANCE, entry_key};
+
+/// What changed an account's balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A transfer's posting.
+    Posting,
+    /// A hold placed.
+    HoldPlaced,
+    /// A hold released.
+    HoldReleased,
+}
+
+impl Cause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cause::Posting => "posting",
+            Cause::HoldPlaced => "hold_placed",
+            Cause::HoldReleased => "hold_released",
+        }
+    }
+}
+
+/// The entry of the announcement of `version`.
+fn version_entry(version: i64) -> String {
+    format!("version:{version:020}")
+}
+
+/// The ledger's side of the outbox.
+#[derive(Clone)]
+pub struct Announcer {
+    outbox: Outbox,
+}
+
+/// One change's announcement: staged before the batch, settled after it.
+pub struct Announcement {
+    envelope: Envelope,
+}
+
+impl Announcer {
+    /// Announces through `outbox`.
+    pub fn new(outbox: Outbox) -> Self {
+        Announcer { outbox }
+    }
+
+    /// Stages the announcement of `account_id` at `version` with `(balance, held)`, and
+    /// returns it with the mutation that records it, for the change's batch.
+    pub async fn stage(
+        &self,
+        account_id: &str,
+        currency: &str,
+        version: i64,
+        (balance, held): (i64, i64),
+        cause: Cause,
+        entry: &str,
+    ) -> Result<(Announcement, Mutation)> {
+        let event = AccountBalanceChanged {
+            account_id: account_id.to_string(),
+            currency: currency.to_string(),
+            version,
+            balance,
+            held,
+            cause: cause.as_str().to_string(),
+            entry: entry.to_string(),
+            changed_at_ms: now_millis(),
+        };
+        let envelope = outbox::event(types::LEDGER_BALANCE_CHANGED, &event);
+        self.outbox.stage(&envelope).await?;
+        let record = entry_key(account_id, &version_entry(version))
+            .with("event_id", envelope.event_id.as_str());
+        Ok((
+            Announcement { envelope },
+            Mutation::insert_if_not_exists("account_entries", record),
+        ))
+    }
+
+    /// After the batch: published if it applied, discarded if not (in the background; the
+    /// relay finishes what this does not).
+    pub fn settle(&self, announcement: Announcement, applied: bool) {
+        if applied {
+            self.outbox.publish_soon(announcement.envelope);
+        } else {
+            let outbox = self.outbox.clone();
+            tokio::spawn(async move {
+                if let Err(e) = outbox.discard(&announcement.envelope).await {
+                    tracing::warn!(error = %e, "could not discard an announcement; the relay will");
+                }
+            });
+        }
+    }
+}
+
+/// The relay's question, answered from the account's partition.
+pub struct VersionConfirm {
+    /// The ledger's store.
+    pub store: SharedStore,
+}
+
+#[async_trait]
+impl Confirm for VersionConfirm {
+    async fn confirm(&self, envelope: &Envelope) -> Result<Verdict> {
+        let event = AccountBalanceChanged::decode(envelope.payload.as_slice())
+            .map_err(|e| Error::internal(format!("staged announcement: {e}")))?;
+        let recorded = self
+            .store
+            .get(
+                "account_entries",
+                &entry_key(&event.account_id, &version_entry(event.version)),
+            )
+            .await?;
+        if let Some(row) = recorded {
+            return Ok(match row.text("event_id")? == envelope.event_id {
+                true => Verdict::Publish,
+                false => Verdict::Discard,
+            });
+        }
+        let balance = self
+            .store
+            .get("account_entries", &entry_key(&event.account_id, BALANCE))
+            .await?;
+        let version = match balance {
+            Some(row) => row.i64("version")?,
+            None => 0,
+        };
+        // The version row is written with the compare-and-set: past `v` without it, this
+        // change lost; not yet at `v`, it may still be in flight.
+        Ok(match version >= event.version {
+            true => Verdict::Discard,
+            false => Verdict::Wait,
+        })
+    }
+}
