@@ -216,7 +216,7 @@ struct TopUp {
 
 /// A JSON number as whole minor units: an integer, or a number with no fraction that an
 /// `f64` holds exactly (`2500.0` is 2500, as JSON Schema counts it).
-fn whole_units(n: &serde_json::Number) -> Option<i64> {
+pub fn whole_units(n: &serde_json::Number) -> Option<i64> {
     n.as_i64().or_else(|| {
         n.as_f64()
             .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)

@@ -16,16 +16,23 @@ use sterling_template::Error;
 use sterling_template::discovery::Protocol;
 use sterling_template::server::Problem;
 
-use crate::handlers::{AccountsState, Caller, customer, idempotency_key, key_digest, parse};
+use crate::handlers::{
+    AccountsState, Caller, customer, idempotency_key, key_digest, parse, whole_units,
+};
 
 type Shared = State<Arc<AccountsState>>;
 
 /// What the terminal takes: an amount in the account's currency, and optionally a merchant.
 #[derive(Deserialize)]
 struct Sale {
-    minor_units: i64,
-    #[serde(default)]
+    minor_units: serde_json::Number,
+    #[serde(default, deserialize_with = "present")]
     merchant: Option<String>,
+}
+
+/// A field that may be left out but, if given, is a string (`null` is refused).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// Largest terminal sale, in minor units.
@@ -61,10 +68,12 @@ pub async fn pay(
         return Err(not_found());
     }
     let sale: Sale = parse(&body)?;
-    if !(1..=MAX_SALE).contains(&sale.minor_units) {
-        let why = format!("minor_units is from 1 to {MAX_SALE}");
-        return Err(Error::bad_request("amount", why).into());
-    }
+    let minor_units = whole_units(&sale.minor_units)
+        .filter(|m| (1..=MAX_SALE).contains(m))
+        .ok_or_else(|| {
+            let why = format!("minor_units is a whole number from 1 to {MAX_SALE}");
+            Problem(Error::bad_request("amount", why))
+        })?;
     if let Some(merchant) = &sale.merchant
         && (merchant.is_empty()
             || merchant.len() > 64
@@ -76,7 +85,7 @@ pub async fn pay(
     let authorisation = json!({
         "id": format!("terminal-{}", &key_digest(&format!("{customer_id}:{key}"))[..32]),
         "card_token": card.token,
-        "amount": sale.minor_units,
+        "amount": minor_units,
         "currency": account.currency,
         "merchant": {
             "descriptor": sale.merchant.as_deref().unwrap_or("PRET A MANGER LONDON GB"),
