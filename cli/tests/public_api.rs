@@ -613,6 +613,7 @@ fn secured_operations(document: &Value, ids: &[(&str, &str)]) -> Vec<(Method, St
                 "registerDevice" => json!({"device_token": "bobs-phone", "platform": "ios"}),
                 "registerWebhook" => json!({"url": "https://example.com/hooks"}),
                 "payAtTerminal" => json!({"minor_units": 100}),
+                "putProfile" => json!({"legal_name": "Bob", "date_of_birth": "1990-01-01"}),
                 _ => json!({}),
             };
             operations.push((method.to_uppercase().parse().unwrap(), concrete, body));
@@ -693,6 +694,29 @@ async fn every_documented_route_is_locked() {
             Some(json!({"url": receiver_url})),
         )
         .await;
+    let profile = json!({"legal_name": "Ada Lovelace", "date_of_birth": "1815-12-10"});
+    let (status, _, _) = client
+        .call(
+            Method::PUT,
+            "/v1/customers/me",
+            Some(&ada),
+            None,
+            Some(profile),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "born before 1900");
+    let profile = json!({"legal_name": "Ada Lovelace", "date_of_birth": "1985-12-10"});
+    let (status, stored, _) = client
+        .call(
+            Method::PUT,
+            "/v1/customers/me",
+            Some(&ada),
+            None,
+            Some(profile),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["version"], 1);
     let ids = [
         ("account_id", account_id.as_str()),
         ("card_token", card["card_token"].as_str().unwrap()),
@@ -713,9 +737,17 @@ async fn every_documented_route_is_locked() {
             Some(json!({"currency": "GBP"})),
         )
         .await;
+    // "me" is whoever the token is: Bob has no profile, and never sees Ada's.
+    let (status, body, _) = client
+        .call(Method::GET, "/v1/customers/me", Some(&bob), None, None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found.profile"))
+    );
     for (method, path, body) in &operations {
         if !path.contains(&account_id) {
-            continue; // his own accounts, by construction
+            continue; // his own accounts and profile, by construction
         }
         let (status, answer, _) = client
             .call(

@@ -158,7 +158,7 @@ async fn hedging_cuts_the_tail() {
         probe.read(request()).await.unwrap();
     }
     // Writes are never hedged; reads are. Same instances, same tail: about 16 of 400 writes
-    // take the 120 ms tail; a read does only if its hedge does too (about 0.6 of 400).
+    // take the 120 ms tail; a read does only if its hedge does too (about 1 of 400).
     let slow = Duration::from_millis(100);
     let (mut slow_writes, mut slow_reads) = (0, 0);
     for _ in 0..400 {
@@ -173,8 +173,10 @@ async fn hedging_cuts_the_tail() {
         slow_writes >= 6,
         "the tail shows on writes: {slow_writes} of 400"
     );
+    // Judged against the writes of the same run (a loaded machine slows both): hedging must
+    // cut the tail at least threefold (it cuts it about twentyfold).
     assert!(
-        slow_reads <= 3,
+        slow_reads * 3 <= slow_writes,
         "hedged reads still took the tail {slow_reads} times (writes: {slow_writes})"
     );
 }

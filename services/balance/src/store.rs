@@ -7,7 +7,7 @@ use prost::Message;
 use sterling_bus::Envelope;
 use sterling_proto::event_types as types;
 use sterling_proto::events::v1::{AccountBalanceChanged, CardAuthorisationDecided};
-use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value, now_millis};
+use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
 use sterling_template::{Error, Result};
 
 /// How many compare-and-set rounds a snapshot may take.
@@ -38,20 +38,6 @@ pub struct BalanceStore {
 
 fn key(account_id: &str) -> Row {
     Row::new().with("account_id", account_id)
-}
-
-/// `YYYY-MM-DD` of a Unix time in milliseconds, in UTC (days to civil date, H. Hinnant).
-pub fn utc_day(ms: i64) -> String {
-    let z = ms.div_euclid(86_400_000) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 impl BalanceStore {
@@ -125,7 +111,7 @@ impl BalanceStore {
         }
         let row = Row::new()
             .with("account_id", d.account_id.as_str())
-            .with("day", utc_day(d.decided_at_ms))
+            .with("day", utc_date(d.decided_at_ms))
             .with("authorisation_id", d.processor_authorisation_id.as_str());
         let mutation = if d.reversed {
             Mutation::Delete {
@@ -163,7 +149,7 @@ impl BalanceStore {
     pub async fn spent_on(&self, account_id: &str, now_ms: i64) -> Result<i64> {
         let partition = Row::new()
             .with("account_id", account_id)
-            .with("day", utc_day(now_ms));
+            .with("day", utc_date(now_ms));
         let rows = self
             .store
             .query(Query::partition("spending", partition).limit(100_000))
@@ -172,20 +158,5 @@ impl BalanceStore {
             sum.checked_add(row.i64("amount")?)
                 .ok_or_else(|| Error::internal("spending out of range"))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc_day;
-
-    #[test]
-    fn days_are_utc_calendar_dates() {
-        assert_eq!(utc_day(0), "1970-01-01");
-        assert_eq!(utc_day(86_399_999), "1970-01-01");
-        assert_eq!(utc_day(86_400_000), "1970-01-02");
-        assert_eq!(utc_day(951_782_400_000), "2000-02-29");
-        assert_eq!(utc_day(1_798_761_599_000), "2026-12-31");
-        assert_eq!(utc_day(-1), "1969-12-31");
     }
 }

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    sterling_template::platform::main(customers::SERVICE)
+}
