@@ -58,10 +58,18 @@ pub struct ConsumerConfig {
     pub max_deliver: u32,
     /// Delay before the n-th redelivery after a nak; the last entry repeats.
     pub backoff: Vec<Duration>,
+    /// Deliveries a consumer instance handles at once (1: one after another). More than one
+    /// only for handlers that are right in any order.
+    pub concurrency: usize,
+    /// Whether the consumer records each handled event and skips one it has handled before
+    /// (the default). A handler that is idempotent by construction may turn it off and save a
+    /// read and a write per event.
+    pub deduplicate: bool,
 }
 
 impl ConsumerConfig {
-    /// A consumer with default timings: ack wait 30 s, 8 deliveries, backoff 100 ms to 1 min.
+    /// A consumer with default timings: ack wait 30 s, 8 deliveries, backoff 100 ms to 1 min,
+    /// one delivery at a time.
     pub fn new(durable: &str, subjects: &[&str]) -> Self {
         ConsumerConfig {
             durable: durable.to_string(),
@@ -72,6 +80,8 @@ impl ConsumerConfig {
                 .into_iter()
                 .map(Duration::from_millis)
                 .collect(),
+            concurrency: 1,
+            deduplicate: true,
         }
     }
 

@@ -39,8 +39,12 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let balances = BalanceStore::new(ctx.store.clone());
+    // Snapshots keep the highest version and payments are one row each: right in any order
+    // and however often, so deliveries are handled several at once and not deduplicated.
     let config = ConsumerConfig {
         ack_wait: Duration::from_secs(10),
+        concurrency: 8,
+        deduplicate: false,
         ..ConsumerConfig::new(
             "balance",
             &[types::LEDGER_BALANCE_CHANGED, types::CARD_AUTHORISATION_ALL],

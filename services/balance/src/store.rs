@@ -101,26 +101,29 @@ impl BalanceStore {
         ))
     }
 
-    /// Records an approved payment in its day's spending; a reversed one is taken out.
+    /// Records an approved payment in its day's spending; a reversed one (a decline that
+    /// follows its approval) is taken out, whichever arrives first.
     async fn take_decision(&self, d: &CardAuthorisationDecided) -> Result<()> {
         let Some(amount) = d.amount.as_ref() else {
             return Ok(());
         };
-        if d.account_id.is_empty() || !d.approved {
+        if d.account_id.is_empty() || !(d.approved || d.reversed) {
             return Ok(());
         }
         let row = Row::new()
             .with("account_id", d.account_id.as_str())
             .with("day", utc_date(d.decided_at_ms))
             .with("authorisation_id", d.processor_authorisation_id.as_str());
+        // A reversal leaves the payment's row at zero, whatever came first: an approval that
+        // arrives after it finds the row taken and changes nothing.
         let mutation = if d.reversed {
-            Mutation::Delete {
-                table: "spending".into(),
-                key: row,
-                if_exists: false,
-            }
-        } else {
             Mutation::insert(
+                "spending",
+                row.with("amount", 0i64)
+                    .with("currency", amount.currency.as_str()),
+            )
+        } else {
+            Mutation::insert_if_not_exists(
                 "spending",
                 row.with("amount", amount.minor_units)
                     .with("currency", amount.currency.as_str()),

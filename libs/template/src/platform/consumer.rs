@@ -3,7 +3,8 @@
 //!
 //! Ack and retry policy, in order:
 //! - an event this consumer already handled (its id is in `processed_events`) is acked without
-//!   running the handler again;
+//!   running the handler again (unless the consumer does not `deduplicate`: its handler is
+//!   idempotent by construction);
 //! - `Ok` records the id and acks; if the record cannot be written the delivery is naked, and
 //!   the handler (idempotent) runs again on redelivery;
 //! - an error of class `bad_request` can never succeed: the event is dead-lettered (`term`);
@@ -15,12 +16,14 @@
 //! `sterling_consumer_lag_seconds` (from the event's time to its handling).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use metrics::{Counter, Histogram};
 use sterling_bus::{Bus, ConsumerConfig, Delivery, Subscription};
 use sterling_storage::{Mutation, Row, SharedStore, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -98,20 +101,24 @@ where
     F: Fn(sterling_bus::Envelope) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
-    /// Subscribes (retrying until the bus answers) and handles deliveries until `stopping`.
+    /// Subscribes (retrying until the bus answers) and handles deliveries until `stopping`,
+    /// up to `config.concurrency` at once; on stopping, the deliveries in hand are finished.
     pub(crate) async fn run(self, stopping: CancellationToken) {
-        let metrics = ConsumerMetrics::new(self.service, &self.config.durable);
+        let metrics = Arc::new(ConsumerMetrics::new(self.service, &self.config.durable));
         let mut subscription = tokio::select! {
             _ = stopping.cancelled() => return,
             s = self.subscribe() => s,
         };
+        let slots = self.config.concurrency.max(1);
+        let in_hand = Arc::new(Semaphore::new(slots));
+        let consumer = Arc::new(self);
         loop {
             let next = tokio::select! {
-                _ = stopping.cancelled() => return,
-                next = subscription.next() => next,
+                _ = stopping.cancelled() => break,
+                next = Self::next(&mut subscription, &in_hand) => next,
             };
             match next {
-                Ok(delivery) => {
+                Ok((delivery, slot)) => {
                     if delivery.attempt > 1 {
                         metrics.redelivered.increment(1);
                     }
@@ -119,14 +126,32 @@ where
                     metrics
                         .lag
                         .record(Duration::from_millis(lag_ms.max(0) as u64).as_secs_f64());
-                    metrics.record(self.deliver(delivery).await);
+                    let (consumer, metrics) = (consumer.clone(), metrics.clone());
+                    tokio::spawn(async move {
+                        metrics.record(consumer.deliver(delivery).await);
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
-                    tracing::warn!(service = self.service, error = %e, "bus error; retrying");
+                    tracing::warn!(service = consumer.service, error = %e, "bus error; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
+        let _ = in_hand.acquire_many(slots as u32).await;
+    }
+
+    /// A free slot, then the next delivery to use it.
+    async fn next(
+        subscription: &mut Box<dyn Subscription>,
+        in_hand: &Arc<Semaphore>,
+    ) -> std::result::Result<(Delivery, OwnedSemaphorePermit), sterling_bus::BusError> {
+        let slot = in_hand
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        Ok((subscription.next().await?, slot))
     }
 
     async fn subscribe(&self) -> Box<dyn Subscription> {
@@ -148,7 +173,11 @@ where
         let processed_key = Row::new()
             .with("consumer", self.config.durable.as_str())
             .with("event_id", envelope.event_id.as_str());
-        let outcome = match self.store.get("processed_events", &processed_key).await {
+        let seen = match self.config.deduplicate {
+            true => self.store.get("processed_events", &processed_key).await,
+            false => Ok(None),
+        };
+        let outcome = match seen {
             Ok(Some(_)) => Ok(true),
             Ok(None) => self
                 .handle(envelope, context, &span, processed_key)
@@ -195,6 +224,9 @@ where
             .instrument(span.clone())
             .await
             .unwrap_or_else(|_| Err(Error::internal("the event handler panicked")))?;
+        if !self.config.deduplicate {
+            return Ok(());
+        }
         let record = Mutation::insert(
             "processed_events",
             processed_key.with(
