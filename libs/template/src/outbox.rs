@@ -78,6 +78,12 @@ pub trait Confirm: Send + Sync + 'static {
     async fn confirm(&self, envelope: &Envelope) -> Result<Verdict>;
 }
 
+/// How long the first removal of a published event waits for others to join its batch.
+const DISCARD_GATHER: Duration = Duration::from_millis(5);
+
+/// Most removals written in one batch.
+const MAX_DISCARDS: usize = 100;
+
 /// A service's outbox.
 #[derive(Clone)]
 pub struct Outbox {
@@ -85,6 +91,8 @@ pub struct Outbox {
     bus: Arc<dyn Bus>,
     confirm: Arc<dyn Confirm>,
     grace: Duration,
+    /// Published events whose removal waits to be written with others.
+    discards: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 fn shard_of(event_id: &str) -> i64 {
@@ -140,6 +148,7 @@ impl Outbox {
             bus,
             confirm,
             grace,
+            discards: Arc::default(),
         }
     }
 
@@ -166,13 +175,42 @@ impl Outbox {
         });
     }
 
-    /// Publishes a staged event now, then removes it from the outbox.
+    /// Publishes a staged event now, then removes it from the outbox (with others published
+    /// at about the same time: one write for many under load).
     pub async fn publish(&self, envelope: &Envelope) -> Result<()> {
         self.bus
             .publish(envelope)
             .await
             .map_err(|e| Error::unavailable("bus", e.to_string()))?;
-        self.discard(envelope).await
+        self.discard_published(&envelope.event_id).await
+    }
+
+    /// Queues the removal of a published event; the first to queue waits a moment and writes
+    /// every removal queued by then in batches. A removal that fails leaves its event staged:
+    /// the relay publishes it again, which is harmless (publishing is idempotent on the id).
+    async fn discard_published(&self, event_id: &str) -> Result<()> {
+        let lead = {
+            let mut queued = self.discards.lock().unwrap_or_else(|p| p.into_inner());
+            queued.push(event_id.to_string());
+            queued.len() == 1
+        };
+        if !lead {
+            return Ok(());
+        }
+        tokio::time::sleep(DISCARD_GATHER).await;
+        let ids = std::mem::take(&mut *self.discards.lock().unwrap_or_else(|p| p.into_inner()));
+        for group in ids.chunks(MAX_DISCARDS) {
+            let removals = group
+                .iter()
+                .map(|id| Mutation::Delete {
+                    table: "outbox".into(),
+                    key: key(id),
+                    if_exists: false,
+                })
+                .collect();
+            self.store.apply(removals).await?;
+        }
+        Ok(())
     }
 
     /// Removes a staged event whose state change did not happen.
