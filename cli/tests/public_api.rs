@@ -844,3 +844,64 @@ async fn every_documented_route_is_locked() {
     }
     bank.bank.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_named_origins_may_call_the_api_from_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = common::start_sync(
+        dir.path(),
+        &[("STERLING_GATEWAY_WEB_ORIGINS", "https://app.example.com")],
+    )
+    .await;
+    let client = Client::of(&bank);
+    let preflight = |origin: &'static str| {
+        client
+            .http
+            .request(Method::OPTIONS, format!("{}/v1/accounts", client.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, idempotency-key",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        allowed.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("idempotency-key")
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(
+        !refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    // A simple request: readable by the named origin only.
+    for (origin, readable) in [
+        ("https://app.example.com", true),
+        ("https://evil.example", false),
+    ] {
+        let answer = client
+            .http
+            .get(format!("{}/v1/openapi.json", client.url))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.headers().contains_key("access-control-allow-origin"),
+            readable,
+            "{origin}"
+        );
+    }
+    bank.bank.stop().await;
+}

@@ -7,6 +7,7 @@
 //! way in; the template's stack (request id, trace, metrics, shedding, panic guard,
 //! problem+json) around it all. It also serves the web page at `/` ([`web`]).
 
+pub mod cors;
 pub mod handlers;
 pub mod limits;
 pub mod routes;
@@ -24,6 +25,7 @@ use axum::routing::{get, post};
 use sterling_proto::auth::v1::auth_client::AuthClient;
 use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
+use crate::cors::AllowedOrigins;
 use crate::handlers::GatewayState;
 use crate::limits::{LimitSettings, Limits};
 use crate::routes::RouteTable;
@@ -63,6 +65,11 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
             name: "sign_ins_per_minute",
             default: "10",
             help: "sign-in attempts per minute for one email",
+        },
+        Setting {
+            name: "web_origins",
+            default: "",
+            help: "origins (comma-separated) of web pages served elsewhere that may call the API",
         },
     ],
     depends_on: &[sterling_proto::auth::v1::AUTH_SERVICE],
@@ -104,7 +111,10 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             }
         }
     });
-    Ok(Api::Http(router(state, max_body)))
+    let origins = Arc::new(AllowedOrigins::parse(&ctx.setting("web_origins")));
+    Ok(Api::Http(router(state, max_body).layer(
+        axum::middleware::from_fn_with_state(origins, cors::cors),
+    )))
 }
 
 /// The gateway's routes.

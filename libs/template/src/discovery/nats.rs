@@ -3,8 +3,10 @@
 //! Each instance is one key, `<service>.<instance>`, whose value is its registration as JSON
 //! with an expiry time. The bucket's `max_age` is the registration TTL: a heartbeat rewrites the
 //! key, a crashed instance's key ages out, a graceful shutdown deletes it. Watchers follow the
-//! bucket's change feed and re-read at least every second so expiries are seen too.
+//! bucket's change feed (one consumer each) and drop registrations past their expiry every
+//! second.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -77,26 +79,36 @@ impl NatsDiscovery {
         Ok(NatsDiscovery { store })
     }
 
-    async fn snapshot(store: &kv::Store, service: &str) -> Result<Vec<Registration>> {
+    /// Every stored registration of `service`, by key, expired or not.
+    async fn stored(store: &kv::Store, service: &str) -> Result<HashMap<String, Stored>> {
         let prefix = format!("{}.", key_part(service));
         let mut keys = store.keys().await.map_err(unavailable)?;
-        let now = sterling_storage::now_millis();
-        let mut live = Vec::new();
+        let mut stored = HashMap::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(unavailable)?;
             if !key.starts_with(&prefix) {
                 continue;
             }
             if let Some(value) = store.get(key.as_str()).await.map_err(unavailable)?
-                && let Ok(stored) = serde_json::from_slice::<Stored>(&value)
-                && stored.expires_at_ms > now
+                && let Ok(registration) = serde_json::from_slice::<Stored>(&value)
             {
-                live.push(stored.registration);
+                stored.insert(key, registration);
             }
         }
-        live.sort_by(|a, b| a.instance.cmp(&b.instance));
-        Ok(live)
+        Ok(stored)
     }
+}
+
+/// The registrations of `stored` not yet expired, in instance order.
+fn live(stored: &HashMap<String, Stored>) -> Vec<Registration> {
+    let now = sterling_storage::now_millis();
+    let mut live: Vec<Registration> = stored
+        .values()
+        .filter(|s| s.expires_at_ms > now)
+        .map(|s| s.registration.clone())
+        .collect();
+    live.sort_by(|a, b| a.instance.cmp(&b.instance));
+    live
 }
 
 #[async_trait]
@@ -125,47 +137,86 @@ impl Discovery for NatsDiscovery {
     }
 
     async fn resolve(&self, service: &str) -> Result<Vec<Registration>> {
-        Self::snapshot(&self.store, service).await
+        Ok(live(&Self::stored(&self.store, service).await?))
     }
 
     async fn watch(&self, service: &str) -> Result<BoxStream<'static, Vec<Registration>>> {
-        let store = self.store.clone();
-        let changes = store
-            .watch(format!("{}.>", key_part(service)))
+        let filter = format!("{}.>", key_part(service));
+        let changes = self
+            .store
+            .watch_with_history(&filter)
             .await
             .map_err(unavailable)?;
-        let state = (
-            store,
-            changes,
-            None::<Vec<Registration>>,
-            service.to_string(),
-        );
-        let stream =
-            futures::stream::unfold(state, |(store, mut changes, last, service)| async move {
-                loop {
-                    match Self::snapshot(&store, &service).await {
-                        Ok(current) if last.as_ref() != Some(&current) => {
-                            return Some((
-                                current.clone(),
-                                (store, changes, Some(current), service),
-                            ));
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "discovery read failed"),
-                    }
-                    // A watch that ended (the server restarted) is polled once a second
-                    // and opened again, never spun on.
-                    if let Ok(None) =
-                        tokio::time::timeout(Duration::from_secs(1), changes.next()).await
-                    {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        if let Ok(renewed) = store.watch(format!("{}.>", key_part(&service))).await
-                        {
-                            changes = renewed;
-                        }
-                    }
+        // What is there now, then every change after it.
+        let state = Following {
+            store: self.store.clone(),
+            filter,
+            changes: Some(changes),
+            known: Self::stored(&self.store, service).await?,
+            last: None,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut state| async move {
+                let live = state.next_change().await;
+                Some((live, state))
+            },
+        )))
+    }
+}
+
+/// One service's registrations, followed on one KV watch (one consumer, whatever the number
+/// of changes): puts and deletes are applied as they come, and every second the live set is
+/// recomputed, so a registration whose heartbeats stopped drops out at its expiry. A watch
+/// that ended (the server restarted) is opened again.
+struct Following {
+    store: kv::Store,
+    filter: String,
+    changes: Option<kv::Watch>,
+    known: HashMap<String, Stored>,
+    last: Option<Vec<Registration>>,
+}
+
+impl Following {
+    /// The live set first, then each one that differs from the last one given.
+    async fn next_change(&mut self) -> Vec<Registration> {
+        loop {
+            let live = live(&self.known);
+            if self.last.as_ref() != Some(&live) {
+                self.last = Some(live.clone());
+                return live;
+            }
+            let Some(changes) = self.changes.as_mut() else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match self.store.watch_with_history(&self.filter).await {
+                    Ok(changes) => self.changes = Some(changes),
+                    Err(e) => tracing::warn!(error = %e, "discovery watch cannot reopen yet"),
                 }
-            });
-        Ok(Box::pin(stream))
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(1), changes.next()).await {
+                Ok(Some(Ok(entry))) => self.apply(entry),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "discovery watch failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(None) => self.changes = None,
+                Err(_) => {} // a second without changes: expiries are checked above
+            }
+        }
+    }
+
+    fn apply(&mut self, entry: kv::Entry) {
+        match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<Stored>(&entry.value) {
+                Ok(stored) => {
+                    self.known.insert(entry.key, stored);
+                }
+                Err(e) => tracing::warn!(key = %entry.key, error = %e, "unreadable registration"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.known.remove(&entry.key);
+            }
+        }
     }
 }
