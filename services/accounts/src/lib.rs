@@ -101,7 +101,15 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         discovery: ctx.platform.discovery.clone(),
         http: reqwest::Client::new(),
     });
-    let router = Router::new()
+    Ok(Api::Public(PublicApi {
+        router: router(state),
+        prefixes: vec!["/v1/accounts".into()],
+    }))
+}
+
+/// Every route of the service, all under `/v1/accounts`.
+fn router(state: Arc<AccountsState>) -> Router {
+    Router::new()
         .route("/v1/accounts", post(handlers::open).get(handlers::list))
         .route("/v1/accounts/{account_id}", get(handlers::get))
         .route("/v1/accounts/{account_id}/top-ups", post(handlers::top_up))
@@ -147,9 +155,5 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             "/v1/accounts/{account_id}/webhooks/{webhook_id}/deliveries",
             get(notifications::deliveries),
         )
-        .with_state(state);
-    Ok(Api::Public(PublicApi {
-        router,
-        prefixes: vec!["/v1/accounts".into()],
-    }))
+        .with_state(state)
 }
