@@ -93,6 +93,7 @@ pub async fn seed(clients: &Clients, key: &str, funded: Money) -> Result<Seeded,
                 credit_account_id: account_id.clone(),
                 amount: Some(money::to_proto(funded)),
                 description: "test customer funding".into(),
+                force: false,
             })
             .await?;
     }

@@ -69,6 +69,7 @@ async fn the_balance_read_model_converges_to_the_ledger() {
                 currency: "GBP".into(),
             }),
             description: "after the burst".into(),
+            force: false,
         })
         .await;
     // (The client's retry of the idempotent transfer finds it done: either answer is fine.)

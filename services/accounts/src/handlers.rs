@@ -274,6 +274,7 @@ pub async fn top_up(
             credit_account_id: account.account_id.clone(),
             amount: Some(amount.clone()),
             description: "development top-up".into(),
+            force: false,
         })
         .await
         .map_err(Error::from)?

@@ -3,14 +3,16 @@
 use sterling_proto::ledger::v1::ledger_server::Ledger;
 use sterling_proto::ledger::v1::{
     Account as AccountMessage, AccountKind as KindMessage, Balance as BalanceMessage,
-    CreateAccountRequest, GetAccountRequest, GetBalanceRequest, GetHoldRequest,
-    Hold as HoldMessage, HoldStatus as HoldStatusMessage, PlaceHoldRequest, ReleaseHoldRequest,
-    TransferRequest, TransferResponse,
+    CaptureHoldRequest, CreateAccountRequest, GetAccountRequest, GetBalanceRequest, GetHoldRequest,
+    Hold as HoldMessage, HoldChange as HoldChangeMessage, HoldStatus as HoldStatusMessage,
+    IncreaseHoldRequest, PlaceHoldRequest, ReduceHoldRequest, ReleaseHoldRequest, TransferRequest,
+    TransferResponse,
 };
 use sterling_template::error::required;
 use sterling_template::{Error, money};
 use tonic::{Request, Response, Status};
 
+use crate::changes::{ChangeKind, HoldChange, HoldChangeRequest};
 use crate::store::{Account, AccountKind, Book, Hold, HoldStatus, Transfer};
 
 /// The ledger gRPC service.
@@ -19,15 +21,61 @@ pub struct LedgerHandlers {
     pub book: Book,
 }
 
+fn status_message(status: HoldStatus) -> i32 {
+    let message = match status {
+        HoldStatus::Active => HoldStatusMessage::Active,
+        HoldStatus::Released => HoldStatusMessage::Released,
+        HoldStatus::Cleared => HoldStatusMessage::Cleared,
+    };
+    message as i32
+}
+
 fn hold_message(hold: Hold) -> HoldMessage {
     HoldMessage {
         hold_id: hold.hold_id,
         account_id: hold.account_id,
         amount: Some(money::to_proto(hold.amount)),
-        status: match hold.status {
-            HoldStatus::Active => HoldStatusMessage::Active,
-            HoldStatus::Released => HoldStatusMessage::Released,
-        } as i32,
+        status: status_message(hold.status),
+        remaining: Some(money::to_proto(hold.remaining)),
+    }
+}
+
+fn change_message(change: HoldChange) -> HoldChangeMessage {
+    HoldChangeMessage {
+        change_id: change.change_id,
+        hold_id: change.hold_id,
+        account_id: change.account_id,
+        kind: change.kind,
+        posted: Some(money::to_proto(change.posted)),
+        released: Some(money::to_proto(change.released)),
+        increased: Some(money::to_proto(change.increased)),
+        remaining: Some(money::to_proto(change.remaining)),
+        status: status_message(change.status),
+        overdrawn: change.overdrawn,
+    }
+}
+
+/// The ids every hold change names.
+fn change_ids(
+    change_id: &str,
+    hold_id: &str,
+    account_id: &str,
+) -> Result<(String, String, String), Status> {
+    Ok((
+        required("change_id", change_id)?.to_string(),
+        required("hold_id", hold_id)?.to_string(),
+        required("account_id", account_id)?.to_string(),
+    ))
+}
+
+impl LedgerHandlers {
+    async fn change(
+        &self,
+        request: HoldChangeRequest,
+    ) -> Result<Response<HoldChangeMessage>, Status> {
+        let change = self.book.change_hold(&request).await?;
+        tracing::info!(change_id = %change.change_id, hold_id = %change.hold_id, kind = %change.kind, posted = %change.posted, released = %change.released, "hold changed");
+        Ok(Response::new(change_message(change)))
     }
 }
 
@@ -78,6 +126,7 @@ impl Ledger for LedgerHandlers {
             balance: Some(money::to_proto(b.balance)),
             held: Some(money::to_proto(b.held)),
             available: Some(money::to_proto(b.available)),
+            overdrawn: b.overdrawn,
         }))
     }
 
@@ -92,6 +141,7 @@ impl Ledger for LedgerHandlers {
             credit_account_id: required("credit_account_id", &r.credit_account_id)?.to_string(),
             amount: money::positive_from_proto("amount", r.amount.as_ref())?,
             description: r.description,
+            force: r.force,
         };
         self.book.transfer(&transfer).await?;
         tracing::info!(transfer_id = %transfer.transfer_id, amount = %transfer.amount, "transfer completed");
@@ -133,6 +183,61 @@ impl Ledger for LedgerHandlers {
             .await?;
         tracing::info!(hold_id = %hold.hold_id, "hold released");
         Ok(Response::new(hold_message(hold)))
+    }
+
+    async fn capture_hold(
+        &self,
+        request: Request<CaptureHoldRequest>,
+    ) -> Result<Response<HoldChangeMessage>, Status> {
+        let r = request.into_inner();
+        let (change_id, hold_id, account_id) = change_ids(&r.change_id, &r.hold_id, &r.account_id)?;
+        self.change(HoldChangeRequest {
+            change_id,
+            hold_id,
+            account_id,
+            kind: ChangeKind::Capture { last: r.r#final },
+            amount: Some(money::positive_from_proto("amount", r.amount.as_ref())?),
+            counter_account_id: required("counter_account_id", &r.counter_account_id)?.to_string(),
+        })
+        .await
+    }
+
+    async fn reduce_hold(
+        &self,
+        request: Request<ReduceHoldRequest>,
+    ) -> Result<Response<HoldChangeMessage>, Status> {
+        let r = request.into_inner();
+        let (change_id, hold_id, account_id) = change_ids(&r.change_id, &r.hold_id, &r.account_id)?;
+        let amount = match r.amount.as_ref() {
+            Some(m) if m.minor_units != 0 => Some(money::positive_from_proto("amount", Some(m))?),
+            _ => None,
+        };
+        self.change(HoldChangeRequest {
+            change_id,
+            hold_id,
+            account_id,
+            kind: ChangeKind::Reduce,
+            amount,
+            counter_account_id: String::new(),
+        })
+        .await
+    }
+
+    async fn increase_hold(
+        &self,
+        request: Request<IncreaseHoldRequest>,
+    ) -> Result<Response<HoldChangeMessage>, Status> {
+        let r = request.into_inner();
+        let (change_id, hold_id, account_id) = change_ids(&r.change_id, &r.hold_id, &r.account_id)?;
+        self.change(HoldChangeRequest {
+            change_id,
+            hold_id,
+            account_id,
+            kind: ChangeKind::Increase,
+            amount: Some(money::positive_from_proto("amount", r.amount.as_ref())?),
+            counter_account_id: String::new(),
+        })
+        .await
     }
 
     async fn get_hold(

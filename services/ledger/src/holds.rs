@@ -204,6 +204,7 @@ impl Book {
                 .ok_or_else(|| Error::bad_request("amount", "amount out of range"))?;
             let row = entry_key(&account.account_id, &hold_entry(&request.hold_id))
                 .with("amount", amount)
+                .with("remaining", amount)
                 .with("status", "active")
                 .with("created_at", Value::Timestamp(now_millis()));
             batch.push(Mutation::insert_if_not_exists("account_entries", row));
@@ -236,6 +237,8 @@ impl Book {
                 hold_id: group[i].hold_id.clone(),
                 account_id: account.account_id.clone(),
                 amount: group[i].amount,
+                remaining: group[i].amount,
+                increased: Money::from_minor(0, account.currency),
                 status: HoldStatus::Active,
             }));
         }

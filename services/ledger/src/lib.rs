@@ -3,6 +3,7 @@
 //! bus as `ledger.balance.changed` ([`announce`]).
 
 pub mod announce;
+pub mod changes;
 pub mod client;
 pub mod handlers;
 pub mod holds;
@@ -28,6 +29,7 @@ const WEBHOOKS: &str = sterling_proto::webhooks::v1::WEBHOOKS_SERVICE;
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_ledger.cql",
     2 => "0002_balance_events.cql",
+    3 => "0003_hold_changes.cql",
 );
 
 /// The ledger service.
@@ -40,16 +42,50 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         // Holds are card-processing's alone; accounts open and money moves on the operator's
         // word or the accounts service's (for its customer); cards, push and webhooks check an
         // account exists before attaching to it.
-        Rule::new("CreateAccount", &[OPERATOR, ACCOUNTS]),
+        // card-processing opens the card scheme's settlement account of a currency.
+        Rule::new(
+            "CreateAccount",
+            &[
+                OPERATOR,
+                ACCOUNTS,
+                sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+            ],
+        ),
         Rule::new("GetAccount", &[OPERATOR, CARDS, PUSH, WEBHOOKS]),
-        Rule::new("GetBalance", &[OPERATOR]),
-        Rule::new("Transfer", &[OPERATOR, ACCOUNTS]),
+        Rule::new(
+            "GetBalance",
+            &[
+                OPERATOR,
+                sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+            ],
+        ),
+        // card-processing moves money for refunds and force posts.
+        Rule::new(
+            "Transfer",
+            &[
+                OPERATOR,
+                ACCOUNTS,
+                sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+            ],
+        ),
         Rule::new(
             "PlaceHold",
             &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
         ),
         Rule::new(
             "ReleaseHold",
+            &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
+        ),
+        Rule::new(
+            "CaptureHold",
+            &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
+        ),
+        Rule::new(
+            "ReduceHold",
+            &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
+        ),
+        Rule::new(
+            "IncreaseHold",
             &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
         ),
         Rule::new(

@@ -60,7 +60,9 @@ pub struct Balance {
     pub held: Money,
     /// `balance - held`.
     pub available: Money,
-    version: i64,
+    /// A force post or a clearing took the account below zero (stays set).
+    pub overdrawn: bool,
+    pub(crate) version: i64,
 }
 
 /// Whether a hold still reserves funds.
@@ -70,6 +72,25 @@ pub enum HoldStatus {
     Active,
     /// Released; reserves nothing.
     Released,
+    /// Used up by clearings, or a final clearing released the rest; reserves nothing.
+    Cleared,
+}
+
+impl HoldStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Active => "active",
+            HoldStatus::Released => "released",
+            HoldStatus::Cleared => "cleared",
+        }
+    }
+    pub(crate) fn parse(text: &str) -> Self {
+        match text {
+            "active" => HoldStatus::Active,
+            "cleared" => HoldStatus::Cleared,
+            _ => HoldStatus::Released,
+        }
+    }
 }
 
 /// A hold on an account.
@@ -79,9 +100,13 @@ pub struct Hold {
     pub hold_id: String,
     /// The account.
     pub account_id: String,
-    /// Amount reserved.
+    /// Amount reserved when placed, plus increases.
     pub amount: Money,
-    /// Active or released.
+    /// What it still reserves (zero unless active).
+    pub remaining: Money,
+    /// What incremental authorisations added.
+    pub increased: Money,
+    /// Active, released or cleared.
     pub status: HoldStatus,
 }
 
@@ -98,6 +123,8 @@ pub struct Transfer {
     pub amount: Money,
     /// Free text.
     pub description: String,
+    /// Post even below zero and flag the debit account (a force post).
+    pub force: bool,
 }
 
 /// How many account locks a ledger process keeps (accounts share one by hash).
@@ -130,7 +157,7 @@ pub(crate) fn hold_entry(hold_id: &str) -> String {
     format!("hold:{hold_id}")
 }
 
-fn posting_entry(transfer_id: &str) -> String {
+pub(crate) fn posting_entry(transfer_id: &str) -> String {
     format!("posting:{transfer_id}")
 }
 
@@ -176,7 +203,14 @@ impl Book {
         cause: Cause,
         entry: &str,
     ) -> Result<(Vec<Mutation>, Option<Announcement>)> {
-        let mut mutations = vec![Self::balance_cas(&account.account_id, b, balance, held)];
+        let overdrawn = b.overdrawn
+            || (account.kind == AccountKind::Customer && balance.saturating_sub(held) < 0);
+        let mut mutations = vec![Self::balance_cas(
+            &account.account_id,
+            b,
+            (balance, held),
+            overdrawn,
+        )];
         let Some(announcer) = &self.announcer else {
             return Ok((mutations, None));
         };
@@ -291,6 +325,7 @@ impl Book {
             available: balance
                 .checked_sub(held)
                 .map_err(|e| Error::internal(e.to_string()))?,
+            overdrawn: row.bool("overdrawn").unwrap_or(false),
             version: row.i64("version")?,
         })
     }
@@ -310,13 +345,19 @@ impl Book {
         Ok(())
     }
 
-    pub(crate) fn balance_cas(account_id: &str, b: &Balance, balance: i64, held: i64) -> Mutation {
+    pub(crate) fn balance_cas(
+        account_id: &str,
+        b: &Balance,
+        (balance, held): (i64, i64),
+        overdrawn: bool,
+    ) -> Mutation {
         Mutation::update(
             "account_entries",
             entry_key(account_id, BALANCE),
             Row::new()
                 .with("balance", balance)
                 .with("held", held)
+                .with("overdrawn", overdrawn)
                 .with("version", b.version + 1),
             vec![Condition::Equals(
                 "version".into(),
@@ -338,15 +379,7 @@ impl Book {
             return Ok(None);
         };
         let account = self.account(account_id).await?;
-        Ok(Some(Hold {
-            hold_id: hold_id.to_string(),
-            account_id: account_id.to_string(),
-            amount: Money::from_minor(row.i64("amount")?, account.currency),
-            status: match row.text("status")? {
-                "active" => HoldStatus::Active,
-                _ => HoldStatus::Released,
-            },
-        }))
+        Ok(Some(hold_from_row(hold_id, &account, &row)?))
     }
 
     /// Releases an active hold; releasing a released hold returns it unchanged.
@@ -378,7 +411,7 @@ impl Book {
             let held = b
                 .held
                 .minor_units()
-                .checked_sub(hold.amount.minor_units())
+                .checked_sub(hold.remaining.minor_units())
                 .ok_or_else(|| Error::internal("held amount out of range"))?;
             let (mut batch, announcement) = self
                 .change(
@@ -392,12 +425,15 @@ impl Book {
             batch.push(Mutation::update(
                 "account_entries",
                 entry_key(account_id, &hold_entry(hold_id)),
-                Row::new().with("status", "released"),
+                Row::new()
+                    .with("status", "released")
+                    .with("remaining", 0i64),
                 vec![Condition::Equals("status".into(), "active".into())],
             ));
             if self.apply_change(batch, announcement).await? {
                 return Ok(Hold {
                     status: HoldStatus::Released,
+                    remaining: Money::from_minor(0, account.currency),
                     ..hold
                 });
             }
@@ -426,6 +462,7 @@ impl Book {
             .with("currency", t.amount.currency().code())
             .with("description", t.description.as_str())
             .with("state", "pending")
+            .with("forced", t.force)
             .with("created_at", Value::Timestamp(now_millis()));
         if let Applied::No(current) = self
             .store
@@ -439,7 +476,8 @@ impl Book {
             let same = existing.text("debit_account_id")? == t.debit_account_id
                 && existing.text("credit_account_id")? == t.credit_account_id
                 && existing.i64("amount")? == t.amount.minor_units()
-                && existing.text("currency")? == t.amount.currency().code();
+                && existing.text("currency")? == t.amount.currency().code()
+                && existing.bool("forced").unwrap_or(false) == t.force;
             if !same {
                 return Err(Error::conflict(
                     "transfer",
@@ -461,7 +499,13 @@ impl Book {
         }
         let amount = t.amount.minor_units();
         if let Err(e) = self
-            .post(&debit, &t.transfer_id, -amount, &t.credit_account_id)
+            .post(
+                &debit,
+                &t.transfer_id,
+                -amount,
+                &t.credit_account_id,
+                t.force,
+            )
             .await
         {
             if e.code() == "precondition_failed.insufficient_funds" {
@@ -469,12 +513,12 @@ impl Book {
             }
             return Err(e);
         }
-        self.post(&credit, &t.transfer_id, amount, &t.debit_account_id)
+        self.post(&credit, &t.transfer_id, amount, &t.debit_account_id, false)
             .await?;
         self.set_transfer_state(&t.transfer_id, "completed").await
     }
 
-    async fn set_transfer_state(&self, transfer_id: &str, state: &str) -> Result<()> {
+    pub(crate) async fn set_transfer_state(&self, transfer_id: &str, state: &str) -> Result<()> {
         self.store
             .apply(vec![Mutation::update(
                 "transfers",
@@ -486,13 +530,15 @@ impl Book {
         Ok(())
     }
 
-    /// Writes one posting of a transfer to one account, once.
-    async fn post(
+    /// Writes one posting of a transfer to one account, once; `force` lets a customer account
+    /// go below zero (and flags it).
+    pub(crate) async fn post(
         &self,
         account: &Account,
         transfer_id: &str,
         amount: i64,
         counterparty: &str,
+        force: bool,
     ) -> Result<()> {
         let entry = posting_entry(transfer_id);
         let _queued = self.lock_account(&account.account_id).await;
@@ -512,6 +558,7 @@ impl Book {
                 .checked_add(amount)
                 .ok_or_else(|| Error::bad_request("amount", "amount out of range"))?;
             if account.kind == AccountKind::Customer
+                && !force
                 && amount < 0
                 && balance - b.held.minor_units() < 0
             {
@@ -542,4 +589,24 @@ impl Book {
         }
         Err(contended())
     }
+}
+
+/// A hold from its stored row (rows written before `remaining` existed reserve their amount
+/// while active).
+pub(crate) fn hold_from_row(hold_id: &str, account: &Account, row: &Row) -> Result<Hold> {
+    let status = HoldStatus::parse(row.text("status")?);
+    let amount = row.i64("amount")?;
+    let remaining = match (status, row.i64("remaining")) {
+        (HoldStatus::Active, Ok(remaining)) => remaining,
+        (HoldStatus::Active, Err(_)) => amount,
+        _ => 0,
+    };
+    Ok(Hold {
+        hold_id: hold_id.to_string(),
+        account_id: account.account_id.clone(),
+        amount: Money::from_minor(amount, account.currency),
+        remaining: Money::from_minor(remaining, account.currency),
+        increased: Money::from_minor(row.i64("increased").unwrap_or(0), account.currency),
+        status,
+    })
 }

@@ -26,6 +26,7 @@ async fn funded_book(minor: i64) -> Book {
         credit_account_id: "alice".into(),
         amount: gbp(minor),
         description: "seed".into(),
+        force: false,
     })
     .await
     .unwrap();
@@ -131,6 +132,7 @@ async fn transfers_apply_once_and_balances_sum_to_zero() {
         credit_account_id: "bob".into(),
         amount: gbp(250),
         description: "rent".into(),
+        force: false,
     };
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -224,6 +226,7 @@ async fn two_ledger_processes_placing_groups_never_overdraw() {
             credit_account_id: "alice".into(),
             amount: gbp(1000),
             description: "seed".into(),
+            force: false,
         })
         .await
         .unwrap();
