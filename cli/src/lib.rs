@@ -4,6 +4,7 @@
 pub mod bank;
 pub mod bench;
 pub mod operate;
+pub mod processor;
 pub mod reconcile;
 pub mod scaffold;
 pub mod tools;

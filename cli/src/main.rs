@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use sterling::bank::{self, Bank, BankOptions, Engines, SERVICES};
 use sterling::bench;
 use sterling::operate::{self, Reach, show_money};
+use sterling::processor::{self, Kind, MessageArgs};
 use sterling::reconcile::{self, Heard, Reconciler};
 use sterling::tools::{self, Clients};
 use sterling_money::{Currency, Money};
@@ -118,6 +119,34 @@ enum Command {
         /// Append the answer, as heard, to this JSON-lines file (for `sterling reconcile`).
         #[arg(long)]
         answers: Option<PathBuf>,
+    },
+    /// Play the card processor: clear an authorisation (post the held amount or another).
+    Clear {
+        #[command(flatten)]
+        message: MessageArgs,
+        /// The last clearing: release whatever is still held.
+        #[arg(long = "final")]
+        last: bool,
+    },
+    /// Play the card processor: reverse an authorisation, fully or in part.
+    Reverse {
+        #[command(flatten)]
+        message: MessageArgs,
+    },
+    /// Play the card processor: refund money to a card.
+    Refund {
+        #[command(flatten)]
+        message: MessageArgs,
+    },
+    /// Play the card processor: post a payment approved offline (no authorisation).
+    ForcePost {
+        #[command(flatten)]
+        message: MessageArgs,
+    },
+    /// Play the card processor: raise the amount held for an authorisation.
+    Increment {
+        #[command(flatten)]
+        message: MessageArgs,
     },
     /// Check the authorisation rules (one answer per id, money matching the answer, no
     /// over-approval, nothing half-done) against the answers a processor heard; prints every
@@ -429,6 +458,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             pay(payment, &secret, answers.as_deref()).await
         }
+        Command::Clear { message, last } => send_message(Kind::Clearing { last }, &message).await,
+        Command::Reverse { message } => send_message(Kind::Reversal, &message).await,
+        Command::Refund { message } => send_message(Kind::Refund, &message).await,
+        Command::ForcePost { message } => send_message(Kind::ForcePost, &message).await,
+        Command::Increment { message } => send_message(Kind::Increment, &message).await,
         Command::Reconcile {
             answers,
             settle_secs,
@@ -664,6 +698,12 @@ async fn pay(
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// `sterling clear`, `reverse`, `refund`, `force-post`, `increment`.
+async fn send_message(kind: Kind, message: &MessageArgs) -> anyhow::Result<()> {
+    let card_api = card_api_url(&reach().await?.discovery).await?;
+    processor::send(kind, message, &card_api).await
 }
 
 /// `sterling reconcile`.

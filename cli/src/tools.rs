@@ -195,12 +195,74 @@ pub async fn pay_raw(
     body: Vec<u8>,
     request_id: Option<&str>,
 ) -> anyhow::Result<PayOutcome> {
+    post_signed(
+        http,
+        card_api_url,
+        "/v1/authorisations",
+        secret,
+        body,
+        request_id,
+    )
+    .await
+}
+
+/// Plays the card processor for a later message (`path`: `/v1/clearings`, `/v1/reversals`,
+/// `/v1/refunds`, `/v1/force_posts`, `/v1/incremental_authorisations`).
+pub async fn send_message(
+    http: &reqwest::Client,
+    card_api_url: &str,
+    path: &str,
+    secret: &[u8],
+    message: &serde_json::Value,
+) -> anyhow::Result<PayOutcome> {
+    let body = serde_json::to_vec(message)?;
+    post_signed(http, card_api_url, path, secret, body, None).await
+}
+
+/// A signed GET of card-api's records (`/v1/authorisations/{id}`, `/v1/payments/{id}`): the
+/// path is the signed payload.
+pub async fn get_signed(
+    http: &reqwest::Client,
+    card_api_url: &str,
+    path: &str,
+    secret: &[u8],
+) -> anyhow::Result<PayOutcome> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let started = Instant::now();
+    let response = http
+        .get(format!("{card_api_url}{path}"))
+        .header(
+            card_api::signature::SIGNATURE_HEADER,
+            card_api::signature::sign(secret, now, path.as_bytes()),
+        )
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.json::<serde_json::Value>().await?;
+    Ok(PayOutcome {
+        status,
+        body,
+        latency: started.elapsed(),
+    })
+}
+
+/// Signs `body` as the processor does and POSTs it to card-api at `path`.
+pub async fn post_signed(
+    http: &reqwest::Client,
+    card_api_url: &str,
+    path: &str,
+    secret: &[u8],
+    body: Vec<u8>,
+    request_id: Option<&str>,
+) -> anyhow::Result<PayOutcome> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
     let signature = card_api::signature::sign(secret, now, &body);
     let mut post = http
-        .post(format!("{card_api_url}/v1/authorisations"))
+        .post(format!("{card_api_url}{path}"))
         .header("content-type", "application/json")
         .header(card_api::signature::SIGNATURE_HEADER, signature)
         .body(body);

@@ -23,6 +23,20 @@ pub mod event_types {
     pub const CARD_AUTHORISATION_STOOD_IN: &str = "card.stand_in.declined";
     /// A transaction's merchant was made readable (`TransactionEnriched`).
     pub const TRANSACTION_ENRICHED: &str = "transaction.enriched";
+    /// A clearing posted against a card payment (`CardPaymentUpdated`).
+    pub const CARD_PAYMENT_CLEARED: &str = "card.payment.cleared";
+    /// A card payment's hold was reversed, fully or in part (`CardPaymentUpdated`).
+    pub const CARD_PAYMENT_REVERSED: &str = "card.payment.reversed";
+    /// Money went back to the customer (`CardPaymentUpdated`).
+    pub const CARD_PAYMENT_REFUNDED: &str = "card.payment.refunded";
+    /// A clearing without authorisation was posted (`CardPaymentUpdated`).
+    pub const CARD_PAYMENT_FORCE_POSTED: &str = "card.payment.force_posted";
+    /// An incremental authorisation was decided (`CardPaymentUpdated`).
+    pub const CARD_PAYMENT_INCREMENTED: &str = "card.payment.incremented";
+    /// An authorisation expired uncleared and its hold was released (`CardPaymentUpdated`).
+    pub const CARD_PAYMENT_EXPIRED: &str = "card.payment.expired";
+    /// Everything after a card payment's authorisation, as a subject filter.
+    pub const CARD_PAYMENT_ALL: &str = "card.payment.*";
     /// An account's balance changed in the ledger (`AccountBalanceChanged`).
     pub const LEDGER_BALANCE_CHANGED: &str = "ledger.balance.changed";
 }

@@ -26,6 +26,8 @@ pub struct CardApiState {
     pub secret: Vec<u8>,
     /// Budget given to card-processing for one decision.
     pub budget: Duration,
+    /// Budget given to card-processing for one later message (clearing, refund, ...).
+    pub message_budget: Duration,
     /// card-processing client.
     pub card_processing: CardProcessingClient<GrpcChannel>,
     /// The answers given.
@@ -72,7 +74,8 @@ pub async fn authorise(
     Ok(Json(response))
 }
 
-fn check_signature(
+/// Checks the processor's signature over `payload`.
+pub(crate) fn check_signature(
     state: &CardApiState,
     headers: &HeaderMap,
     payload: &[u8],

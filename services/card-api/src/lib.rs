@@ -7,6 +7,7 @@
 
 pub mod answers;
 pub mod handlers;
+pub mod messages;
 pub mod webhook;
 
 pub use sterling_signature as signature;
@@ -49,6 +50,11 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
             default: "100",
             help: "time card-processing gets for one decision",
         },
+        Setting {
+            name: "message_budget_ms",
+            default: "5000",
+            help: "time card-processing gets for a clearing, reversal, refund or force post",
+        },
     ],
     depends_on: &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
     // An HTTP API: processors authenticate with the webhook signature.
@@ -62,6 +68,8 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         tracing::warn!("STERLING_CARD_API_SECRET is not set: using the development secret");
     }
     let budget_ms: u64 = ctx.setting_as("budget_ms", "a whole number of milliseconds")?;
+    let message_budget_ms: u64 =
+        ctx.setting_as("message_budget_ms", "a whole number of milliseconds")?;
     let outbox = ctx.outbox(Arc::new(StandInConfirm {
         store: ctx.store.clone(),
     }));
@@ -69,6 +77,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         answers: AnswerStore::new(ctx.store.clone(), outbox),
         secret: secret.into_bytes(),
         budget: Duration::from_millis(budget_ms),
+        message_budget: Duration::from_millis(message_budget_ms),
         card_processing: CardProcessingClient::new(
             ctx.channel(sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE)
                 .await?,
@@ -77,6 +86,12 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let router = Router::new()
         .route("/v1/authorisations", post(handlers::authorise))
         .route("/v1/authorisations/{id}", get(handlers::recorded_answer))
+        .route("/v1/clearings", post(messages::clearing))
+        .route("/v1/reversals", post(messages::reversal))
+        .route("/v1/refunds", post(messages::refund))
+        .route("/v1/force_posts", post(messages::force_post))
+        .route("/v1/incremental_authorisations", post(messages::increment))
+        .route("/v1/payments/{id}", get(messages::payment))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);

@@ -11,7 +11,11 @@
 pub mod announce;
 pub mod authorisation;
 pub mod decide;
+pub mod expiry;
 pub mod handlers;
+pub mod payment_events;
+pub mod payment_store;
+pub mod payments;
 pub mod recovery;
 pub mod store;
 
@@ -28,9 +32,14 @@ use std::time::Duration;
 use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
 
+use std::sync::Arc;
+
 use crate::announce::Announcer;
 use crate::decide::Decider;
+use crate::expiry::ExpiryJob;
 use crate::handlers::CardProcessingHandlers;
+use crate::payment_store::PaymentStore;
+use crate::payments::{PaymentConfirm, PaymentRules, Payments};
 use crate::recovery::{SweepConfig, Sweeper};
 use crate::store::AuthorisationStore;
 
@@ -38,6 +47,7 @@ use crate::store::AuthorisationStore;
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_authorisations.cql",
     2 => "0002_decision_machine.cql",
+    3 => "0003_payments.cql",
 );
 
 /// The card-processing service.
@@ -49,6 +59,21 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
             name: "sweep_interval_ms",
             default: "1000",
             help: "how often the sweeper finishes abandoned authorisations",
+        },
+        Setting {
+            name: "authorisation_expiry_ms",
+            default: "604800000",
+            help: "how long an approved authorisation holds funds uncleared (7 days)",
+        },
+        Setting {
+            name: "expiry_interval_ms",
+            default: "10000",
+            help: "how often the expiry job looks for expired authorisations",
+        },
+        Setting {
+            name: "over_capture_percent",
+            default: "20",
+            help: "how far clearings may exceed the authorised amount (tips, fuel)",
         },
         Setting {
             name: "sweep_grace_ms",
@@ -66,6 +91,9 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
         // Decisions are asked for by card-api alone.
         Rule::new("Authorise", &["card-api"]),
         Rule::new("GetAuthorisation", &["card-api", OPERATOR]),
+        // Later messages come from the processor through card-api, or from the operator.
+        Rule::new("ApplyPaymentMessage", &["card-api", OPERATOR]),
+        Rule::new("GetPayment", &["card-api", OPERATOR]),
     ],
     build: |ctx| Box::pin(build(ctx)),
 };
@@ -80,8 +108,17 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             ctx.setting_as("sweep_grace_ms", "a whole number of milliseconds")?,
         ),
     };
+    let expiry = Duration::from_millis(
+        ctx.setting_as("authorisation_expiry_ms", "a whole number of milliseconds")?,
+    );
+    let expiry_interval = Duration::from_millis(
+        ctx.setting_as("expiry_interval_ms", "a whole number of milliseconds")?,
+    );
+    let rules = PaymentRules {
+        over_capture_percent: ctx.setting_as("over_capture_percent", "a whole percentage")?,
+    };
     let decider = Decider {
-        store: AuthorisationStore::new(ctx.store.clone()),
+        store: AuthorisationStore::new(ctx.store.clone()).expiring_after(expiry),
         announcer: Announcer::new(ctx.platform.bus.clone()),
         cards: CardsClient::new(
             ctx.channel(sterling_proto::cards::v1::CARDS_SERVICE)
@@ -99,6 +136,12 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     };
     let sweeper = Sweeper::new(decider.clone(), ctx.store.clone(), sweep);
     ctx.spawn(sweeper.run(ctx.stopping()));
+    let payment_store = PaymentStore::new(ctx.store.clone());
+    let outbox = ctx.outbox(Arc::new(PaymentConfirm {
+        store: payment_store.clone(),
+    }));
+    let payments = Payments::new(decider.clone(), payment_store, outbox, rules);
+    ctx.spawn(ExpiryJob::new(payments.clone(), expiry_interval).run(ctx.stopping()));
     let stand_ins = decider.clone();
     // A stand-in decline is a command that must apply, however long an outage lasts: retried
     // every few seconds for hours rather than dead-lettered after a few minutes. A delivery
@@ -118,6 +161,6 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         async move { decider.handle_stand_in(envelope).await }
     });
     Ok(Api::grpc(CardProcessingServer::new(
-        CardProcessingHandlers { decider },
+        CardProcessingHandlers { decider, payments },
     )))
 }

@@ -19,6 +19,7 @@ use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Va
 use sterling_template::{Error, Result};
 
 use crate::authorisation::Authorisation;
+use crate::payment_store::PaymentStore;
 
 /// Width of one `open_authorisations` partition, in milliseconds of `opened_at`.
 pub const OPEN_BUCKET_MS: i64 = 1_000;
@@ -117,7 +118,12 @@ pub enum From {
 #[derive(Clone)]
 pub struct AuthorisationStore {
     store: SharedStore,
+    /// How long an approval holds funds before the expiry job releases them.
+    expiry: Duration,
 }
+
+/// How long an authorisation holds funds uncleared, unless configured otherwise.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn key(id: &str) -> Row {
     Row::new().with("processor_authorisation_id", id)
@@ -171,7 +177,49 @@ fn record_from_row(id: &str, row: &Row) -> Result<Record> {
 impl AuthorisationStore {
     /// Wraps the service's store.
     pub fn new(store: SharedStore) -> Self {
-        AuthorisationStore { store }
+        AuthorisationStore {
+            store,
+            expiry: DEFAULT_EXPIRY,
+        }
+    }
+
+    /// The same store, with authorisations expiring `expiry` after they are claimed.
+    pub fn expiring_after(mut self, expiry: Duration) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// Records `id` declined for good before any request for it was seen (a reversal or a
+    /// clearing arrived first): the authorisation request, when it comes, finds this record
+    /// (it matches any request) and is declined. Returns the record that stands.
+    pub async fn close_unseen(
+        &self,
+        id: &str,
+        card_token: &str,
+        amount: Money,
+        reason: &str,
+    ) -> Result<Record> {
+        let row = key(id)
+            .with("fingerprint", "")
+            .with("state", "decided")
+            .with("approved", false)
+            .with("reason", reason)
+            .with("transaction_id", uuid::Uuid::now_v7().to_string())
+            .with("card_token", card_token)
+            .with("amount", amount.minor_units())
+            .with("currency", amount.currency().code())
+            .with("held_amount", 0i64)
+            .with("held_currency", "")
+            .with("event_id", "")
+            .with("reversed", false)
+            .with("claimed_at", Value::Timestamp(now_millis()))
+            .with("decided_at", Value::Timestamp(now_millis()));
+        self.store
+            .apply(vec![Mutation::insert_if_not_exists("authorisations", row)])
+            .await?;
+        self.record(id)
+            .await?
+            .ok_or_else(|| Error::internal("closed authorisation has no record"))
     }
 
     /// The record of `id`, if any.
@@ -255,7 +303,13 @@ impl AuthorisationStore {
         let mut outcomes = self
             .store
             .apply_in_order(vec![
-                vec![Self::open_row(&a.processor_authorisation_id)],
+                vec![
+                    Self::open_row(&a.processor_authorisation_id),
+                    PaymentStore::expiring_row(
+                        &a.processor_authorisation_id,
+                        now_millis() + self.expiry.as_millis() as i64,
+                    ),
+                ],
                 vec![Mutation::insert_if_not_exists("authorisations", row)],
             ])
             .await?;
@@ -271,7 +325,8 @@ impl AuthorisationStore {
                     .next()
                     .ok_or_else(|| Error::internal("claim failed without a current row"))?;
                 let record = record_from_row(&a.processor_authorisation_id, &existing)?;
-                if record.fingerprint != fingerprint {
+                // An empty fingerprint: closed before any request was seen, for every request.
+                if record.fingerprint != fingerprint && !record.fingerprint.is_empty() {
                     return Err(Authorisation::conflict(&a.processor_authorisation_id));
                 }
                 Ok(Claim::Taken(Box::new(record)))

@@ -21,7 +21,10 @@ use crate::store::FeedStore;
 const ACCOUNTS: &str = "accounts";
 
 /// The versioned migrations of the `sterling_feed` keyspace.
-pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_feed.cql");
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
+    1 => "0001_feed.cql",
+    2 => "0002_payment_life.cql",
+);
 
 /// The feed service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
@@ -49,6 +52,17 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let consumer = feed.clone();
     ctx.consume(config, move |envelope| {
         let feed = consumer.clone();
+        async move { feed.apply_event(&envelope).await }
+    });
+    // The rest of a payment's life on a durable of its own (an existing durable keeps the
+    // subjects it was made with).
+    let payments = feed.clone();
+    let payment_config = ConsumerConfig {
+        ack_wait: Duration::from_secs(10),
+        ..ConsumerConfig::new("feed-payments", &[types::CARD_PAYMENT_ALL])
+    };
+    ctx.consume(payment_config, move |envelope| {
+        let feed = payments.clone();
         async move { feed.apply_event(&envelope).await }
     });
     Ok(Api::grpc(FeedServer::new(FeedHandlers { feed })))

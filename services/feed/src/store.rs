@@ -4,9 +4,11 @@ use prost::Message;
 use sterling_bus::Envelope;
 use sterling_proto::common::v1::Money;
 use sterling_proto::event_types as types;
-use sterling_proto::events::v1::{CardAuthorisationDecided, TransactionEnriched};
+use sterling_proto::events::v1::{
+    CardAuthorisationDecided, CardPaymentUpdated, TransactionEnriched,
+};
 use sterling_proto::feed::v1::FeedItem;
-use sterling_storage::{Mutation, Query, Row, SharedStore, Value};
+use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value};
 use sterling_template::{Error, Result};
 use tokio::sync::broadcast;
 
@@ -32,8 +34,31 @@ fn item_from_row(row: &Row) -> Result<FeedItem> {
         })
     };
     let merchant = text("merchant_name");
-    let status = row.text("status").unwrap_or("pending").to_string();
+    let kind = match text("kind") {
+        kind if kind.is_empty() => "card_payment".to_string(),
+        kind => kind,
+    };
+    let status = match row.text("payment_status") {
+        Ok("refunded") => "settled".to_string(),
+        Ok(payment) if !payment.is_empty() => payment.to_string(),
+        _ => row.text("status").unwrap_or("pending").to_string(),
+    };
     let declined_reason = text("declined_reason");
+    let subtitle = match (kind.as_str(), status.as_str()) {
+        ("refund", _) => "Refund".to_string(),
+        ("force_post", _) => "Offline payment".to_string(),
+        (_, "declined") => format!("Declined: {}", declined_reason.replace('_', " ")),
+        (_, "reversed") => "Reversed".to_string(),
+        (_, "expired") => "Expired: the merchant never took it".to_string(),
+        _ => text("category").replace('_', " "),
+    };
+    let amount = match (row.i64("payment_amount"), status.as_str()) {
+        (Ok(minor_units), "pending" | "settled") => Some(Money {
+            minor_units,
+            currency: text("currency"),
+        }),
+        _ => money("amount", "currency"),
+    };
     Ok(FeedItem {
         item_id: row.text("item_id")?.to_string(),
         account_id: row.text("account_id")?.to_string(),
@@ -42,12 +67,8 @@ fn item_from_row(row: &Row) -> Result<FeedItem> {
         } else {
             merchant
         },
-        subtitle: if status == "declined" {
-            format!("Declined: {}", declined_reason.replace('_', " "))
-        } else {
-            text("category").replace('_', " ")
-        },
-        amount: money("amount", "currency"),
+        subtitle,
+        amount,
         local_amount: money("local_amount", "local_currency"),
         status,
         declined_reason,
@@ -57,7 +78,9 @@ fn item_from_row(row: &Row) -> Result<FeedItem> {
         updated_at_ms: row
             .timestamp("enriched_at")
             .unwrap_or_default()
-            .max(row.timestamp("created_at").unwrap_or_default()),
+            .max(row.timestamp("created_at").unwrap_or_default())
+            .max(row.timestamp("updated_at").unwrap_or_default()),
+        kind,
     })
 }
 
@@ -117,6 +140,13 @@ impl FeedStore {
                 let row = decision_row(&d, envelope.occurred_at_ms);
                 (d.account_id, d.transaction_id, row)
             }
+            t if t.starts_with("card.payment.") => {
+                let e = CardPaymentUpdated::decode(envelope.payload.as_slice()).map_err(bad)?;
+                if !self.take_payment(&e).await? {
+                    return Ok(());
+                }
+                (e.account_id, e.transaction_id, Row::new())
+            }
             types::TRANSACTION_ENRICHED => {
                 let e = TransactionEnriched::decode(envelope.payload.as_slice()).map_err(bad)?;
                 let row = enrichment_row(&e, envelope.occurred_at_ms);
@@ -144,9 +174,11 @@ impl FeedStore {
                 return Ok(());
             }
         }
-        self.store
-            .apply(vec![Mutation::insert("feed_items", row)])
-            .await?;
+        if !row.0.is_empty() {
+            self.store
+                .apply(vec![Mutation::insert("feed_items", row)])
+                .await?;
+        }
         if let Some(row) = self
             .store
             .get("feed_items", &key(&account_id, &item_id))
@@ -157,6 +189,73 @@ impl FeedStore {
             let _ = self.live.send(item);
         }
         Ok(())
+    }
+
+    /// Writes a payment update's columns unless a newer version is there; `false` if there is
+    /// nothing to write. A refund or force post is an item of its own.
+    async fn take_payment(&self, e: &CardPaymentUpdated) -> Result<bool> {
+        if e.account_id.is_empty() || e.transaction_id.is_empty() {
+            return Ok(false);
+        }
+        let minor = |m: &Option<Money>| m.as_ref().map_or(0, |m| m.minor_units);
+        let key = key(&e.account_id, &e.transaction_id);
+        let own = matches!(e.kind.as_str(), "refund" | "force_post");
+        let amount = if own {
+            minor(&e.amount)
+        } else if e.status == "pending" {
+            minor(&e.held) + minor(&e.settled)
+        } else {
+            minor(&e.settled)
+        };
+        let mut columns = Row::new()
+            .with(
+                "payment_status",
+                if own { "settled" } else { e.status.as_str() },
+            )
+            .with("payment_amount", amount)
+            .with("payment_version", e.payment_version)
+            .with("updated_at", Value::Timestamp(e.occurred_at_ms.max(1)));
+        if own {
+            let amount = e.amount.clone().unwrap_or_default();
+            let local = e.local_amount.clone().unwrap_or_else(|| amount.clone());
+            columns = columns
+                .with("kind", e.kind.as_str())
+                .with("descriptor", e.merchant_descriptor.as_str())
+                .with("amount", amount.minor_units)
+                .with("currency", amount.currency.as_str())
+                .with("local_amount", local.minor_units)
+                .with("local_currency", local.currency.as_str())
+                .with("status", "settled")
+                .with("created_at", Value::Timestamp(e.occurred_at_ms.max(1)));
+        }
+        for _ in 0..100 {
+            let existing = self.store.get("feed_items", &key).await?;
+            let mutation = match &existing {
+                None => {
+                    let mut row = key.clone();
+                    row.0.extend(columns.0.clone());
+                    Mutation::insert_if_not_exists("feed_items", row)
+                }
+                Some(row) => {
+                    let seen = row.i64("payment_version").ok();
+                    if seen.unwrap_or(0) >= e.payment_version {
+                        return Ok(false);
+                    }
+                    let condition = match seen {
+                        Some(v) => Condition::Equals("payment_version".into(), Value::BigInt(v)),
+                        None => Condition::Exists,
+                    };
+                    Mutation::update("feed_items", key.clone(), columns.clone(), vec![condition])
+                }
+            };
+            if self.store.apply(vec![mutation]).await?.applied() {
+                return Ok(true);
+            }
+        }
+        Err(Error::unavailable(
+            "contention",
+            "too much contention on a feed item",
+        ))
     }
 
     /// A page of an account's feed, newest first, after `cursor` (an item id).

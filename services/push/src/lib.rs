@@ -73,6 +73,16 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         let notifier = consumer.clone();
         async move { notifier.handle(envelope).await }
     });
+    let payments = notifier.clone();
+    let payment_config = ConsumerConfig {
+        durable: "push-payments".into(),
+        subjects: vec![types::CARD_PAYMENT_ALL.into()],
+        ..consumer_config()
+    };
+    ctx.consume(payment_config, move |envelope| {
+        let notifier = payments.clone();
+        async move { notifier.handle(envelope).await }
+    });
     let ledger = LedgerClient::new(
         ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
             .await?,

@@ -4,7 +4,7 @@
 use prost::Message;
 use sterling_bus::Envelope;
 use sterling_money::{Currency, Money};
-use sterling_proto::events::v1::CardAuthorisationDecided;
+use sterling_proto::events::v1::{CardAuthorisationDecided, CardPaymentUpdated};
 use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value, now_millis};
 use sterling_template::{Error, Result};
 
@@ -112,6 +112,9 @@ impl Notifier {
     /// Notifies every device of the account of a card decision. Devices already notified for
     /// this event are skipped; any failure makes the whole event fail so the bus retries it.
     pub async fn handle(&self, envelope: Envelope) -> Result<()> {
+        if envelope.r#type.starts_with("card.payment.") {
+            return self.handle_payment(envelope).await;
+        }
         let d = CardAuthorisationDecided::decode(envelope.payload.as_slice())
             .map_err(|e| Error::bad_request("event", format!("not a card decision: {e}")))?;
         if d.account_id.is_empty() {
@@ -137,8 +140,43 @@ impl Notifier {
                 ),
             )
         };
+        self.send_all(&envelope, &d.account_id, (title, body), &d.transaction_id)
+            .await
+    }
+
+    /// Notifies the account's devices of money that came back (a refund) or went out without
+    /// an authorisation (a force post); the rest of a payment's life is not news to the phone.
+    pub async fn handle_payment(&self, envelope: Envelope) -> Result<()> {
+        let p = CardPaymentUpdated::decode(envelope.payload.as_slice())
+            .map_err(|e| Error::bad_request("event", format!("not a payment update: {e}")))?;
+        let text = match p.kind.as_str() {
+            "refund" => (
+                format!("Refund of {}", describe(p.amount.as_ref())),
+                format!("from {}", p.merchant_descriptor),
+            ),
+            "force_post" => (
+                describe(p.amount.as_ref()),
+                format!("at {} (approved offline)", p.merchant_descriptor),
+            ),
+            _ => return Ok(()),
+        };
+        if p.account_id.is_empty() {
+            return Ok(());
+        }
+        self.send_all(&envelope, &p.account_id, text, &p.transaction_id)
+            .await
+    }
+
+    /// Sends one notification per device of the account, once per event and device.
+    async fn send_all(
+        &self,
+        envelope: &Envelope,
+        account_id: &str,
+        (title, body): (String, String),
+        transaction_id: &str,
+    ) -> Result<()> {
         let mut failures = Vec::new();
-        for device in self.devices(&d.account_id).await? {
+        for device in self.devices(account_id).await? {
             let notification = Notification {
                 apns_id: uuid::Uuid::new_v5(
                     &uuid::Uuid::NAMESPACE_OID,
@@ -148,7 +186,7 @@ impl Notifier {
                 device_token: device.device_token.clone(),
                 title: title.clone(),
                 body: body.clone(),
-                transaction_id: d.transaction_id.clone(),
+                transaction_id: transaction_id.to_string(),
                 event_id: envelope.event_id.clone(),
             };
             if let Err(e) = self.notify_once(&envelope.event_id, &notification).await {

@@ -47,6 +47,7 @@ fn to_message(r: TransactionRecord) -> Transaction {
         merchant_name: r.merchant_name,
         category: r.category,
         logo_url: r.logo_url,
+        kind: r.kind,
     }
 }
 
@@ -85,6 +86,7 @@ impl Transactions for TransactionsHandlers {
             merchant_name: String::new(),
             category: String::new(),
             logo_url: String::new(),
+            kind: "card_payment".into(),
             created_at_ms: if t.created_at_ms > 0 {
                 t.created_at_ms
             } else {

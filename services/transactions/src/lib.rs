@@ -7,6 +7,7 @@ pub mod store;
 use prost::Message;
 use sterling_bus::ConsumerConfig;
 use sterling_proto::event_types as types;
+use sterling_proto::events::v1::CardPaymentUpdated;
 use sterling_proto::events::v1::TransactionEnriched;
 use sterling_proto::transactions::v1::transactions_server::TransactionsServer;
 use sterling_storage::Migration;
@@ -16,7 +17,10 @@ use crate::handlers::TransactionsHandlers;
 use crate::store::TransactionStore;
 
 /// The versioned migrations of the `sterling_transactions` keyspace.
-pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_transactions.cql");
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
+    1 => "0001_transactions.cql",
+    2 => "0002_payment_life.cql",
+);
 
 /// The transactions service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
@@ -68,6 +72,18 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
                     )
                     .await?;
                 Ok(())
+            }
+        },
+    );
+    let payments = transactions.clone();
+    ctx.consume(
+        ConsumerConfig::new("transactions-payments", &[types::CARD_PAYMENT_ALL]),
+        move |envelope| {
+            let transactions = payments.clone();
+            async move {
+                let e = CardPaymentUpdated::decode(envelope.payload.as_slice())
+                    .map_err(|e| Error::bad_request("event", e.to_string()))?;
+                transactions.apply_payment(&e).await
             }
         },
     );

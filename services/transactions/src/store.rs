@@ -1,5 +1,6 @@
 //! Transaction records in the transactions keyspace.
 
+use sterling_proto::events::v1::CardPaymentUpdated;
 use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value};
 use sterling_template::{Error, Result, failpoint};
 
@@ -36,6 +37,8 @@ pub struct TransactionRecord {
     pub category: String,
     /// Merchant logo from the enrichment.
     pub logo_url: String,
+    /// card_payment | refund | force_post.
+    pub kind: String,
 }
 
 impl TransactionRecord {
@@ -57,6 +60,7 @@ impl TransactionRecord {
             .with("merchant_descriptor", self.merchant_descriptor.as_str())
             .with("mcc", self.mcc.as_str())
             .with("status", self.status.as_str())
+            .with("kind", self.kind.as_str())
             .with("created_at", Value::Timestamp(self.created_at_ms))
     }
 
@@ -78,6 +82,10 @@ impl TransactionRecord {
             merchant_name: text("merchant_name"),
             category: text("category"),
             logo_url: text("logo_url"),
+            kind: match text("kind") {
+                kind if kind.is_empty() => "card_payment".to_string(),
+                kind => kind,
+            },
         })
     }
 }
@@ -194,6 +202,7 @@ impl TransactionStore {
                         merchant_name: String::new(),
                         category: String::new(),
                         logo_url: String::new(),
+                        kind: "card_payment".into(),
                     };
                     self.store
                         .apply(vec![Mutation::insert_if_not_exists(
@@ -241,6 +250,89 @@ impl TransactionStore {
             )])
             .await?;
         Ok(applied.applied())
+    }
+
+    /// Applies a `card.payment.*` event: the authorisation's transaction settles (at the
+    /// settled amount), or is released; a refund or force post is a settled transaction of its
+    /// own. The highest payment version wins, so repeated and reordered events leave it right.
+    pub async fn apply_payment(&self, e: &CardPaymentUpdated) -> Result<()> {
+        if e.account_id.is_empty() || e.transaction_id.is_empty() {
+            return Ok(());
+        }
+        match e.kind.as_str() {
+            "refund" | "force_post" => self.record_own(e).await,
+            _ => self.move_payment(e).await,
+        }
+    }
+
+    /// A refund's or force post's own transaction, settled.
+    async fn record_own(&self, e: &CardPaymentUpdated) -> Result<()> {
+        let amount = e.amount.clone().unwrap_or_default();
+        let local = e.local_amount.clone().unwrap_or_else(|| amount.clone());
+        let record = TransactionRecord {
+            transaction_id: e.transaction_id.clone(),
+            account_id: e.account_id.clone(),
+            authorisation_id: e.processor_authorisation_id.clone(),
+            card_token: e.card_token.clone(),
+            amount: amount.minor_units,
+            currency: amount.currency,
+            local_amount: local.minor_units,
+            local_currency: local.currency,
+            merchant_descriptor: e.merchant_descriptor.clone(),
+            mcc: e.mcc.clone(),
+            status: "settled".into(),
+            created_at_ms: e.occurred_at_ms,
+            merchant_name: String::new(),
+            category: String::new(),
+            logo_url: String::new(),
+            kind: e.kind.clone(),
+        };
+        self.record(&record).await?;
+        Ok(())
+    }
+
+    /// The authorisation's transaction, moved to what the payment's newest version says.
+    async fn move_payment(&self, e: &CardPaymentUpdated) -> Result<()> {
+        let key = Row::new()
+            .with("account_id", e.account_id.as_str())
+            .with("transaction_id", e.transaction_id.as_str());
+        let minor =
+            |m: &Option<sterling_proto::common::v1::Money>| m.as_ref().map_or(0, |m| m.minor_units);
+        for _ in 0..100 {
+            let Some(row) = self.store.get("transactions_by_account", &key).await? else {
+                // Not recorded (a declined authorisation): nothing to move.
+                return Ok(());
+            };
+            let seen = row.i64("payment_version").ok();
+            if seen.unwrap_or(0) >= e.payment_version {
+                return Ok(());
+            }
+            let (status, amount) = match e.status.as_str() {
+                "pending" => ("pending", minor(&e.held) + minor(&e.settled)),
+                "settled" | "refunded" => ("settled", minor(&e.settled)),
+                _ => ("released", row.i64("amount")?),
+            };
+            let condition = match seen {
+                Some(v) => Condition::Equals("payment_version".into(), Value::BigInt(v)),
+                None => Condition::Equals("status".into(), row.text("status")?.into()),
+            };
+            let update = Mutation::update(
+                "transactions_by_account",
+                key.clone(),
+                Row::new()
+                    .with("status", status)
+                    .with("amount", amount)
+                    .with("payment_version", e.payment_version),
+                vec![condition],
+            );
+            if self.store.apply(vec![update]).await?.applied() {
+                return Ok(());
+            }
+        }
+        Err(Error::unavailable(
+            "contention",
+            "too much contention on a transaction",
+        ))
     }
 
     /// A transaction by id.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use sterling_proto::events::v1::CardPaymentUpdated;
 use sterling_storage::embedded::SqliteStore;
 use transactions::MIGRATIONS;
 use transactions::store::{TransactionRecord, TransactionStore};
@@ -23,6 +24,7 @@ fn record(id: &str, authorisation: &str, amount: i64) -> TransactionRecord {
         merchant_name: String::new(),
         category: String::new(),
         logo_url: String::new(),
+        kind: "card_payment".into(),
     }
 }
 
@@ -87,4 +89,61 @@ async fn a_release_before_the_record_wins() {
     // A repeat of the recording after the release reports the release.
     let repeat = s.record(&record(id2, "a-2", 300)).await.unwrap_err();
     assert_eq!(repeat.code(), "precondition_failed.transaction_released");
+}
+
+fn payment_event(version: i64, status: &str, held: i64, settled: i64) -> CardPaymentUpdated {
+    let gbp = |minor_units| {
+        Some(sterling_proto::common::v1::Money {
+            minor_units,
+            currency: "GBP".into(),
+        })
+    };
+    CardPaymentUpdated {
+        kind: "clearing".into(),
+        account_id: "acc-1".into(),
+        transaction_id: "01900000-0000-7000-8000-000000000009".into(),
+        held: gbp(held),
+        settled: gbp(settled),
+        status: status.into(),
+        payment_version: version,
+        ..CardPaymentUpdated::default()
+    }
+}
+
+#[tokio::test]
+async fn the_newest_payment_version_wins_in_any_order() {
+    let s = store();
+    let t = record("01900000-0000-7000-8000-000000000009", "a9", 4000);
+    s.record(&t).await.unwrap();
+    // Version 2 (settled 35.00) arrives before version 1 (25.00 cleared, 15.00 held), and
+    // twice.
+    for e in [
+        payment_event(2, "settled", 0, 3500),
+        payment_event(1, "pending", 1500, 2500),
+        payment_event(2, "settled", 0, 3500),
+    ] {
+        s.apply_payment(&e).await.unwrap();
+    }
+    let stored = s.get(&t.transaction_id).await.unwrap();
+    assert_eq!((stored.status.as_str(), stored.amount), ("settled", 3500));
+    // A refund is a transaction of its own, recorded once however often it comes.
+    let refund = CardPaymentUpdated {
+        kind: "refund".into(),
+        transaction_id: "01900000-0000-7000-8000-00000000000a".into(),
+        amount: Some(sterling_proto::common::v1::Money {
+            minor_units: 1000,
+            currency: "GBP".into(),
+        }),
+        occurred_at_ms: 5,
+        ..payment_event(3, "settled", 0, 3500)
+    };
+    s.apply_payment(&refund).await.unwrap();
+    s.apply_payment(&refund).await.unwrap();
+    let listed = s.list("acc-1", 10, None).await.unwrap();
+    let refunds: Vec<_> = listed.iter().filter(|t| t.kind == "refund").collect();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(
+        (refunds[0].amount, refunds[0].status.as_str()),
+        (1000, "settled")
+    );
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::json;
 use sterling_bus::Envelope;
-use sterling_proto::events::v1::CardAuthorisationDecided;
+use sterling_proto::events::v1::{CardAuthorisationDecided, CardPaymentUpdated};
 use sterling_signature as signature;
 use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value, now_millis};
 use sterling_template::{Error, Result};
@@ -60,13 +60,44 @@ fn pending_key(webhook_id: &str, event_id: &str) -> Row {
         .with("event_id", event_id)
 }
 
+fn money(m: &Option<sterling_proto::common::v1::Money>) -> serde_json::Value {
+    m.as_ref()
+        .map(|m| json!({ "minor_units": m.minor_units, "currency": m.currency }))
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The JSON a receiver gets for what happened to a payment after its authorisation
+/// (`card.payment.*`).
+pub fn payment_body_for(envelope: &Envelope, p: &CardPaymentUpdated) -> serde_json::Value {
+    json!({
+        "id": envelope.event_id,
+        "type": envelope.r#type,
+        "created_at_ms": envelope.occurred_at_ms,
+        "data": {
+            "message_id": p.message_id,
+            "kind": p.kind,
+            "processor_authorisation_id": p.processor_authorisation_id,
+            "transaction_id": p.transaction_id,
+            "account_id": p.account_id,
+            "accepted": p.accepted,
+            "amount": money(&p.amount),
+            "local_amount": money(&p.local_amount),
+            "payment": {
+                "id": p.payment_id,
+                "status": p.status,
+                "held": money(&p.held),
+                "settled": money(&p.settled),
+                "refunded": money(&p.refunded),
+                "version": p.payment_version,
+            },
+            "overdrawn": p.overdrawn,
+            "merchant": { "descriptor": p.merchant_descriptor, "mcc": p.mcc },
+        },
+    })
+}
+
 /// The JSON a receiver gets for a card decision.
 pub fn body_for(envelope: &Envelope, d: &CardAuthorisationDecided) -> serde_json::Value {
-    let money = |m: &Option<sterling_proto::common::v1::Money>| {
-        m.as_ref()
-            .map(|m| json!({ "minor_units": m.minor_units, "currency": m.currency }))
-            .unwrap_or(serde_json::Value::Null)
-    };
     json!({
         "id": envelope.event_id,
         "type": envelope.r#type,
@@ -170,20 +201,27 @@ impl Dispatcher {
         })
     }
 
-    /// Queues a delivery of a card decision to every webhook of its account.
+    /// Queues a delivery of a card event (a decision, or what happened to the payment after
+    /// it) to every webhook of its account.
     pub async fn enqueue(&self, envelope: Envelope) -> Result<()> {
-        let d = CardAuthorisationDecided::decode(envelope.payload.as_slice())
-            .map_err(|e| Error::bad_request("event", format!("not a card decision: {e}")))?;
-        if d.account_id.is_empty() {
+        let (account_id, body) = if envelope.r#type.starts_with("card.payment.") {
+            let p = CardPaymentUpdated::decode(envelope.payload.as_slice())
+                .map_err(|e| Error::bad_request("event", format!("not a payment update: {e}")))?;
+            (p.account_id.clone(), payment_body_for(&envelope, &p))
+        } else {
+            let d = CardAuthorisationDecided::decode(envelope.payload.as_slice())
+                .map_err(|e| Error::bad_request("event", format!("not a card decision: {e}")))?;
+            (d.account_id.clone(), body_for(&envelope, &d))
+        };
+        if account_id.is_empty() {
             return Ok(());
         }
-        let body = serde_json::to_vec(&body_for(&envelope, &d))
-            .map_err(|e| Error::internal(e.to_string()))?;
-        for webhook in self.registry.list(&d.account_id).await? {
+        let body = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
+        for webhook in self.registry.list(&account_id).await? {
             let now = now_millis();
             let delivery = delivery_key(&webhook.webhook_id, &envelope.event_id)
                 .with("event_type", envelope.r#type.as_str())
-                .with("account_id", d.account_id.as_str())
+                .with("account_id", account_id.as_str())
                 .with("url", webhook.url.as_str())
                 .with("body", body.clone())
                 .with("status", "pending")

@@ -108,6 +108,15 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
             async move { dispatcher.enqueue(envelope).await }
         },
     );
+    // The rest of a payment's life, on a durable of its own.
+    let payments = dispatcher.clone();
+    ctx.consume(
+        ConsumerConfig::new("webhooks-payments", &[types::CARD_PAYMENT_ALL]),
+        move |envelope| {
+            let dispatcher = payments.clone();
+            async move { dispatcher.enqueue(envelope).await }
+        },
+    );
     let ledger = LedgerClient::new(
         ctx.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
             .await?,
