@@ -50,6 +50,7 @@ test-engines:
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test async_path -- --test-threads=1
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test balance
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test payment_life
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test payment_machine
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test money_rules -- --test-threads=1
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test kill_nine
 	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \

@@ -299,12 +299,20 @@ impl Payments {
             return Err(Error::not_found("authorisation", "no such authorisation")
                 .with_param("processor_authorisation_id", &m.authorisation_id));
         }
-        let amount = m.amount.ok_or_else(|| {
-            Error::bad_request(
-                "amount",
-                "a message for an authorisation not seen needs its amount",
-            )
-        })?;
+        let amount = match m.amount {
+            Some(amount) => amount,
+            // A full reversal names no amount: nothing of it is known but the card's currency.
+            None if !m.card_token.is_empty() => {
+                let card = self.card_target(&m.card_token, m).await?;
+                Money::from_minor(0, card.currency)
+            }
+            None => {
+                return Err(Error::bad_request(
+                    "amount",
+                    "a message for an authorisation not seen needs its amount or its card",
+                ));
+            }
+        };
         let reason = match m.kind {
             MessageKind::Reversal | MessageKind::Expiry => "reversed_before_authorisation",
             _ => "cleared_without_authorisation",
