@@ -7,4 +7,5 @@ pub mod operate;
 pub mod processor;
 pub mod reconcile;
 pub mod scaffold;
+pub mod settlement;
 pub mod tools;

@@ -148,6 +148,24 @@ enum Command {
         #[command(flatten)]
         message: MessageArgs,
     },
+    /// Check the processor's settlement file of a day against the ledger; lists every mismatch
+    /// and exits non-zero if there is one.
+    Settlement {
+        /// CSV: message_id,type,amount,currency (type: clearing, refund or force_post).
+        #[arg(long)]
+        file: PathBuf,
+        /// The UTC day it settles, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        day: Option<String>,
+    },
+    /// An account's postings with the running balance, over the last days.
+    Statement {
+        /// Ledger account id.
+        account: String,
+        /// How many UTC days back, today included.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+    },
     /// Check the authorisation rules (one answer per id, money matching the answer, no
     /// over-approval, nothing half-done) against the answers a processor heard; prints every
     /// violation with the ids involved and exits non-zero if there is one.
@@ -463,6 +481,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Refund { message } => send_message(Kind::Refund, &message).await,
         Command::ForcePost { message } => send_message(Kind::ForcePost, &message).await,
         Command::Increment { message } => send_message(Kind::Increment, &message).await,
+        Command::Settlement { file, day } => settlement(&file, day).await,
+        Command::Statement { account, days } => {
+            operate::statement(&reach().await?, &account, days).await
+        }
         Command::Reconcile {
             answers,
             settle_secs,
@@ -704,6 +726,24 @@ async fn pay(
 async fn send_message(kind: Kind, message: &MessageArgs) -> anyhow::Result<()> {
     let card_api = card_api_url(&reach().await?.discovery).await?;
     processor::send(kind, message, &card_api).await
+}
+
+/// `sterling settlement`.
+async fn settlement(file: &std::path::Path, day: Option<String>) -> anyhow::Result<()> {
+    let clients = Clients::connect(&reach().await?).await?;
+    let day = day.unwrap_or_else(|| sterling_storage::utc_date(sterling_storage::now_millis()));
+    let text = std::fs::read_to_string(file)?;
+    let (lines, mismatches) = sterling::settlement::reconcile(&clients, &text, &day, &[]).await?;
+    for mismatch in &mismatches {
+        println!("{mismatch}");
+    }
+    if mismatches.is_empty() {
+        println!("settlement of {day}: {lines} lines, all in the ledger, nothing missing");
+        Ok(())
+    } else {
+        println!("settlement of {day}: {} mismatches", mismatches.len());
+        std::process::exit(1);
+    }
 }
 
 /// `sterling reconcile`.

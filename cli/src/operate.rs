@@ -119,6 +119,57 @@ pub fn paint(text: &str, good: bool) -> String {
     }
 }
 
+/// Prints an account's statement over the last `days` UTC days: every posting with the
+/// running balance after it, worked back from the balance now.
+pub async fn statement(bank: &Reach, account: &str, days: u32) -> anyhow::Result<()> {
+    let mut ledger = sterling_proto::ledger::v1::ledger_client::LedgerClient::new(
+        bank.channel(sterling_proto::ledger::v1::LEDGER_SERVICE)
+            .await?,
+    );
+    let balance = ledger
+        .get_balance(sterling_proto::ledger::v1::GetBalanceRequest {
+            account_id: account.into(),
+        })
+        .await
+        .map_err(sterling_template::Error::from)?
+        .into_inner();
+    let now = balance.balance.clone().unwrap_or_default();
+    let mut postings = Vec::new();
+    let today = sterling_storage::now_millis();
+    for back in (0..i64::from(days.max(1))).rev() {
+        let day = sterling_storage::utc_date(today - back * 86_400_000);
+        let page = ledger
+            .list_postings(sterling_proto::ledger::v1::ListPostingsRequest {
+                account_id: account.into(),
+                day,
+            })
+            .await
+            .map_err(sterling_template::Error::from)?
+            .into_inner();
+        postings.extend(page.postings);
+    }
+    let moved: i64 = postings
+        .iter()
+        .map(|p| p.amount.as_ref().map_or(0, |m| m.minor_units))
+        .sum();
+    let mut running = now.minor_units - moved;
+    println!("opening balance {}", show_minor(running, &now.currency));
+    for p in &postings {
+        let amount = p.amount.as_ref().map_or(0, |m| m.minor_units);
+        running += amount;
+        println!(
+            "{}  {:>14} {:>14}  {}  ({})",
+            sterling_storage::utc_date(p.created_at_ms),
+            show_minor(amount, &now.currency),
+            show_minor(running, &now.currency),
+            p.transfer_id,
+            p.counterparty
+        );
+    }
+    println!("balance now {}", show_money(Some(now)));
+    Ok(())
+}
+
 /// Prints one page of an account's transactions, newest first, and the command for the next.
 pub async fn transactions(
     bank: &Reach,

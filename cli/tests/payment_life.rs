@@ -276,9 +276,43 @@ async fn clearings_reversals_increments_refunds_and_force_posts() {
         .unwrap();
     assert_eq!(unsigned.status(), 401);
 
+    settlement_reconciles(&bank).await;
     books_balance(&bank, &[&alice.account_id]).await;
     followers_agree(&bank, &alice.account_id).await;
     bank.finish().await;
+}
+
+/// The day's settlement file, as the processor would send it for the messages above, matches
+/// the ledger; a planted mismatch of each kind is found, and nothing else.
+async fn settlement_reconciles(bank: &TestBank) {
+    let day = sterling_storage::utc_date(sterling_storage::now_millis());
+    let clean = "message_id,type,amount,currency\n\
+        clr-a1-1,clearing,2500,GBP\n\
+        clr-a1-2,clearing,1000,GBP\n\
+        clr-a2,clearing,1150,GBP\n\
+        clr-hotel,clearing,4800,GBP\n\
+        rfd-a1,refund,1000,GBP\n\
+        rfd-loose,refund,250,GBP\n\
+        frc-1,force_post,3000,GBP\n";
+    let (lines, mismatches) = sterling::settlement::reconcile(&bank.clients, clean, &day, &[])
+        .await
+        .unwrap();
+    assert_eq!(lines, 7);
+    assert!(mismatches.is_empty(), "a clean day: {mismatches:?}");
+    let planted = clean
+        .replace("clr-a2,clearing,1150", "clr-a2,clearing,1149")
+        .replace("rfd-loose,refund,250,GBP\n", "")
+        + "clr-ghost,clearing,700,GBP\n";
+    let (_, mismatches) = sterling::settlement::reconcile(&bank.clients, &planted, &day, &[])
+        .await
+        .unwrap();
+    use sterling::settlement::Mismatch;
+    assert_eq!(mismatches.len(), 3, "{mismatches:?}");
+    assert!(mismatches.iter().any(|m| matches!(m, Mismatch::AmountDiffers { line, ledger: 1150 } if line.message_id == "clr-a2")));
+    assert!(mismatches.iter().any(
+        |m| matches!(m, Mismatch::MissingInLedger { line } if line.message_id == "clr-ghost")
+    ));
+    assert!(mismatches.iter().any(|m| matches!(m, Mismatch::MissingInFile { transfer_id, amount: -250, .. } if transfer_id == "refund:rfd-loose")));
 }
 
 /// Every GBP account of the test sums to zero.

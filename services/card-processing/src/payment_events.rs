@@ -44,8 +44,8 @@ fn event_type(kind: MessageKind) -> &'static str {
     }
 }
 
-/// Where a payment stands after a message: still holding, settled (and maybe refunded), or
-/// closed without money moving.
+/// Where a payment stands after a message: still holding, settled (and maybe refunded), a
+/// refund of its own, or closed without money moving (reversed, expired, declined).
 fn status_after(before: &str, kind: MessageKind, approved: bool, s: &PaymentState) -> String {
     let status = if s.held > 0 {
         "pending"
@@ -55,10 +55,14 @@ fn status_after(before: &str, kind: MessageKind, approved: bool, s: &PaymentStat
         } else {
             "settled"
         }
-    } else if s.refunded > 0 {
-        "refunded"
     } else if kind == MessageKind::Expiry || before == "expired" {
         "expired"
+    } else if kind == MessageKind::Refund && !before.is_empty() {
+        // Money back on a payment that settled nothing (reversed, declined) changes
+        // nothing of it: the refund is a transaction of its own.
+        before
+    } else if s.refunded > 0 {
+        "refunded"
     } else if !approved {
         "declined"
     } else {

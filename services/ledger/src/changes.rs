@@ -209,6 +209,12 @@ impl Book {
             _ => None,
         };
         let change = self.change_own_side(request, &account).await?;
+        if change.posted.minor_units() > 0 {
+            let key = entry_key(&account.account_id, &posting_entry(&request.change_id));
+            if let Some(row) = self.store.get("account_entries", &key).await? {
+                self.journal_row(&account, &request.change_id, &row).await?;
+            }
+        }
         if let Some(counter) = counter {
             failpoint::step("ledger::capture::before_counter_posting").await?;
             let amount = change.posted.minor_units();

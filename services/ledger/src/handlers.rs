@@ -5,7 +5,8 @@ use sterling_proto::ledger::v1::{
     Account as AccountMessage, AccountKind as KindMessage, Balance as BalanceMessage,
     CaptureHoldRequest, CreateAccountRequest, GetAccountRequest, GetBalanceRequest, GetHoldRequest,
     Hold as HoldMessage, HoldChange as HoldChangeMessage, HoldStatus as HoldStatusMessage,
-    IncreaseHoldRequest, PlaceHoldRequest, ReduceHoldRequest, ReleaseHoldRequest, TransferRequest,
+    IncreaseHoldRequest, ListPostingsRequest, ListPostingsResponse, PlaceHoldRequest,
+    Posting as PostingMessage, ReduceHoldRequest, ReleaseHoldRequest, TransferRequest,
     TransferResponse,
 };
 use sterling_template::error::required;
@@ -238,6 +239,41 @@ impl Ledger for LedgerHandlers {
             counter_account_id: String::new(),
         })
         .await
+    }
+
+    async fn list_postings(
+        &self,
+        request: Request<ListPostingsRequest>,
+    ) -> Result<Response<ListPostingsResponse>, Status> {
+        let r = request.into_inner();
+        let day = required("day", &r.day)?;
+        let well_formed = day.len() == 10
+            && day.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        if !well_formed {
+            return Err(Error::bad_request("day", "day must be YYYY-MM-DD").into());
+        }
+        let account = self
+            .book
+            .account(required("account_id", &r.account_id)?)
+            .await?;
+        let postings = self.book.postings(&account, day).await?;
+        Ok(Response::new(ListPostingsResponse {
+            postings: postings
+                .into_iter()
+                .map(|p| PostingMessage {
+                    transfer_id: p.transfer_id,
+                    amount: Some(money::to_proto(p.amount)),
+                    counterparty: p.counterparty,
+                    created_at_ms: p.created_at_ms,
+                })
+                .collect(),
+        }))
     }
 
     async fn get_hold(

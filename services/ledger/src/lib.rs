@@ -7,6 +7,7 @@ pub mod changes;
 pub mod client;
 pub mod handlers;
 pub mod holds;
+pub mod journal;
 pub mod store;
 pub mod testing;
 
@@ -30,6 +31,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_ledger.cql",
     2 => "0002_balance_events.cql",
     3 => "0003_hold_changes.cql",
+    4 => "0004_journal_and_shards.cql",
 );
 
 /// The ledger service.
@@ -88,6 +90,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
             "IncreaseHold",
             &[sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE],
         ),
+        Rule::new("ListPostings", &[OPERATOR]),
         Rule::new(
             "GetHold",
             &[

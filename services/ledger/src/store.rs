@@ -317,7 +317,13 @@ impl Book {
             .get("account_entries", &entry_key(&account.account_id, BALANCE))
             .await?
             .ok_or_else(|| Error::internal("account has no balance row"))?;
-        let balance = Money::from_minor(row.i64("balance")?, account.currency);
+        let mut balance = row.i64("balance")?;
+        if account.kind == AccountKind::Internal {
+            balance = balance
+                .checked_add(self.internal_balance(account).await?)
+                .ok_or_else(|| Error::internal("balance out of range"))?;
+        }
+        let balance = Money::from_minor(balance, account.currency);
         let held = Money::from_minor(row.i64("held")?, account.currency);
         Ok(Balance {
             balance,
@@ -540,16 +546,20 @@ impl Book {
         counterparty: &str,
         force: bool,
     ) -> Result<()> {
+        if account.kind == AccountKind::Internal {
+            return self
+                .post_internal(account, transfer_id, amount, counterparty)
+                .await;
+        }
         let entry = posting_entry(transfer_id);
         let _queued = self.lock_account(&account.account_id).await;
         for _ in 0..MAX_ROUNDS {
-            if self
+            if let Some(row) = self
                 .store
                 .get("account_entries", &entry_key(&account.account_id, &entry))
                 .await?
-                .is_some()
             {
-                return Ok(());
+                return self.journal_row(account, transfer_id, &row).await;
             }
             let b = self.balance(account).await?;
             let balance = b
@@ -582,9 +592,12 @@ impl Book {
                     transfer_id,
                 )
                 .await?;
-            batch.push(Mutation::insert_if_not_exists("account_entries", posting));
+            batch.push(Mutation::insert_if_not_exists(
+                "account_entries",
+                posting.clone(),
+            ));
             if self.apply_change(batch, announcement).await? {
-                return Ok(());
+                return self.journal_row(account, transfer_id, &posting).await;
             }
         }
         Err(contended())

@@ -2,7 +2,8 @@
 //! clearings (partial, over, several, final), reversals, increases, refunds and force posts,
 //! each sent twice at once, some change ids reused for other changes. After every step the
 //! ledger must agree with the model, balances sum to zero, holds resolve at most once and a
-//! customer's available amount is below zero only when a force post or clearing flagged it.
+//! customer's available amount is below zero only when a force post or clearing flagged it;
+//! the day's journal of each account adds up to its balance.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -377,6 +378,18 @@ async fn check(book: &Book, model: &Model) {
         alice.available.minor_units() >= 0 || alice.overdrawn,
         "below zero only when flagged"
     );
+    // The journal of the day holds every posting: it adds up to the balances.
+    let day = sterling_storage::utc_date(sterling_storage::now_millis());
+    for (id, balance) in [("alice", alice.balance), ("settlement", settlement.balance)] {
+        let account = book.account(id).await.unwrap();
+        let postings = book.postings(&account, &day).await.unwrap();
+        let sum: i64 = postings.iter().map(|p| p.amount.minor_units()).sum();
+        assert_eq!(
+            sum,
+            balance.minor_units(),
+            "{id}'s journal adds up to its balance"
+        );
+    }
     let account = book.account("alice").await.unwrap();
     for (hold, expected) in &model.holds {
         let h = book
