@@ -78,6 +78,16 @@ struct BenchBank {
 
 impl BenchBank {
     async fn start(name: &str, durability: Durability, engines: Engines) -> anyhow::Result<Self> {
+        Self::start_with(name, durability, engines, &[]).await
+    }
+
+    /// As [`BenchBank::start`], with extra `STERLING_*` settings.
+    async fn start_with(
+        name: &str,
+        durability: Durability,
+        engines: Engines,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("sterling-{name}-{}", uuid::Uuid::now_v7()));
         let mut options = BankOptions::ephemeral(&dir);
         options.config.durability = durability;
@@ -92,6 +102,12 @@ impl BenchBank {
             "STERLING_CARD_API_SECRET".into(),
             String::from_utf8(secret.clone())?,
         );
+        for (name, value) in settings {
+            options
+                .config
+                .settings
+                .insert(name.to_string(), value.to_string());
+        }
         let bank = Bank::start(options).await?;
         let clients = Clients::connect(&Reach::of(&bank.platform)).await?;
         let url = bank
@@ -470,5 +486,166 @@ pub async fn swipe_to_push(swipes: usize, durability: Durability) -> anyhow::Res
         p50: percentile(&latencies, 50.0),
         p99: percentile(&latencies, 99.0),
         max: latencies.last().copied().unwrap_or_default(),
+    })
+}
+
+/// What `sterling bench-settlement` measured in one mode.
+#[derive(Debug, Clone)]
+pub struct SettlementReport {
+    /// Internal accounts on shards (`false`: on one compare-and-set).
+    pub sharded: bool,
+    /// Clearings sent (one per customer).
+    pub clearings: usize,
+    /// Clearings answered 200.
+    pub posted: usize,
+    /// Median clearing latency.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Clearings per second over the run.
+    pub throughput: f64,
+    /// The settlement account's balance afterwards equals the clearings' sum.
+    pub settled_matches: bool,
+}
+
+/// Runs `work(i)` for `0..n` with `concurrency` in flight; the latency of each.
+async fn in_flight<F, Fut>(n: usize, concurrency: usize, work: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<bool>> + Send,
+{
+    use futures::StreamExt;
+    let work = Arc::new(work);
+    let results: Vec<anyhow::Result<(Duration, bool)>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let work = work.clone();
+            async move {
+                let started = Instant::now();
+                let ok = work(i).await?;
+                Ok((started.elapsed(), ok))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut latencies = Vec::new();
+    for r in results {
+        let (latency, ok) = r?;
+        if ok {
+            latencies.push(latency);
+        }
+    }
+    Ok(latencies)
+}
+
+/// Card payments from `customers` customers, all settling into the one settlement account:
+/// each customer authorises one payment, then every payment is cleared at once with
+/// `concurrency` in flight. Measures the clearings.
+pub async fn settlement(
+    customers: usize,
+    concurrency: usize,
+    engines: Engines,
+    sharded: bool,
+) -> anyhow::Result<SettlementReport> {
+    let BenchBank {
+        dir,
+        bank,
+        clients,
+        url,
+        secret,
+    } = BenchBank::start_with(
+        "settlement",
+        Durability::Full,
+        engines,
+        &[
+            (
+                "STERLING_LEDGER_SHARD_INTERNAL_ACCOUNTS",
+                if sharded { "true" } else { "false" },
+            ),
+            // The clearings are measured: the authorisations before them must all approve.
+            ("STERLING_CARD_API_BUDGET_MS", "10000"),
+        ],
+    )
+    .await?;
+    let gbp = Currency::from_code("GBP")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let seeding = clients.clone();
+    let cards = Arc::new(tokio::sync::Mutex::new(vec![String::new(); customers]));
+    let into = cards.clone();
+    in_flight(customers, concurrency, move |i| {
+        let (clients, cards) = (seeding.clone(), into.clone());
+        async move {
+            let customer = tools::seed(
+                &clients,
+                &format!("settle-{i}"),
+                Money::from_minor(10_000, gbp),
+            )
+            .await?;
+            cards.lock().await[i] = customer.card.token;
+            Ok(true)
+        }
+    })
+    .await?;
+    let cards = Arc::new(cards.lock().await.clone());
+    let (pay_http, pay_url, pay_secret, pay_cards) =
+        (http.clone(), url.clone(), secret.clone(), cards.clone());
+    in_flight(customers, concurrency, move |i| {
+        let (http, url, secret, cards) = (
+            pay_http.clone(),
+            pay_url.clone(),
+            pay_secret.clone(),
+            pay_cards.clone(),
+        );
+        async move {
+            let body = tools::authorisation_json(
+                &format!("settle-auth-{i}"),
+                &cards[i],
+                Money::from_minor(500, gbp),
+                "PRET A MANGER LONDON GB",
+                "5812",
+            );
+            let outcome = tools::pay(&http, &url, &secret, &body, None).await?;
+            anyhow::ensure!(outcome.body["result"] == "APPROVED", "{}", outcome.body);
+            Ok(true)
+        }
+    })
+    .await?;
+    let started = Instant::now();
+    let (clear_http, clear_url, clear_secret) = (http.clone(), url.clone(), secret.clone());
+    let mut latencies = in_flight(customers, concurrency, move |i| {
+        let (http, url, secret) = (clear_http.clone(), clear_url.clone(), clear_secret.clone());
+        async move {
+            let message = serde_json::json!({
+                "id": format!("settle-clr-{i}"),
+                "authorisation_id": format!("settle-auth-{i}"),
+                "amount": 500,
+                "currency": "GBP",
+                "final": true,
+            });
+            let outcome =
+                tools::send_message(&http, &url, "/v1/clearings", &secret, &message).await?;
+            Ok(outcome.status == 200)
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let settlement_account = card_processing::payments::settlement_account(gbp);
+    let settled = tools::balance(&clients, &settlement_account)
+        .await?
+        .balance
+        .map_or(0, |m| m.minor_units);
+    bank.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies.sort();
+    Ok(SettlementReport {
+        sharded,
+        clearings: customers,
+        posted: latencies.len(),
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+        throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
+        settled_matches: settled == 500 * latencies.len() as i64,
     })
 }

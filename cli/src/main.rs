@@ -206,6 +206,22 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         calls: usize,
     },
+    /// Measure clearings from many customers all settling into the one settlement account,
+    /// with the bank's own accounts on one compare-and-set and on shards, alternated.
+    BenchSettlement {
+        /// Customers, one payment and one clearing each.
+        #[arg(long, default_value_t = 1000)]
+        customers: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// embedded, nats or real (Cassandra + NATS).
+        #[arg(long, default_value = "real")]
+        engines: String,
+        /// Rounds of the two modes.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
     /// Measure swipe-to-push latency: authorisation sent to notification received by the push
     /// gateway, on a bank started here.
     BenchPush {
@@ -499,6 +515,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => bench_authorisations(payments, concurrency, &durability, &engines).await,
         Command::BenchHop { calls } => bench_hop(calls).await,
         Command::BenchPush { swipes, durability } => bench_push(swipes, &durability).await,
+        Command::BenchSettlement {
+            customers,
+            concurrency,
+            engines,
+            rounds,
+        } => bench_settlement(customers, concurrency, &engines, rounds).await,
         Command::Freeze { card } => freeze(&card, true).await,
         Command::Unfreeze { card } => freeze(&card, false).await,
         Command::Balance { account } => balance(&account).await,
@@ -866,6 +888,38 @@ async fn bench_push(swipes: usize, durability: &str) -> anyhow::Result<()> {
         ms(r.p99),
         ms(r.max)
     );
+    Ok(())
+}
+
+/// `sterling bench-settlement`.
+async fn bench_settlement(
+    customers: usize,
+    concurrency: usize,
+    engines: &str,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let engines = parse_engines(engines)?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    for round in 1..=rounds {
+        for sharded in [false, true] {
+            let r = bench::settlement(customers, concurrency, engines, sharded).await?;
+            println!(
+                "round {round}, {}: {} clearings of {} customers at concurrency {concurrency}: {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  (posted {}, settlement balance matches: {})",
+                if r.sharded {
+                    "sharded"
+                } else {
+                    "one compare-and-set"
+                },
+                r.clearings,
+                customers,
+                r.throughput,
+                ms(r.p50),
+                ms(r.p99),
+                r.posted,
+                r.settled_matches,
+            );
+        }
+    }
     Ok(())
 }
 

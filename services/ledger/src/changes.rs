@@ -299,7 +299,7 @@ impl Book {
                 return change_from_row(request, account, &row);
             }
             let hold = self.hold(&request.hold_id, &account.account_id).await?;
-            let b = self.balance(account).await?;
+            let b = self.row_balance(account).await?;
             let effect = Effect::of(
                 request.kind,
                 request.amount.map(|m| m.minor_units()),

@@ -169,7 +169,7 @@ impl Book {
         group: &[HoldRequest],
         outcomes: &mut [Option<Result<Hold>>],
     ) -> Result<bool> {
-        let b = self.balance(account).await?;
+        let b = self.row_balance(account).await?;
         let mut available = b.available.minor_units();
         let mut held = b.held.minor_units();
         let mut seen = HashSet::new();

@@ -13,7 +13,7 @@ pub mod testing;
 
 use sterling_proto::ledger::v1::ledger_server::LedgerServer;
 use sterling_storage::Migration;
-use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition};
+use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition, Setting};
 
 use std::sync::Arc;
 
@@ -38,7 +38,11 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
     name: sterling_proto::ledger::v1::LEDGER_SERVICE,
     migrations: MIGRATIONS,
-    settings: &[],
+    settings: &[Setting {
+        name: "shard_internal_accounts",
+        default: "true",
+        help: "post the bank's own accounts on 16 shards (false: on one compare-and-set, to measure)",
+    }],
     depends_on: &[],
     access: &[
         // Holds are card-processing's alone; accounts open and money moves on the operator's
@@ -106,6 +110,9 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let outbox = ctx.outbox(Arc::new(VersionConfirm {
         store: ctx.store.clone(),
     }));
-    let book = Book::new(ctx.store.clone()).announcing(Announcer::new(outbox));
+    let shard: bool = ctx.setting_as("shard_internal_accounts", "true or false")?;
+    let book = Book::new(ctx.store.clone())
+        .announcing(Announcer::new(outbox))
+        .sharding_internal_accounts(shard);
     Ok(Api::grpc(LedgerServer::new(LedgerHandlers { book })))
 }

@@ -143,6 +143,9 @@ pub struct Book {
     pub(crate) hold_queues: crate::holds::HoldQueues,
     /// Announces every balance change, when set (see [`crate::announce`]).
     announcer: Option<Announcer>,
+    /// Internal accounts post on shards (see [`crate::journal`]); off only to measure the
+    /// one compare-and-set it replaces.
+    shard_internal: bool,
 }
 
 pub(crate) fn entry_key(account_id: &str, entry: &str) -> Row {
@@ -184,7 +187,15 @@ impl Book {
             ),
             hold_queues: crate::holds::HoldQueues::default(),
             announcer: None,
+            shard_internal: true,
         }
+    }
+
+    /// The book with internal accounts posted on their one balance row (`false`), as before
+    /// shards: for measuring what shards change.
+    pub fn sharding_internal_accounts(mut self, shard: bool) -> Self {
+        self.shard_internal = shard;
+        self
     }
 
     /// The book, announcing every balance change with `announcer`.
@@ -310,20 +321,28 @@ impl Book {
         })
     }
 
-    /// An account's balance, held and available amounts.
+    /// An account's balance, held and available amounts (an internal account's shards
+    /// included).
     pub async fn balance(&self, account: &Account) -> Result<Balance> {
+        let mut b = self.row_balance(account).await?;
+        if account.kind == AccountKind::Internal {
+            let shards = Money::from_minor(self.internal_balance(account).await?, account.currency);
+            let out_of_range = |e: sterling_money::MoneyError| Error::internal(e.to_string());
+            b.balance = b.balance.checked_add(shards).map_err(out_of_range)?;
+            b.available = b.available.checked_add(shards).map_err(out_of_range)?;
+        }
+        Ok(b)
+    }
+
+    /// The account's balance row alone: what its compare-and-set moves (an internal
+    /// account's shards are apart).
+    pub(crate) async fn row_balance(&self, account: &Account) -> Result<Balance> {
         let row = self
             .store
             .get("account_entries", &entry_key(&account.account_id, BALANCE))
             .await?
             .ok_or_else(|| Error::internal("account has no balance row"))?;
-        let mut balance = row.i64("balance")?;
-        if account.kind == AccountKind::Internal {
-            balance = balance
-                .checked_add(self.internal_balance(account).await?)
-                .ok_or_else(|| Error::internal("balance out of range"))?;
-        }
-        let balance = Money::from_minor(balance, account.currency);
+        let balance = Money::from_minor(row.i64("balance")?, account.currency);
         let held = Money::from_minor(row.i64("held")?, account.currency);
         Ok(Balance {
             balance,
@@ -413,7 +432,7 @@ impl Book {
             if hold.status == HoldStatus::Released {
                 return Ok(hold);
             }
-            let b = self.balance(&account).await?;
+            let b = self.row_balance(&account).await?;
             let held = b
                 .held
                 .minor_units()
@@ -546,7 +565,7 @@ impl Book {
         counterparty: &str,
         force: bool,
     ) -> Result<()> {
-        if account.kind == AccountKind::Internal {
+        if account.kind == AccountKind::Internal && self.shard_internal {
             return self
                 .post_internal(account, transfer_id, amount, counterparty)
                 .await;
@@ -561,7 +580,7 @@ impl Book {
             {
                 return self.journal_row(account, transfer_id, &row).await;
             }
-            let b = self.balance(account).await?;
+            let b = self.row_balance(account).await?;
             let balance = b
                 .balance
                 .minor_units()
