@@ -571,47 +571,7 @@ pub async fn settlement(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
-    let seeding = clients.clone();
-    let cards = Arc::new(tokio::sync::Mutex::new(vec![String::new(); customers]));
-    let into = cards.clone();
-    in_flight(customers, concurrency, move |i| {
-        let (clients, cards) = (seeding.clone(), into.clone());
-        async move {
-            let customer = tools::seed(
-                &clients,
-                &format!("settle-{i}"),
-                Money::from_minor(10_000, gbp),
-            )
-            .await?;
-            cards.lock().await[i] = customer.card.token;
-            Ok(true)
-        }
-    })
-    .await?;
-    let cards = Arc::new(cards.lock().await.clone());
-    let (pay_http, pay_url, pay_secret, pay_cards) =
-        (http.clone(), url.clone(), secret.clone(), cards.clone());
-    in_flight(customers, concurrency, move |i| {
-        let (http, url, secret, cards) = (
-            pay_http.clone(),
-            pay_url.clone(),
-            pay_secret.clone(),
-            pay_cards.clone(),
-        );
-        async move {
-            let body = tools::authorisation_json(
-                &format!("settle-auth-{i}"),
-                &cards[i],
-                Money::from_minor(500, gbp),
-                "PRET A MANGER LONDON GB",
-                "5812",
-            );
-            let outcome = tools::pay(&http, &url, &secret, &body, None).await?;
-            anyhow::ensure!(outcome.body["result"] == "APPROVED", "{}", outcome.body);
-            Ok(true)
-        }
-    })
-    .await?;
+    authorise_each(&clients, &http, &url, &secret, customers, concurrency).await?;
     let started = Instant::now();
     let (clear_http, clear_url, clear_secret) = (http.clone(), url.clone(), secret.clone());
     let mut latencies = in_flight(customers, concurrency, move |i| {
@@ -648,4 +608,63 @@ pub async fn settlement(
         throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
         settled_matches: settled == 500 * latencies.len() as i64,
     })
+}
+
+/// Seeds `customers` customers and approves one payment of 5.00 for each
+/// (`settle-auth-<i>`), `concurrency` at a time.
+async fn authorise_each(
+    clients: &Clients,
+    http: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    customers: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let gbp = Currency::from_code("GBP")?;
+    let seeding = clients.clone();
+    let cards = Arc::new(tokio::sync::Mutex::new(vec![String::new(); customers]));
+    let into = cards.clone();
+    in_flight(customers, concurrency, move |i| {
+        let (clients, cards) = (seeding.clone(), into.clone());
+        async move {
+            let customer = tools::seed(
+                &clients,
+                &format!("settle-{i}"),
+                Money::from_minor(10_000, gbp),
+            )
+            .await?;
+            cards.lock().await[i] = customer.card.token;
+            Ok(true)
+        }
+    })
+    .await?;
+    let cards = Arc::new(cards.lock().await.clone());
+    let (pay_http, pay_url, pay_secret, pay_cards) = (
+        http.clone(),
+        url.to_string(),
+        secret.to_vec(),
+        cards.clone(),
+    );
+    in_flight(customers, concurrency, move |i| {
+        let (http, url, secret, cards) = (
+            pay_http.clone(),
+            pay_url.clone(),
+            pay_secret.clone(),
+            pay_cards.clone(),
+        );
+        async move {
+            let body = tools::authorisation_json(
+                &format!("settle-auth-{i}"),
+                &cards[i],
+                Money::from_minor(500, gbp),
+                "PRET A MANGER LONDON GB",
+                "5812",
+            );
+            let outcome = tools::pay(&http, &url, &secret, &body, None).await?;
+            anyhow::ensure!(outcome.body["result"] == "APPROVED", "{}", outcome.body);
+            Ok(true)
+        }
+    })
+    .await?;
+    Ok(())
 }

@@ -492,6 +492,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             pay(payment, &secret, answers.as_deref()).await
         }
+        other => run_tool(other).await,
+    }
+}
+
+/// The commands that act on a running bank, or measure one.
+async fn run_tool(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Clear { message, last } => send_message(Kind::Clearing { last }, &message).await,
         Command::Reverse { message } => send_message(Kind::Reversal, &message).await,
         Command::Refund { message } => send_message(Kind::Refund, &message).await,
@@ -532,6 +539,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices { command } => devices(command).await,
         Command::Webhooks { command } => webhooks(command).await,
         Command::Identity { command } => identity(command),
+        // The rest start, set up or pay: `run` takes them.
+        _ => anyhow::bail!("not a command on a running bank"),
     }
 }
 

@@ -482,47 +482,61 @@ impl Payments {
             MessageKind::Reversal | MessageKind::Expiry => Ok(accepted),
             MessageKind::Increment => self.increment(m, target, amount).await,
             MessageKind::Refund | MessageKind::ForcePost => {
-                let settlement = self.settlement(target.currency).await?;
-                let refund = m.kind == MessageKind::Refund;
-                let (debit, credit) = if refund {
-                    (settlement, account_id.clone())
-                } else {
-                    (account_id.clone(), settlement)
-                };
-                ledger
-                    .transfer(TransferRequest {
-                        transfer_id: format!("{}:{}", kind_name(m.kind), m.message_id),
-                        debit_account_id: debit,
-                        credit_account_id: credit,
-                        amount: amount_proto.clone(),
-                        description: format!(
-                            "card {} {}",
-                            kind_name(m.kind),
-                            m.merchant_descriptor
-                        ),
-                        force: !refund,
-                    })
-                    .await?;
-                let balance = ledger
-                    .get_balance(GetBalanceRequest { account_id })
-                    .await?
-                    .into_inner();
-                let below_zero = minor(balance.available) < 0;
-                Ok(if refund {
-                    Effect {
-                        refunded: minor(amount_proto),
-                        ..accepted
-                    }
-                } else {
-                    Effect {
-                        posted: minor(amount_proto),
-                        overdrawn: below_zero,
-                        ..accepted
-                    }
-                })
+                self.move_money(m, target, amount_proto).await
             }
             MessageKind::Unspecified => Err(Error::bad_request("kind", "unknown message kind")),
         }
+    }
+
+    /// A refund (settlement account to customer) or a force post (customer to settlement
+    /// account, even below zero), as a ledger transfer keyed by the message id.
+    async fn move_money(
+        &self,
+        m: &PaymentMessage,
+        target: &Target,
+        amount: Option<sterling_proto::common::v1::Money>,
+    ) -> Result<Effect> {
+        let mut ledger = self.decider.ledger.clone();
+        let settlement = self.settlement(target.currency).await?;
+        let refund = m.kind == MessageKind::Refund;
+        let (debit, credit) = if refund {
+            (settlement, target.account_id.clone())
+        } else {
+            (target.account_id.clone(), settlement)
+        };
+        let minor = amount.as_ref().map_or(0, |m| m.minor_units);
+        ledger
+            .transfer(TransferRequest {
+                transfer_id: format!("{}:{}", kind_name(m.kind), m.message_id),
+                debit_account_id: debit,
+                credit_account_id: credit,
+                amount,
+                description: format!("card {} {}", kind_name(m.kind), m.merchant_descriptor),
+                force: !refund,
+            })
+            .await?;
+        let accepted = Effect {
+            accepted: true,
+            reason: "approved",
+            ..Effect::default()
+        };
+        if refund {
+            return Ok(Effect {
+                refunded: minor,
+                ..accepted
+            });
+        }
+        let balance = ledger
+            .get_balance(GetBalanceRequest {
+                account_id: target.account_id.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok(Effect {
+            posted: minor,
+            overdrawn: balance.available.map_or(0, |m| m.minor_units) < 0,
+            ..accepted
+        })
     }
 
     /// An incremental authorisation: more held if funds allow, a decline otherwise.
