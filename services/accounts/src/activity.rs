@@ -53,6 +53,7 @@ fn transaction_json(t: Transaction) -> Value {
             "mcc": t.mcc,
         },
         "status": status,
+        "kind": if t.kind.is_empty() { "card_payment".to_string() } else { t.kind },
         "created_at_ms": t.created_at_ms,
     })
 }

@@ -32,6 +32,7 @@ fn item_json(item: FeedItem) -> Value {
         "amount": money_json(item.amount),
         "local_amount": money_json(item.local_amount),
         "status": item.status,
+        "kind": if item.kind.is_empty() { "card_payment".to_string() } else { item.kind },
         "declined_reason": item.declined_reason,
         "category": item.category,
         "logo_url": item.logo_url,

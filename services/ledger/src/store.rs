@@ -100,7 +100,7 @@ pub struct Hold {
     pub hold_id: String,
     /// The account.
     pub account_id: String,
-    /// Amount reserved when placed, plus increases.
+    /// Amount reserved when placed (increases are in `increased`).
     pub amount: Money,
     /// What it still reserves (zero unless active).
     pub remaining: Money,
