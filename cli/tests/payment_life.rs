@@ -464,6 +464,44 @@ async fn duplicates_at_once_and_a_cut_after_the_ledger_move_money_once() {
     assert_eq!((a.status, b.status), (200, 200), "{} {}", a.body, b.body);
     assert_eq!(bank.balance(&bob.account_id).await, (2500, 500, 2000));
 
+    // Two clearings racing past the tolerance together (7 + 7 of 10, 20 % allowed): the
+    // ledger lets exactly one through.
+    approve(&bank, "dup-2", &card, "10.00").await;
+    let (a, b) = tokio::join!(
+        send(
+            &bank,
+            "/v1/clearings",
+            clearing("clr-race-1", "dup-2", 700, false)
+        ),
+        send(
+            &bank,
+            "/v1/clearings",
+            clearing("clr-race-2", "dup-2", 700, false)
+        ),
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 422], "{} {}", a.body, b.body);
+    let refused = if a.status == 422 { &a } else { &b };
+    assert_eq!(refused.body["code"], "precondition_failed.over_capture");
+    assert_eq!(bank.balance(&bob.account_id).await, (1800, 800, 1000));
+    let (id, _) = if a.status == 422 {
+        ("clr-race-1", 0)
+    } else {
+        ("clr-race-2", 0)
+    };
+    let again = send(&bank, "/v1/clearings", clearing(id, "dup-2", 700, false)).await;
+    assert_eq!(
+        again.body["code"], "precondition_failed.over_capture",
+        "refused for good"
+    );
+    applied(
+        &bank,
+        "/v1/reversals",
+        json!({ "id": "rev-dup-2", "authorisation_id": "dup-2" }),
+    )
+    .await;
+
     // Cut between the ledger and the record: the processor hears an error, retries, and the
     // money moves once.
     // (Every attempt is cut, card-api's own retries of the idempotent call included.)
@@ -489,7 +527,7 @@ async fn duplicates_at_once_and_a_cut_after_the_ledger_move_money_once() {
     assert_eq!(retried["released"], 500);
     assert_eq!(retried["payment"]["status"], "settled");
     assert_eq!(retried["payment"]["settled"], 2500);
-    assert_eq!(bank.balance(&bob.account_id).await, (2500, 0, 2500));
+    assert_eq!(bank.balance(&bob.account_id).await, (1800, 0, 1800));
     books_balance(&bank, &[&bob.account_id]).await;
     bank.finish().await;
 }

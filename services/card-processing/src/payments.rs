@@ -128,7 +128,7 @@ impl PaymentMessage {
 #[derive(Debug, Clone, Copy)]
 pub struct PaymentRules {
     /// How far clearings may exceed what was authorised, in percent (tips, fuel).
-    pub over_capture_percent: i64,
+    pub over_capture_percent: u32,
 }
 
 /// Applies payment messages.
@@ -215,8 +215,6 @@ impl Payments {
             Some(amount) => Some(self.in_account_currency(amount, target.currency).await?),
             None => None,
         };
-        let state = self.store.payment(&claim.payment_id).await?;
-        self.check_over_capture(m, &target, state.as_ref(), amount)?;
         let effect = self.ledger_effect(m, &target, amount).await?;
         failpoint::step("card_processing::payment::after_ledger").await?;
         let transaction_id = match m.kind {
@@ -372,34 +370,6 @@ impl Payments {
         Ok(Money::from_minor(converted.minor_units().max(1), currency))
     }
 
-    /// Clearings may exceed what was authorised by the tolerance, not more.
-    fn check_over_capture(
-        &self,
-        m: &PaymentMessage,
-        target: &Target,
-        state: Option<&PaymentState>,
-        amount: Option<Money>,
-    ) -> Result<()> {
-        if m.kind != MessageKind::Clearing || !target.approved {
-            return Ok(());
-        }
-        let authorised = state.map_or(target.authorised, |s| s.authorised.max(target.authorised));
-        let settled = state.map_or(0, |s| s.settled);
-        let asked = amount.map_or(0, |a| a.minor_units());
-        let limit =
-            i128::from(authorised) * i128::from(100 + self.rules.over_capture_percent) / 100;
-        if i128::from(settled) + i128::from(asked) > limit {
-            return Err(Error::precondition_failed(
-                "over_capture",
-                "clearings would exceed the authorised amount by more than the tolerance",
-            )
-            .with_param("authorised", target.authorised)
-            .with_param("settled", settled)
-            .with_param("amount", asked));
-        }
-        Ok(())
-    }
-
     /// Opens the settlement account of `currency` once per process (idempotent in the ledger).
     async fn settlement(&self, currency: Currency) -> Result<String> {
         let id = settlement_account(currency);
@@ -454,6 +424,11 @@ impl Payments {
                         amount: amount_proto,
                         counter_account_id,
                         r#final: m.last,
+                        // The ledger holds the clearings of an approval to the tolerance,
+                        // atomically with the capture (racing clearings included).
+                        over_capture_percent: target
+                            .approved
+                            .then_some(self.rules.over_capture_percent),
                     })
                     .await?
                     .into_inner();

@@ -59,6 +59,9 @@ pub struct HoldChangeRequest {
     pub amount: Option<Money>,
     /// For a capture: the account credited.
     pub counter_account_id: String,
+    /// For a capture: how far the hold's captures may exceed its amount and increases, in
+    /// percent (`None`: no limit).
+    pub over_capture_percent: Option<u32>,
 }
 
 /// A change as made.
@@ -84,6 +87,16 @@ pub struct HoldChange {
     pub status: HoldStatus,
     /// The change took the account below zero (and flagged it).
     pub overdrawn: bool,
+}
+
+/// A capture's transfer description: what makes two captures under one id the same.
+fn capture_description(request: &HoldChangeRequest) -> String {
+    format!(
+        "{} of {} (limit {:?})",
+        request.kind.as_str(),
+        request.hold_id,
+        request.over_capture_percent
+    )
 }
 
 fn change_entry(change_id: &str) -> String {
@@ -131,6 +144,32 @@ fn change_from_row(
         status: HoldStatus::parse(row.text("status")?),
         overdrawn: row.bool("overdrawn").unwrap_or(false),
     })
+}
+
+/// Refuses a capture that would take a placed hold's captures beyond its amount and increases
+/// by more than `percent`.
+fn check_capture_limit(hold: &Hold, posting: i64, percent: u32, change_id: &str) -> Result<()> {
+    let authorised =
+        i128::from(hold.amount.minor_units()) + i128::from(hold.increased.minor_units());
+    if authorised == 0 {
+        // A tombstone: the authorisation never held anything, so nothing limits its clearing.
+        return Ok(());
+    }
+    let limit = authorised * (100 + i128::from(percent)) / 100;
+    let total = i128::from(hold.captured.minor_units()) + i128::from(posting);
+    if total > limit {
+        return Err(over_capture(change_id));
+    }
+    Ok(())
+}
+
+/// The refusal of a capture beyond the tolerance: the same the first time and on every repeat.
+fn over_capture(change_id: &str) -> Error {
+    Error::precondition_failed(
+        "over_capture",
+        "clearings would exceed the authorised amount by more than the tolerance",
+    )
+    .with_param("change_id", change_id)
 }
 
 /// What one change does, worked out from the hold as it stands.
@@ -204,11 +243,25 @@ impl Book {
                 return Err(Error::bad_request("amount", "amount must not be negative"));
             }
         }
+        let change_key = entry_key(&account.account_id, &change_entry(&request.change_id));
+        if let Some(row) = self.store.get("account_entries", &change_key).await? {
+            // Used before: the same change is a repeat, another a conflict (checked before a
+            // capture claims the id as a transfer).
+            check_repeat(request, &row)?;
+        }
         let counter = match request.kind {
             ChangeKind::Capture { .. } => Some(self.claim_capture(request, &account).await?),
             _ => None,
         };
-        let change = self.change_own_side(request, &account).await?;
+        let change = match self.change_own_side(request, &account).await {
+            Err(e) if e.code() == "precondition_failed.over_capture" => {
+                // Nothing moved: the capture's transfer record says so.
+                self.set_transfer_state(&request.change_id, "failed")
+                    .await?;
+                return Err(e);
+            }
+            other => other?,
+        };
         if change.posted.minor_units() > 0 {
             let key = entry_key(&account.account_id, &posting_entry(&request.change_id));
             if let Some(row) = self.store.get("account_entries", &key).await? {
@@ -256,7 +309,7 @@ impl Book {
             .with("credit_account_id", counter.account_id.as_str())
             .with("amount", amount.minor_units())
             .with("currency", amount.currency().code())
-            .with("description", format!("clearing of {}", request.hold_id))
+            .with("description", capture_description(request))
             .with("state", "pending")
             .with("forced", true)
             .with("created_at", Value::Timestamp(now_millis()));
@@ -272,13 +325,18 @@ impl Book {
                 .ok_or_else(|| Error::internal("capture claim failed without a current row"))?;
             let same = existing.text("debit_account_id")? == account.account_id
                 && existing.text("credit_account_id")? == counter.account_id
-                && existing.i64("amount")? == amount.minor_units();
+                && existing.i64("amount")? == amount.minor_units()
+                && existing.text("description")? == capture_description(request);
             if !same {
                 return Err(Error::conflict(
                     "change",
                     "change id already used for another transfer",
                 )
                 .with_param("change_id", &request.change_id));
+            }
+            if existing.text("state")? == "failed" {
+                // Refused once, refused for good: a repeat reports it and moves nothing.
+                return Err(over_capture(&request.change_id));
             }
         }
         Ok(counter)
@@ -335,6 +393,11 @@ impl Book {
             .minor_units()
             .checked_sub(effect.posted)
             .ok_or_else(out_of_range)?;
+        if let (ChangeKind::Capture { .. }, Some(percent), Some(h)) =
+            (request.kind, request.over_capture_percent, hold)
+        {
+            check_capture_limit(h, effect.posted, percent, &request.change_id)?;
+        }
         if request.kind == ChangeKind::Increase {
             match hold {
                 Some(h) if h.status == HoldStatus::Active => {}
@@ -408,12 +471,14 @@ impl Book {
         match hold {
             Some(h) => {
                 let increased = h.increased.minor_units() + effect.increased;
+                let captured = h.captured.minor_units() + effect.posted;
                 Mutation::update(
                     "account_entries",
                     key,
                     Row::new()
                         .with("remaining", effect.remaining)
                         .with("increased", increased)
+                        .with("captured", captured)
                         .with("status", effect.status.as_str()),
                     vec![Condition::Equals("status".into(), h.status.as_str().into())],
                 )

@@ -38,6 +38,7 @@ fn hold_message(hold: Hold) -> HoldMessage {
         amount: Some(money::to_proto(hold.amount)),
         status: status_message(hold.status),
         remaining: Some(money::to_proto(hold.remaining)),
+        captured: Some(money::to_proto(hold.captured)),
     }
 }
 
@@ -199,6 +200,7 @@ impl Ledger for LedgerHandlers {
             kind: ChangeKind::Capture { last: r.r#final },
             amount: Some(money::positive_from_proto("amount", r.amount.as_ref())?),
             counter_account_id: required("counter_account_id", &r.counter_account_id)?.to_string(),
+            over_capture_percent: r.over_capture_percent,
         })
         .await
     }
@@ -220,6 +222,7 @@ impl Ledger for LedgerHandlers {
             kind: ChangeKind::Reduce,
             amount,
             counter_account_id: String::new(),
+            over_capture_percent: None,
         })
         .await
     }
@@ -237,6 +240,7 @@ impl Ledger for LedgerHandlers {
             kind: ChangeKind::Increase,
             amount: Some(money::positive_from_proto("amount", r.amount.as_ref())?),
             counter_account_id: String::new(),
+            over_capture_percent: None,
         })
         .await
     }

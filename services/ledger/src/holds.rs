@@ -239,6 +239,7 @@ impl Book {
                 amount: group[i].amount,
                 remaining: group[i].amount,
                 increased: Money::from_minor(0, account.currency),
+                captured: Money::from_minor(0, account.currency),
                 status: HoldStatus::Active,
             }));
         }

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     2 => "0002_balance_events.cql",
     3 => "0003_hold_changes.cql",
     4 => "0004_journal_and_shards.cql",
+    5 => "0005_captured.cql",
 );
 
 /// The ledger service.

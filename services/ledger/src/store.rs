@@ -106,6 +106,8 @@ pub struct Hold {
     pub remaining: Money,
     /// What incremental authorisations added.
     pub increased: Money,
+    /// What captures against it posted, in all.
+    pub captured: Money,
     /// Active, released or cleared.
     pub status: HoldStatus,
 }
@@ -639,6 +641,7 @@ pub(crate) fn hold_from_row(hold_id: &str, account: &Account, row: &Row) -> Resu
         amount: Money::from_minor(amount, account.currency),
         remaining: Money::from_minor(remaining, account.currency),
         increased: Money::from_minor(row.i64("increased").unwrap_or(0), account.currency),
+        captured: Money::from_minor(row.i64("captured").unwrap_or(0), account.currency),
         status,
     })
 }

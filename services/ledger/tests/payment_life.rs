@@ -33,6 +33,7 @@ enum Op {
         hold: usize,
         amount: i64,
         last: bool,
+        limit: bool,
     },
     Reduce {
         change: usize,
@@ -60,8 +61,8 @@ fn op() -> impl Strategy<Value = Op> {
     let amount = 1..400i64;
     prop_oneof![
         3 => (hold.clone(), amount.clone()).prop_map(|(hold, amount)| Op::Place { hold, amount }),
-        3 => (change.clone(), hold.clone(), amount.clone(), any::<bool>())
-            .prop_map(|(change, hold, amount, last)| Op::Capture { change, hold, amount, last }),
+        3 => (change.clone(), hold.clone(), amount.clone(), any::<bool>(), any::<bool>())
+            .prop_map(|(change, hold, amount, last, limit)| Op::Capture { change, hold, amount, last, limit }),
         2 => (change.clone(), hold.clone(), proptest::option::of(amount.clone()))
             .prop_map(|(change, hold, amount)| Op::Reduce { change, hold, amount }),
         1 => (change, hold, amount.clone())
@@ -76,6 +77,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct ModelHold {
     placed: i64,
     remaining: i64,
+    increased: i64,
+    captured: i64,
     status: HoldStatus,
 }
 
@@ -87,6 +90,8 @@ struct Model {
     holds: HashMap<usize, ModelHold>,
     /// Change id -> (what it asked, what it did), for repeats and conflicts.
     changes: HashMap<usize, (String, Result<HoldChange, String>)>,
+    /// Captures refused over their limit: refused for good under their id.
+    refused: HashMap<usize, String>,
     transfers: HashMap<String, (i64, Result<(), String>)>,
     overdrawn: bool,
 }
@@ -124,19 +129,18 @@ async fn book() -> Book {
 }
 
 fn change_request(op: &Op) -> Option<HoldChangeRequest> {
+    let mut over_capture_percent = None;
     let (change, hold, kind, amount, counter) = match *op {
         Op::Capture {
             change,
             hold,
             amount,
             last,
-        } => (
-            change,
-            hold,
-            ChangeKind::Capture { last },
-            Some(amount),
-            "settlement",
-        ),
+            limit,
+        } => (change, hold, ChangeKind::Capture { last }, Some(amount), {
+            over_capture_percent = limit.then_some(20);
+            "settlement"
+        }),
         Op::Reduce {
             change,
             hold,
@@ -156,6 +160,7 @@ fn change_request(op: &Op) -> Option<HoldChangeRequest> {
         kind,
         amount: amount.map(gbp),
         counter_account_id: counter.into(),
+        over_capture_percent,
     })
 }
 
@@ -228,6 +233,8 @@ impl Model {
             ModelHold {
                 placed: amount,
                 remaining: amount,
+                increased: 0,
+                captured: 0,
                 status: HoldStatus::Active,
             },
         );
@@ -259,8 +266,27 @@ impl Model {
     /// Checks a hold change the ledger made against the model's own working of it.
     fn change(&mut self, op: &Op, got: &Result<Option<HoldChange>, String>) {
         let request = change_request(op).unwrap();
-        let asked = format!("{:?}", (&request.hold_id, request.kind, request.amount));
+        let asked = format!(
+            "{:?}",
+            (
+                &request.hold_id,
+                request.kind,
+                request.amount,
+                request.over_capture_percent
+            )
+        );
         let change: usize = request.change_id[1..].parse().unwrap();
+        let capture = matches!(request.kind, ChangeKind::Capture { .. });
+        if let (Some(refused), true) = (self.refused.get(&change), capture) {
+            // Refused once, refused for good; another capture under the id is a conflict.
+            let expected = if *refused == asked {
+                "precondition_failed.over_capture"
+            } else {
+                "conflict.change"
+            };
+            assert_eq!(got.as_ref().unwrap_err(), expected, "{op:?}");
+            return;
+        }
         if let Some((before, outcome)) = self.changes.get(&change) {
             if *before == asked {
                 assert_eq!(
@@ -279,7 +305,18 @@ impl Model {
             .filter(|h| h.status == HoldStatus::Active)
             .map_or(0, |h| h.remaining);
         let amount = request.amount.map_or(remaining, |m| m.minor_units());
+        let over_limit = |h: &ModelHold, percent: u32| {
+            let authorised = h.placed + h.increased;
+            authorised > 0 && (h.captured + amount) * 100 > authorised * (100 + i64::from(percent))
+        };
+        let refused = request
+            .over_capture_percent
+            .is_some_and(|p| current.is_some_and(|h| over_limit(&h, p)));
         let expected = match request.kind {
+            ChangeKind::Capture { .. } if refused => {
+                self.refused.insert(change, asked.clone());
+                Err("precondition_failed.over_capture".to_string())
+            }
             ChangeKind::Capture { last } => {
                 let used = amount.min(remaining);
                 let released = if last { remaining } else { used };
@@ -320,12 +357,15 @@ impl Model {
                     None => HoldStatus::Released,
                 };
                 assert_eq!(c.status, status, "{op:?}");
-                let placed = current.map_or(0, |h| h.placed);
+                let (placed, was_increased, captured) =
+                    current.map_or((0, 0, 0), |h| (h.placed, h.increased, h.captured));
                 self.holds.insert(
                     hold,
                     ModelHold {
                         placed,
                         remaining: left,
+                        increased: was_increased + increased,
+                        captured: captured + posted,
                         status,
                     },
                 );
