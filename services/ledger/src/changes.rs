@@ -146,6 +146,37 @@ fn change_from_row(
     })
 }
 
+/// Whether the rules let the change happen: a capture within its limit, an increase of an
+/// active hold within the available funds.
+fn check_allowed(
+    request: &HoldChangeRequest,
+    account: &Account,
+    hold: Option<&Hold>,
+    b: &Balance,
+    effect: &Effect,
+) -> Result<()> {
+    if let (ChangeKind::Capture { .. }, Some(percent), Some(h)) =
+        (request.kind, request.over_capture_percent, hold)
+    {
+        check_capture_limit(h, effect.posted, percent, &request.change_id)?;
+    }
+    if request.kind != ChangeKind::Increase {
+        return Ok(());
+    }
+    if !hold.is_some_and(|h| h.status == HoldStatus::Active) {
+        return Err(Error::precondition_failed(
+            "hold_released",
+            "the hold no longer reserves anything and cannot be increased",
+        )
+        .with_param("hold_id", &request.hold_id));
+    }
+    if account.kind == AccountKind::Customer && b.available.minor_units() < effect.increased {
+        let amount = Money::from_minor(effect.increased, account.currency);
+        return Err(insufficient(&account.account_id, b.available, amount));
+    }
+    Ok(())
+}
+
 /// Refuses a capture that would take a placed hold's captures beyond its amount and increases
 /// by more than `percent`.
 fn check_capture_limit(hold: &Hold, posting: i64, percent: u32, change_id: &str) -> Result<()> {
@@ -393,28 +424,7 @@ impl Book {
             .minor_units()
             .checked_sub(effect.posted)
             .ok_or_else(out_of_range)?;
-        if let (ChangeKind::Capture { .. }, Some(percent), Some(h)) =
-            (request.kind, request.over_capture_percent, hold)
-        {
-            check_capture_limit(h, effect.posted, percent, &request.change_id)?;
-        }
-        if request.kind == ChangeKind::Increase {
-            match hold {
-                Some(h) if h.status == HoldStatus::Active => {}
-                _ => {
-                    return Err(Error::precondition_failed(
-                        "hold_released",
-                        "the hold no longer reserves anything and cannot be increased",
-                    )
-                    .with_param("hold_id", &request.hold_id));
-                }
-            }
-            if account.kind == AccountKind::Customer && b.available.minor_units() < effect.increased
-            {
-                let amount = Money::from_minor(effect.increased, account.currency);
-                return Err(insufficient(&account.account_id, b.available, amount));
-            }
-        }
+        check_allowed(request, account, hold, b, effect)?;
         let cause = match request.kind {
             ChangeKind::Capture { .. } => Cause::Posting,
             ChangeKind::Reduce => Cause::HoldReleased,

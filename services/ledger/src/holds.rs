@@ -233,16 +233,24 @@ impl Book {
         }
         failpoint::step("ledger::place_hold::after_write").await?;
         for i in accepted {
-            outcomes[i] = Some(Ok(Hold {
-                hold_id: group[i].hold_id.clone(),
-                account_id: account.account_id.clone(),
-                amount: group[i].amount,
-                remaining: group[i].amount,
-                increased: Money::from_minor(0, account.currency),
-                captured: Money::from_minor(0, account.currency),
-                status: HoldStatus::Active,
-            }));
+            outcomes[i] = Some(Ok(group[i].placed(account)));
         }
         Ok(true)
+    }
+}
+
+impl HoldRequest {
+    /// The hold this request placed.
+    fn placed(&self, account: &Account) -> Hold {
+        let nothing = Money::from_minor(0, account.currency);
+        Hold {
+            hold_id: self.hold_id.clone(),
+            account_id: account.account_id.clone(),
+            amount: self.amount,
+            remaining: self.amount,
+            increased: nothing,
+            captured: nothing,
+            status: HoldStatus::Active,
+        }
     }
 }
