@@ -21,9 +21,10 @@ use sterling_template::{Error, Result};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::address::{PublicResolver, UrlPolicy};
+use crate::due::DueQueue;
 use crate::store::Registry;
 
-/// Shards of `pending_deliveries`.
+/// Shards of `pending_deliveries`, the queue before [`crate::due`] (read once, to move its rows).
 pub const SHARDS: i64 = 8;
 
 /// Delays before the 2nd, 3rd, ... attempt: from a second to eight hours, about 16 hours in all.
@@ -37,25 +38,8 @@ pub const BREAKER_THRESHOLD: u32 = 5;
 /// How long one attempt may take, by default.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn shard_of(webhook_id: &str, event_id: &str) -> i64 {
-    let hash = webhook_id
-        .bytes()
-        .chain(event_id.bytes())
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-        });
-    (hash % SHARDS as u64) as i64
-}
-
 fn delivery_key(webhook_id: &str, event_id: &str) -> Row {
     Row::new()
-        .with("webhook_id", webhook_id)
-        .with("event_id", event_id)
-}
-
-fn pending_key(webhook_id: &str, event_id: &str) -> Row {
-    Row::new()
-        .with("shard", shard_of(webhook_id, event_id))
         .with("webhook_id", webhook_id)
         .with("event_id", event_id)
 }
@@ -165,6 +149,7 @@ pub struct Dispatcher {
     slots: Arc<Semaphore>,
     wake: Arc<Notify>,
     policy: UrlPolicy,
+    due: DueQueue,
 }
 
 impl Dispatcher {
@@ -178,6 +163,7 @@ impl Dispatcher {
         policy: UrlPolicy,
     ) -> anyhow::Result<Self> {
         Ok(Dispatcher {
+            due: DueQueue::new(store.clone()),
             store,
             registry,
             // Only public addresses, checked when connecting; no redirects (they could lead
@@ -242,11 +228,8 @@ impl Dispatcher {
                     .is_some_and(|r| r.text("status").unwrap_or_default() == "pending"),
             };
             if still_pending {
-                let pending = pending_key(&webhook.webhook_id, &envelope.event_id)
-                    .with("next_attempt_at", Value::Timestamp(now));
-                self.store
-                    .apply(vec![Mutation::insert("pending_deliveries", pending)])
-                    .await?;
+                let due = DueQueue::add(&webhook.webhook_id, &envelope.event_id, now);
+                self.store.apply(vec![due]).await?;
             }
         }
         self.wake.notify_one();
@@ -271,46 +254,31 @@ impl Dispatcher {
 
     async fn dispatch_due(&self) -> Result<()> {
         let now = now_millis();
-        for shard in 0..SHARDS {
-            let rows = self
-                .store
-                .query(
-                    Query::partition("pending_deliveries", Row::new().with("shard", shard))
-                        .limit(1000),
-                )
-                .await?;
-            for row in rows {
-                if row.timestamp("next_attempt_at").unwrap_or_default() > now {
-                    continue;
+        for (webhook_id, event_id, due_at) in self.due.due(now).await? {
+            let pair = (webhook_id, event_id);
+            if !self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pair.clone())
+            {
+                continue;
+            }
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let dispatcher = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = dispatcher.attempt(&pair.0, &pair.1, due_at).await {
+                    tracing::warn!(webhook_id = %pair.0, event_id = %pair.1, error = %e, "delivery attempt failed to record");
                 }
-                let pair = (
-                    row.text("webhook_id")?.to_string(),
-                    row.text("event_id")?.to_string(),
-                );
-                if !self
+                dispatcher
                     .in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(pair.clone())
-                {
-                    continue;
-                }
-                let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                    return Ok(());
-                };
-                let dispatcher = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = dispatcher.attempt(&pair.0, &pair.1).await {
-                        tracing::warn!(webhook_id = %pair.0, event_id = %pair.1, error = %e, "delivery attempt failed to record");
-                    }
-                    dispatcher
-                        .in_flight
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&pair);
-                    drop(slot);
-                });
-            }
+                    .remove(&pair);
+                drop(slot);
+            });
         }
         Ok(())
     }
@@ -352,10 +320,11 @@ impl Dispatcher {
         )
     }
 
+    /// Moves a delivery due at `due_at` to a later attempt at `at`, recording `update`.
     async fn reschedule(
         &self,
-        webhook_id: &str,
-        event_id: &str,
+        (webhook_id, event_id): (&str, &str),
+        due_at: i64,
         at: i64,
         update: Row,
     ) -> Result<()> {
@@ -363,28 +332,30 @@ impl Dispatcher {
         self.store
             .apply(vec![Self::update_pending(webhook_id, event_id, update)])
             .await?;
+        // The new row first: a crash in between leaves an extra attempt, never none.
         self.store
-            .apply(vec![Mutation::insert(
-                "pending_deliveries",
-                pending_key(webhook_id, event_id).with("next_attempt_at", Value::Timestamp(at)),
-            )])
+            .apply(vec![DueQueue::add(webhook_id, event_id, at)])
+            .await?;
+        self.store
+            .apply(vec![DueQueue::remove(webhook_id, event_id, due_at)])
             .await?;
         Ok(())
     }
 
-    /// Takes a delivery off the pending set, recording its last state if given.
-    async fn finish(&self, webhook_id: &str, event_id: &str, update: Option<Row>) -> Result<()> {
+    /// Takes a delivery due at `due_at` off the queue, recording its last state if given.
+    async fn finish(
+        &self,
+        (webhook_id, event_id): (&str, &str),
+        due_at: i64,
+        update: Option<Row>,
+    ) -> Result<()> {
         if let Some(update) = update {
             self.store
                 .apply(vec![Self::update_pending(webhook_id, event_id, update)])
                 .await?;
         }
         self.store
-            .apply(vec![Mutation::Delete {
-                table: "pending_deliveries".into(),
-                key: pending_key(webhook_id, event_id),
-                if_exists: false,
-            }])
+            .apply(vec![DueQueue::remove(webhook_id, event_id, due_at)])
             .await?;
         Ok(())
     }
@@ -430,17 +401,18 @@ impl Dispatcher {
         Ok((code, error, latency_ms))
     }
 
-    /// One attempt of one delivery.
-    async fn attempt(&self, webhook_id: &str, event_id: &str) -> Result<()> {
+    /// One attempt of one delivery, queued at `due_at`.
+    async fn attempt(&self, webhook_id: &str, event_id: &str, due_at: i64) -> Result<()> {
+        let pair = (webhook_id, event_id);
         let Some(delivery) = self
             .store
             .get("deliveries", &delivery_key(webhook_id, event_id))
             .await?
         else {
-            return self.finish(webhook_id, event_id, None).await;
+            return self.finish(pair, due_at, None).await;
         };
         if delivery.text("status")? != "pending" {
-            return self.finish(webhook_id, event_id, None).await;
+            return self.finish(pair, due_at, None).await;
         }
         let url = delivery.text("url")?.to_string();
         if let Err(refused) = self.policy.check(&url) {
@@ -448,15 +420,15 @@ impl Dispatcher {
             let update = Row::new()
                 .with("status", "failed")
                 .with("last_error", refused.message());
-            return self.finish(webhook_id, event_id, Some(update)).await;
+            return self.finish(pair, due_at, Some(update)).await;
         }
         if let Some(until) = self.breaker_open_until(&url) {
             let at =
                 now_millis() + until.saturating_duration_since(Instant::now()).as_millis() as i64;
             return self
                 .reschedule(
-                    webhook_id,
-                    event_id,
+                    pair,
+                    due_at,
                     at,
                     Row::new().with("last_error", "circuit open"),
                 )
@@ -467,7 +439,7 @@ impl Dispatcher {
             let update = Row::new()
                 .with("status", "failed")
                 .with("last_error", "webhook deleted");
-            return self.finish(webhook_id, event_id, Some(update)).await;
+            return self.finish(pair, due_at, Some(update)).await;
         };
         let attempts = delivery.i64("attempts").unwrap_or_default() + 1;
         let (code, error, latency_ms) = self
@@ -491,18 +463,18 @@ impl Dispatcher {
             let update = update
                 .with("status", "delivered")
                 .with("delivered_at", Value::Timestamp(now_millis()));
-            return self.finish(webhook_id, event_id, Some(update)).await;
+            return self.finish(pair, due_at, Some(update)).await;
         }
         match self.schedule.get(attempts as usize - 1) {
             Some(delay) => {
                 let jitter = rand::random_range(0.8..1.2);
                 let at = now_millis() + delay.mul_f64(jitter).as_millis() as i64;
                 tracing::warn!(webhook_id, event_id, attempts, %error, "webhook failed; will retry");
-                self.reschedule(webhook_id, event_id, at, update).await
+                self.reschedule(pair, due_at, at, update).await
             }
             None => {
                 tracing::warn!(webhook_id, event_id, attempts, %error, "webhook failed for good");
-                self.finish(webhook_id, event_id, Some(update.with("status", "failed")))
+                self.finish(pair, due_at, Some(update.with("status", "failed")))
                     .await
             }
         }

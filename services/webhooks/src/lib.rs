@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod dispatch;
+pub mod due;
 pub mod handlers;
 pub mod store;
 
@@ -27,7 +28,10 @@ use crate::store::Registry;
 const ACCOUNTS: &str = "accounts";
 
 /// The versioned migrations of the `sterling_webhooks` keyspace.
-pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_webhooks.cql");
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
+    1 => "0001_webhooks.cql",
+    2 => "0002_due_deliveries.cql",
+);
 
 /// The webhooks service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
