@@ -41,6 +41,7 @@ engines-down:
 ## (NATS restarted, Cassandra stopped, a service killed, a stream through both outages)
 test-engines:
 	deploy/local/cassandra.sh clean
+	deploy/local/nats.sh clean
 	$(MAKE) engines-up
 	$(CARGO) test -p sterling-storage --test cassandra_conformance -- --ignored
 	$(CARGO) test -p sterling-bus --test nats_conformance -- --ignored
