@@ -390,14 +390,15 @@ async fn active_holds(
 }
 
 async fn check_followers(bank: &TestBank, case: &Case) -> Result<(), TestCaseError> {
-    let ledger = tools::balance(&bank.clients, &case.account_id)
-        .await
-        .unwrap();
     let read_model = BalanceClient::new(channel(bank, "balance").await);
+    // Read both each time: authorisations expire by themselves meanwhile.
     eventually("the balance read model agrees with the ledger", || {
         let mut read_model = read_model.clone();
-        let (ledger, account_id) = (ledger.clone(), case.account_id.clone());
+        let account_id = case.account_id.clone();
         async move {
+            let Ok(ledger) = tools::balance(&bank.clients, &account_id).await else {
+                return false;
+            };
             match read_model
                 .get_balance(ReadModelRequest { account_id })
                 .await
