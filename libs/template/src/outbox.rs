@@ -10,6 +10,11 @@
 //!    [`Confirm`] whether the state change happened: publish, discard or wait.
 //!
 //! Publishing is idempotent on the event id, so the relay and the fast path may both publish.
+//!
+//! Staged events live in `staged_events`, a partition per minute of the event's id (a UUIDv7)
+//! and shard. The relay reads the minutes from a watermark (`outbox_progress`) up to now and
+//! moves the watermark past a minute once it is empty and more than [`LATE_WRITES`] old, so
+//! the tombstones of published events are read a few times at most, never again once behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +27,8 @@ use sterling_storage::{Migration, Mutation, Query, Row, SharedStore, Value, now_
 use crate::context::RequestContext;
 use crate::error::{Error, Result};
 
-/// The outbox table, added to every service's store by the template.
+/// The first outbox table (8 partitions forever), added to every service's store by the
+/// template; the relay moves its rows to `staged_events` once.
 pub const OUTBOX_MIGRATION: Migration = Migration {
     version: 1_000_001,
     name: "template_0001_outbox.cql",
@@ -33,6 +39,24 @@ pub const OUTBOX_MIGRATION: Migration = Migration {
               envelope blob,
               staged_at timestamp,
               PRIMARY KEY ((shard), event_id));",
+};
+
+/// The outbox by minute, added to every service's store by the template: staged events in
+/// partitions by the minute of their id and a shard, and how far the relay found them empty.
+pub const STAGED_EVENTS_MIGRATION: Migration = Migration {
+    version: 1_000_003,
+    name: "template_0003_staged_events.cql",
+    cql: "CREATE TABLE IF NOT EXISTS staged_events (
+              minute bigint,
+              shard bigint,
+              event_id text,
+              type text,
+              envelope blob,
+              staged_at timestamp,
+              PRIMARY KEY ((minute, shard), event_id));
+          CREATE TABLE IF NOT EXISTS outbox_progress (
+              name text PRIMARY KEY,
+              minute bigint);",
 };
 
 /// The record of events a consumer has handled, added to every service's store by the
@@ -47,6 +71,14 @@ pub const PROCESSED_EVENTS_MIGRATION: Migration = Migration {
               PRIMARY KEY ((consumer, event_id)));",
 };
 
+/// Every table of the outbox and the consumers' record, in order: what the template adds to
+/// every service's store.
+pub const TEMPLATE_MIGRATIONS: [Migration; 3] = [
+    OUTBOX_MIGRATION,
+    PROCESSED_EVENTS_MIGRATION,
+    STAGED_EVENTS_MIGRATION,
+];
+
 /// How long a handled event's id is remembered (longer than any redelivery schedule).
 pub const PROCESSED_EVENTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -57,8 +89,18 @@ pub const OUTBOX_GRACE: Duration = Duration::from_secs(2);
 /// did not happen (the writer died before it) and no longer can.
 pub const OUTBOX_WAIT_LIMIT: Duration = Duration::from_secs(600);
 
-/// Partitions of the outbox table.
+/// Partitions of each minute of the outbox.
 pub const SHARDS: i64 = 8;
+
+/// Width of a `staged_events` partition.
+const MINUTE_MS: i64 = 60_000;
+
+/// How long after its end a minute may still receive a staged event (a slow write, a clock a
+/// little behind); the watermark passes a minute only once it is empty and this old.
+pub const LATE_WRITES: Duration = Duration::from_secs(60);
+
+/// Most rows the relay reads from one partition in a pass.
+const PAGE: usize = 500;
 
 /// What the relay should do with an event staged long ago.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +144,37 @@ fn shard_of(event_id: &str) -> i64 {
     (hash % SHARDS as u64) as i64
 }
 
-fn key(event_id: &str) -> Row {
-    Row::new()
+/// The minute an event was created in, from its UUIDv7 id.
+fn minute_of(event_id: &str) -> Result<i64> {
+    let id = uuid::Uuid::parse_str(event_id)
+        .map_err(|_| Error::internal(format!("event id {event_id:?} is not a UUID")))?;
+    let (seconds, nanos) = id
+        .get_timestamp()
+        .filter(|_| id.get_version_num() == 7)
+        .ok_or_else(|| Error::internal(format!("event id {event_id} is not a UUIDv7")))?
+        .to_unix();
+    let millis =
+        i64::try_from(seconds).unwrap_or(i64::MAX / 1000) * 1000 + i64::from(nanos / 1_000_000);
+    Ok(millis.div_euclid(MINUTE_MS))
+}
+
+fn key(event_id: &str) -> Result<Row> {
+    Ok(Row::new()
+        .with("minute", minute_of(event_id)?)
         .with("shard", shard_of(event_id))
-        .with("event_id", event_id)
+        .with("event_id", event_id))
+}
+
+fn removal(event_id: &str) -> Result<Mutation> {
+    Ok(Mutation::Delete {
+        table: "staged_events".into(),
+        key: key(event_id)?,
+        if_exists: false,
+    })
+}
+
+fn progress_key() -> Row {
+    Row::new().with("name", "relay")
 }
 
 /// A new event of `event_type` carrying `payload`, stamped with the current request's id and
@@ -154,12 +223,12 @@ impl Outbox {
 
     /// Stages an event before the state change it announces.
     pub async fn stage(&self, envelope: &Envelope) -> Result<()> {
-        let row = key(&envelope.event_id)
+        let row = key(&envelope.event_id)?
             .with("type", envelope.r#type.as_str())
             .with("envelope", envelope.encode_to_vec())
             .with("staged_at", Value::Timestamp(now_millis()));
         self.store
-            .apply(vec![Mutation::insert("outbox", row)])
+            .apply(vec![Mutation::insert("staged_events", row)])
             .await?;
         Ok(())
     }
@@ -200,14 +269,7 @@ impl Outbox {
         tokio::time::sleep(DISCARD_GATHER).await;
         let ids = std::mem::take(&mut *self.discards.lock().unwrap_or_else(|p| p.into_inner()));
         for group in ids.chunks(MAX_DISCARDS) {
-            let removals = group
-                .iter()
-                .map(|id| Mutation::Delete {
-                    table: "outbox".into(),
-                    key: key(id),
-                    if_exists: false,
-                })
-                .collect();
+            let removals = group.iter().map(|id| removal(id)).collect::<Result<_>>()?;
             self.store.apply(removals).await?;
         }
         Ok(())
@@ -215,51 +277,116 @@ impl Outbox {
 
     /// Removes a staged event whose state change did not happen.
     pub async fn discard(&self, envelope: &Envelope) -> Result<()> {
+        self.store.apply(vec![removal(&envelope.event_id)?]).await?;
+        Ok(())
+    }
+
+    /// One pass of the relay over events staged longer than the grace period, minute by
+    /// minute from the watermark; returns how many it published.
+    pub async fn relay_once(&self) -> Result<usize> {
+        let now = now_millis();
+        let cutoff = now - self.grace.as_millis() as i64;
+        let settled = (now - LATE_WRITES.as_millis() as i64).div_euclid(MINUTE_MS);
+        let watermark = self.watermark(now).await?;
+        let (mut published, mut next) = (0, watermark);
+        for minute in watermark..=cutoff.div_euclid(MINUTE_MS) {
+            let mut empty = true;
+            for shard in 0..SHARDS {
+                let partition = Row::new().with("minute", minute).with("shard", shard);
+                let rows = self
+                    .store
+                    .query(Query::partition("staged_events", partition).limit(PAGE))
+                    .await?;
+                empty &= rows.is_empty();
+                for row in rows {
+                    published += usize::from(self.settle(&row, cutoff).await?);
+                }
+            }
+            if empty && next == minute && minute < settled {
+                next = minute + 1;
+            }
+        }
+        if next != watermark {
+            self.save_watermark(next).await?;
+        }
+        Ok(published)
+    }
+
+    /// Publishes, discards or leaves one staged row; true when it published.
+    async fn settle(&self, row: &Row, cutoff: i64) -> Result<bool> {
+        let staged_at = row.timestamp("staged_at")?;
+        if staged_at > cutoff {
+            return Ok(false);
+        }
+        let envelope = Envelope::decode(row.blob("envelope")?)
+            .map_err(|e| Error::internal(format!("outbox row is not an envelope: {e}")))?;
+        match self.confirm.confirm(&envelope).await? {
+            Verdict::Publish => {
+                self.publish(&envelope).await?;
+                tracing::info!(event_id = %envelope.event_id, "relay published a staged event");
+                return Ok(true);
+            }
+            Verdict::Discard => self.discard(&envelope).await?,
+            Verdict::Wait if now_millis() - staged_at > OUTBOX_WAIT_LIMIT.as_millis() as i64 => {
+                tracing::warn!(event_id = %envelope.event_id, "staged event never confirmed; dropping it");
+                self.discard(&envelope).await?;
+            }
+            Verdict::Wait => {}
+        }
+        Ok(false)
+    }
+
+    /// The first minute that may hold staged events; the first time, the rows of the outbox
+    /// this one replaced are moved in.
+    async fn watermark(&self, now: i64) -> Result<i64> {
+        if let Some(row) = self.store.get("outbox_progress", &progress_key()).await? {
+            return Ok(row.i64("minute")?);
+        }
+        let oldest = self.move_first_outbox().await?;
+        let limit = (now - OUTBOX_WAIT_LIMIT.as_millis() as i64).div_euclid(MINUTE_MS);
+        let start = oldest.map_or(limit, |o| o.min(limit));
+        self.save_watermark(start).await?;
+        Ok(start)
+    }
+
+    async fn save_watermark(&self, minute: i64) -> Result<()> {
+        let row = progress_key().with("minute", minute);
         self.store
-            .apply(vec![Mutation::Delete {
-                table: "outbox".into(),
-                key: key(&envelope.event_id),
-                if_exists: false,
-            }])
+            .apply(vec![Mutation::insert("outbox_progress", row)])
             .await?;
         Ok(())
     }
 
-    /// One pass of the relay over events staged longer than the grace period; returns how
-    /// many it published.
-    pub async fn relay_once(&self) -> Result<usize> {
-        let cutoff = now_millis() - self.grace.as_millis() as i64;
-        let mut published = 0;
+    /// Moves every row of the first outbox table to `staged_events`; returns the earliest
+    /// minute moved.
+    async fn move_first_outbox(&self) -> Result<Option<i64>> {
+        let mut oldest: Option<i64> = None;
         for shard in 0..SHARDS {
-            let rows = self
+            let old = Row::new().with("shard", shard);
+            for row in self
                 .store
-                .query(Query::partition("outbox", Row::new().with("shard", shard)).limit(500))
-                .await?;
-            for row in rows {
-                let staged_at = row.timestamp("staged_at")?;
-                if staged_at > cutoff {
-                    continue;
-                }
-                let envelope = Envelope::decode(row.blob("envelope")?)
-                    .map_err(|e| Error::internal(format!("outbox row is not an envelope: {e}")))?;
-                match self.confirm.confirm(&envelope).await? {
-                    Verdict::Publish => {
-                        self.publish(&envelope).await?;
-                        published += 1;
-                        tracing::info!(event_id = %envelope.event_id, "relay published a staged event");
-                    }
-                    Verdict::Discard => self.discard(&envelope).await?,
-                    Verdict::Wait
-                        if now_millis() - staged_at > OUTBOX_WAIT_LIMIT.as_millis() as i64 =>
-                    {
-                        tracing::warn!(event_id = %envelope.event_id, "staged event never confirmed; dropping it");
-                        self.discard(&envelope).await?;
-                    }
-                    Verdict::Wait => {}
-                }
+                .query(Query::partition("outbox", old.clone()))
+                .await?
+            {
+                let event_id = row.text("event_id")?;
+                let moved = key(event_id)?
+                    .with("type", row.text("type")?)
+                    .with("envelope", row.blob("envelope")?.to_vec())
+                    .with("staged_at", Value::Timestamp(row.timestamp("staged_at")?));
+                let minute = moved.i64("minute")?;
+                self.store
+                    .apply(vec![Mutation::insert("staged_events", moved)])
+                    .await?;
+                let gone = Mutation::Delete {
+                    table: "outbox".into(),
+                    key: old.clone().with("event_id", event_id),
+                    if_exists: false,
+                };
+                self.store.apply(vec![gone]).await?;
+                oldest = Some(oldest.map_or(minute, |o| o.min(minute)));
             }
         }
-        Ok(published)
+        Ok(oldest)
     }
 
     /// Runs the relay every `interval` until the task is aborted.

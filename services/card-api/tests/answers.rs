@@ -13,11 +13,11 @@ use sterling_proto::event_types as types;
 use sterling_proto::events::v1::CardAuthorisationStoodIn;
 use sterling_storage::SharedStore;
 use sterling_storage::embedded::SqliteStore;
-use sterling_template::outbox::{OUTBOX_MIGRATION, Outbox};
+use sterling_template::outbox::{Outbox, TEMPLATE_MIGRATIONS};
 
 fn engines() -> (SharedStore, Arc<dyn Bus>, AnswerStore) {
     let mut migrations = card_api::MIGRATIONS.to_vec();
-    migrations.push(OUTBOX_MIGRATION);
+    migrations.extend(TEMPLATE_MIGRATIONS);
     let store: SharedStore = Arc::new(SqliteStore::in_memory(&migrations).unwrap());
     let bus: Arc<dyn Bus> = Arc::new(SqliteBus::in_memory().unwrap());
     let confirm = Arc::new(StandInConfirm {

@@ -18,11 +18,11 @@ use sterling_storage::SharedStore;
 use sterling_storage::cassandra::{CassandraConfig, CassandraStore};
 use sterling_storage::embedded::SqliteStore;
 use sterling_storage::now_millis;
-use sterling_template::outbox::{self, OUTBOX_MIGRATION};
+use sterling_template::outbox::{self, TEMPLATE_MIGRATIONS};
 
 fn migrations() -> Vec<sterling_storage::Migration> {
     let mut m = card_processing::MIGRATIONS.to_vec();
-    m.push(OUTBOX_MIGRATION);
+    m.extend(TEMPLATE_MIGRATIONS);
     m
 }
 

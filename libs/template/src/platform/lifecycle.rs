@@ -16,7 +16,7 @@ use super::engines::{Platform, open_store};
 use super::health::{Health, StoreChecker};
 use super::service::{Api, GrpcApi, PUBLIC_API, ServiceContext, ServiceDefinition, Setting};
 use crate::discovery::{Protocol, Registration};
-use crate::outbox::{OUTBOX_MIGRATION, PROCESSED_EVENTS_MIGRATION};
+use crate::outbox::TEMPLATE_MIGRATIONS;
 use crate::server::access::{AccessLayer, Rule};
 
 /// A started service.
@@ -139,8 +139,7 @@ where
     B: FnOnce(ServiceContext) -> BoxFuture<'static, anyhow::Result<Api>>,
 {
     let mut migrations = service_migrations.to_vec();
-    migrations.push(OUTBOX_MIGRATION);
-    migrations.push(PROCESSED_EVENTS_MIGRATION);
+    migrations.extend(TEMPLATE_MIGRATIONS);
     let store = open_store(&platform.config, name, &migrations).await?;
     let health = Health::new(std::sync::Arc::new(StoreChecker(store.clone())));
     let context = ServiceContext::new(name, settings, store, platform.clone(), health.clone());
