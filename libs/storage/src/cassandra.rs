@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::Consistency;
 use scylla::statement::SerialConsistency;
 use scylla::statement::batch::{Batch, BatchType};
@@ -23,8 +24,8 @@ use tokio::sync::Mutex;
 
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
-    Applied, Condition, Mutation, Query, Result, Row, StorageError, Store, Value, check_type,
-    validate_batch,
+    Applied, Condition, Mutation, Query, Result, Row, ScanPage, StorageError, Store, Value,
+    check_type, validate_batch,
 };
 
 /// How to reach and use the cluster.
@@ -679,6 +680,31 @@ impl Store for CassandraStore {
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn scan(&self, table: &str, page: Option<Vec<u8>>, size: usize) -> Result<ScanPage> {
+        let table = self.schema(table)?;
+        let cql = format!(
+            "SELECT {} FROM {}.{}",
+            Self::select_list(table),
+            self.keyspace,
+            table.name
+        );
+        let mut prepared = self.prepare(&cql).await?;
+        prepared.set_page_size(i32::try_from(size).unwrap_or(i32::MAX).max(1));
+        let state = page.map_or_else(PagingState::start, PagingState::new_from_raw_bytes);
+        let (result, next) = self
+            .session
+            .execute_single_page(&prepared, (), state)
+            .await
+            .map_err(unavailable)?;
+        let next = match next {
+            PagingStateResponse::HasMorePages { state } => {
+                state.as_bytes_slice().map(|bytes| bytes.to_vec())
+            }
+            PagingStateResponse::NoMorePages => None,
+        };
+        Ok((decode_rows(table, result)?, next))
     }
 
     async fn check(&self) -> Result<()> {

@@ -29,6 +29,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str) {
     ttl_expires_rows(store, prefix).await;
     delete_if_exists(store, prefix).await;
     batches_in_order_see_each_other(store, prefix).await;
+    scan_reads_every_row_once_in_pages(store, prefix).await;
     store.check().await.expect("health check");
 }
 
@@ -344,4 +345,37 @@ pub async fn batches_in_order_see_each_other(store: &dyn Store, p: &str) {
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
+}
+
+/// A scan in small pages reads every row of the table exactly once.
+pub async fn scan_reads_every_row_once_in_pages(store: &dyn Store, p: &str) {
+    let owner = format!("{p}scan");
+    let writes = (0..7i64)
+        .map(|seq| {
+            let row = Row::new()
+                .with("owner", owner.as_str())
+                .with("seq", seq)
+                .with("label", format!("row {seq}"));
+            Mutation::insert("journal", row)
+        })
+        .collect();
+    store.apply(writes).await.unwrap();
+    let (mut seen, mut page, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let (rows, next) = store.scan("journal", page, 3).await.unwrap();
+        pages += 1;
+        assert!(rows.len() <= 3, "a page holds at most its size");
+        seen.extend(
+            rows.iter()
+                .filter(|r| r.text("owner").unwrap() == owner)
+                .map(|r| r.i64("seq").unwrap()),
+        );
+        match next {
+            Some(token) => page = Some(token),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, (0..7).collect::<Vec<_>>(), "every row once");
+    assert!(pages >= 3, "read in pages");
 }

@@ -15,8 +15,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
 
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
-    Applied, Condition, Mutation, Query, Result, Row, StorageError, Store, Value, check_type,
-    now_millis, validate_batch,
+    Applied, Condition, Mutation, Query, Result, Row, ScanPage, StorageError, Store, Value,
+    check_type, now_millis, validate_batch,
 };
 
 /// How hard the embedded store works to keep a write through a power cut.
@@ -463,6 +463,26 @@ fn after_predicate(
     Ok((!alternatives.is_empty()).then(|| format!("({})", alternatives.join(" OR "))))
 }
 
+/// A page of a whole table in primary-key order; the token is the offset of the next page.
+fn scan_rows(conn: &Connection, table: &TableSchema, offset: u64, size: usize) -> Result<ScanPage> {
+    let keys: Vec<String> = table.primary_key().map(quote).collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE (__expires_at IS NULL OR __expires_at > ?1) ORDER BY {} LIMIT ?2 OFFSET ?3",
+        select_list(table),
+        quote(&table.name),
+        keys.join(", ")
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
+    let params = [now_millis(), size as i64, offset as i64];
+    let mut rows = stmt.query(params).map_err(sql_err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_err)? {
+        out.push(read_row(table, row)?);
+    }
+    let next = (out.len() == size).then(|| (offset + size as u64).to_be_bytes().to_vec());
+    Ok((out, next))
+}
+
 fn run_query(
     conn: &Connection,
     tables: &BTreeMap<String, TableSchema>,
@@ -557,6 +577,21 @@ impl Store for SqliteStore {
 
     async fn apply_in_order(&self, batches: Vec<Vec<Mutation>>) -> Result<Vec<Applied>> {
         self.blocking(move |conn, tables| apply_batches(conn, tables, &batches))
+            .await
+    }
+
+    async fn scan(&self, table: &str, page: Option<Vec<u8>>, size: usize) -> Result<ScanPage> {
+        self.schema(table)?;
+        let table = table.to_string();
+        let offset = match page {
+            None => 0,
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .try_into()
+                    .map_err(|_| StorageError::Invalid("not a page token of this store".into()))?,
+            ),
+        };
+        self.blocking(move |conn, tables| scan_rows(conn, &tables[&table], offset, size))
             .await
     }
 

@@ -321,6 +321,9 @@ impl Query {
     }
 }
 
+/// A page of a [`Store::scan`]: its rows and the token of the next page (`None` at the end).
+pub type ScanPage = (Vec<Row>, Option<Vec<u8>>);
+
 /// A service's private store: its keyspace (Cassandra) or its file (embedded).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -346,6 +349,11 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(outcomes)
     }
+
+    /// Reads a whole table a page of about `size` rows at a time, in no particular order:
+    /// `page` is what the previous call returned (`None` to start), and the answer's token is
+    /// `None` after the last page. For one-time moves of data, never on a request path.
+    async fn scan(&self, table: &str, page: Option<Vec<u8>>, size: usize) -> Result<ScanPage>;
 
     /// Proves the store can be read and written (for health checks).
     async fn check(&self) -> Result<()>;
