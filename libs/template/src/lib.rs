@@ -9,11 +9,13 @@
 //! - [`context`]: request id, deadline, W3C trace context, hop count;
 //! - [`error`]: the one error type with typed classes and stable dotted codes, across gRPC
 //!   and HTTP;
+//! - [`by_month`]: an owner's rows in a partition per month, read back newest first;
 //! - [`outbox`]: events published with the state change they announce, crash or not;
 //! - [`discovery`]: registrations with TTL, embedded, static and NATS backends;
 //! - [`telemetry`]: JSON logs carrying request and trace ids, OpenTelemetry spans, Prometheus
 //!   metrics.
 
+pub mod by_month;
 pub mod client;
 pub mod context;
 pub mod discovery;

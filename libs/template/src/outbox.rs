@@ -73,10 +73,11 @@ pub const PROCESSED_EVENTS_MIGRATION: Migration = Migration {
 
 /// Every table of the outbox and the consumers' record, in order: what the template adds to
 /// every service's store.
-pub const TEMPLATE_MIGRATIONS: [Migration; 3] = [
+pub const TEMPLATE_MIGRATIONS: [Migration; 4] = [
     OUTBOX_MIGRATION,
     PROCESSED_EVENTS_MIGRATION,
     STAGED_EVENTS_MIGRATION,
+    crate::by_month::DATA_MOVES_MIGRATION,
 ];
 
 /// How long a handled event's id is remembered (longer than any redelivery schedule).

@@ -24,6 +24,7 @@ const ACCOUNTS: &str = "accounts";
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_feed.cql",
     2 => "0002_payment_life.cql",
+    3 => "0003_feed_by_month.cql",
 );
 
 /// The feed service.
@@ -42,6 +43,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let feed = FeedStore::new(ctx.store.clone());
+    feed.move_first_table().await?;
     let config = ConsumerConfig {
         ack_wait: Duration::from_secs(10),
         ..ConsumerConfig::new(

@@ -8,7 +8,8 @@ use sterling_proto::events::v1::{
     CardAuthorisationDecided, CardPaymentUpdated, TransactionEnriched,
 };
 use sterling_proto::feed::v1::FeedItem;
-use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value};
+use sterling_storage::{Condition, Mutation, Row, SharedStore, Value};
+use sterling_template::by_month::ByMonth;
 use sterling_template::{Error, Result};
 use tokio::sync::broadcast;
 
@@ -19,10 +20,16 @@ pub struct FeedStore {
     live: broadcast::Sender<FeedItem>,
 }
 
+/// Feed items by account and month.
+pub const ITEMS: ByMonth = ByMonth {
+    table: "account_feed",
+    months: "account_feed_months",
+    owner: "account_id",
+    id: "item_id",
+};
+
 fn key(account_id: &str, item_id: &str) -> Row {
-    Row::new()
-        .with("account_id", account_id)
-        .with("item_id", item_id)
+    ITEMS.key(account_id, item_id)
 }
 
 fn item_from_row(row: &Row) -> Result<FeedItem> {
@@ -168,7 +175,7 @@ impl FeedStore {
             // before it): an approval never turns a declined item back to pending.
             let existing = self
                 .store
-                .get("feed_items", &key(&account_id, &item_id))
+                .get(ITEMS.table, &key(&account_id, &item_id))
                 .await?;
             if existing.is_some_and(|r| r.text("status").ok() == Some("declined")) {
                 return Ok(());
@@ -176,12 +183,15 @@ impl FeedStore {
         }
         if !row.0.is_empty() {
             self.store
-                .apply(vec![Mutation::insert("feed_items", row)])
+                .apply(vec![ITEMS.month_entry(&account_id, &item_id)])
+                .await?;
+            self.store
+                .apply(vec![Mutation::insert(ITEMS.table, row)])
                 .await?;
         }
         if let Some(row) = self
             .store
-            .get("feed_items", &key(&account_id, &item_id))
+            .get(ITEMS.table, &key(&account_id, &item_id))
             .await?
         {
             let item = item_from_row(&row)?;
@@ -228,13 +238,16 @@ impl FeedStore {
                 .with("status", "settled")
                 .with("created_at", Value::Timestamp(e.occurred_at_ms.max(1)));
         }
+        self.store
+            .apply(vec![ITEMS.month_entry(&e.account_id, &e.transaction_id)])
+            .await?;
         for _ in 0..100 {
-            let existing = self.store.get("feed_items", &key).await?;
+            let existing = self.store.get(ITEMS.table, &key).await?;
             let mutation = match &existing {
                 None => {
                     let mut row = key.clone();
                     row.0.extend(columns.0.clone());
-                    Mutation::insert_if_not_exists("feed_items", row)
+                    Mutation::insert_if_not_exists(ITEMS.table, row)
                 }
                 Some(row) => {
                     let seen = row.i64("payment_version").ok();
@@ -245,7 +258,7 @@ impl FeedStore {
                         Some(v) => Condition::Equals("payment_version".into(), Value::BigInt(v)),
                         None => Condition::Exists,
                     };
-                    Mutation::update("feed_items", key.clone(), columns.clone(), vec![condition])
+                    Mutation::update(ITEMS.table, key.clone(), columns.clone(), vec![condition])
                 }
             };
             if self.store.apply(vec![mutation]).await?.applied() {
@@ -265,16 +278,18 @@ impl FeedStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Vec<FeedItem>> {
-        let query = Query {
-            after: cursor.map(|c| Row::new().with("item_id", c)),
-            ..Query::partition("feed_items", Row::new().with("account_id", account_id)).limit(limit)
-        };
-        self.store
-            .query(query)
+        ITEMS
+            .page(&self.store, account_id, cursor, limit)
             .await?
             .iter()
             .map(item_from_row)
             .collect()
+    }
+
+    /// Moves the items of `feed_items` (a partition per account forever) to the monthly
+    /// partitions, once; returns how many this call moved.
+    pub async fn move_first_table(&self) -> Result<u64> {
+        ITEMS.move_once(&self.store, "feed_items").await
     }
 
     /// Every item written from now on.

@@ -1,0 +1,171 @@
+//! Tables of an owner's rows (an account's transactions, a webhook's deliveries) kept in a
+//! partition per owner and calendar month (UTC) of the row's UUIDv7 id, so no partition grows
+//! without bound, with an index of the owner's months so a page walks back month by month.
+//!
+//! Rows whose id is not a UUIDv7 go to month 0, listed after every dated month.
+
+use std::time::Duration;
+
+use sterling_storage::{Migration, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
+
+use crate::error::Result;
+
+/// The record of one-time moves of data, added to every service's store by the template.
+pub const DATA_MOVES_MIGRATION: Migration = Migration {
+    version: 1_000_004,
+    name: "template_0004_data_moves.cql",
+    cql: "CREATE TABLE IF NOT EXISTS data_moves (
+              name text PRIMARY KEY,
+              state text,
+              owner text,
+              rows bigint);",
+};
+
+/// How long a move's owner holds it; a move not done by then is taken over (moves are
+/// idempotent, so a second mover only repeats writes).
+const MOVE_LEASE: Duration = Duration::from_secs(600);
+
+/// Rows read per page of a move.
+const MOVE_PAGE: usize = 500;
+
+/// The month (`YYYYMM`, UTC) a UUIDv7 id was made in; 0 for any other id.
+pub fn month_of(id: &str) -> i64 {
+    let Ok(uuid) = uuid::Uuid::parse_str(id) else {
+        return 0;
+    };
+    let Some(timestamp) = uuid.get_timestamp().filter(|_| uuid.get_version_num() == 7) else {
+        return 0;
+    };
+    let (seconds, _) = timestamp.to_unix();
+    let millis = i64::try_from(seconds).unwrap_or(0).saturating_mul(1000);
+    // utc_date gives YYYY-MM-DD.
+    utc_date(millis)[..7].replace('-', "").parse().unwrap_or(0)
+}
+
+/// A table of an owner's rows by month, and its index of months.
+#[derive(Debug, Clone, Copy)]
+pub struct ByMonth {
+    /// The rows: partition (owner, `month`), clustered by id newest first.
+    pub table: &'static str,
+    /// The index: partition (owner), clustered by `month` newest first.
+    pub months: &'static str,
+    /// The owner column (`account_id`, `webhook_id`).
+    pub owner: &'static str,
+    /// The id column, a UUIDv7 (`transaction_id`, `event_id`).
+    pub id: &'static str,
+}
+
+impl ByMonth {
+    /// The full key of a row.
+    pub fn key(&self, owner: &str, id: &str) -> Row {
+        Row::new()
+            .with(self.owner, owner)
+            .with("month", month_of(id))
+            .with(self.id, id)
+    }
+
+    /// The write that lists the row's month in the owner's index; written before the row
+    /// (a month listed with no row in it costs one empty read).
+    pub fn month_entry(&self, owner: &str, id: &str) -> Mutation {
+        let row = Row::new()
+            .with(self.owner, owner)
+            .with("month", month_of(id));
+        Mutation::insert(self.months, row)
+    }
+
+    /// Up to `limit` of the owner's rows, newest first, after the row `cursor` (an id).
+    pub async fn page(
+        &self,
+        store: &SharedStore,
+        owner: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Row>> {
+        let cursor_month = cursor.map(month_of);
+        let index = Query {
+            to: cursor_month.map(|m| Value::BigInt(m + 1)),
+            ..Query::partition(self.months, Row::new().with(self.owner, owner))
+        };
+        let mut rows = Vec::new();
+        for entry in store.query(index).await? {
+            if rows.len() >= limit {
+                break;
+            }
+            let month = entry.i64("month")?;
+            let partition = Row::new().with(self.owner, owner).with("month", month);
+            let query = Query {
+                after: cursor
+                    .filter(|_| cursor_month == Some(month))
+                    .map(|c| Row::new().with(self.id, c)),
+                ..Query::partition(self.table, partition).limit(limit - rows.len())
+            };
+            rows.extend(store.query(query).await?);
+        }
+        Ok(rows)
+    }
+
+    /// Copies every row of `legacy` (the same columns, partitioned by owner alone) into this
+    /// table, once for the service however many instances start at once; returns the rows
+    /// this call moved (0 when the move was done before). Run before the service writes.
+    pub async fn move_once(&self, store: &SharedStore, legacy: &str) -> Result<u64> {
+        let name = format!("{legacy}->{}", self.table);
+        let owner = uuid::Uuid::new_v4().to_string();
+        loop {
+            let key = Row::new().with("name", name.as_str());
+            if let Some(row) = store.get("data_moves", &key).await? {
+                if row.text("state")? == "done" {
+                    return Ok(0);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            let lease = key
+                .clone()
+                .with("state", "moving")
+                .with("owner", owner.as_str());
+            let claim = Mutation::insert_if_not_exists("data_moves", lease).with_ttl(MOVE_LEASE);
+            if !store.apply(vec![claim]).await?.applied() {
+                continue;
+            }
+            let moved = self.copy(store, legacy).await?;
+            let done = key
+                .with("state", "done")
+                .with("owner", owner.as_str())
+                .with("rows", moved as i64);
+            store
+                .apply(vec![Mutation::insert("data_moves", done)])
+                .await?;
+            tracing::info!(
+                from = legacy,
+                to = self.table,
+                rows = moved,
+                "rows moved to monthly partitions"
+            );
+            return Ok(moved);
+        }
+    }
+
+    async fn copy(&self, store: &SharedStore, legacy: &str) -> Result<u64> {
+        let (mut page, mut moved) = (None, 0u64);
+        let started = now_millis();
+        loop {
+            let (rows, next) = store.scan(legacy, page, MOVE_PAGE).await?;
+            for mut row in rows {
+                let (owner, id) = (
+                    row.text(self.owner)?.to_string(),
+                    row.text(self.id)?.to_string(),
+                );
+                row.set("month", month_of(&id));
+                store.apply(vec![self.month_entry(&owner, &id)]).await?;
+                store.apply(vec![Mutation::insert(self.table, row)]).await?;
+                moved += 1;
+            }
+            match next {
+                Some(token) => page = Some(token),
+                None => break,
+            }
+        }
+        tracing::debug!(ms = now_millis() - started, "move copied");
+        Ok(moved)
+    }
+}
