@@ -20,6 +20,7 @@ use crate::store::TransactionStore;
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_transactions.cql",
     2 => "0002_payment_life.cql",
+    3 => "0003_transactions_by_month.cql",
 );
 
 /// The transactions service.
@@ -53,6 +54,7 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let transactions = TransactionStore::new(ctx.store.clone());
+    transactions.move_first_table().await?;
     let enrichments = transactions.clone();
     ctx.consume(
         ConsumerConfig::new("transactions", &[types::TRANSACTION_ENRICHED]),

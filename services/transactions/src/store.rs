@@ -1,7 +1,8 @@
 //! Transaction records in the transactions keyspace.
 
 use sterling_proto::events::v1::CardPaymentUpdated;
-use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value};
+use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value};
+use sterling_template::by_month::ByMonth;
 use sterling_template::{Error, Result, failpoint};
 
 /// A stored transaction. Amounts are minor units of the named currency.
@@ -48,9 +49,7 @@ impl TransactionRecord {
     }
 
     fn to_row(&self) -> Row {
-        Row::new()
-            .with("account_id", self.account_id.as_str())
-            .with("transaction_id", self.transaction_id.as_str())
+        key(&self.account_id, &self.transaction_id)
             .with("authorisation_id", self.authorisation_id.as_str())
             .with("card_token", self.card_token.as_str())
             .with("amount", self.amount)
@@ -90,6 +89,18 @@ impl TransactionRecord {
     }
 }
 
+/// An account's transactions by month.
+pub const BY_ACCOUNT: ByMonth = ByMonth {
+    table: "account_transactions",
+    months: "account_transactions_months",
+    owner: "account_id",
+    id: "transaction_id",
+};
+
+fn key(account_id: &str, transaction_id: &str) -> Row {
+    BY_ACCOUNT.key(account_id, transaction_id)
+}
+
 /// Data access of the transactions service.
 #[derive(Clone)]
 pub struct TransactionStore {
@@ -114,8 +125,9 @@ impl TransactionStore {
             .store
             .apply_in_order(vec![
                 vec![Mutation::insert_if_not_exists("transactions", index)],
+                vec![BY_ACCOUNT.month_entry(&record.account_id, &record.transaction_id)],
                 vec![Mutation::insert_if_not_exists(
-                    "transactions_by_account",
+                    BY_ACCOUNT.table,
                     record.to_row(),
                 )],
             ])
@@ -162,18 +174,16 @@ impl TransactionStore {
         account_id: &str,
         authorisation_id: &str,
     ) -> Result<TransactionRecord> {
-        let key = Row::new()
-            .with("account_id", account_id)
-            .with("transaction_id", transaction_id);
+        let key = key(account_id, transaction_id);
         loop {
-            match self.store.get("transactions_by_account", &key).await? {
+            match self.store.get(BY_ACCOUNT.table, &key).await? {
                 Some(row) => {
                     let record = TransactionRecord::from_row(&row)?;
                     if record.status != "pending" {
                         return Ok(record);
                     }
                     let release = Mutation::update(
-                        "transactions_by_account",
+                        BY_ACCOUNT.table,
                         key.clone(),
                         Row::new().with("status", "released"),
                         vec![Condition::Equals("status".into(), "pending".into())],
@@ -205,8 +215,11 @@ impl TransactionStore {
                         kind: "card_payment".into(),
                     };
                     self.store
+                        .apply(vec![BY_ACCOUNT.month_entry(account_id, transaction_id)])
+                        .await?;
+                    self.store
                         .apply(vec![Mutation::insert_if_not_exists(
-                            "transactions_by_account",
+                            BY_ACCOUNT.table,
                             tombstone.to_row(),
                         )])
                         .await?;
@@ -233,9 +246,7 @@ impl TransactionStore {
         category: &str,
         logo_url: &str,
     ) -> Result<bool> {
-        let key = Row::new()
-            .with("account_id", account_id)
-            .with("transaction_id", transaction_id);
+        let key = key(account_id, transaction_id);
         let set = Row::new()
             .with("merchant_name", merchant_name)
             .with("category", category)
@@ -243,7 +254,7 @@ impl TransactionStore {
         let applied = self
             .store
             .apply(vec![Mutation::update(
-                "transactions_by_account",
+                BY_ACCOUNT.table,
                 key,
                 set,
                 vec![Condition::Exists],
@@ -293,13 +304,11 @@ impl TransactionStore {
 
     /// The authorisation's transaction, moved to what the payment's newest version says.
     async fn move_payment(&self, e: &CardPaymentUpdated) -> Result<()> {
-        let key = Row::new()
-            .with("account_id", e.account_id.as_str())
-            .with("transaction_id", e.transaction_id.as_str());
+        let key = key(&e.account_id, &e.transaction_id);
         let minor =
             |m: &Option<sterling_proto::common::v1::Money>| m.as_ref().map_or(0, |m| m.minor_units);
         for _ in 0..100 {
-            let Some(row) = self.store.get("transactions_by_account", &key).await? else {
+            let Some(row) = self.store.get(BY_ACCOUNT.table, &key).await? else {
                 // Not recorded (a declined authorisation): nothing to move.
                 return Ok(());
             };
@@ -317,7 +326,7 @@ impl TransactionStore {
                 None => Condition::Equals("status".into(), row.text("status")?.into()),
             };
             let update = Mutation::update(
-                "transactions_by_account",
+                BY_ACCOUNT.table,
                 key.clone(),
                 Row::new()
                     .with("status", status)
@@ -333,6 +342,14 @@ impl TransactionStore {
             "contention",
             "too much contention on a transaction",
         ))
+    }
+
+    /// Moves the rows of `transactions_by_account` (a partition per account forever) to the
+    /// monthly partitions, once; returns how many this call moved.
+    pub async fn move_first_table(&self) -> Result<u64> {
+        BY_ACCOUNT
+            .move_once(&self.store, "transactions_by_account")
+            .await
     }
 
     /// A transaction by id.
@@ -352,10 +369,8 @@ impl TransactionStore {
         let row = self
             .store
             .get(
-                "transactions_by_account",
-                &Row::new()
-                    .with("account_id", index.text("account_id")?)
-                    .with("transaction_id", transaction_id),
+                BY_ACCOUNT.table,
+                &key(index.text("account_id")?, transaction_id),
             )
             .await?
             .ok_or_else(not_found)?;
@@ -375,17 +390,9 @@ impl TransactionStore {
         let mut after = cursor.map(str::to_string);
         while page.len() < limit {
             let wanted = limit - page.len();
-            let query = Query {
-                after: after
-                    .as_deref()
-                    .map(|c| Row::new().with("transaction_id", c)),
-                ..Query::partition(
-                    "transactions_by_account",
-                    Row::new().with("account_id", account_id),
-                )
-                .limit(wanted)
-            };
-            let rows = self.store.query(query).await?;
+            let rows = BY_ACCOUNT
+                .page(&self.store, account_id, after.as_deref(), wanted)
+                .await?;
             let exhausted = rows.len() < wanted;
             for row in &rows {
                 let record = TransactionRecord::from_row(row)?;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sterling_proto::events::v1::CardPaymentUpdated;
 use sterling_storage::embedded::SqliteStore;
+use sterling_storage::{Mutation, Row, SharedStore, Value};
 use transactions::MIGRATIONS;
 use transactions::store::{TransactionRecord, TransactionStore};
 
@@ -145,5 +146,72 @@ async fn the_newest_payment_version_wins_in_any_order() {
     assert_eq!(
         (refunds[0].amount, refunds[0].status.as_str()),
         (1000, "settled")
+    );
+}
+
+/// A UUIDv7 made at `ms` (Unix milliseconds), told apart by `n`.
+fn id_at(ms: u64, n: u64) -> String {
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+    let mut bytes = *uuid::Uuid::new_v7(ts).as_bytes();
+    bytes[8..16].copy_from_slice(&(0x8000_0000_0000_0000u64 | n).to_be_bytes());
+    uuid::Uuid::from_bytes(bytes).to_string()
+}
+
+#[tokio::test]
+async fn pages_walk_back_month_by_month_and_the_first_table_is_moved_once() {
+    let mut migrations = MIGRATIONS.to_vec();
+    migrations.extend(sterling_template::outbox::TEMPLATE_MIGRATIONS);
+    let engine: SharedStore = Arc::new(SqliteStore::in_memory(&migrations).unwrap());
+    const DAY: u64 = 86_400_000;
+    const JAN_2027: u64 = 1_800_000_000_000 - 20 * DAY;
+    // Two rows of the first table, one partition per account, in January and April.
+    let legacy = [id_at(JAN_2027, 1), id_at(JAN_2027 + 90 * DAY, 2)];
+    for (n, id) in legacy.iter().enumerate() {
+        let row = Row::new()
+            .with("account_id", "acc-1")
+            .with("transaction_id", id.as_str())
+            .with("authorisation_id", format!("old-{n}"))
+            .with("amount", 100i64)
+            .with("currency", "GBP")
+            .with("local_amount", 100i64)
+            .with("local_currency", "GBP")
+            .with("status", "settled")
+            .with("created_at", Value::Timestamp(1));
+        let write = Mutation::insert("transactions_by_account", row);
+        engine.apply(vec![write]).await.unwrap();
+        let index = Row::new()
+            .with("transaction_id", id.as_str())
+            .with("account_id", "acc-1");
+        engine
+            .apply(vec![Mutation::insert("transactions", index)])
+            .await
+            .unwrap();
+    }
+    let s = TransactionStore::new(engine.clone());
+    assert_eq!(s.move_first_table().await.unwrap(), 2);
+    assert_eq!(s.move_first_table().await.unwrap(), 0, "moved once");
+    assert_eq!(s.get(&legacy[1]).await.unwrap().authorisation_id, "old-1");
+
+    // New ones in February, March and now.
+    let new = [
+        id_at(JAN_2027 + 30 * DAY, 3),
+        id_at(JAN_2027 + 60 * DAY, 4),
+        uuid::Uuid::now_v7().to_string(),
+    ];
+    for (n, id) in new.iter().enumerate() {
+        s.record(&record(id, &format!("new-{n}"), 5)).await.unwrap();
+    }
+    let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let page = s.list("acc-1", 2, cursor.as_deref()).await.unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.transaction_id.clone());
+        seen.extend(page.into_iter().map(|t| t.transaction_id));
+    }
+    let mut expected: Vec<String> = legacy.iter().chain(new.iter()).cloned().collect();
+    expected.sort_by(|a, b| b.cmp(a));
+    assert_eq!(
+        seen, expected,
+        "every transaction once, newest first, across months"
     );
 }
