@@ -16,7 +16,8 @@ use serde_json::json;
 use sterling_bus::Envelope;
 use sterling_proto::events::v1::{CardAuthorisationDecided, CardPaymentUpdated};
 use sterling_signature as signature;
-use sterling_storage::{Applied, Condition, Mutation, Query, Row, SharedStore, Value, now_millis};
+use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value, now_millis};
+use sterling_template::by_month::ByMonth;
 use sterling_template::{Error, Result};
 use tokio::sync::{Notify, Semaphore};
 
@@ -38,10 +39,16 @@ pub const BREAKER_THRESHOLD: u32 = 5;
 /// How long one attempt may take, by default.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The delivery log by webhook and month.
+pub const DELIVERIES: ByMonth = ByMonth {
+    table: "webhook_deliveries",
+    months: "webhook_delivery_months",
+    owner: "webhook_id",
+    id: "event_id",
+};
+
 fn delivery_key(webhook_id: &str, event_id: &str) -> Row {
-    Row::new()
-        .with("webhook_id", webhook_id)
-        .with("event_id", event_id)
+    DELIVERIES.key(webhook_id, event_id)
 }
 
 fn money(m: &Option<sterling_proto::common::v1::Money>) -> serde_json::Value {
@@ -214,9 +221,17 @@ impl Dispatcher {
                 .with("attempts", 0i64)
                 .with("next_attempt_at", Value::Timestamp(now))
                 .with("created_at", Value::Timestamp(now));
+            self.store
+                .apply(vec![
+                    DELIVERIES.month_entry(&webhook.webhook_id, &envelope.event_id),
+                ])
+                .await?;
             let still_pending = match self
                 .store
-                .apply(vec![Mutation::insert_if_not_exists("deliveries", delivery)])
+                .apply(vec![Mutation::insert_if_not_exists(
+                    DELIVERIES.table,
+                    delivery,
+                )])
                 .await?
             {
                 Applied::Yes => true,
@@ -313,7 +328,7 @@ impl Dispatcher {
     /// changes are).
     fn update_pending(webhook_id: &str, event_id: &str, update: Row) -> Mutation {
         Mutation::update(
-            "deliveries",
+            DELIVERIES.table,
             delivery_key(webhook_id, event_id),
             update,
             vec![Condition::Equals("status".into(), "pending".into())],
@@ -350,6 +365,8 @@ impl Dispatcher {
         update: Option<Row>,
     ) -> Result<()> {
         if let Some(update) = update {
+            // Finished: the body is no longer needed.
+            let update = update.with("body", Value::Null);
             self.store
                 .apply(vec![Self::update_pending(webhook_id, event_id, update)])
                 .await?;
@@ -406,7 +423,7 @@ impl Dispatcher {
         let pair = (webhook_id, event_id);
         let Some(delivery) = self
             .store
-            .get("deliveries", &delivery_key(webhook_id, event_id))
+            .get(DELIVERIES.table, &delivery_key(webhook_id, event_id))
             .await?
         else {
             return self.finish(pair, due_at, None).await;
@@ -480,14 +497,16 @@ impl Dispatcher {
         }
     }
 
+    /// Moves the rows of `deliveries` (a partition per webhook forever) to the monthly
+    /// partitions, once; returns how many this call moved.
+    pub async fn move_first_table(&self) -> Result<u64> {
+        DELIVERIES.move_once(&self.store, "deliveries").await
+    }
+
     /// A webhook's deliveries, newest first.
     pub async fn log(&self, webhook_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
-        let rows = self
-            .store
-            .query(
-                Query::partition("deliveries", Row::new().with("webhook_id", webhook_id))
-                    .limit(limit),
-            )
+        let rows = DELIVERIES
+            .page(&self.store, webhook_id, None, limit)
             .await?;
         rows.iter()
             .map(|r| {

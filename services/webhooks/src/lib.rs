@@ -31,6 +31,7 @@ const ACCOUNTS: &str = "accounts";
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_webhooks.cql",
     2 => "0002_due_deliveries.cql",
+    3 => "0003_deliveries_by_month.cql",
 );
 
 /// The webhooks service.
@@ -103,6 +104,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         Duration::from_millis(timeout_ms),
         policy,
     )?;
+    dispatcher.move_first_table().await?;
     ctx.spawn(dispatcher.clone().run(ctx.stopping()));
     let queue = dispatcher.clone();
     ctx.consume(
