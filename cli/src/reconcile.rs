@@ -3,11 +3,13 @@
 //!
 //! 1. One answer per id: every answer the processor heard for an id is the same, equals what
 //!    card-api recorded, and card-processing's decision ends the same way.
-//! 2. Approved means exactly one active hold of the held amount and one pending transaction;
-//!    declined means no active hold and no pending transaction.
+//! 2. Approved means exactly one hold still reserving what the payment still holds (the held
+//!    amount until a clearing, reversal or expiry moves it on) and a transaction pending
+//!    exactly while the payment is; declined means no active hold and no pending transaction.
 //! 3. Never over-approve: per account, approved holds never exceed the balance, and available
-//!    never goes below zero (and, for accounts whose every authorisation is listed, the
-//!    ledger's held amount is exactly the approved holds).
+//!    never goes below zero unless a force post flagged the account overdrawn (and, for
+//!    accounts whose every authorisation is listed, the ledger's held amount is exactly what
+//!    the approved payments still hold).
 //! 4. Nothing half-done: every id has a decision, none is still "being decided".
 //!
 //! It reads only public interfaces: card-api's recorded answers (signed GET), card-processing,
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sterling_proto::cardprocessing::v1::{
-    AuthoriseResponse, Decision as DecisionKind, GetAuthorisationRequest,
+    AuthoriseResponse, Decision as DecisionKind, GetAuthorisationRequest, GetPaymentRequest,
 };
 use sterling_proto::ledger::v1::{GetBalanceRequest, GetHoldRequest, HoldStatus};
 use sterling_proto::transactions::v1::{GetTransactionRequest, TransactionStatus};
@@ -129,6 +131,15 @@ pub struct Reconciler {
 struct AccountTotals {
     approved_held: i64,
     ids: Vec<String>,
+}
+
+/// What an approved payment should look like in the ledger and transactions now.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    /// Minor units the hold should still reserve.
+    held: i64,
+    /// Whether the transaction should be pending.
+    pending: bool,
 }
 
 /// The violations found for one id: rule and what was wrong.
@@ -272,9 +283,50 @@ impl Reconciler {
                 ),
             );
         }
-        self.check_hold(id, &decision, approved, accounts, found)
+        let expected = self.expected(id, &decision, approved).await?;
+        self.check_hold(id, &decision, expected, accounts, found)
             .await?;
-        self.check_transaction(&decision, approved, found).await
+        self.check_transaction(&decision, approved, expected, found)
+            .await
+    }
+
+    /// What the payment should hold now, and whether its transaction should be pending: the
+    /// approval's held amount, or what card-processing's payment says after later messages.
+    async fn expected(
+        &self,
+        id: &str,
+        decision: &AuthoriseResponse,
+        approved: bool,
+    ) -> anyhow::Result<Expected> {
+        let held = decision.held_amount.clone().unwrap_or_default().minor_units;
+        if !approved {
+            return Ok(Expected {
+                held: 0,
+                pending: false,
+            });
+        }
+        let payment = self
+            .clients
+            .card_processing
+            .clone()
+            .get_payment(GetPaymentRequest {
+                payment_id: id.to_string(),
+            })
+            .await;
+        Ok(match payment {
+            Ok(p) => {
+                let p = p.into_inner();
+                Expected {
+                    held: p.held.unwrap_or_default().minor_units,
+                    pending: p.status == "pending",
+                }
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Expected {
+                held,
+                pending: true,
+            },
+            Err(status) => anyhow::bail!("card-processing: {status}"),
+        })
     }
 
     /// Rule 2, the hold: an approval holds exactly its amount, a decline holds nothing.
@@ -282,11 +334,11 @@ impl Reconciler {
         &self,
         id: &str,
         decision: &AuthoriseResponse,
-        approved: bool,
+        expected: Expected,
         accounts: &mut BTreeMap<String, AccountTotals>,
         found: &mut Found,
     ) -> anyhow::Result<()> {
-        let held = decision.held_amount.clone().unwrap_or_default();
+        let approved = decision.decision == DecisionKind::Approved as i32;
         if decision.account_id.is_empty() {
             if approved {
                 found.add(2, "approved without an account".into());
@@ -305,18 +357,19 @@ impl Reconciler {
         let active = match &hold {
             Ok(h) => {
                 let h = h.get_ref();
-                (h.status == HoldStatus::Active as i32)
-                    .then(|| h.amount.clone().unwrap_or_default().minor_units)
+                let reserves = h.remaining.clone().or(h.amount.clone()).unwrap_or_default();
+                (h.status == HoldStatus::Active as i32).then_some(reserves.minor_units)
             }
             Err(status) if status.code() == tonic::Code::NotFound => None,
             Err(status) => anyhow::bail!("ledger: {status}"),
         };
+        let held = expected.held;
         match (approved, active) {
-            (true, Some(amount)) if amount != held.minor_units => found.add(
+            (true, Some(amount)) if amount != held => found.add(
                 2,
-                format!("approved {} but the hold is {amount}", held.minor_units),
+                format!("the payment holds {held} but the ledger's hold reserves {amount}"),
             ),
-            (true, None) => found.add(2, "approved without an active hold".into()),
+            (true, None) if held > 0 => found.add(2, "approved without an active hold".into()),
             (false, Some(amount)) => {
                 found.add(2, format!("declined with an active hold of {amount}"))
             }
@@ -324,17 +377,16 @@ impl Reconciler {
         }
         let totals = accounts.entry(decision.account_id.clone()).or_default();
         totals.ids.push(id.to_string());
-        if approved {
-            totals.approved_held += held.minor_units;
-        }
+        totals.approved_held += held;
         Ok(())
     }
 
-    /// Rule 2, the transaction: pending exactly when approved.
+    /// Rule 2, the transaction: pending exactly while the approved payment is.
     async fn check_transaction(
         &self,
         decision: &AuthoriseResponse,
         approved: bool,
+        expected: Expected,
         found: &mut Found,
     ) -> anyhow::Result<()> {
         if decision.transaction_id.is_empty() {
@@ -353,8 +405,14 @@ impl Reconciler {
             Err(status) if status.code() == tonic::Code::NotFound => false,
             Err(status) => anyhow::bail!("transactions: {status}"),
         };
-        if approved && !pending {
+        if expected.pending && !pending {
             found.add(2, "approved without a pending transaction".into());
+        }
+        if approved && !expected.pending && pending {
+            found.add(
+                2,
+                "the payment moved on but its transaction is still pending".into(),
+            );
         }
         if !approved && pending {
             found.add(2, "declined with a pending transaction".into());
@@ -389,14 +447,19 @@ impl Reconciler {
                     what,
                 })
             };
-            if totals.approved_held > balance {
+            // Only a force post (the network approved offline) may take an account below
+            // zero, and it flags the account: then holds placed before it may exceed what is
+            // left, and that is not an over-approval.
+            if totals.approved_held > balance && !b.overdrawn {
                 violation(format!(
                     "approved {} against a balance of {balance}",
                     totals.approved_held
                 ));
             }
-            if available < 0 {
-                violation(format!("available is {available}"));
+            if available < 0 && !b.overdrawn {
+                violation(format!(
+                    "available is {available} and the account is not flagged"
+                ));
             }
             if complete && held != totals.approved_held {
                 violation(format!(

@@ -279,7 +279,22 @@ async fn clearings_reversals_increments_refunds_and_force_posts() {
     settlement_reconciles(&bank).await;
     books_balance(&bank, &[&alice.account_id]).await;
     followers_agree(&bank, &alice.account_id).await;
+    let authorisations = ["life-a1", "life-a2", "life-a3", "life-early", "life-hotel"];
+    authorisations_reconcile(&bank, &authorisations).await;
     bank.finish().await;
+}
+
+/// The reconciler's rules hold for payments that moved on: a hold used up by clearings, cut
+/// by a reversal or raised by an increment is what the payment still holds, and a settled
+/// payment's transaction is no longer pending.
+async fn authorisations_reconcile(bank: &TestBank, ids: &[&str]) {
+    let reach = sterling::operate::Reach::of(&bank.bank.platform);
+    let clients = tools::Clients::connect(&reach).await.unwrap();
+    let reconciler = common::burst::reconciler(clients, &bank.url, SECRET);
+    let heard: Vec<_> = ids.iter().map(|id| (id.to_string(), Vec::new())).collect();
+    let report = reconciler.reconcile(&heard, true).await.unwrap();
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.approved >= 4, "{report}");
 }
 
 /// The day's settlement file, as the processor would send it for the messages above, matches

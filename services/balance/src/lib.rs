@@ -1,6 +1,7 @@
 //! balance: the customer-facing balance, a read model named in the seeds. It keeps, in its own
 //! keyspace, each account's latest ledger snapshot (from `ledger.balance.changed`, highest
-//! version wins) and its approved card payments per UTC day (from the card decisions), and
+//! version wins) and its card payments per UTC day (from the card decisions, moved by the
+//! payment's later messages: clearings, reversals, expiries, refunds, force posts), and
 //! answers balance, available, pending and spent today without asking the ledger. Its lag
 //! behind the ledger is `sterling_balance_lag_seconds`.
 
@@ -22,7 +23,10 @@ use crate::store::BalanceStore;
 const ACCOUNTS: &str = "accounts";
 
 /// The versioned migrations of the `sterling_balance` keyspace.
-pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_balance.cql");
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
+    1 => "0001_balance.cql",
+    2 => "0002_payment_life.cql",
+);
 
 /// The balance service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {
@@ -52,6 +56,19 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     };
     let consumer = balances.clone();
     ctx.consume(config, move |envelope| {
+        let balances = consumer.clone();
+        async move { balances.apply_event(&envelope).await }
+    });
+    // The rest of a payment's life moves spent today, on a durable of its own (an existing
+    // durable keeps the subjects it was made with).
+    let payments = ConsumerConfig {
+        ack_wait: Duration::from_secs(10),
+        concurrency: 8,
+        deduplicate: false,
+        ..ConsumerConfig::new("balance-payments", &[types::CARD_PAYMENT_ALL])
+    };
+    let consumer = balances.clone();
+    ctx.consume(payments, move |envelope| {
         let balances = consumer.clone();
         async move { balances.apply_event(&envelope).await }
     });

@@ -6,7 +6,9 @@
 use prost::Message;
 use sterling_bus::Envelope;
 use sterling_proto::event_types as types;
-use sterling_proto::events::v1::{AccountBalanceChanged, CardAuthorisationDecided};
+use sterling_proto::events::v1::{
+    AccountBalanceChanged, CardAuthorisationDecided, CardPaymentUpdated,
+};
 use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
 use sterling_template::{Error, Result};
 
@@ -40,6 +42,25 @@ fn key(account_id: &str) -> Row {
     Row::new().with("account_id", account_id)
 }
 
+fn spending_key(account_id: &str, day: &str, id: &str) -> Row {
+    Row::new()
+        .with("account_id", account_id)
+        .with("day", day)
+        .with("authorisation_id", id)
+}
+
+/// The UTC day a card payment counts on: that of its transaction id (a UUIDv7 made when it
+/// was decided), or of `fallback_ms` for an id that carries no time.
+fn day_of_payment(transaction_id: &str, fallback_ms: i64) -> String {
+    let made = uuid::Uuid::parse_str(transaction_id)
+        .ok()
+        .filter(|u| u.get_version_num() == 7)
+        .and_then(|u| u.get_timestamp())
+        .map(|t| t.to_unix())
+        .map(|(seconds, nanos)| seconds as i64 * 1000 + i64::from(nanos / 1_000_000));
+    utc_date(made.unwrap_or(fallback_ms))
+}
+
 impl BalanceStore {
     /// Wraps the service's store.
     pub fn new(store: SharedStore) -> Self {
@@ -58,6 +79,10 @@ impl BalanceStore {
                 let d =
                     CardAuthorisationDecided::decode(envelope.payload.as_slice()).map_err(bad)?;
                 self.take_decision(&d).await
+            }
+            t if t.starts_with("card.payment.") => {
+                let e = CardPaymentUpdated::decode(envelope.payload.as_slice()).map_err(bad)?;
+                self.take_payment(&e).await
             }
             other => Err(Error::bad_request(
                 "event",
@@ -110,12 +135,17 @@ impl BalanceStore {
         if d.account_id.is_empty() || !(d.approved || d.reversed) {
             return Ok(());
         }
-        let row = Row::new()
-            .with("account_id", d.account_id.as_str())
-            .with("day", utc_date(d.decided_at_ms))
-            .with("authorisation_id", d.processor_authorisation_id.as_str());
+        let day = day_of_payment(&d.transaction_id, d.decided_at_ms);
+        let row = spending_key(&d.account_id, &day, &d.processor_authorisation_id);
         // A reversal leaves the payment's row at zero, whatever came first: an approval that
-        // arrives after it finds the row taken and changes nothing.
+        // arrives after it finds the row taken and changes nothing. Once the payment's own
+        // messages have moved the row (it has a version), they alone move it.
+        if d.reversed
+            && let Some(existing) = self.store.get("spending", &row).await?
+            && existing.i64("payment_version").is_ok()
+        {
+            return Ok(());
+        }
         let mutation = if d.reversed {
             Mutation::insert(
                 "spending",
@@ -131,6 +161,81 @@ impl BalanceStore {
         };
         self.store.apply(vec![mutation]).await?;
         Ok(())
+    }
+
+    /// Moves an approved payment's row to what it comes to after a later message (highest
+    /// version wins); a refund or force post is a row of its own.
+    async fn take_payment(&self, e: &CardPaymentUpdated) -> Result<()> {
+        let minor =
+            |m: &Option<sterling_proto::common::v1::Money>| m.as_ref().map_or(0, |m| m.minor_units);
+        let currency = e.amount.as_ref().map_or("", |m| m.currency.as_str());
+        if e.account_id.is_empty() {
+            return Ok(());
+        }
+        if matches!(e.kind.as_str(), "refund" | "force_post") {
+            let sign = if e.kind == "refund" { -1 } else { 1 };
+            let id = format!("{}:{}", e.kind, e.message_id);
+            let row = spending_key(&e.account_id, &utc_date(e.occurred_at_ms), &id)
+                .with("amount", sign * minor(&e.amount))
+                .with("currency", currency);
+            self.store
+                .apply(vec![Mutation::insert("spending", row)])
+                .await?;
+            return Ok(());
+        }
+        if e.authorisation_transaction_id.is_empty() || e.processor_authorisation_id.is_empty() {
+            return Ok(());
+        }
+        let amount = match e.status.as_str() {
+            "pending" => minor(&e.held) + minor(&e.settled),
+            _ => minor(&e.settled),
+        };
+        let day = day_of_payment(&e.authorisation_transaction_id, e.occurred_at_ms);
+        let key = spending_key(&e.account_id, &day, &e.processor_authorisation_id);
+        let set = Row::new()
+            .with("amount", amount)
+            .with("payment_version", e.payment_version);
+        for _ in 0..MAX_ROUNDS {
+            let existing = self.store.get("spending", &key).await?;
+            let seen = existing
+                .as_ref()
+                .and_then(|r| r.i64("payment_version").ok());
+            if seen.unwrap_or(0) >= e.payment_version {
+                return Ok(());
+            }
+            let mutation = match (existing, seen) {
+                (None, _) => {
+                    let mut row = key.clone().with("currency", currency);
+                    row.0.extend(set.0.clone());
+                    Mutation::insert_if_not_exists("spending", row)
+                }
+                (Some(_), Some(v)) => Mutation::update(
+                    "spending",
+                    key.clone(),
+                    set.clone(),
+                    vec![Condition::Equals(
+                        "payment_version".into(),
+                        Value::BigInt(v),
+                    )],
+                ),
+                (Some(row), None) => Mutation::update(
+                    "spending",
+                    key.clone(),
+                    set.clone(),
+                    vec![Condition::Equals(
+                        "amount".into(),
+                        Value::BigInt(row.i64("amount")?),
+                    )],
+                ),
+            };
+            if self.store.apply(vec![mutation]).await?.applied() {
+                return Ok(());
+            }
+        }
+        Err(Error::unavailable(
+            "contention",
+            "too much contention on a day's spending",
+        ))
     }
 
     /// The account's latest snapshot, if one has arrived.

@@ -45,6 +45,12 @@ fn version_entry(version: i64) -> String {
     format!("version:{version:020}")
 }
 
+/// How long a `version:<v>` entry is kept: the relay asks about it within minutes of the
+/// change (an announcement unconfirmed for [`outbox::OUTBOX_WAIT_LIMIT`] is dropped), and
+/// once it is gone the balance's version past `v` answers the same (discard) for a change
+/// that lost. A week bounds the account's partition without ever being too short.
+pub const VERSION_ENTRY_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The ledger's side of the outbox.
 #[derive(Clone)]
 pub struct Announcer {
@@ -89,7 +95,7 @@ impl Announcer {
             .with("event_id", envelope.event_id.as_str());
         Ok((
             Announcement { envelope },
-            Mutation::insert_if_not_exists("account_entries", record),
+            Mutation::insert_if_not_exists("account_entries", record).with_ttl(VERSION_ENTRY_TTL),
         ))
     }
 
