@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATA ?= data
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run build test test-api test-first-service test-engines engines-up engines-down lint fmt bench bench-engines clean
+.PHONY: run build test test-api test-first-service test-engines engines-up engines-down lint fmt bench bench-engines clean images compose-test k8s-check
 
 ## run: the whole bank in one process on embedded backends (no Java, no NATS needed)
 run: build
@@ -56,6 +56,21 @@ test-engines:
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test kill_nine
 	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \
 		$(CARGO) test -p sterling --test engine_faults -- --ignored --test-threads=1
+
+## images: every service as its own image from a static (musl) binary, and the engines'
+## images from Debian, Maven Central and PyPI (podman; CONTAINER_ENGINE=docker for Docker)
+images:
+	deploy/container/images.sh all
+
+## compose-test: the whole bank in containers with podman-compose: payments through card-api,
+## the feed and the push sink; a service SIGKILLed and restarted; NATS stopped and started
+compose-test:
+	deploy/compose/test.sh
+
+## k8s-check: deploy/k8s/base matches the access rules; every overlay builds (kustomize) and
+## decodes strictly into the Kubernetes API types
+k8s-check:
+	CARGO="$(CARGO)" deploy/k8s/check.sh
 
 ## lint: formatting and clippy with warnings as errors
 lint:

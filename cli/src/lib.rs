@@ -3,6 +3,7 @@
 
 pub mod bank;
 pub mod bench;
+pub mod deploy;
 pub mod operate;
 pub mod processor;
 pub mod reconcile;

@@ -78,9 +78,16 @@ enum Command {
     /// Run one service of the bank as its own process (as a container or a unit would), on
     /// the discovery and bus the configuration names.
     Serve {
-        /// The service, e.g. `cards`.
+        /// The service, e.g. `cards` (default: `STERLING_SERVICE`, set in each image).
+        #[arg(env = "STERLING_SERVICE")]
         service: String,
     },
+    /// Exit 0 if the service on this machine at `STERLING_LISTEN`'s port says it is serving
+    /// (gRPC health, or `GET /healthz`): the containers' healthcheck.
+    Probe,
+    /// Print, as JSON, every service with the callers its access rules allow (what the
+    /// Kubernetes NetworkPolicies admit; `deploy/k8s/generate.py` reads it).
+    Access,
     /// Open a funded test customer account with a card.
     Seed {
         /// Account currency.
@@ -257,6 +264,14 @@ enum Command {
         /// Where the page starts: the cursor the previous page printed.
         #[arg(long)]
         cursor: Option<String>,
+    },
+    /// List an account's feed, newest first, a page at a time.
+    Feed {
+        /// Ledger account id.
+        account: String,
+        /// How many on this page.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// Devices that receive push notifications.
     Devices {
@@ -449,6 +464,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { service } => serve_one(&service).await,
+        Command::Probe => sterling::deploy::probe(PlatformConfig::from_env()?.listen).await,
+        Command::Access => {
+            let all: Vec<ServiceDefinition> = SERVICES
+                .iter()
+                .chain(bank::DEVELOPMENT_FAKES)
+                .copied()
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&sterling::deploy::access(&all))?
+            );
+            Ok(())
+        }
         Command::Up {
             grpc_base_port,
             http_port,
@@ -536,6 +564,7 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
             limit,
             cursor,
         } => operate::transactions(&reach().await?, &account, limit, cursor).await,
+        Command::Feed { account, limit } => operate::feed(&reach().await?, &account, limit).await,
         Command::Devices { command } => devices(command).await,
         Command::Webhooks { command } => webhooks(command).await,
         Command::Identity { command } => identity(command),

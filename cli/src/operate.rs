@@ -217,6 +217,33 @@ pub async fn transactions(
     Ok(())
 }
 
+/// Prints the newest `limit` items of an account's feed: id, status, amount, title.
+pub async fn feed(bank: &Reach, account: &str, limit: u32) -> anyhow::Result<()> {
+    use sterling_proto::feed::v1::{FEED_SERVICE, ListFeedRequest, feed_client::FeedClient};
+    let page = FeedClient::new(bank.channel(FEED_SERVICE).await?)
+        .list_feed(ListFeedRequest {
+            account_id: account.into(),
+            limit,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(sterling_template::Error::from)?
+        .into_inner();
+    for item in &page.items {
+        println!(
+            "{}  {:<9} {:>14}  {}",
+            item.item_id,
+            item.status,
+            show_money(item.amount.clone()),
+            item.title
+        );
+    }
+    if page.items.is_empty() {
+        println!("no feed items");
+    }
+    Ok(())
+}
+
 /// Registers a device for push notifications.
 pub async fn register_device(
     bank: &Reach,

@@ -3,11 +3,15 @@
 # Central artifacts, on the machine's JDK 17. Idempotent; data under the cache folder.
 #
 #   deploy/local/cassandra.sh fetch|start|wait|stop|status|clean
+#   deploy/local/cassandra.sh run      in the foreground, logging to stdout (the container image)
 #
 # STERLING_ENGINES_DIR   cache folder (default ~/.cache/sterling/engines)
 # CASSANDRA_VERSION      default 5.0.6
 # CASSANDRA_PORT         native (CQL) port, default 9042
 # CASSANDRA_HEAP         default 2G
+# CASSANDRA_DATA         data folder, default under the cache folder
+# CASSANDRA_RPC          address clients connect to, default 127.0.0.1 (0.0.0.0 in a container,
+#                        then the address it tells clients is the container's own)
 set -euo pipefail
 
 VERSION="${CASSANDRA_VERSION:-5.0.6}"
@@ -15,9 +19,10 @@ ROOT="${STERLING_ENGINES_DIR:-$HOME/.cache/sterling/engines}/cassandra-$VERSION"
 PORT="${CASSANDRA_PORT:-9042}"
 HEAP="${CASSANDRA_HEAP:-2G}"
 LIB="$ROOT/lib"
-DATA="$ROOT/data"
+DATA="${CASSANDRA_DATA:-$ROOT/data}"
 LOGS="$ROOT/logs"
 PIDFILE="$ROOT/cassandra.pid"
+RPC="${CASSANDRA_RPC:-127.0.0.1}"
 
 log() { echo "cassandra: $*" >&2; }
 
@@ -58,7 +63,8 @@ seed_provider:
     parameters:
       - seeds: "127.0.0.1:7000"
 listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
+rpc_address: $RPC
+$( [ "$RPC" = 0.0.0.0 ] && echo "broadcast_rpc_address: $(hostname -i | awk '{print $1}')" )
 storage_port: 7000
 native_transport_port: $PORT
 start_native_transport: true
@@ -87,19 +93,18 @@ YAML
     <file>$LOGS/system.log</file>
     <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
   </appender>
-  <root level="INFO"><appender-ref ref="FILE"/></root>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="${LOG_APPENDER:-FILE}"/></root>
 </configuration>
 XML
 }
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
-start() {
-  if running; then log "already running (pid $(cat "$PIDFILE"))"; return 0; fi
-  fetch
-  config
-  command -v java >/dev/null || { log "java (JDK 17) is needed"; exit 1; }
-  : > "$LOGS/system.log"
+# The JVM's command line, in JAVA_CMD.
+java_cmd() {
   # The --add-exports/--add-opens of Cassandra's conf/jvm17-server.options.
   local opens=(
     --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
@@ -130,8 +135,7 @@ start() {
     --add-opens java.base/java.lang.reflect=ALL-UNNAMED
     --add-opens java.base/java.net=ALL-UNNAMED
   )
-  log "starting on 127.0.0.1:$PORT (logs in $LOGS)"
-  nohup java -ea -Xss256k -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -XX:+PerfDisableSharedMem \
+  JAVA_CMD=(java -ea -Xss256k -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -XX:+PerfDisableSharedMem \
     -Djdk.attach.allowAttachSelf=true "${opens[@]}" \
     -Dcassandra.config="file://$ROOT/conf/cassandra.yaml" \
     -Dlogback.configurationFile="$ROOT/conf/logback.xml" \
@@ -139,9 +143,28 @@ start() {
     -Dcassandra-foreground=yes -Dcassandra.jmx.local.port=7199 \
     -Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=100 \
     -Dcassandra.initial_token=0 -Dcassandra.superuser_setup_delay_ms=0 \
-    -cp "$LIB/*" org.apache.cassandra.service.CassandraDaemon \
-    > "$LOGS/stdout.log" 2>&1 &
+    -cp "$LIB/*" org.apache.cassandra.service.CassandraDaemon)
+}
+
+start() {
+  if running; then log "already running (pid $(cat "$PIDFILE"))"; return 0; fi
+  fetch
+  config
+  command -v java >/dev/null || { log "java (JDK 17) is needed"; exit 1; }
+  : > "$LOGS/system.log"
+  java_cmd
+  log "starting on 127.0.0.1:$PORT (logs in $LOGS)"
+  nohup "${JAVA_CMD[@]}" > "$LOGS/stdout.log" 2>&1 &
   echo $! > "$PIDFILE"
+}
+
+# In the foreground with the log on stdout, as a container's process.
+run() {
+  fetch
+  LOG_APPENDER=STDOUT config
+  java_cmd
+  log "running on $RPC:$PORT"
+  exec "${JAVA_CMD[@]}"
 }
 
 wait_ready() {
@@ -178,8 +201,9 @@ case "${1:-}" in
   start) start ;;
   wait) wait_ready ;;
   up) start; wait_ready ;;
+  run) run ;;
   stop) stop ;;
   status) if running; then echo "running (pid $(cat "$PIDFILE"))"; else echo "stopped"; exit 1; fi ;;
   clean) stop; rm -rf "$DATA" ;;
-  *) echo "usage: $0 fetch|start|wait|up|stop|status|clean" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|start|wait|up|run|stop|status|clean" >&2; exit 2 ;;
 esac

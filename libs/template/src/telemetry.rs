@@ -39,6 +39,7 @@ pub fn init(format: LogFormat, directives: &str) {
 pub fn init_for(service: &str, format: LogFormat, directives: &str) {
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
+        .filter(|endpoint| !endpoint.is_empty())
         .and_then(|endpoint| {
             match opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -223,6 +224,14 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "sterling_consumer_lag_seconds",
         "Time from an event occurring to its delivery to the consumer.",
+    ),
+    (
+        "sterling_consumer_dead_lettered_total",
+        "Events a consumer gave up on (rejected, or failed at their last delivery): dead letters.",
+    ),
+    (
+        "sterling_card_authorisations_total",
+        "Card authorisations decided, by decision (approved, declined) and reason.",
     ),
 ];
 

@@ -40,6 +40,7 @@ const MISSPELT: &[(&str, &str)] = &[
     ("STERLING_BUS", "nat"),
     ("STERLING_LISTEN", "localhost"),
     ("STERLING_METRICS_ADDR", ":9464"),
+    ("STERLING_ADVERTISE_HOST", "cards:7000"),
     ("STERLING_LOG", "info,[bad"),
     ("STERLING_LOG_FORMAT", "jsn"),
     ("STERLING_IDENTITY_PUBLIC_KEY", "not-a-key"),
@@ -62,6 +63,7 @@ fn a_misspelt_value_of_each_variable_is_refused_by_name() {
             "STERLING_DATA_DIR",
             "STERLING_ZONE",
             "STERLING_IDENTITY_KEY_FILE",
+            "STERLING_SERVICE",
         ];
         assert!(
             free_text.contains(variable) || MISSPELT.iter().any(|(v, _)| v == variable),
@@ -175,4 +177,22 @@ fn a_variable_name_one_typo_away_is_caught() {
             ),
         ]
     );
+}
+
+#[test]
+fn an_advertised_host_is_a_name_or_an_address_without_a_port() {
+    for host in [
+        "cards",
+        "10.0.3.7",
+        "fd00::7",
+        "sterling-cards.sterling.svc",
+    ] {
+        let config = parse(&[("STERLING_ADVERTISE_HOST", host)]).expect(host);
+        assert_eq!(config.advertise_host.as_deref(), Some(host));
+    }
+    assert_eq!(parse(&[]).unwrap().advertise_host, None);
+    for bad in ["cards:7000", "http://cards", "two words"] {
+        let error = parse(&[("STERLING_ADVERTISE_HOST", bad)]).expect_err(bad);
+        assert_eq!(error.variable, "STERLING_ADVERTISE_HOST");
+    }
 }

@@ -253,6 +253,12 @@ impl Decider {
             .await?;
         failpoint::step("card_processing::settle::after_write").await?;
         if won {
+            metrics::counter!(
+                "sterling_card_authorisations_total",
+                "decision" => if decision.approved { "approved" } else { "declined" },
+                "reason" => decision.reason.clone(),
+            )
+            .increment(1);
             self.announcer.publish_soon(event);
             if decision.approved {
                 tracing::info!(approved = true, "authorisation decided");

@@ -166,6 +166,16 @@ where
         }
     }
 
+    /// Counts an event this consumer gives up on (it goes to the dead-letter subject).
+    fn dead_lettered(&self) {
+        metrics::counter!(
+            "sterling_consumer_dead_lettered_total",
+            "service" => self.service,
+            "consumer" => self.config.durable.clone(),
+        )
+        .increment(1);
+    }
+
     /// Handles one delivery and settles it; returns what was done.
     pub(crate) async fn deliver(&self, delivery: Delivery) -> Outcome {
         let envelope = delivery.envelope.clone();
@@ -196,7 +206,13 @@ where
             }
             Err(e) if e.class() == ErrorClass::BadRequest => {
                 span.in_scope(|| tracing::warn!(code = e.code(), "event rejected"));
+                self.dead_lettered();
                 (Outcome::Rejected, delivery.term(e.code()).await)
+            }
+            Err(e) if delivery.attempt >= self.config.max_deliver => {
+                span.in_scope(|| tracing::warn!(code = e.code(), error = %e, "event handling failed for the last time; dead-lettered"));
+                self.dead_lettered();
+                (Outcome::Failed, delivery.nak().await)
             }
             Err(e) => {
                 span.in_scope(|| tracing::warn!(code = e.code(), error = %e, "event handling failed; will retry"));

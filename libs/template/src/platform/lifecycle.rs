@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
+use super::PlatformConfig;
 use super::engines::{Platform, open_store};
 use super::health::{Health, StoreChecker};
 use super::service::{Api, GrpcApi, PUBLIC_API, ServiceContext, ServiceDefinition, Setting};
@@ -170,7 +171,7 @@ where
     let registration = Registration {
         service: name.to_string(),
         instance: format!("{name}-{}", uuid::Uuid::now_v7()),
-        address: address.to_string(),
+        address: advertised(&platform.config, address),
         protocol,
         zone: platform.config.zone.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -364,4 +365,16 @@ fn heartbeat(platform: &Platform, registration: Registration) -> JoinHandle<()> 
             }
         }
     })
+}
+
+/// The address registered in discovery: the advertised host with the bound port, or the bound
+/// address itself.
+fn advertised(config: &PlatformConfig, bound: SocketAddr) -> String {
+    match &config.advertise_host {
+        Some(host) if host.contains(':') && !host.starts_with('[') => {
+            format!("[{host}]:{}", bound.port())
+        }
+        Some(host) => format!("{host}:{}", bound.port()),
+        None => bound.to_string(),
+    }
 }

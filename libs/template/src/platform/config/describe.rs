@@ -60,6 +60,10 @@ impl PlatformConfig {
         put("STERLING_BUS", self.describe_bus());
         put("STERLING_LISTEN", self.listen.to_string());
         put(
+            "STERLING_ADVERTISE_HOST",
+            self.advertise_host.clone().unwrap_or_default(),
+        );
+        put(
             "STERLING_METRICS_ADDR",
             self.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
         );

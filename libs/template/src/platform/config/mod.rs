@@ -175,6 +175,9 @@ pub struct PlatformConfig {
     pub bus: BusSpec,
     /// Where a service run on its own listens.
     pub listen: SocketAddr,
+    /// The host registered in discovery with the bound port, when the listen address is not
+    /// one others can reach (`0.0.0.0` in a container).
+    pub advertise_host: Option<String>,
     /// Where Prometheus `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// Where the identity authority is.
@@ -233,6 +236,7 @@ impl PlatformConfig {
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 "an address such as 127.0.0.1:8080",
             )?,
+            advertise_host: specs::advertise_host(&vars)?,
             metrics_addr: match vars.get("STERLING_METRICS_ADDR") {
                 None => None,
                 Some(v) if v.is_empty() => None,

@@ -210,3 +210,29 @@ pub(super) fn identity(vars: &Vars) -> Result<IdentitySpec, ConfigError> {
             })),
     }
 }
+
+/// `STERLING_ADVERTISE_HOST`: a host name or IP address others reach this instance at.
+pub(super) fn advertise_host(vars: &Vars) -> Result<Option<String>, ConfigError> {
+    let Some(host) = vars
+        .get("STERLING_ADVERTISE_HOST")
+        .filter(|h| !h.is_empty())
+    else {
+        return Ok(None);
+    };
+    // One colon is a port; IPv6 addresses have at least two.
+    let colons = host.matches(':').count();
+    let valid = host.len() <= 253
+        && colons != 1
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']'));
+    if valid {
+        Ok(Some(host))
+    } else {
+        Err(error(
+            "STERLING_ADVERTISE_HOST",
+            &host,
+            "a host name or IP address, without a port",
+        ))
+    }
+}

@@ -93,6 +93,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "address a service run on its own listens on",
     ),
     (
+        "STERLING_ADVERTISE_HOST",
+        "",
+        "host registered in discovery with the bound port (a container's name, a pod's IP); unset, the listen address",
+    ),
+    (
+        "STERLING_SERVICE",
+        "",
+        "the service `sterling serve` runs when none is named (set in each service's image)",
+    ),
+    (
         "STERLING_METRICS_ADDR",
         "",
         "serve Prometheus /metrics here",

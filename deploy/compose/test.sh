@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# make compose-test: the whole bank in containers, checked from outside.
+#
+# Builds the images (deploy/container/images.sh), starts docker-compose.yml with podman-compose
+# and the local engine images, waits for every healthcheck, then:
+#   1. seeds a customer and pays: the decision, the feed item and the push at the sink;
+#   2. kills one service's process with SIGKILL: the container restarts, payments recover;
+#   3. stops and starts NATS's container: every payment's feed item and push arrive, none lost;
+# and takes it all down with its volumes.
+#
+# COMPOSE   the compose command (default: podman-compose from a virtualenv in the cache)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/deploy/container/containers.conf}"
+PROJECT=sterling-compose-test
+TOOLS="$HOME/.cache/sterling/tools"
+if [ -z "${COMPOSE:-}" ]; then
+  if [ ! -x "$TOOLS/compose/bin/podman-compose" ]; then
+    python3 -m venv "$TOOLS/compose"
+    "$TOOLS/compose/bin/pip" install -q podman-compose==1.6.0
+  fi
+  COMPOSE="$TOOLS/compose/bin/podman-compose"
+fi
+# Published ports away from the engines a developer may run on loopback.
+export STERLING_CARD_API_PORT=18080 STERLING_GATEWAY_PORT=18000 STERLING_PUSH_SINK_PORT=18090 \
+  STERLING_DATABASE_PORT=19042 STERLING_NATS_PORT=14222 STERLING_NATS_MONITOR_PORT=18222 \
+  STERLING_PROMETHEUS_PORT=19090 STERLING_OTLP_ENDPOINT=
+# Everything but Grafana and Jaeger, which have no image on a machine with no registry.
+SERVICES=(database nats prometheus push-sink auth customers cards fx ledger transactions
+  merchant feed balance push webhooks card-processing card-api accounts gateway)
+compose() { "$COMPOSE" --env-file deploy/compose/local-images.env -p "$PROJECT" "$@"; }
+log() { echo "compose-test: $*" >&2; }
+
+# podman runs healthchecks from systemd timers; with no systemd (a container, a CI machine)
+# nothing runs them, so this does, every 3 s, for every container of the project.
+run_healthchecks() {
+  while true; do
+    for c in $(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}'); do
+      podman healthcheck run "$c" > /dev/null 2>&1 || true
+    done
+    sleep 3
+  done
+}
+
+cleanup() {
+  local status=$?
+  [ -n "${HEALTHCHECKS:-}" ] && kill "$HEALTHCHECKS" 2>/dev/null || true
+  if [ $status -ne 0 ]; then
+    log "failed; the last logs of each container:"
+    for c in $(podman ps -a --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}'); do
+      echo "--- $c ($(podman inspect --format '{{.State.Status}} {{.State.Health.Status}}' "$c" 2>/dev/null))"
+      podman logs --tail 15 "$c" 2>&1 | cut -c1-400
+    done
+  fi
+  compose down -v > /dev/null 2>&1 || true
+  exit $status
+}
+trap cleanup EXIT
+
+container() { echo "${PROJECT}_$1_1"; }
+
+# Waits until every container of SERVICES reports healthy (those with a healthcheck) or runs.
+wait_healthy() {
+  local deadline=$((SECONDS + ${1:-300}))
+  while [ $SECONDS -lt $deadline ]; do
+    local waiting=()
+    for s in "${SERVICES[@]}"; do
+      local state
+      state="$(podman inspect --format '{{.State.Status}}/{{.State.Health.Status}}' "$(container "$s")" 2>/dev/null || echo missing)"
+      case "$state" in
+        running/healthy | running/) ;;
+        *) waiting+=("$s=$state") ;;
+      esac
+    done
+    if [ ${#waiting[@]} -eq 0 ]; then return 0; fi
+    sleep 3
+  done
+  log "not healthy in time: ${waiting[*]}"
+  return 1
+}
+
+# The sterling CLI in a container on the compose network, as the operator.
+sterling() {
+  podman run --rm --network "${PROJECT}_default" -v "${PROJECT}_identity:/identity" \
+    -e STERLING_BUS=nats -e STERLING_DISCOVERY=nats -e STERLING_NATS_URL=nats://nats:4222 \
+    -e STERLING_IDENTITY_KEY_FILE=/identity/identity.key -e STERLING_LOG=warn \
+    -e STERLING_CARD_API_SECRET=development-processor-secret \
+    --entrypoint /sterling "localhost/sterling-card-api:${STERLING_TAG:-dev}" "$@"
+}
+
+# Pays `$2` with card `$1` under id `$3`; fails unless approved.
+pay() {
+  local out
+  out="$(sterling pay --card "$1" --amount "$2" --id "$3")"
+  echo "$out" | grep -q APPROVED || { log "payment $3 not approved: $out"; return 1; }
+}
+
+# Waits until `$1` (a command) prints `$3` at least `$2` times.
+eventually_count() {
+  local deadline=$((SECONDS + 60)) n=0
+  while [ $SECONDS -lt $deadline ]; do
+    n="$(eval "$1" 2>/dev/null | grep -o -- "$3" | wc -l || true)"
+    if [ "$n" -ge "$2" ]; then return 0; fi
+    sleep 2
+  done
+  log "expected $2 of '$3' from '$1', found $n"
+  return 1
+}
+
+deploy/container/images.sh all
+compose down -v > /dev/null 2>&1 || true
+run_healthchecks &
+HEALTHCHECKS=$!
+# The engines first: podman before 4.6 does not wait for `service_healthy` conditions.
+log "starting the engines"
+compose up -d --no-build database nats prometheus > /dev/null
+SERVICES_ALL=("${SERVICES[@]}")
+SERVICES=(database nats)
+wait_healthy 300
+SERVICES=("${SERVICES_ALL[@]}")
+log "starting ${#SERVICES[@]} containers"
+compose up -d --no-build "${SERVICES[@]}" > /dev/null
+wait_healthy 420
+log "every container is healthy"
+
+seeded="$(sterling seed --amount 100.00)"
+account="$(echo "$seeded" | awk '/^account/ {print $2}')"
+card="$(echo "$seeded" | awk '/^card/ {print $2}')"
+[ -n "$account" ] && [ -n "$card" ] || { log "seed printed: $seeded"; exit 1; }
+log "seeded account $account, card $card"
+
+feed() { sterling feed "$account"; }
+pushes() { curl -fsS "http://127.0.0.1:$STERLING_PUSH_SINK_PORT/deliveries"; }
+
+# 1. A first payment: decision, feed item, push.
+pay "$card" 3.50 compose-1
+eventually_count feed 1 "3.50 GBP"
+eventually_count pushes 1 '"title":"3.50 GBP"'
+log "payment 1 approved, in the feed and pushed"
+
+# 2. SIGKILL a service's process: the container restarts and payments recover.
+victim="$(container card-processing)"
+restarts="$(podman inspect --format '{{.RestartCount}}' "$victim")"
+kill -9 "$(podman inspect --format '{{.State.Pid}}' "$victim")"
+log "killed card-processing's process (SIGKILL)"
+deadline=$((SECONDS + 120))
+until [ "$(podman inspect --format '{{.RestartCount}}' "$victim")" -gt "$restarts" ]; do
+  [ $SECONDS -lt $deadline ] || { log "card-processing was not restarted"; exit 1; }
+  sleep 1
+done
+wait_healthy 180
+for i in 2 3; do pay "$card" 1.2$i "compose-$i"; done
+log "card-processing restarted; payments 2 and 3 approved"
+
+# 3. NATS stopped and started: nothing lost.
+podman stop -t 10 "$(container nats)" > /dev/null
+podman start "$(container nats)" > /dev/null
+wait_healthy 180
+for i in 4 5; do pay "$card" 2.0$i "compose-$i"; done
+eventually_count feed 5 "GBP"
+eventually_count pushes 5 '"title"'
+log "NATS restarted; all 5 payments in the feed and pushed"
+log "passed"
