@@ -32,12 +32,17 @@ services() {
   CC_x86_64_unknown_linux_musl=musl-gcc cargo build --locked --release --target "$MUSL" -p sterling
   local context; context="$(mktemp -d)"
   trap 'rm -rf "$context"' RETURN
-  cp "$TARGET/$MUSL/release/sterling" deploy/container/passwd deploy/container/group "$context/"
+  # Without its debug sections (symbols stay, so a backtrace still names functions).
+  strip --strip-debug -o "$context/sterling" "$TARGET/$MUSL/release/sterling"
+  cp deploy/container/passwd deploy/container/group "$context/"
   cp /etc/ssl/certs/ca-certificates.crt "$context/"
   mkdir -p "$context/identity" "$context/data"
+  "$ENGINE" build -q -f deploy/container/Containerfile.local -t "localhost/sterling:$TAG" \
+    "$context" > /dev/null
+  # One image per service on that one: the same layers, its own name and STERLING_SERVICE.
   for service in "${SERVICES[@]}"; do
-    "$ENGINE" build -q -f deploy/container/Containerfile.local --build-arg "SERVICE=$service" \
-      -t "localhost/sterling-$service:$TAG" "$context" > /dev/null
+    printf 'FROM localhost/sterling:%s\nENV STERLING_SERVICE=%s\n' "$TAG" "$service" \
+      | "$ENGINE" build -q -f - -t "localhost/sterling-$service:$TAG" "$context" > /dev/null
     log "localhost/sterling-$service:$TAG"
   done
 }

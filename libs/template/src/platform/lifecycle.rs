@@ -177,7 +177,7 @@ where
         version: env!("CARGO_PKG_VERSION").to_string(),
         routes,
     };
-    tracing::info!(service = name, %address, ?protocol, instance = %registration.instance, "serving and registered in discovery");
+    tracing::info!(service = name, %address, registered = %registration.address, ?protocol, instance = %registration.instance, "serving and registered in discovery");
     let mut registrations = vec![registration.clone()];
     if !registration.routes.is_empty() {
         // Also under the public API's name, where the gateway looks for routes.
