@@ -45,6 +45,8 @@ services() {
       | "$ENGINE" build -q -f - -t "localhost/sterling-$service:$TAG" "$context" > /dev/null
     log "localhost/sterling-$service:$TAG"
   done
+  # The images these replaced.
+  "$ENGINE" image prune -f > /dev/null
 }
 
 base() {
