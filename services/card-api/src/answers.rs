@@ -42,6 +42,9 @@ pub struct AnswerStore {
     /// Answers given while the store could not record them, until it can: repeats are
     /// answered from here meanwhile, so an outage never makes card-api answer twice.
     unrecorded: Arc<Mutex<Unrecorded>>,
+    /// One answer at a time per id in this process: a decline that cannot be recorded is kept
+    /// before another answer for its id may be recorded, so the first answer given stands.
+    recording: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Answers given but not recorded yet, by id, with their stand-in events.
@@ -77,6 +80,7 @@ impl AnswerStore {
             store,
             outbox,
             unrecorded: Arc::default(),
+            recording: Arc::default(),
         }
     }
 
@@ -99,6 +103,31 @@ impl AnswerStore {
     /// store cannot take it, the answer stands all the same (it is about to be given) and is
     /// recorded in the background as soon as the store is back.
     pub async fn record_or_keep(&self, answer: Answer, stand_in: Option<Envelope>) -> Answer {
+        let id = answer.response.id.clone();
+        let turn = self.turn(&id);
+        let held = turn.lock().await;
+        let standing = self.record_or_keep_in_turn(answer, stand_in).await;
+        drop(held);
+        self.end_turn(&id, turn);
+        standing
+    }
+
+    /// The lock that gives answers for `id` their turn.
+    fn turn(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut recording = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+        recording.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Forgets `id`'s lock once nobody else waits on it.
+    fn end_turn(&self, id: &str, turn: Arc<tokio::sync::Mutex<()>>) {
+        let mut recording = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else holds or waits for it.
+        if Arc::strong_count(&turn) <= 2 {
+            recording.remove(id);
+        }
+    }
+
+    async fn record_or_keep_in_turn(&self, answer: Answer, stand_in: Option<Envelope>) -> Answer {
         let id = answer.response.id.clone();
         if let Some((given, _)) = self.unrecorded().get(&id) {
             return given.clone();
