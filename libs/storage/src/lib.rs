@@ -467,6 +467,26 @@ pub fn utc_date(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// When a UUIDv7 id was made, in Unix milliseconds; `None` for any other text (time-bucketed
+/// tables put rows by their id's time).
+pub fn uuid_v7_millis(id: &str) -> Option<i64> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    let (seconds, nanos) = uuid
+        .get_timestamp()
+        .filter(|_| uuid.get_version_num() == 7)?
+        .to_unix();
+    Some(i64::try_from(seconds).ok()?.checked_mul(1000)? + i64::from(nanos / 1_000_000))
+}
+
+/// A UUIDv7 made at `ms` (Unix milliseconds) whose random part is `n`: ids of a known time
+/// for tests of time-bucketed tables.
+pub fn uuid_v7_at(ms: u64, n: u64) -> String {
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+    let mut bytes = *uuid::Uuid::new_v7(ts).as_bytes();
+    bytes[8..16].copy_from_slice(&(0x8000_0000_0000_0000u64 | n).to_be_bytes());
+    uuid::Uuid::from_bytes(bytes).to_string()
+}
+
 #[cfg(test)]
 mod calendar_tests {
     use super::utc_date;

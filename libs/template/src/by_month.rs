@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use sterling_storage::{Migration, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
+use sterling_storage::{
+    Migration, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date, uuid_v7_millis,
+};
 
 use crate::error::Result;
 
@@ -30,16 +32,11 @@ const MOVE_PAGE: usize = 500;
 
 /// The month (`YYYYMM`, UTC) a UUIDv7 id was made in; 0 for any other id.
 pub fn month_of(id: &str) -> i64 {
-    let Ok(uuid) = uuid::Uuid::parse_str(id) else {
-        return 0;
-    };
-    let Some(timestamp) = uuid.get_timestamp().filter(|_| uuid.get_version_num() == 7) else {
-        return 0;
-    };
-    let (seconds, _) = timestamp.to_unix();
-    let millis = i64::try_from(seconds).unwrap_or(0).saturating_mul(1000);
-    // utc_date gives YYYY-MM-DD.
-    utc_date(millis)[..7].replace('-', "").parse().unwrap_or(0)
+    match uuid_v7_millis(id) {
+        // utc_date gives YYYY-MM-DD.
+        Some(millis) => utc_date(millis)[..7].replace('-', "").parse().unwrap_or(0),
+        None => 0,
+    }
 }
 
 /// A table of an owner's rows by month, and its index of months.

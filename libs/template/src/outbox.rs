@@ -147,15 +147,8 @@ fn shard_of(event_id: &str) -> i64 {
 
 /// The minute an event was created in, from its UUIDv7 id.
 fn minute_of(event_id: &str) -> Result<i64> {
-    let id = uuid::Uuid::parse_str(event_id)
-        .map_err(|_| Error::internal(format!("event id {event_id:?} is not a UUID")))?;
-    let (seconds, nanos) = id
-        .get_timestamp()
-        .filter(|_| id.get_version_num() == 7)
-        .ok_or_else(|| Error::internal(format!("event id {event_id} is not a UUIDv7")))?
-        .to_unix();
-    let millis =
-        i64::try_from(seconds).unwrap_or(i64::MAX / 1000) * 1000 + i64::from(nanos / 1_000_000);
+    let millis = sterling_storage::uuid_v7_millis(event_id)
+        .ok_or_else(|| Error::internal(format!("event id {event_id:?} is not a UUIDv7")))?;
     Ok(millis.div_euclid(MINUTE_MS))
 }
 

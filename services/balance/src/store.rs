@@ -52,13 +52,7 @@ fn spending_key(account_id: &str, day: &str, id: &str) -> Row {
 /// The UTC day a card payment counts on: that of its transaction id (a UUIDv7 made when it
 /// was decided), or of `fallback_ms` for an id that carries no time.
 fn day_of_payment(transaction_id: &str, fallback_ms: i64) -> String {
-    let made = uuid::Uuid::parse_str(transaction_id)
-        .ok()
-        .filter(|u| u.get_version_num() == 7)
-        .and_then(|u| u.get_timestamp())
-        .map(|t| t.to_unix())
-        .map(|(seconds, nanos)| seconds as i64 * 1000 + i64::from(nanos / 1_000_000));
-    utc_date(made.unwrap_or(fallback_ms))
+    utc_date(sterling_storage::uuid_v7_millis(transaction_id).unwrap_or(fallback_ms))
 }
 
 impl BalanceStore {

@@ -8,6 +8,7 @@ use sterling_proto::common::v1::Money;
 use sterling_proto::event_types as types;
 use sterling_proto::events::v1::CardAuthorisationDecided;
 use sterling_storage::embedded::SqliteStore;
+use sterling_storage::uuid_v7_at;
 use sterling_storage::{Mutation, Row, SharedStore, Value};
 
 fn decision(event_id: &str, approved: bool, reversed: bool) -> Envelope {
@@ -76,14 +77,6 @@ async fn an_approval_delivered_after_its_reversal_changes_nothing() {
     assert_eq!(status(&feed).await, ("declined".into(), "timeout".into()));
 }
 
-/// A UUIDv7 made at `ms` (Unix milliseconds), told apart by `n`.
-fn id_at(ms: u64, n: u64) -> String {
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
-    let mut bytes = *uuid::Uuid::new_v7(ts).as_bytes();
-    bytes[8..16].copy_from_slice(&(0x8000_0000_0000_0000u64 | n).to_be_bytes());
-    uuid::Uuid::from_bytes(bytes).to_string()
-}
-
 fn approval_of(transaction_id: &str, event_id: &str) -> Envelope {
     let mut envelope = decision(event_id, true, false);
     let mut payload: CardAuthorisationDecided =
@@ -101,7 +94,11 @@ async fn pages_walk_back_month_by_month_and_the_first_table_is_moved_once() {
     const JAN_2027: u64 = 1_800_000_000_000 - 20 * 86_400_000;
     const MAR_2027: u64 = 1_800_000_000_000 + 40 * 86_400_000;
     // Items of the first table, one partition per account: January and March.
-    let legacy = [id_at(JAN_2027, 1), id_at(JAN_2027, 2), id_at(MAR_2027, 3)];
+    let legacy = [
+        uuid_v7_at(JAN_2027, 1),
+        uuid_v7_at(JAN_2027, 2),
+        uuid_v7_at(MAR_2027, 3),
+    ];
     for id in &legacy {
         let row = Row::new()
             .with("account_id", "acc-1")
@@ -122,7 +119,7 @@ async fn pages_walk_back_month_by_month_and_the_first_table_is_moved_once() {
 
     // New items through events: February (between the moved months) and now.
     let new = [
-        id_at(JAN_2027 + 20 * 86_400_000, 4),
+        uuid_v7_at(JAN_2027 + 20 * 86_400_000, 4),
         uuid::Uuid::now_v7().to_string(),
     ];
     for (n, id) in new.iter().enumerate() {

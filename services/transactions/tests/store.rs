@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sterling_proto::events::v1::CardPaymentUpdated;
 use sterling_storage::embedded::SqliteStore;
+use sterling_storage::uuid_v7_at;
 use sterling_storage::{Mutation, Row, SharedStore, Value};
 use transactions::MIGRATIONS;
 use transactions::store::{TransactionRecord, TransactionStore};
@@ -149,14 +150,6 @@ async fn the_newest_payment_version_wins_in_any_order() {
     );
 }
 
-/// A UUIDv7 made at `ms` (Unix milliseconds), told apart by `n`.
-fn id_at(ms: u64, n: u64) -> String {
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
-    let mut bytes = *uuid::Uuid::new_v7(ts).as_bytes();
-    bytes[8..16].copy_from_slice(&(0x8000_0000_0000_0000u64 | n).to_be_bytes());
-    uuid::Uuid::from_bytes(bytes).to_string()
-}
-
 #[tokio::test]
 async fn pages_walk_back_month_by_month_and_the_first_table_is_moved_once() {
     let mut migrations = MIGRATIONS.to_vec();
@@ -165,7 +158,7 @@ async fn pages_walk_back_month_by_month_and_the_first_table_is_moved_once() {
     const DAY: u64 = 86_400_000;
     const JAN_2027: u64 = 1_800_000_000_000 - 20 * DAY;
     // Two rows of the first table, one partition per account, in January and April.
-    let legacy = [id_at(JAN_2027, 1), id_at(JAN_2027 + 90 * DAY, 2)];
+    let legacy = [uuid_v7_at(JAN_2027, 1), uuid_v7_at(JAN_2027 + 90 * DAY, 2)];
     for (n, id) in legacy.iter().enumerate() {
         let row = Row::new()
             .with("account_id", "acc-1")
@@ -194,8 +187,8 @@ async fn pages_walk_back_month_by_month_and_the_first_table_is_moved_once() {
 
     // New ones in February, March and now.
     let new = [
-        id_at(JAN_2027 + 30 * DAY, 3),
-        id_at(JAN_2027 + 60 * DAY, 4),
+        uuid_v7_at(JAN_2027 + 30 * DAY, 3),
+        uuid_v7_at(JAN_2027 + 60 * DAY, 4),
         uuid::Uuid::now_v7().to_string(),
     ];
     for (n, id) in new.iter().enumerate() {

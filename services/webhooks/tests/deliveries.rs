@@ -5,18 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sterling_storage::embedded::SqliteStore;
+use sterling_storage::uuid_v7_at;
 use sterling_storage::{Mutation, Row, SharedStore, Value};
 use webhooks::address::UrlPolicy;
 use webhooks::dispatch::Dispatcher;
 use webhooks::store::Registry;
-
-/// A UUIDv7 made at `ms` (Unix milliseconds), told apart by `n`.
-fn id_at(ms: u64, n: u64) -> String {
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
-    let mut bytes = *uuid::Uuid::new_v7(ts).as_bytes();
-    bytes[8..16].copy_from_slice(&(0x8000_0000_0000_0000u64 | n).to_be_bytes());
-    uuid::Uuid::from_bytes(bytes).to_string()
-}
 
 #[tokio::test]
 async fn the_first_log_is_moved_once_and_read_newest_first_across_months() {
@@ -25,9 +18,9 @@ async fn the_first_log_is_moved_once_and_read_newest_first_across_months() {
     let store: SharedStore = Arc::new(SqliteStore::in_memory(&migrations).unwrap());
     const DAY: u64 = 86_400_000;
     let events = [
-        id_at(1_780_000_000_000, 1),
-        id_at(1_780_000_000_000 + 45 * DAY, 2),
-        id_at(1_780_000_000_000 + 100 * DAY, 3),
+        uuid_v7_at(1_780_000_000_000, 1),
+        uuid_v7_at(1_780_000_000_000 + 45 * DAY, 2),
+        uuid_v7_at(1_780_000_000_000 + 100 * DAY, 3),
     ];
     for event_id in &events {
         let row = Row::new()
