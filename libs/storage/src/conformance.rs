@@ -27,6 +27,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str) {
     partitions_read_in_clustering_order_with_cursor(store, prefix).await;
     composite_clustering_cursor(store, prefix).await;
     ttl_expires_rows(store, prefix).await;
+    rewriting_a_row_with_a_ttl_expires_it_whole(store, prefix).await;
     delete_if_exists(store, prefix).await;
     batches_in_order_see_each_other(store, prefix).await;
     scan_reads_every_row_once_in_pages(store, prefix).await;
@@ -285,6 +286,49 @@ pub async fn ttl_expires_rows(store: &dyn Store, p: &str) {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(store.get("kv", &key(&id)).await.unwrap().is_none());
     assert!(store.apply(vec![claim()]).await.unwrap().applied());
+}
+
+/// A row written without a TTL and rewritten, every column, with one (in a conditional batch
+/// on a neighbour row of its partition) disappears after it; the neighbour stays.
+pub async fn rewriting_a_row_with_a_ttl_expires_it_whole(store: &dyn Store, p: &str) {
+    let owner = format!("{p}rewrite");
+    let row = |seq: i64, label: &str| {
+        Row::new()
+            .with("owner", owner.as_str())
+            .with("seq", seq)
+            .with("label", label)
+    };
+    store
+        .apply(vec![
+            Mutation::insert("journal", row(1, "balance")),
+            Mutation::insert("journal", row(2, "open")),
+        ])
+        .await
+        .unwrap();
+    let key = |seq: i64| Row::new().with("owner", owner.as_str()).with("seq", seq);
+    let batch = vec![
+        Mutation::update(
+            "journal",
+            key(1),
+            Row::new().with("label", "balance 2"),
+            vec![Condition::Equals("label".into(), "balance".into())],
+        ),
+        Mutation::insert("journal", row(2, "finished")).with_ttl(Duration::from_secs(1)),
+    ];
+    assert!(store.apply(batch).await.unwrap().applied());
+    let finished = store.get("journal", &key(2)).await.unwrap().unwrap();
+    assert_eq!(finished.text("label").unwrap(), "finished");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(store.get("journal", &key(2)).await.unwrap().is_none());
+    let rows = store
+        .query(Query::partition(
+            "journal",
+            Row::new().with("owner", owner.as_str()),
+        ))
+        .await
+        .unwrap();
+    let labels: Vec<&str> = rows.iter().map(|r| r.text("label").unwrap()).collect();
+    assert_eq!(labels, vec!["balance 2"]);
 }
 
 /// `DELETE ... IF EXISTS` reports whether there was a row.

@@ -203,6 +203,16 @@ fn over_capture(change_id: &str) -> Error {
     .with_param("change_id", change_id)
 }
 
+/// The answer to a capture repeated after its entry expired: it was made, and moves nothing
+/// again.
+fn forgotten(change_id: &str) -> Error {
+    Error::precondition_failed(
+        "change_forgotten",
+        "this capture was made long ago; what it did is no longer kept, and it is not made again",
+    )
+    .with_param("change_id", change_id)
+}
+
 /// What one change does, worked out from the hold as it stands.
 struct Effect {
     posted: i64,
@@ -365,9 +375,24 @@ impl Book {
                 )
                 .with_param("change_id", &request.change_id));
             }
-            if existing.text("state")? == "failed" {
+            match existing.text("state")? {
                 // Refused once, refused for good: a repeat reports it and moves nothing.
-                return Err(over_capture(&request.change_id));
+                "failed" => return Err(over_capture(&request.change_id)),
+                // Completed, and its entry expired (FINISHED_ENTRY_TTL): it happened, but what
+                // it did to the hold is no longer kept; doing it again would post twice.
+                "completed" => {
+                    let change_key =
+                        entry_key(&account.account_id, &change_entry(&request.change_id));
+                    if self
+                        .store
+                        .get("account_entries", &change_key)
+                        .await?
+                        .is_none()
+                    {
+                        return Err(forgotten(&request.change_id));
+                    }
+                }
+                _ => {}
             }
         }
         Ok(counter)
@@ -450,17 +475,14 @@ impl Book {
             .with("status", effect.status.as_str())
             .with("overdrawn", overdrawn)
             .with("created_at", Value::Timestamp(now_millis()));
-        batch.push(Mutation::insert_if_not_exists(
-            "account_entries",
-            change_row.clone(),
-        ));
+        batch.push(self.finished_entry("account_entries", change_row.clone()));
         if effect.posted > 0 {
             let posting = entry_key(&account.account_id, &posting_entry(&request.change_id))
                 .with("amount", -effect.posted)
                 .with("transfer_id", request.change_id.as_str())
                 .with("counterparty", request.counter_account_id.as_str())
                 .with("created_at", Value::Timestamp(now_millis()));
-            batch.push(Mutation::insert_if_not_exists("account_entries", posting));
+            batch.push(self.finished_entry("account_entries", posting));
         }
         if !self.apply_change(batch, announcement).await? {
             return Ok(None);
@@ -468,8 +490,9 @@ impl Book {
         Ok(Some(change_from_row(request, account, &change_row)?))
     }
 
-    /// The write to the hold's row: its new remaining and status, or, with no hold yet, a
-    /// released tombstone so that a placement still in flight can never land afterwards.
+    /// The write to the hold's row: its new remaining and status (the whole row, expiring,
+    /// once it reserves nothing), or, with no hold yet, a released tombstone so that a
+    /// placement still in flight can never land afterwards.
     fn hold_mutation(
         &self,
         request: &HoldChangeRequest,
@@ -479,6 +502,19 @@ impl Book {
     ) -> Mutation {
         let key = entry_key(&account.account_id, &hold_entry(&request.hold_id));
         match hold {
+            Some(h) if effect.status != HoldStatus::Active => self.finished_hold(&Hold {
+                remaining: Money::from_minor(0, account.currency),
+                increased: Money::from_minor(
+                    h.increased.minor_units() + effect.increased,
+                    account.currency,
+                ),
+                captured: Money::from_minor(
+                    h.captured.minor_units() + effect.posted,
+                    account.currency,
+                ),
+                status: effect.status,
+                ..h.clone()
+            }),
             Some(h) => {
                 let increased = h.increased.minor_units() + effect.increased;
                 let captured = h.captured.minor_units() + effect.posted;
@@ -493,7 +529,7 @@ impl Book {
                     vec![Condition::Equals("status".into(), h.status.as_str().into())],
                 )
             }
-            None => Mutation::insert_if_not_exists(
+            None => self.finished_entry(
                 "account_entries",
                 key.with("amount", 0i64)
                     .with("remaining", 0i64)

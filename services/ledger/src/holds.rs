@@ -184,6 +184,7 @@ impl Book {
         .await;
         let mut batch = Vec::new();
         let mut accepted = Vec::new();
+        let placed_at_ms = now_millis();
         for (&i, existing) in undecided.iter().zip(existing) {
             let request = &group[i];
             if let Some(existing) = existing? {
@@ -206,7 +207,7 @@ impl Book {
                 .with("amount", amount)
                 .with("remaining", amount)
                 .with("status", "active")
-                .with("created_at", Value::Timestamp(now_millis()));
+                .with("created_at", Value::Timestamp(placed_at_ms));
             batch.push(Mutation::insert_if_not_exists("account_entries", row));
             accepted.push(i);
         }
@@ -233,7 +234,7 @@ impl Book {
         }
         failpoint::step("ledger::place_hold::after_write").await?;
         for i in accepted {
-            outcomes[i] = Some(Ok(group[i].placed(account)));
+            outcomes[i] = Some(Ok(group[i].placed(account, placed_at_ms)));
         }
         Ok(true)
     }
@@ -241,7 +242,7 @@ impl Book {
 
 impl HoldRequest {
     /// The hold this request placed.
-    fn placed(&self, account: &Account) -> Hold {
+    fn placed(&self, account: &Account, placed_at_ms: i64) -> Hold {
         let nothing = Money::from_minor(0, account.currency);
         Hold {
             hold_id: self.hold_id.clone(),
@@ -251,6 +252,7 @@ impl HoldRequest {
             increased: nothing,
             captured: nothing,
             status: HoldStatus::Active,
+            placed_at_ms,
         }
     }
 }

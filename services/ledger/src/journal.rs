@@ -152,7 +152,7 @@ impl Book {
                 .with("created_at", Value::Timestamp(now_millis()));
             let batch = vec![
                 balance_write,
-                Mutation::insert_if_not_exists("internal_shards", posting.clone()),
+                self.finished_entry("internal_shards", posting.clone()),
             ];
             if self.store.apply(batch).await?.applied() {
                 return self.journal_row(account, transfer_id, &posting).await;

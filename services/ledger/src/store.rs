@@ -110,6 +110,8 @@ pub struct Hold {
     pub captured: Money,
     /// Active, released or cleared.
     pub status: HoldStatus,
+    /// When it was placed (or, for a release that came first, recorded), ms since the epoch.
+    pub placed_at_ms: i64,
 }
 
 /// A transfer request.
@@ -132,6 +134,15 @@ pub struct Transfer {
 /// How many account locks a ledger process keeps (accounts share one by hash).
 const ACCOUNT_LOCKS: usize = 256;
 
+/// How long an account's partition keeps a finished entry: a posting's or a hold change's
+/// idempotency row, and a hold that reserves nothing any more. Longer than any card message
+/// comes after its authorisation (clearings within 30 days, chargebacks within 120), so a
+/// repeat in that time finds what happened; after it the partition forgets the entry, and
+/// holds the balance, the active holds and at most 13 months of changes. A transfer's own
+/// record (`transfers`, a partition per id) is kept for good, so a repeat of a completed
+/// transfer is answered from it at any age.
+pub const FINISHED_ENTRY_TTL: std::time::Duration = std::time::Duration::from_secs(400 * 24 * 3600);
+
 /// The ledger's data access and rules.
 #[derive(Clone)]
 pub struct Book {
@@ -148,6 +159,8 @@ pub struct Book {
     /// Internal accounts post on shards (see [`crate::journal`]); off only to measure the
     /// one compare-and-set it replaces.
     shard_internal: bool,
+    /// How long finished entries are kept ([`FINISHED_ENTRY_TTL`] but in tests).
+    pub(crate) finished_ttl: std::time::Duration,
 }
 
 pub(crate) fn entry_key(account_id: &str, entry: &str) -> Row {
@@ -190,7 +203,35 @@ impl Book {
             hold_queues: crate::holds::HoldQueues::default(),
             announcer: None,
             shard_internal: true,
+            finished_ttl: FINISHED_ENTRY_TTL,
         }
+    }
+
+    /// The book keeping finished entries for `ttl` instead of [`FINISHED_ENTRY_TTL`]: for
+    /// tests that watch them expire.
+    pub fn keeping_finished_entries_for(mut self, ttl: std::time::Duration) -> Self {
+        self.finished_ttl = ttl;
+        self
+    }
+
+    /// The write of a finished entry: an insert, once, expiring after the book's TTL.
+    pub(crate) fn finished_entry(&self, table: &str, row: Row) -> Mutation {
+        Mutation::insert_if_not_exists(table, row).with_ttl(self.finished_ttl)
+    }
+
+    /// The write that finishes a hold (`hold` as it is afterwards, reserving nothing): its
+    /// whole row again, expiring after the book's TTL. Every column is written, so no cell of
+    /// the lasting row outlives it on Cassandra. The balance's compare-and-set in the same
+    /// batch keeps it from racing another change (every change to a hold moves the version).
+    pub(crate) fn finished_hold(&self, hold: &Hold) -> Mutation {
+        let row = entry_key(&hold.account_id, &hold_entry(&hold.hold_id))
+            .with("amount", hold.amount.minor_units())
+            .with("remaining", 0i64)
+            .with("increased", hold.increased.minor_units())
+            .with("captured", hold.captured.minor_units())
+            .with("status", hold.status.as_str())
+            .with("created_at", Value::Timestamp(hold.placed_at_ms));
+        Mutation::insert("account_entries", row).with_ttl(self.finished_ttl)
     }
 
     /// The book with internal accounts posted on their one balance row (`false`), as before
@@ -424,10 +465,7 @@ impl Book {
                     .with("status", "released")
                     .with("created_at", Value::Timestamp(now_millis()));
                 self.store
-                    .apply(vec![Mutation::insert_if_not_exists(
-                        "account_entries",
-                        tombstone,
-                    )])
+                    .apply(vec![self.finished_entry("account_entries", tombstone)])
                     .await?;
                 continue;
             };
@@ -449,20 +487,14 @@ impl Book {
                     hold_id,
                 )
                 .await?;
-            batch.push(Mutation::update(
-                "account_entries",
-                entry_key(account_id, &hold_entry(hold_id)),
-                Row::new()
-                    .with("status", "released")
-                    .with("remaining", 0i64),
-                vec![Condition::Equals("status".into(), "active".into())],
-            ));
+            let released = Hold {
+                status: HoldStatus::Released,
+                remaining: Money::from_minor(0, account.currency),
+                ..hold
+            };
+            batch.push(self.finished_hold(&released));
             if self.apply_change(batch, announcement).await? {
-                return Ok(Hold {
-                    status: HoldStatus::Released,
-                    remaining: Money::from_minor(0, account.currency),
-                    ..hold
-                });
+                return Ok(released);
             }
         }
         Err(contended())
@@ -613,10 +645,7 @@ impl Book {
                     transfer_id,
                 )
                 .await?;
-            batch.push(Mutation::insert_if_not_exists(
-                "account_entries",
-                posting.clone(),
-            ));
+            batch.push(self.finished_entry("account_entries", posting.clone()));
             if self.apply_change(batch, announcement).await? {
                 return self.journal_row(account, transfer_id, &posting).await;
             }
@@ -643,5 +672,6 @@ pub(crate) fn hold_from_row(hold_id: &str, account: &Account, row: &Row) -> Resu
         increased: Money::from_minor(row.i64("increased").unwrap_or(0), account.currency),
         captured: Money::from_minor(row.i64("captured").unwrap_or(0), account.currency),
         status,
+        placed_at_ms: row.timestamp("created_at").unwrap_or(0),
     })
 }

@@ -260,3 +260,81 @@ async fn two_ledger_processes_placing_groups_never_overdraw() {
     assert_eq!(b.held, gbp(1000));
     assert_eq!(b.available, gbp(0));
 }
+
+/// The entries an account's partition no longer needs (finished holds, hold changes, postings'
+/// idempotency rows) expire after the book's TTL; the balance and active holds stay, and
+/// repeats after the expiry move no money: a transfer is answered from its own record, a
+/// capture is refused as forgotten.
+#[tokio::test]
+async fn finished_entries_leave_the_account_partition() {
+    use ledger::changes::{ChangeKind, HoldChangeRequest};
+    use sterling_storage::{Query, Row, Store};
+
+    let store = Arc::new(SqliteStore::in_memory(MIGRATIONS).unwrap());
+    let book =
+        Book::new(store.clone()).keeping_finished_entries_for(std::time::Duration::from_secs(1));
+    let cur = Currency::from_code("GBP").unwrap();
+    book.create_account("funding", cur, AccountKind::Internal)
+        .await
+        .unwrap();
+    book.create_account("scheme", cur, AccountKind::Internal)
+        .await
+        .unwrap();
+    book.create_account("alice", cur, AccountKind::Customer)
+        .await
+        .unwrap();
+    let seed = Transfer {
+        transfer_id: "seed".into(),
+        debit_account_id: "funding".into(),
+        credit_account_id: "alice".into(),
+        amount: gbp(1000),
+        description: "seed".into(),
+        force: false,
+    };
+    book.transfer(&seed).await.unwrap();
+    book.place_hold("cleared", "alice", gbp(300)).await.unwrap();
+    let capture = HoldChangeRequest {
+        change_id: "clearing-1".into(),
+        hold_id: "cleared".into(),
+        account_id: "alice".into(),
+        kind: ChangeKind::Capture { last: true },
+        amount: Some(gbp(250)),
+        counter_account_id: "scheme".into(),
+        over_capture_percent: None,
+    };
+    book.change_hold(&capture).await.unwrap();
+    book.place_hold("reversed", "alice", gbp(100))
+        .await
+        .unwrap();
+    book.release_hold("reversed", "alice").await.unwrap();
+    book.place_hold("open", "alice", gbp(50)).await.unwrap();
+
+    let entries = || async {
+        let rows = store
+            .query(Query::partition(
+                "account_entries",
+                Row::new().with("account_id", "alice"),
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.text("entry").unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(entries().await.len() > 2);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(entries().await, vec!["balance", "hold:open"]);
+
+    let alice = book.account("alice").await.unwrap();
+    let before = book.balance(&alice).await.unwrap();
+    assert_eq!(before.balance, gbp(750));
+    assert_eq!(before.held, gbp(50));
+    book.transfer(&seed).await.unwrap();
+    let again = book.change_hold(&capture).await.unwrap_err();
+    assert_eq!(again.code(), "precondition_failed.change_forgotten");
+    assert_eq!(book.balance(&alice).await.unwrap(), before);
+    assert_eq!(
+        sum_of_balances(&book, &["funding", "scheme", "alice"]).await,
+        0
+    );
+}
