@@ -39,4 +39,6 @@ pub mod event_types {
     pub const CARD_PAYMENT_ALL: &str = "card.payment.*";
     /// An account's balance changed in the ledger (`AccountBalanceChanged`).
     pub const LEDGER_BALANCE_CHANGED: &str = "ledger.balance.changed";
+    /// A transfer's two postings are made (`TransferCompleted`).
+    pub const LEDGER_TRANSFER_COMPLETED: &str = "ledger.transfer.completed";
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use prost::Message;
 use sterling_bus::Envelope;
 use sterling_proto::event_types as types;
-use sterling_proto::events::v1::AccountBalanceChanged;
+use sterling_proto::events::v1::{AccountBalanceChanged, TransferCompleted};
 use sterling_storage::{Mutation, SharedStore, now_millis};
 use sterling_template::outbox::{self, Confirm, Outbox, Verdict};
 use sterling_template::{Error, Result};
@@ -99,6 +99,15 @@ impl Announcer {
         ))
     }
 
+    /// Stages the announcement of a transfer about to start: published once it completes,
+    /// and until then the relay's cue to finish it if its caller stops half way
+    /// ([`crate::finish`]).
+    pub async fn stage_transfer(&self, event: &TransferCompleted) -> Result<Announcement> {
+        let envelope = outbox::event(types::LEDGER_TRANSFER_COMPLETED, event);
+        self.outbox.stage(&envelope).await?;
+        Ok(Announcement { envelope })
+    }
+
     /// After the batch: published if it applied, discarded if not (in the background; the
     /// relay finishes what this does not).
     pub fn settle(&self, announcement: Announcement, applied: bool) {
@@ -115,10 +124,29 @@ impl Announcer {
     }
 }
 
-/// The relay's question, answered from the account's partition.
+/// The relay's question about a balance change, answered from the account's partition.
 pub struct VersionConfirm {
     /// The ledger's store.
     pub store: SharedStore,
+}
+
+/// The relay's question about any staged event of the ledger: balance changes to
+/// [`VersionConfirm`], transfers to [`crate::finish::TransferConfirm`].
+pub struct LedgerConfirm {
+    /// Balance changes.
+    pub versions: VersionConfirm,
+    /// Transfers.
+    pub transfers: crate::finish::TransferConfirm,
+}
+
+#[async_trait]
+impl Confirm for LedgerConfirm {
+    async fn confirm(&self, envelope: &Envelope) -> Result<Verdict> {
+        match envelope.r#type.as_str() {
+            types::LEDGER_TRANSFER_COMPLETED => self.transfers.confirm(envelope).await,
+            _ => self.versions.confirm(envelope).await,
+        }
+    }
 }
 
 #[async_trait]

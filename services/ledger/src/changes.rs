@@ -15,8 +15,8 @@ use sterling_template::{Error, Result, failpoint};
 
 use crate::announce::Cause;
 use crate::store::{
-    Account, AccountKind, Balance, Book, Hold, HoldStatus, MAX_ROUNDS, contended, entry_key,
-    hold_entry, insufficient, posting_entry,
+    Account, AccountKind, Balance, Book, Hold, HoldStatus, MAX_ROUNDS, Transfer, contended,
+    entry_key, hold_entry, insufficient, posting_entry,
 };
 
 /// What a change does to a hold.
@@ -99,7 +99,7 @@ fn capture_description(request: &HoldChangeRequest) -> String {
     )
 }
 
-fn change_entry(change_id: &str) -> String {
+pub(crate) fn change_entry(change_id: &str) -> String {
     format!("change:{change_id}")
 }
 
@@ -285,16 +285,44 @@ impl Book {
             }
         }
         let change_key = entry_key(&account.account_id, &change_entry(&request.change_id));
-        if let Some(row) = self.store.get("account_entries", &change_key).await? {
+        let recorded = self.store.get("account_entries", &change_key).await?;
+        if let Some(row) = &recorded {
             // Used before: the same change is a repeat, another a conflict (checked before a
             // capture claims the id as a transfer).
-            check_repeat(request, &row)?;
+            check_repeat(request, row)?;
         }
-        let counter = match request.kind {
-            ChangeKind::Capture { .. } => Some(self.claim_capture(request, &account).await?),
+        // A capture not made yet is a transfer to announce, and to finish if cut half way.
+        let announcement = match (request.kind, &recorded, request.amount) {
+            (ChangeKind::Capture { .. }, None, Some(amount)) => {
+                let transfer = Transfer {
+                    transfer_id: request.change_id.clone(),
+                    debit_account_id: account.account_id.clone(),
+                    credit_account_id: request.counter_account_id.clone(),
+                    amount,
+                    description: capture_description(request),
+                    force: true,
+                };
+                self.stage_transfer(&transfer, &request.hold_id).await?
+            }
             _ => None,
         };
-        let change = match self.change_own_side(request, &account).await {
+        let outcome = self.make_change(request, &account).await;
+        self.settle_transfer(announcement, outcome.as_ref().map(|_| true));
+        outcome
+    }
+
+    /// The change made: for a capture, its transfer claimed, the hold's side, then the counter
+    /// account's posting.
+    async fn make_change(
+        &self,
+        request: &HoldChangeRequest,
+        account: &Account,
+    ) -> Result<HoldChange> {
+        let counter = match request.kind {
+            ChangeKind::Capture { .. } => Some(self.claim_capture(request, account).await?),
+            _ => None,
+        };
+        let change = match self.change_own_side(request, account).await {
             Err(e) if e.code() == "precondition_failed.over_capture" => {
                 // Nothing moved: the capture's transfer record says so.
                 self.set_transfer_state(&request.change_id, "failed")
@@ -306,7 +334,7 @@ impl Book {
         if change.posted.minor_units() > 0 {
             let key = entry_key(&account.account_id, &posting_entry(&request.change_id));
             if let Some(row) = self.store.get("account_entries", &key).await? {
-                self.journal_row(&account, &request.change_id, &row).await?;
+                self.journal_row(account, &request.change_id, &row).await?;
             }
         }
         if let Some(counter) = counter {

@@ -1,10 +1,13 @@
 //! ledger: the double-entry book of the bank. Accounts, immutable postings, holds; every change
 //! keyed by an id the caller supplies, every balance change a compare-and-set, announced on the
-//! bus as `ledger.balance.changed` ([`announce`]).
+//! bus as `ledger.balance.changed` ([`announce`]); every transfer announced once complete as
+//! `ledger.transfer.completed`, and finished by the outbox's relay if its caller stopped half
+//! way ([`finish`]).
 
 pub mod announce;
 pub mod changes;
 pub mod client;
+pub mod finish;
 pub mod handlers;
 pub mod holds;
 pub mod journal;
@@ -17,7 +20,8 @@ use sterling_template::{Api, OPERATOR, Rule, ServiceContext, ServiceDefinition, 
 
 use std::sync::Arc;
 
-use crate::announce::{Announcer, VersionConfirm};
+use crate::announce::{Announcer, LedgerConfirm, VersionConfirm};
+use crate::finish::TransferConfirm;
 use crate::handlers::LedgerHandlers;
 use crate::store::Book;
 
@@ -108,12 +112,17 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 };
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
-    let outbox = ctx.outbox(Arc::new(VersionConfirm {
-        store: ctx.store.clone(),
+    let transfers = TransferConfirm::default();
+    let outbox = ctx.outbox(Arc::new(LedgerConfirm {
+        versions: VersionConfirm {
+            store: ctx.store.clone(),
+        },
+        transfers: transfers.clone(),
     }));
     let shard: bool = ctx.setting_as("shard_internal_accounts", "true or false")?;
     let book = Book::new(ctx.store.clone())
         .announcing(Announcer::new(outbox))
         .sharding_internal_accounts(shard);
+    transfers.finishing_with(book.clone());
     Ok(Api::grpc(LedgerServer::new(LedgerHandlers { book })))
 }

@@ -11,6 +11,7 @@ use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value, no
 use sterling_template::{Error, Result, failpoint};
 
 use crate::announce::{Announcement, Announcer, Cause};
+use sterling_proto::events::v1::TransferCompleted;
 
 /// How many compare-and-set rounds an operation may take before giving up as contended.
 pub(crate) const MAX_ROUNDS: usize = 1000;
@@ -177,6 +178,18 @@ pub(crate) fn hold_entry(hold_id: &str) -> String {
 
 pub(crate) fn posting_entry(transfer_id: &str) -> String {
     format!("posting:{transfer_id}")
+}
+
+/// Whether an error is a refusal that a retry gets again (so nothing is left to finish).
+pub(crate) fn is_refusal(e: &Error) -> bool {
+    use sterling_template::ErrorClass;
+    matches!(
+        e.class(),
+        ErrorClass::BadRequest
+            | ErrorClass::NotFound
+            | ErrorClass::Conflict
+            | ErrorClass::PreconditionFailed
+    )
 }
 
 pub(crate) fn contended() -> Error {
@@ -501,7 +514,8 @@ impl Book {
     }
 
     /// Moves money with two postings, at most once per transfer id. A retry of a transfer
-    /// interrupted half way completes it.
+    /// interrupted half way completes it; so does the outbox's relay when nobody retries
+    /// ([`crate::finish`]). Announced as `ledger.transfer.completed` once complete.
     pub async fn transfer(&self, t: &Transfer) -> Result<()> {
         if t.debit_account_id == t.credit_account_id {
             return Err(Error::bad_request(
@@ -513,6 +527,60 @@ impl Book {
         let credit = self.account(&t.credit_account_id).await?;
         Self::check_currency(&debit, t.amount)?;
         Self::check_currency(&credit, t.amount)?;
+        let announcement = self.stage_transfer(t, "").await?;
+        let outcome = self.run_transfer(t, &debit, &credit).await;
+        self.settle_transfer(announcement, outcome.as_ref().copied());
+        outcome.map(|_| ())
+    }
+
+    /// Stages a transfer's announcement (`hold_id`: the hold a capture uses), when announcing.
+    pub(crate) async fn stage_transfer(
+        &self,
+        t: &Transfer,
+        hold_id: &str,
+    ) -> Result<Option<Announcement>> {
+        let Some(announcer) = &self.announcer else {
+            return Ok(None);
+        };
+        let event = TransferCompleted {
+            transfer_id: t.transfer_id.clone(),
+            debit_account_id: t.debit_account_id.clone(),
+            credit_account_id: t.credit_account_id.clone(),
+            amount: t.amount.minor_units(),
+            currency: t.amount.currency().code().to_string(),
+            hold_id: hold_id.to_string(),
+            forced: t.force,
+            description: t.description.clone(),
+            requested_at_ms: now_millis(),
+        };
+        Ok(Some(announcer.stage_transfer(&event).await?))
+    }
+
+    /// After a transfer: its announcement published if it completed now, discarded if it had
+    /// before or was refused for good, left to the relay if the outcome is unknown.
+    pub(crate) fn settle_transfer(
+        &self,
+        announcement: Option<Announcement>,
+        outcome: std::result::Result<bool, &Error>,
+    ) {
+        let (Some(announcer), Some(announcement)) = (&self.announcer, announcement) else {
+            return;
+        };
+        match outcome {
+            Ok(now) => announcer.settle(announcement, now),
+            Err(e) if is_refusal(e) => announcer.settle(announcement, false),
+            Err(_) => {}
+        }
+    }
+
+    /// The transfer's record claimed (or found) and its postings made; `Ok(true)` if it
+    /// completed in this call, `Ok(false)` if it had before.
+    pub(crate) async fn run_transfer(
+        &self,
+        t: &Transfer,
+        debit: &Account,
+        credit: &Account,
+    ) -> Result<bool> {
         let record = Row::new()
             .with("transfer_id", t.transfer_id.as_str())
             .with("debit_account_id", t.debit_account_id.as_str())
@@ -545,7 +613,7 @@ impl Book {
                 .with_param("transfer_id", &t.transfer_id));
             }
             match existing.text("state")? {
-                "completed" => return Ok(()),
+                "completed" => return Ok(false),
                 "failed" => {
                     return Err(Error::precondition_failed(
                         "insufficient_funds",
@@ -559,7 +627,7 @@ impl Book {
         let amount = t.amount.minor_units();
         if let Err(e) = self
             .post(
-                &debit,
+                debit,
                 &t.transfer_id,
                 -amount,
                 &t.credit_account_id,
@@ -572,9 +640,11 @@ impl Book {
             }
             return Err(e);
         }
-        self.post(&credit, &t.transfer_id, amount, &t.debit_account_id, false)
+        failpoint::step("ledger::transfer::between_postings").await?;
+        self.post(credit, &t.transfer_id, amount, &t.debit_account_id, false)
             .await?;
-        self.set_transfer_state(&t.transfer_id, "completed").await
+        self.set_transfer_state(&t.transfer_id, "completed").await?;
+        Ok(true)
     }
 
     pub(crate) async fn set_transfer_state(&self, transfer_id: &str, state: &str) -> Result<()> {
