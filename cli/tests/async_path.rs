@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use common::receiver::{python_verifies, receiver};
-use common::{TestBank, decision, money, start, start_wrapped};
+use common::{TestBank, decision, eventually, money, start, start_wrapped};
 use sterling::tools;
 use sterling_bus::{Acker, Bus, ConsumerConfig, Delivery, Envelope, PublishAck, Subscription};
 use sterling_proto::feed::v1::ListFeedRequest;
@@ -21,18 +21,6 @@ use sterling_proto::push::v1::RegisterDeviceRequest;
 use sterling_proto::push::v1::push_client::PushClient;
 use sterling_proto::webhooks::v1::webhooks_client::WebhooksClient;
 use sterling_proto::webhooks::v1::{ListDeliveriesRequest, RegisterWebhookRequest, Webhook};
-use sterling_template::client::GrpcChannel;
-
-async fn channel(bank: &TestBank, service: &str) -> GrpcChannel {
-    GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        service,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
-    .calling_as(&bank.bank.platform.identity, sterling_template::OPERATOR)
-}
 
 async fn sink_deliveries(bank: &TestBank) -> Vec<serde_json::Value> {
     let sink = bank.bank.address("push-sink").unwrap();
@@ -51,7 +39,7 @@ async fn subscribe(
     devices: usize,
     receivers: &[String],
 ) -> Vec<Webhook> {
-    let mut push = PushClient::new(channel(bank, "push").await);
+    let mut push = PushClient::new(bank.operator_channel("push").await);
     for d in 0..devices {
         push.register_device(RegisterDeviceRequest {
             account_id: account_id.into(),
@@ -61,7 +49,7 @@ async fn subscribe(
         .await
         .unwrap();
     }
-    let mut webhooks = WebhooksClient::new(channel(bank, "webhooks").await);
+    let mut webhooks = WebhooksClient::new(bank.operator_channel("webhooks").await);
     let mut registered = Vec::new();
     for (i, url) in receivers.iter().enumerate() {
         let w = webhooks
@@ -79,19 +67,6 @@ async fn subscribe(
     registered
 }
 
-/// Waits until `done` holds, for up to `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Everything the fan-out produced for an account, counted.
 struct Outcome {
     enriched: usize,
@@ -107,7 +82,7 @@ async fn outcome(bank: &TestBank, account_id: &str) -> Outcome {
         .iter()
         .filter(|t| !t.merchant_name.is_empty())
         .count();
-    let feed = FeedClient::new(channel(bank, "feed").await)
+    let feed = FeedClient::new(bank.operator_channel("feed").await)
         .list_feed(ListFeedRequest {
             account_id: account_id.into(),
             limit: 100,
@@ -374,7 +349,7 @@ async fn a_failing_or_hanging_receiver_is_retried_logged_and_slows_nothing_else(
     .await;
     let push_seen = Instant::now();
     // The flaky receiver gets it on the fourth attempt; the log says so.
-    let webhooks = WebhooksClient::new(channel(&bank, "webhooks").await);
+    let webhooks = WebhooksClient::new(bank.operator_channel("webhooks").await);
     eventually(Duration::from_secs(10), "the flaky delivery", || async {
         flaky.events().0.len() == 1
     })
@@ -448,7 +423,7 @@ async fn a_client_following_the_feed_sees_its_items_arrive_and_update() {
     let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
     let customer = bank.seed("follower", money("20.00", "GBP")).await;
     let other = bank.seed("stranger", money("20.00", "GBP")).await;
-    let mut live = FeedClient::new(channel(&bank, "feed").await)
+    let mut live = FeedClient::new(bank.operator_channel("feed").await)
         .follow_feed(sterling_proto::feed::v1::FollowFeedRequest {
             account_id: customer.account_id.clone(),
         })

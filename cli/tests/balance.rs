@@ -15,18 +15,6 @@ use common::{SECRET, money, start};
 use sterling_proto::balance::v1::GetBalanceRequest;
 use sterling_proto::balance::v1::balance_client::BalanceClient;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
-use sterling_template::client::GrpcChannel;
-
-async fn channel(bank: &common::TestBank, service: &str) -> GrpcChannel {
-    GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        service,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
-    .calling_as(&bank.bank.platform.identity, sterling_template::OPERATOR)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balance_read_model_converges_to_the_ledger() {
@@ -52,8 +40,8 @@ async fn the_balance_read_model_converges_to_the_ledger() {
         .collect();
     assert!(!approved.is_empty(), "some payments were approved");
 
-    let mut ledger = LedgerClient::new(channel(&bank, "ledger").await);
-    let mut balances = BalanceClient::new(channel(&bank, "balance").await);
+    let mut ledger = LedgerClient::new(bank.operator_channel("ledger").await);
+    let mut balances = BalanceClient::new(bank.operator_channel("balance").await);
     // The last change of one account has its publish lost every time: only the relay can
     // bring the read model there.
     fail::cfg("ledger::change::after_write", "return(error)").unwrap();

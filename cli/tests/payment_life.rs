@@ -10,9 +10,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{SECRET, TestBank, decision, money, start};
+use common::{SECRET, TestBank, decision, eventually, money, start};
 use serde_json::{Value, json};
 use sterling::tools::{self, PayOutcome};
 use sterling_proto::balance::v1::GetBalanceRequest as ReadModelBalanceRequest;
@@ -20,18 +20,6 @@ use sterling_proto::balance::v1::balance_client::BalanceClient;
 use sterling_proto::feed::v1::ListFeedRequest;
 use sterling_proto::feed::v1::feed_client::FeedClient;
 use sterling_proto::ledger::v1::GetBalanceRequest;
-use sterling_template::client::GrpcChannel;
-
-async fn channel(bank: &TestBank, service: &str) -> GrpcChannel {
-    GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        service,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
-    .calling_as(&bank.bank.platform.identity, sterling_template::OPERATOR)
-}
 
 /// Sends a message as the processor does.
 async fn send(bank: &TestBank, path: &str, message: Value) -> PayOutcome {
@@ -55,19 +43,6 @@ async fn approve(bank: &TestBank, id: &str, card: &str, amount: &str) -> i64 {
     let outcome = bank.pay(id, card, money(amount, "GBP")).await;
     assert_eq!(decision(&outcome).0, "APPROVED", "{}", outcome.body);
     outcome.body["held_amount"].as_i64().unwrap()
-}
-
-/// Polls `check` until it holds or 20 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < until, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,26 +326,31 @@ async fn books_balance(bank: &TestBank, customers: &[&str]) {
 /// Transactions, the feed and the balance read model come to what the ledger says.
 async fn followers_agree(bank: &TestBank, account_id: &str) {
     let ledger = tools::balance(&bank.clients, account_id).await.unwrap();
-    let mut read_model = BalanceClient::new(channel(bank, "balance").await);
-    eventually("the balance read model matches the ledger", || {
-        let mut read_model = read_model.clone();
-        let ledger = ledger.clone();
-        async move {
-            let Ok(b) = read_model
-                .get_balance(ReadModelBalanceRequest {
-                    account_id: account_id.into(),
-                })
-                .await
-            else {
-                return false;
-            };
-            let b = b.into_inner();
-            b.balance == ledger.balance && b.pending == ledger.held
-        }
-    })
+    let mut read_model = BalanceClient::new(bank.operator_channel("balance").await);
+    eventually(
+        Duration::from_secs(20),
+        "the balance read model matches the ledger",
+        || {
+            let mut read_model = read_model.clone();
+            let ledger = ledger.clone();
+            async move {
+                let Ok(b) = read_model
+                    .get_balance(ReadModelBalanceRequest {
+                        account_id: account_id.into(),
+                    })
+                    .await
+                else {
+                    return false;
+                };
+                let b = b.into_inner();
+                b.balance == ledger.balance && b.pending == ledger.held
+            }
+        },
+    )
     .await;
     let _ = &mut read_model;
     eventually(
+        Duration::from_secs(20),
         "transactions show every payment settled or released",
         || async {
             let list = tools::transactions(&bank.clients, account_id, 50)
@@ -395,8 +375,9 @@ async fn followers_agree(bank: &TestBank, account_id: &str) {
         },
     )
     .await;
-    let mut feed = FeedClient::new(channel(bank, "feed").await);
+    let mut feed = FeedClient::new(bank.operator_channel("feed").await);
     eventually(
+        Duration::from_secs(20),
         "the feed shows settled amounts, the reversal and the refunds",
         || {
             let mut feed = feed.clone();
@@ -563,7 +544,7 @@ async fn an_uncleared_authorisation_expires_and_a_late_clearing_still_posts() {
     let carol = bank.seed("life-carol", money("20.00", "GBP")).await;
     approve(&bank, "exp-1", &carol.card.token, "12.00").await;
     assert_eq!(bank.balance(&carol.account_id).await, (2000, 1200, 800));
-    eventually("the payment expires", || async {
+    eventually(Duration::from_secs(20), "the payment expires", || async {
         let payment = tools::get_signed(&bank.http, &bank.url, "/v1/payments/exp-1", SECRET)
             .await
             .unwrap();

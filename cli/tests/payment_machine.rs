@@ -27,7 +27,6 @@ use sterling_proto::balance::v1::GetBalanceRequest as ReadModelRequest;
 use sterling_proto::balance::v1::balance_client::BalanceClient;
 use sterling_proto::ledger::v1::{GetHoldRequest, HoldStatus};
 use sterling_proto::transactions::v1::TransactionStatus;
-use sterling_template::client::GrpcChannel;
 
 const SLOTS: usize = 3;
 const OPENING: i64 = 5_000;
@@ -160,17 +159,6 @@ impl Case {
     }
 }
 
-async fn channel(bank: &TestBank, service: &str) -> GrpcChannel {
-    GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        service,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
-    .calling_as(&bank.bank.platform.identity, sterling_template::OPERATOR)
-}
-
 /// Sends an op twice at once; both answers must be the same. Returns it.
 async fn twice(
     bank: &TestBank,
@@ -220,19 +208,16 @@ async fn twice(
     Ok((id, a))
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<(), TestCaseError>
+async fn eventually<F, Fut>(what: &str, check: F) -> Result<(), TestCaseError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        if Instant::now() > until {
-            return Err(TestCaseError::fail(format!("never: {what}")));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if common::holds_within(Duration::from_secs(30), check).await {
+        Ok(())
+    } else {
+        Err(TestCaseError::fail(format!("never: {what}")))
     }
-    Ok(())
 }
 
 async fn run_case(
@@ -390,7 +375,7 @@ async fn active_holds(
 }
 
 async fn check_followers(bank: &TestBank, case: &Case) -> Result<(), TestCaseError> {
-    let read_model = BalanceClient::new(channel(bank, "balance").await);
+    let read_model = BalanceClient::new(bank.operator_channel("balance").await);
     // Read both each time: authorisations expire by themselves meanwhile.
     eventually("the balance read model agrees with the ledger", || {
         let mut read_model = read_model.clone();

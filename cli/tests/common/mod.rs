@@ -6,12 +6,14 @@ pub mod burst;
 pub mod receiver;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sterling::bank::{Bank, BankOptions, Engines};
 use sterling::tools::{self, Clients, PayOutcome, Seeded};
 use sterling_money::{Currency, Money};
 use sterling_storage::cassandra::CassandraConfig;
 use sterling_storage::embedded::Durability;
+use sterling_template::client::GrpcChannel;
 use sterling_template::platform::StorageBackend;
 
 /// The webhook secret the test bank uses.
@@ -160,6 +162,18 @@ impl TestBank {
             .expect("card-api answers")
     }
 
+    /// A channel to `service` that calls as the operator.
+    pub async fn operator_channel(&self, service: &str) -> GrpcChannel {
+        GrpcChannel::connect(
+            self.bank.platform.discovery.clone(),
+            service,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .calling_as(&self.bank.platform.identity, sterling_template::OPERATOR)
+    }
+
     /// (balance, held, available) in minor units.
     pub async fn balance(&self, account_id: &str) -> (i64, i64, i64) {
         let b = tools::balance(&self.clients, account_id).await.unwrap();
@@ -169,6 +183,34 @@ impl TestBank {
             b.available.unwrap().minor_units,
         )
     }
+}
+
+/// Polls `check` every 50 ms until it holds (`true`) or `limit` passes (`false`).
+pub async fn holds_within<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Waits until `check` holds, for up to `limit`; fails the test naming `what` if it never does.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        holds_within(limit, check).await,
+        "timed out waiting for {what}"
+    );
 }
 
 /// "APPROVED" or "DECLINED", and the reason.
