@@ -3,13 +3,26 @@ CARGO ?= cargo
 DATA ?= data
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run build test test-api test-first-service test-engines engines-up engines-down lint fmt bench bench-engines clean images compose-test k8s-check
+.PHONY: run acceptance test-acceptance build test test-api test-first-service test-engines engines-up engines-down lint fmt bench bench-engines clean images compose-test k8s-check
 
 ## run: the whole bank in one process on embedded backends (no Java, no NATS needed)
 run: build
 	STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS=$${STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS:-true} \
 	STERLING_ACCOUNTS_DEVELOPMENT_TERMINAL=$${STERLING_ACCOUNTS_DEVELOPMENT_TERMINAL:-true} \
+	STERLING_WEBHOOKS_ALLOW_LOCAL_RECEIVERS=$${STERLING_WEBHOOKS_ALLOW_LOCAL_RECEIVERS:-true} \
 		$(TARGET_DIR)/debug/sterling --data $(DATA) up
+
+## acceptance: every acceptance journey once against the bank `make run` started (gateway
+## :8000, card-api :8080, the push sink from $(DATA)/endpoints.json); a JUnit report in
+## $(TARGET_DIR)/acceptance.xml. STERLING_ACCEPTANCE_* point it at any other deployment.
+acceptance:
+	$(CARGO) build -p sterling-acceptance
+	$(TARGET_DIR)/debug/sterling-acceptance --once --endpoints $(DATA)/endpoints.json \
+		--junit $(TARGET_DIR)/acceptance.xml
+
+## test-acceptance: start a bank as `make run` does, run `make acceptance`'s journeys, stop it
+test-acceptance:
+	.ci/acceptance embedded
 
 build:
 	$(CARGO) build --workspace --bins
@@ -56,6 +69,7 @@ test-engines:
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test kill_nine
 	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \
 		$(CARGO) test -p sterling --test engine_faults -- --ignored --test-threads=1
+	.ci/acceptance real
 
 ## images: every service as its own image from a static (musl) binary, and the engines'
 ## images from Debian, Maven Central and PyPI (podman; CONTAINER_ENGINE=docker for Docker)
@@ -76,7 +90,7 @@ k8s-check:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) machete cli services $(filter-out libs/workspace-hack,$(wildcard libs/*))
+	$(CARGO) machete cli acceptance services $(filter-out libs/workspace-hack,$(wildcard libs/*))
 	$(CARGO) hakari generate --diff
 	$(CARGO) hakari manage-deps --dry-run
 

@@ -60,6 +60,8 @@ impl Cards for CardsHandlers {
         request: Request<GetCardRequest>,
     ) -> Result<Response<CardMessage>, Status> {
         let token = request.into_inner().token;
+        // A broken cards service, for the acceptance runner's tests.
+        sterling_template::failpoint::step("cards::get_card").await?;
         let card = self.cards.get(required("token", &token)?).await?;
         Ok(Response::new(to_message(card)))
     }
