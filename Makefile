@@ -70,6 +70,7 @@ test-engines:
 	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \
 		$(CARGO) test -p sterling --test engine_faults -- --ignored --test-threads=1
 	.ci/acceptance real
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test leftovers -- --ignored
 
 ## images: every service as its own image from a static (musl) binary, and the engines'
 ## images from Debian, Maven Central and PyPI (podman; CONTAINER_ENGINE=docker for Docker)

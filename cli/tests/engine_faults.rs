@@ -233,9 +233,10 @@ async fn a_killed_service_vanishes_from_discovery_within_its_ttl() {
         gone_after <= ttl + Duration::from_millis(1500),
         "vanished after {gone_after:?}, TTL {ttl:?}"
     );
+    common::drop_nats(&namespace).await;
 }
 
-/// Rows left in a keyspace's outbox (events staged and never published or discarded).
+/// Events left staged in a keyspace's outbox (never published or discarded).
 async fn outbox_rows(namespace: &str, service: &str) -> i64 {
     let session = sterling_storage::cassandra::connect(
         &sterling_storage::cassandra::CassandraConfig::from_env(),
@@ -244,7 +245,10 @@ async fn outbox_rows(namespace: &str, service: &str) -> i64 {
     .expect("Cassandra is up");
     let keyspace = format!("{namespace}_{}", service.replace('-', "_"));
     let rows = session
-        .query_unpaged(format!("SELECT count(*) FROM {keyspace}.outbox"), &[])
+        .query_unpaged(
+            format!("SELECT count(*) FROM {keyspace}.staged_events"),
+            &[],
+        )
         .await
         .unwrap()
         .into_rows_result()

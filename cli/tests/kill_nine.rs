@@ -248,5 +248,6 @@ async fn killing_the_bank_mid_burst_keeps_every_rule() {
     if real_engines() {
         drop(bank);
         common::drop_keyspaces(&namespace).await;
+        common::drop_nats(&namespace).await;
     }
 }

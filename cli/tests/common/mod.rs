@@ -138,6 +138,7 @@ impl TestBank {
         self.bank.stop().await;
         if real_engines() {
             drop_keyspaces(&self.namespace).await;
+            drop_nats(&self.namespace).await;
         }
     }
 
@@ -223,6 +224,17 @@ pub fn decision(outcome: &PayOutcome) -> (String, String) {
 }
 
 /// Drops every keyspace of a test namespace.
+/// Deletes a namespace's event stream and discovery bucket from NATS.
+pub async fn drop_nats(namespace: &str) {
+    let url = std::env::var("STERLING_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let client = async_nats::connect(&url).await.expect("NATS is up");
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = sterling_bus::nats::NatsConfig::for_namespace(&url, namespace).stream;
+    let _ = jetstream.delete_stream(&stream).await;
+    let bucket = sterling_template::discovery::nats::bucket_of(namespace);
+    let _ = jetstream.delete_key_value(&bucket).await;
+}
+
 pub async fn drop_keyspaces(namespace: &str) {
     let session = sterling_storage::cassandra::connect(&CassandraConfig::from_env())
         .await

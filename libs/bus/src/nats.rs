@@ -124,6 +124,16 @@ impl NatsBus {
         Ok(bus)
     }
 
+    /// Deletes the namespace's stream and every event in it: for tearing a namespace down
+    /// (tests remove what they made).
+    pub async fn delete_stream(&self) -> Result<()> {
+        self.jetstream
+            .delete_stream(&self.config.stream)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     fn subject_of(&self, event_type: &str) -> String {
         format!("{}.{event_type}", self.config.subject_prefix)
     }

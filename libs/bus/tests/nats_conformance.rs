@@ -14,4 +14,5 @@ async fn nats_bus_passes_the_conformance_suite() {
         .await
         .expect("NATS is up (deploy/local/nats.sh up)");
     conformance::run_all(&bus, "").await;
+    bus.delete_stream().await.unwrap();
 }

@@ -160,6 +160,19 @@ pub fn keyspace_of(namespace: &str, service: &str) -> String {
 }
 
 impl CassandraStore {
+    /// Drops the store's keyspace and everything in it: for tearing a namespace down (tests
+    /// remove what they made).
+    pub async fn drop_keyspace(&self) -> Result<()> {
+        self.session
+            .query_unpaged(
+                ddl_statement(format!("DROP KEYSPACE IF EXISTS {}", self.keyspace)),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Opens a keyspace (creating it), applies pending migrations under a lock.
     pub async fn open(
         config: &CassandraConfig,

@@ -37,4 +37,5 @@ async fn two_instances_starting_together_apply_migrations_once() {
     .unwrap();
     let read = b.get("kv", &id).await.unwrap().unwrap();
     assert_eq!(read.text("body").unwrap(), "from a");
+    a.drop_keyspace().await.unwrap();
 }

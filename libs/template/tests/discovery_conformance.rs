@@ -20,4 +20,7 @@ async fn nats_discovery_passes_the_conformance_suite() {
         .await
         .expect("NATS is up (deploy/local/nats.sh up)");
     conformance::run_all(&discovery, "").await;
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let bucket = sterling_template::discovery::nats::bucket_of(&namespace);
+    jetstream.delete_key_value(&bucket).await.unwrap();
 }

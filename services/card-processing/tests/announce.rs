@@ -26,29 +26,55 @@ fn migrations() -> Vec<sterling_storage::Migration> {
     m
 }
 
+/// The engines a test runs on, and on Cassandra + NATS what to remove afterwards.
+struct Engines {
+    store: SharedStore,
+    bus: Arc<dyn Bus>,
+    real: Option<(Arc<CassandraStore>, Arc<NatsBus>)>,
+}
+
+impl Engines {
+    /// Removes the test's keyspace and stream, on Cassandra + NATS.
+    async fn finish(self) {
+        if let Some((store, bus)) = self.real {
+            store.drop_keyspace().await.unwrap();
+            bus.delete_stream().await.unwrap();
+        }
+    }
+}
+
 /// The embedded engines, or Cassandra + NATS with `STERLING_TEST_ENGINES=real` (each test in
 /// a namespace of its own).
-async fn engines() -> (SharedStore, Arc<dyn Bus>) {
+async fn engines() -> Engines {
     if std::env::var("STERLING_TEST_ENGINES").as_deref() == Ok("real") {
         let namespace = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        let store = CassandraStore::open(
-            &CassandraConfig::from_env(),
-            &format!("{namespace}_card_processing"),
-            &migrations(),
-        )
-        .await
-        .unwrap();
+        let store = Arc::new(
+            CassandraStore::open(
+                &CassandraConfig::from_env(),
+                &format!("{namespace}_card_processing"),
+                &migrations(),
+            )
+            .await
+            .unwrap(),
+        );
         let url =
             std::env::var("STERLING_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        let bus = NatsBus::connect(NatsConfig::for_namespace(&url, &namespace))
-            .await
-            .unwrap();
-        (Arc::new(store), Arc::new(bus))
+        let bus = Arc::new(
+            NatsBus::connect(NatsConfig::for_namespace(&url, &namespace))
+                .await
+                .unwrap(),
+        );
+        Engines {
+            store: store.clone(),
+            bus: bus.clone(),
+            real: Some((store, bus)),
+        }
     } else {
-        (
-            Arc::new(SqliteStore::in_memory(&migrations()).unwrap()),
-            Arc::new(SqliteBus::in_memory().unwrap()),
-        )
+        Engines {
+            store: Arc::new(SqliteStore::in_memory(&migrations()).unwrap()),
+            bus: Arc::new(SqliteBus::in_memory().unwrap()),
+            real: None,
+        }
     }
 }
 
@@ -117,7 +143,8 @@ async fn decide(store: &AuthorisationStore, id: &str) -> sterling_bus::Envelope 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_recorded_but_never_published_is_published_by_the_sweeper() {
-    let (store, bus) = engines().await;
+    let engines = engines().await;
+    let (store, bus) = (engines.store.clone(), engines.bus.clone());
     let authorisations = AuthorisationStore::new(store.clone());
     // Decided, then the process "dies" before publishing.
     let event = decide(&authorisations, "auth-crash").await;
@@ -154,11 +181,13 @@ async fn a_decision_recorded_but_never_published_is_published_by_the_sweeper() {
             .is_err(),
         "only the recorded decision is announced, once"
     );
+    engines.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_that_lost_its_compare_and_set_is_never_announced() {
-    let (store, bus) = engines().await;
+    let engines = engines().await;
+    let (store, bus) = (engines.store.clone(), engines.bus.clone());
     let authorisations = AuthorisationStore::new(store.clone());
     let (c, transaction_id) = claim(&authorisations, "auth-other").await;
     let winning = announcement("auth-other");
@@ -204,4 +233,5 @@ async fn a_decision_that_lost_its_compare_and_set_is_never_announced() {
             .await
             .is_err()
     );
+    engines.finish().await;
 }
