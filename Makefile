@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATA ?= data
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run acceptance test-acceptance build test test-api test-first-service test-engines engines-up engines-down lint fmt bench bench-engines clean images compose-test k8s-check
+.PHONY: run acceptance acceptance-continuous test-acceptance soak build test test-api test-first-service test-engines engines-up engines-down lint fmt bench bench-engines clean images compose-test k8s-check
 
 ## run: the whole bank in one process on embedded backends (no Java, no NATS needed)
 run: build
@@ -19,6 +19,11 @@ acceptance:
 	$(CARGO) build -p sterling-acceptance
 	$(TARGET_DIR)/debug/sterling-acceptance --once --endpoints $(DATA)/endpoints.json \
 		--junit $(TARGET_DIR)/acceptance.xml
+
+## acceptance-continuous: the continuous mode for ten minutes against a bank in another
+## process: every run passes, memory and the account's money stay flat, metrics scraped
+acceptance-continuous:
+	$(CARGO) test -p sterling --test acceptance_continuous -- --ignored --nocapture
 
 ## test-acceptance: start a bank as `make run` does, run `make acceptance`'s journeys, stop it
 test-acceptance:
@@ -70,7 +75,17 @@ test-engines:
 	STERLING_TEST_ENGINES=real STERLING_HEALTH_INTERVAL_MS=500 \
 		$(CARGO) test -p sterling --test engine_faults -- --ignored --test-threads=1
 	.ci/acceptance real
+	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test soak -- --ignored --nocapture
 	STERLING_TEST_ENGINES=real $(CARGO) test -p sterling --test leftovers -- --ignored
+
+## soak: 10,000 payments from many customers, every service its own process, while services
+## are SIGKILLed and NATS and Cassandra restart; reconciled afterwards (docs/reliability.md)
+soak:
+	deploy/local/cassandra.sh clean
+	deploy/local/nats.sh clean
+	$(MAKE) engines-up
+	STERLING_TEST_ENGINES=real STERLING_SOAK_PAYMENTS=$${STERLING_SOAK_PAYMENTS:-10000} \
+		$(CARGO) test -p sterling --test soak -- --ignored --nocapture
 
 ## images: every service as its own image from a static (musl) binary, and the engines'
 ## images from Debian, Maven Central and PyPI (podman; CONTAINER_ENGINE=docker for Docker)

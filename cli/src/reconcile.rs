@@ -482,7 +482,14 @@ impl Reconciler {
     ) -> anyhow::Result<Report> {
         let until = Instant::now() + within;
         loop {
-            let report = self.reconcile(heard, complete_accounts).await?;
+            // A service the bank cannot reach yet (still recovering) is part of settling too.
+            let report = match self.reconcile(heard, complete_accounts).await {
+                Err(_) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                other => other?,
+            };
             if report.violations.is_empty() || Instant::now() >= until {
                 return Ok(report);
             }

@@ -61,6 +61,37 @@ impl Receiver {
     }
 }
 
+impl Receiver {
+    /// The transactions the deliveries received are about (`data.transaction_id`).
+    pub fn transactions(&self) -> BTreeSet<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, body)| {
+                let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+                Some(body["data"]["transaction_id"].as_str()?.to_string())
+            })
+            .collect()
+    }
+
+    /// Whether every delivery's MAC verifies with one of `secrets` (at the time it was
+    /// signed: the staleness check is the receiver's at arrival).
+    pub fn all_verify(&self, secrets: &[String]) -> bool {
+        self.received.lock().unwrap().iter().all(|(headers, body)| {
+            let header = headers["sterling-signature"].to_str().unwrap_or_default();
+            let signed_at = header
+                .split(',')
+                .find_map(|p| p.strip_prefix("t="))
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            secrets.iter().any(|secret| {
+                card_api::signature::verify(secret.as_bytes(), header, body, signed_at).is_ok()
+            })
+        })
+    }
+}
+
 /// Checks a delivery's signature the way a customer would, in Python with its standard library.
 pub fn python_verifies(secret: &str, header: &str, body: &[u8]) -> bool {
     let dir = tempfile::tempdir().unwrap();

@@ -55,14 +55,26 @@ pub async fn authorise(
     let (request, amount) = AuthorisationRequest::parse(&body)?;
     let authorisation = request.authorisation(amount);
     let fingerprint = authorisation.fingerprint();
-    match state.answers.get(&request.id).await {
+    let unreadable = match state.answers.get(&request.id).await {
         Ok(Some(answer)) => return repeat(answer, &fingerprint),
-        Ok(None) => {}
-        // Recording will fail too; decide anyway and answer what can be answered.
-        Err(e) => tracing::warn!(error = %e, "cannot read recorded answers"),
-    }
+        Ok(None) => false,
+        // Recording will fail too; card-processing's record of the id may still answer.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read recorded answers");
+            true
+        }
+    };
     failpoint::step("card_api::before_decision").await?;
     let (answer, stand_in) = ask(&state, &authorisation, fingerprint.clone()).await?;
+    if unreadable && stand_in.is_some() {
+        // Neither the records nor card-processing can say whether this id was answered
+        // before: a stand-in decline could contradict an approval given earlier. No decision;
+        // the processor retries (or stands in on its side).
+        return Err(Problem(Error::unavailable(
+            "records",
+            "cannot tell whether this authorisation was answered before; retry",
+        )));
+    }
     let recorded = state.answers.record_or_keep(answer, stand_in).await;
     let response = repeat(recorded, &fingerprint)?.0;
     tracing::info!(
