@@ -5,6 +5,8 @@
 //! its money), and the metrics endpoint is scraped with every journey counted.
 //! `make acceptance-continuous`.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,14 +22,6 @@ fn resident_kb() -> u64 {
         .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "takes ten minutes: make acceptance-continuous"]
 async fn continuous_acceptance_keeps_memory_and_money_flat() {
@@ -36,7 +30,7 @@ async fn continuous_acceptance_keeps_memory_and_money_flat() {
         .and_then(|m| m.parse().ok())
         .unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
-    let (gateway, card_api) = (free_port(), free_port());
+    let (gateway, card_api) = (common::free_port(), common::free_port());
     let mut bank = Command::new(env!("CARGO_BIN_EXE_sterling"))
         .args(["--data", dir.path().to_str().unwrap(), "up"])
         .args([

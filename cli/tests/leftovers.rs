@@ -25,21 +25,9 @@ fn of_a_test(name: &str) -> bool {
 #[tokio::test]
 #[ignore = "needs Cassandra and NATS: make test-engines, after every other test"]
 async fn tests_leave_no_keyspace_stream_or_bucket_behind() {
-    let session = sterling_storage::cassandra::connect(
-        &sterling_storage::cassandra::CassandraConfig::from_env(),
-    )
-    .await
-    .expect("Cassandra is up");
-    let rows = session
-        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", &[])
+    let keyspaces: Vec<String> = common::keyspaces()
         .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap();
-    let keyspaces: Vec<String> = rows
-        .rows::<(String,)>()
-        .unwrap()
-        .filter_map(|r| r.ok().map(|(name,)| name))
+        .into_iter()
         .filter(|name| of_a_test(name))
         .collect();
 

@@ -3,6 +3,8 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` set it starts and exports its spans under its own
 //! `service.name` (to an OTLP receiver in this test).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -184,14 +186,6 @@ impl TraceService for Receiver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_service_runs_alone_and_exports_spans_under_its_own_name() {
     let receiver = Receiver::default();
@@ -210,7 +204,7 @@ async fn each_service_runs_alone_and_exports_spans_under_its_own_name() {
         .unwrap();
     let http = reqwest::Client::new();
     for definition in SERVICES {
-        let port = free_port();
+        let port = common::free_port();
         let mut child = sterling()
             .args(["serve", definition.name])
             .env("STERLING_DATA_DIR", dir.path())

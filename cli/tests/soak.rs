@@ -60,14 +60,6 @@ fn engine(script: &str, action: &str) {
     assert!(status.success(), "{script} {action} failed");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Every service of the bank as a process of its own (`sterling serve <name>`), each on a port
 /// it keeps across restarts.
 struct Fleet {
@@ -82,7 +74,7 @@ impl Fleet {
         let ports = SERVICES
             .iter()
             .chain(DEVELOPMENT_FAKES)
-            .map(|d| (d.name, free_port()))
+            .map(|d| (d.name, common::free_port()))
             .collect();
         Fleet {
             dir: dir.to_path_buf(),

@@ -223,7 +223,6 @@ pub fn decision(outcome: &PayOutcome) -> (String, String) {
     )
 }
 
-/// Drops every keyspace of a test namespace.
 /// Deletes a namespace's event stream and discovery bucket from NATS.
 pub async fn drop_nats(namespace: &str) {
     let url = std::env::var("STERLING_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
@@ -235,7 +234,17 @@ pub async fn drop_nats(namespace: &str) {
     let _ = jetstream.delete_key_value(&bucket).await;
 }
 
-pub async fn drop_keyspaces(namespace: &str) {
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every keyspace on the Cassandra node.
+pub async fn keyspaces() -> Vec<String> {
     let session = sterling_storage::cassandra::connect(&CassandraConfig::from_env())
         .await
         .expect("Cassandra is up");
@@ -245,11 +254,21 @@ pub async fn drop_keyspaces(namespace: &str) {
         .unwrap()
         .into_rows_result()
         .unwrap();
-    let prefix = format!("{namespace}_");
-    let names: Vec<String> = rows
-        .rows::<(String,)>()
+    rows.rows::<(String,)>()
         .unwrap()
         .filter_map(|r| r.ok().map(|(name,)| name))
+        .collect()
+}
+
+/// Drops every keyspace of a test namespace.
+pub async fn drop_keyspaces(namespace: &str) {
+    let session = sterling_storage::cassandra::connect(&CassandraConfig::from_env())
+        .await
+        .expect("Cassandra is up");
+    let prefix = format!("{namespace}_");
+    let names: Vec<String> = keyspaces()
+        .await
+        .into_iter()
         .filter(|name| name.starts_with(&prefix))
         .collect();
     for name in names {
