@@ -93,9 +93,10 @@ images:
 	deploy/container/images.sh all
 
 ## compose-test: the whole bank in containers with podman-compose: payments through card-api,
-## the feed and the push sink; a service SIGKILLed and restarted; NATS stopped and started
+## the feed and the push sink; a service SIGKILLed and restarted; NATS stopped and started;
+## then every acceptance journey against the containers
 compose-test:
-	deploy/compose/test.sh
+	CARGO="$(CARGO)" deploy/compose/test.sh
 
 ## k8s-check: deploy/k8s/base matches the access rules; every overlay builds (kustomize) and
 ## decodes strictly into the Kubernetes API types

@@ -2,7 +2,8 @@
 //! journey passes, the set-up is idempotent (a second runner finds the same customer, account
 //! and card), the account's money is where it started (less nothing), a broken cards service
 //! fails the run naming the journey, the step and the request id, and the continuous mode's
-//! metrics and health are scraped.
+//! metrics and health are scraped (with the bank's business metric, which counts acceptance
+//! payments apart).
 
 use std::time::Duration;
 
@@ -161,6 +162,22 @@ async fn a_broken_cards_service_fails_naming_journey_step_and_request_id() {
     ] {
         assert!(scraped.contains(expected), "{expected} not in\n{scraped}");
     }
+    // The bank in this process counts into the same registry: its business metric tells the
+    // acceptance payments apart.
+    let decided: Vec<&str> = scraped
+        .lines()
+        .filter(|l| l.starts_with("sterling_card_authorisations_total{"))
+        .collect();
+    assert!(
+        decided
+            .iter()
+            .any(|l| l.contains(r#"decision="approved""#) && l.contains(r#"acceptance="true""#)),
+        "{decided:#?}"
+    );
+    assert!(
+        !decided.iter().any(|l| l.contains(r#"acceptance="false""#)),
+        "{decided:#?}"
+    );
     bank.stop().await;
     scenario.teardown();
 }

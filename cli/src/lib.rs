@@ -3,6 +3,7 @@
 
 pub mod bank;
 pub mod bench;
+pub mod dead_letters;
 pub mod deploy;
 pub mod operate;
 pub mod processor;

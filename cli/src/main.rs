@@ -283,6 +283,11 @@ enum Command {
         #[command(subcommand)]
         command: Webhooks,
     },
+    /// Events consumers gave up on: list them, show one, hand one to its consumer again.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetters,
+    },
     /// Service identities: tokens from the bank's identity authority.
     Identity {
         #[command(subcommand)]
@@ -323,6 +328,33 @@ enum Devices {
     List {
         /// Ledger account id.
         account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetters {
+    /// The events consumers gave up on and not replayed since, a line each.
+    List {
+        /// Only this consumer's (its durable name, e.g. `webhooks`).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Also those replayed since.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One dead-lettered event: every time it was given up on, and every replay.
+    Show {
+        /// The consumer (durable name).
+        consumer: String,
+        /// The event's id.
+        event_id: String,
+    },
+    /// Hand a dead-lettered event to its consumer again (that consumer only; idempotent).
+    Replay {
+        /// The consumer (durable name).
+        consumer: String,
+        /// The event's id.
+        event_id: String,
     },
 }
 
@@ -567,6 +599,7 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
         Command::Feed { account, limit } => operate::feed(&reach().await?, &account, limit).await,
         Command::Devices { command } => devices(command).await,
         Command::Webhooks { command } => webhooks(command).await,
+        Command::DeadLetters { command } => dead_letters(command).await,
         Command::Identity { command } => identity(command),
         // The rest start, set up or pay: `run` takes them.
         _ => anyhow::bail!("not a command on a running bank"),
@@ -993,6 +1026,22 @@ async fn devices(command: Devices) -> anyhow::Result<()> {
             platform,
         } => operate::register_device(&bank, &account, &token, &platform).await,
         Devices::List { account } => operate::list_devices(&bank, &account).await,
+    }
+}
+
+/// `sterling dead-letters ...`.
+async fn dead_letters(command: DeadLetters) -> anyhow::Result<()> {
+    let bank = reach().await?;
+    match command {
+        DeadLetters::List { consumer, all } => {
+            sterling::dead_letters::list(&bank, consumer.as_deref(), all).await
+        }
+        DeadLetters::Show { consumer, event_id } => {
+            sterling::dead_letters::show(&bank, &consumer, &event_id).await
+        }
+        DeadLetters::Replay { consumer, event_id } => {
+            sterling::dead_letters::replay(&bank, &consumer, &event_id).await
+        }
     }
 }
 

@@ -247,6 +247,14 @@ impl Bus for Twice {
     async fn check(&self) -> sterling_bus::Result<()> {
         self.0.check().await
     }
+    async fn browse(
+        &self,
+        filter: &str,
+        after: u64,
+        limit: usize,
+    ) -> sterling_bus::Result<Vec<sterling_bus::StoredEvent>> {
+        self.0.browse(filter, after, limit).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

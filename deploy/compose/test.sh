@@ -6,6 +6,8 @@
 #   1. seeds a customer and pays: the decision, the feed item and the push at the sink;
 #   2. kills one service's process with SIGKILL: the container restarts, payments recover;
 #   3. stops and starts NATS's container: every payment's feed item and push arrive, none lost;
+#   4. runs every acceptance journey once against the containers (sterling-acceptance on this
+#      machine; its webhook receiver reached from the containers through the network's gateway);
 # and takes it all down with its volumes.
 #
 # COMPOSE            the compose command (default: podman-compose from a virtualenv in the cache)
@@ -27,7 +29,9 @@ fi
 export STERLING_CARD_API_PORT=18080 STERLING_GATEWAY_PORT=18000 STERLING_PUSH_SINK_PORT=18090 \
   STERLING_DATABASE_PORT=19042 STERLING_NATS_PORT=14222 STERLING_NATS_MONITOR_PORT=18222 \
   STERLING_PROMETHEUS_PORT=19090 STERLING_OTLP_ENDPOINT= \
-  STERLING_CARD_API_BUDGET_MS="${STERLING_CARD_API_BUDGET_MS:-1000}"
+  STERLING_CARD_API_BUDGET_MS="${STERLING_CARD_API_BUDGET_MS:-1000}" \
+  STERLING_WEBHOOKS_ALLOW_LOCAL_RECEIVERS=true
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 # Everything but Grafana and Jaeger, which have no image on a machine with no registry.
 SERVICES=(database nats prometheus push-sink auth customers cards fx ledger transactions
   merchant feed balance push webhooks card-processing card-api accounts gateway)
@@ -135,6 +139,7 @@ eventually_count() {
 }
 
 deploy/container/images.sh all
+"${CARGO:-cargo}" build -q -p sterling-acceptance
 compose down -v > /dev/null 2>&1 || true
 run_healthchecks &
 HEALTHCHECKS=$!
@@ -194,4 +199,18 @@ for amount in 3.50 1.22 1.23 2.04 2.05; do
   eventually_count pushes 1 "\"title\":\"GBP $amount\""
 done
 log "NATS restarted; all 5 payments in the feed and pushed"
+
+# 4. Acceptance against the containers: its receiver listens on this machine, where the
+#    containers reach it through their network's gateway.
+host="$(podman network inspect "${PROJECT}_default" --format '{{range .Subnets}}{{.Gateway}}{{end}}')"
+[ -n "$host" ] || { log "no gateway address for ${PROJECT}_default"; exit 1; }
+"$TARGET/debug/sterling-acceptance" --once \
+  --gateway "http://127.0.0.1:$STERLING_GATEWAY_PORT" \
+  --card-api "http://127.0.0.1:$STERLING_CARD_API_PORT" \
+  --push-sink "http://127.0.0.1:$STERLING_PUSH_SINK_PORT" \
+  --processor-secret development-processor-secret \
+  --receiver-listen 0.0.0.0:18300 --receiver-url "http://$host:18300/webhooks" \
+  --decision-budget-ms 3000 --async-timeout-s 60 \
+  --junit "$TARGET/acceptance-compose.xml"
+log "every acceptance journey passed against the containers"
 log "passed"

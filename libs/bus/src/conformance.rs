@@ -4,6 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use prost::Message;
+
+use crate::dead_letters::{self, DeadLetter, ReplayOutcome};
 use crate::{Bus, ConsumerConfig, Envelope};
 
 /// Runs every check.
@@ -13,6 +16,7 @@ pub async fn run_all(bus: &dyn Bus, prefix: &str) {
     a_nak_redelivers_after_the_delay(bus, prefix).await;
     an_unacked_delivery_comes_back_after_ack_wait(bus, prefix).await;
     too_many_deliveries_go_to_the_dead_letter_subject(bus, prefix).await;
+    a_dead_letter_is_listed_and_replayed_to_its_consumer_alone(bus, prefix).await;
     every_durable_consumer_gets_every_event_once_shared_among_its_instances(bus, prefix).await;
     bus.check().await.expect("bus health check");
 }
@@ -155,9 +159,95 @@ pub async fn too_many_deliveries_go_to_the_dead_letter_subject(bus: &dyn Bus, p:
     }
     let d = next(&mut dead).await;
     assert_eq!(d.envelope.r#type, format!("deadletter.{durable}.{subject}"));
-    assert_eq!(d.envelope.payload, format!("{p}poison-1").as_bytes());
+    assert_eq!(d.envelope.request_id, format!("req-{p}poison-1"));
+    let letter = DeadLetter::decode(d.envelope.payload.as_slice()).expect("a dead letter");
+    assert_eq!(letter.consumer, durable);
+    assert_eq!(letter.deliveries, 3);
+    assert_eq!(letter.replay, 0);
+    assert_eq!(letter.reason, "max deliveries reached");
+    assert_eq!(letter.event, Some(event(&format!("{p}poison-1"), &subject)));
     d.ack().await.unwrap();
     nothing_within(&mut sub, Duration::from_millis(600)).await;
+}
+
+/// A dead letter is listed with its reason; a replay reaches its consumer alone, as the event
+/// itself; asking twice replays once; a replay given up on again is listed again, and a
+/// handled one is no longer outstanding.
+pub async fn a_dead_letter_is_listed_and_replayed_to_its_consumer_alone(bus: &dyn Bus, p: &str) {
+    let subject = format!("{p}replayed.created");
+    let (durable, other) = (format!("{p}replayed"), format!("{p}replayed-other"));
+    let id = format!("{p}replayed-1");
+    let mut sub = bus.subscribe(fast(&durable, &[&subject])).await.unwrap();
+    let mut bystander = bus.subscribe(fast(&other, &[&subject])).await.unwrap();
+    bus.publish(&event(&id, &subject)).await.unwrap();
+    next(&mut bystander).await.ack().await.unwrap();
+    next(&mut sub)
+        .await
+        .term("bad_request.unknown_account")
+        .await
+        .unwrap();
+    let listed = dead_letters::list(bus, &durable).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].event, event(&id, &subject));
+    assert_eq!(
+        listed[0].dead_letters[0].reason,
+        "bad_request.unknown_account"
+    );
+    assert_eq!(listed[0].dead_letters[0].deliveries, 1);
+    assert!(listed[0].outstanding());
+    assert!(dead_letters::list(bus, &other).await.unwrap().is_empty());
+    assert_eq!(
+        dead_letters::replay(bus, &durable, "no-such-event", "operator")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let replayed = dead_letters::replay(bus, &durable, &id, "operator")
+        .await
+        .unwrap();
+    assert_eq!(replayed, Some(ReplayOutcome::Published(1)));
+    let again = dead_letters::replay(bus, &durable, &id, "operator")
+        .await
+        .unwrap();
+    assert_eq!(again, Some(ReplayOutcome::AlreadyReplayed(1)));
+    let d = next(&mut sub).await;
+    assert_eq!(
+        d.envelope,
+        event(&id, &subject),
+        "the replay is the event itself"
+    );
+    assert_eq!(d.attempt, 1);
+    nothing_within(&mut bystander, Duration::from_millis(300)).await;
+    assert_eq!(
+        dead_letters::find(bus, &durable, &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status(),
+        "replayed"
+    );
+
+    // Given up on again: listed again, under the replay's number.
+    d.term("bad_request.unknown_account").await.unwrap();
+    let found = dead_letters::find(bus, &durable, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(found.outstanding());
+    let rounds: Vec<u32> = found.dead_letters.iter().map(|d| d.replay).collect();
+    assert_eq!(rounds, [0, 1]);
+    let second = dead_letters::replay(bus, &durable, &id, "operator")
+        .await
+        .unwrap();
+    assert_eq!(second, Some(ReplayOutcome::Published(2)));
+    next(&mut sub).await.ack().await.unwrap();
+    nothing_within(&mut sub, Duration::from_millis(300)).await;
+    let done = dead_letters::find(bus, &durable, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.replays.len(), done.status()), (2, "replayed"));
 }
 
 /// Two durable consumers each get every event; two instances of one consumer share them.

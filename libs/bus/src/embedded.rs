@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 
 use crate::{
-    Acker, Bus, BusError, ConsumerConfig, DEAD_LETTER_PREFIX, Delivery, Envelope, PublishAck,
-    Result, Subscription, validate,
+    Acker, Bus, BusError, ConsumerConfig, Delivery, Envelope, PublishAck, Result, StoredEvent,
+    Subscription, dead_letters, subject_matches, validate,
 };
 
 /// How long a waiting consumer sleeps at most before looking again.
@@ -130,32 +130,31 @@ fn insert_message(tx: &Connection, id: &str, subject: &str, body: &[u8]) -> Resu
     })
 }
 
-/// The subject of dead letters from `durable` for an event of type `subject`.
-pub fn dead_letter_subject(durable: &str, subject: &str) -> String {
-    format!("{DEAD_LETTER_PREFIX}.{durable}.{subject}")
-}
-
+/// Gives up on the message at `seq` for `durable`: its dead letter is published and its
+/// pending delivery removed, in the caller's transaction.
 fn dead_letter(tx: &Connection, durable: &str, seq: i64, reason: &str) -> Result<()> {
-    let found: Option<(String, String, Vec<u8>)> = tx
-        .query_row(
-            "SELECT event_id, subject, body FROM messages WHERE seq = ?1",
-            [seq],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+    let body: Option<Vec<u8>> = tx
+        .query_row("SELECT body FROM messages WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(err)?;
-    if let Some((event_id, subject, body)) = found {
-        let dead_subject = dead_letter_subject(durable, &subject);
-        let mut envelope =
+    let deliveries: u32 = tx
+        .query_row(
+            "SELECT deliveries FROM pending WHERE durable = ?1 AND seq = ?2",
+            params![durable, seq],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)?
+        .unwrap_or_default();
+    if let Some(body) = body {
+        let envelope =
             Envelope::decode(body.as_slice()).map_err(|e| BusError::Invalid(e.to_string()))?;
-        envelope.r#type = dead_subject.clone();
-        insert_message(
-            tx,
-            &format!("{event_id}/{durable}/dead"),
-            &dead_subject,
-            &envelope.encode_to_vec(),
-        )?;
-        tracing::warn!(durable, %event_id, reason, "event dead-lettered");
+        let (event, replay) = dead_letters::unwrap_replay(envelope)?;
+        let dead = dead_letters::dead_letter_envelope(durable, &event, replay, deliveries, reason);
+        insert_message(tx, &dead.event_id, &dead.r#type, &dead.encode_to_vec())?;
+        tracing::warn!(durable, event_id = %event.event_id, replay, reason, "event dead-lettered");
     }
     tx.execute(
         "DELETE FROM pending WHERE durable = ?1 AND seq = ?2",
@@ -244,6 +243,53 @@ fn take_next(
     };
     tx.commit().map_err(err)?;
     Ok(result)
+}
+
+/// Up to `limit` messages under `filter` after `after`: those whose subject starts with the
+/// filter's literal part, matched in full here.
+fn browse(
+    conn: &mut Connection,
+    filter: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
+    let tokens: Vec<&str> = filter.split('.').collect();
+    let literal = match tokens.iter().position(|t| *t == "*" || *t == ">") {
+        None => filter.to_string(),
+        Some(0) => String::new(),
+        Some(wild) => format!("{}.", tokens[..wild].join(".")),
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, subject, body FROM messages WHERE seq > ?1 AND substr(subject, 1, ?2) = ?3 ORDER BY seq",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map(params![after as i64, literal.len() as i64, literal], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .map_err(err)?;
+    let mut found = Vec::new();
+    for row in rows {
+        let (seq, subject, body) = row.map_err(err)?;
+        if !subject_matches(filter, &subject) {
+            continue;
+        }
+        let envelope =
+            Envelope::decode(body.as_slice()).map_err(|e| BusError::Invalid(e.to_string()))?;
+        found.push(StoredEvent {
+            sequence: seq as u64,
+            envelope,
+        });
+        if found.len() >= limit {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// When the next pending delivery of `durable` falls due, if any.
@@ -343,13 +389,22 @@ impl Subscription for SqliteSubscription {
             if let Some((seq, attempt, body)) =
                 self.bus.blocking(move |c| take_next(c, &config)).await?
             {
-                let envelope = Envelope::decode(body.as_slice())
-                    .map_err(|e| BusError::Invalid(e.to_string()))?;
                 let acker = SqliteAcker {
                     bus: self.bus.clone(),
                     durable: self.config.durable.clone(),
                     seq,
                     max_deliver: self.config.max_deliver,
+                };
+                let decoded = Envelope::decode(body.as_slice())
+                    .map_err(|e| BusError::Invalid(e.to_string()))
+                    .and_then(dead_letters::unwrap_replay);
+                let envelope = match decoded {
+                    Ok((envelope, _replay)) => envelope,
+                    Err(e) => {
+                        tracing::error!(error = %e, seq, "a message that is not an event; dropped");
+                        acker.ack().await?;
+                        continue;
+                    }
                 };
                 let backoff = self.config.backoff_for(attempt);
                 return Ok(Delivery::new(envelope, attempt, backoff, Box::new(acker)));
@@ -394,6 +449,12 @@ impl Bus for SqliteBus {
             published: self.shared.published.subscribe(),
             config,
         }))
+    }
+
+    async fn browse(&self, filter: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let filter = filter.to_string();
+        self.blocking(move |c| browse(c, &filter, after, limit))
+            .await
     }
 
     async fn check(&self) -> Result<()> {

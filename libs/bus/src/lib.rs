@@ -4,13 +4,15 @@
 //! the event type (`card.authorisation.approved`). Publishing is idempotent on the event id.
 //! Each subscriber is a durable consumer: at-least-once delivery with explicit ack, redelivery
 //! after `ack_wait` or a nak (with a backoff schedule), and after `max_deliver` attempts the
-//! event goes to the dead-letter subject `deadletter.<consumer>.<type>`. Consumers make their
-//! handling idempotent on the event id.
+//! event goes to the dead-letter subject `deadletter.<consumer>.<type>`, from where an operator
+//! can list it and replay it to that consumer ([`dead_letters`]). Consumers make their handling
+//! idempotent on the event id.
 //!
 //! Backends: [`embedded::SqliteBus`] (in-process, persisted in SQLite) and NATS JetStream, both
 //! passing [`conformance`].
 
 pub mod conformance;
+pub mod dead_letters;
 pub mod embedded;
 pub mod nats;
 
@@ -40,6 +42,15 @@ pub struct PublishAck {
     pub sequence: u64,
     /// The event id was published before; nothing new was stored.
     pub duplicate: bool,
+}
+
+/// An event as the stream stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Position in the stream.
+    pub sequence: u64,
+    /// The event.
+    pub envelope: Envelope,
 }
 
 /// Subject prefix of dead letters.
@@ -94,9 +105,18 @@ impl ConsumerConfig {
             .unwrap_or(Duration::from_secs(1))
     }
 
-    /// Whether the consumer wants `subject`.
+    /// Every filter the consumer listens to: its subjects, and the replays of its dead
+    /// letters.
+    pub fn filters(&self) -> Vec<String> {
+        let mut filters = self.subjects.clone();
+        filters.push(dead_letters::replay_filter(&self.durable));
+        filters
+    }
+
+    /// Whether the consumer wants `subject` (one of its [`ConsumerConfig::filters`]).
     pub fn wants(&self, subject: &str) -> bool {
         self.subjects.iter().any(|f| subject_matches(f, subject))
+            || subject_matches(&dead_letters::replay_filter(&self.durable), subject)
     }
 }
 
@@ -186,6 +206,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe(&self, config: ConsumerConfig) -> Result<Box<dyn Subscription>>;
     /// Proves the bus is reachable (for health checks).
     async fn check(&self) -> Result<()>;
+    /// Up to `limit` stored events whose subject matches `filter`, after position `after`,
+    /// oldest first (operator tools read dead letters this way).
+    async fn browse(&self, filter: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
 }
 
 /// Checks an envelope has what every event needs.

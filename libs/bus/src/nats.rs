@@ -5,7 +5,8 @@
 //! duplicates, and carries the request id and trace context as headers too. Each subscriber is
 //! a durable pull consumer with explicit acks, ack wait, a backoff schedule and max deliveries;
 //! a delivery past `max_deliver` (or terminated) is published to
-//! `deadletter.<consumer>.<type>`. The server itself must run with `sync_interval: always`
+//! `deadletter.<consumer>.<type>`, and a consumer's filters include the replays addressed to it
+//! ([`crate::dead_letters`]). The server itself must run with `sync_interval: always`
 //! (see `deploy/local/nats.sh`) or acknowledged writes can be lost.
 
 use std::time::Duration;
@@ -17,8 +18,8 @@ use futures::StreamExt;
 use prost::Message;
 
 use crate::{
-    Acker, Bus, BusError, ConsumerConfig, DEAD_LETTER_PREFIX, Delivery, Envelope, PublishAck,
-    Result, Subscription, validate,
+    Acker, Bus, BusError, ConsumerConfig, Delivery, Envelope, PublishAck, Result, StoredEvent,
+    Subscription, dead_letters, validate,
 };
 
 /// How to reach and use JetStream.
@@ -180,13 +181,64 @@ impl NatsBus {
         })
     }
 
-    async fn dead_letter(&self, durable: &str, envelope: &Envelope, reason: &str) -> Result<()> {
-        let mut dead = envelope.clone();
-        dead.r#type = format!("{DEAD_LETTER_PREFIX}.{durable}.{}", envelope.r#type);
-        self.publish_raw(&dead, &format!("{}/{durable}/dead", envelope.event_id))
-            .await?;
-        tracing::warn!(durable, event_id = %envelope.event_id, reason, "event dead-lettered");
+    async fn dead_letter(
+        &self,
+        durable: &str,
+        event: &Envelope,
+        replay: u32,
+        deliveries: u32,
+        reason: &str,
+    ) -> Result<()> {
+        let dead = dead_letters::dead_letter_envelope(durable, event, replay, deliveries, reason);
+        self.publish_raw(&dead, &dead.event_id).await?;
+        tracing::warn!(durable, event_id = %event.event_id, replay, reason, "event dead-lettered");
         Ok(())
+    }
+
+    /// Up to `limit` events under `filter` after `after`, read by a short-lived consumer that
+    /// acknowledges nothing.
+    async fn read_range(&self, filter: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let stream = self.ensure_stream().await?;
+        let mut reader = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                filter_subject: self.subject_of(filter),
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let name = reader.cached_info().name.clone();
+        let mut found = Vec::new();
+        if reader.cached_info().num_pending > 0 {
+            let info = reader.info().await.map_err(unavailable)?;
+            let wanted = limit.min(info.num_pending as usize);
+            let mut batch = reader
+                .batch()
+                .max_messages(wanted)
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(unavailable)?;
+                let (sequence, pending) = message
+                    .info()
+                    .map(|i| (i.stream_sequence, i.pending))
+                    .map_err(unavailable)?;
+                let envelope = Envelope::decode(message.payload.as_ref())
+                    .map_err(|e| BusError::Invalid(e.to_string()))?;
+                found.push(StoredEvent { sequence, envelope });
+                if found.len() >= wanted || pending == 0 {
+                    break;
+                }
+            }
+        }
+        let _ = stream.delete_consumer(&name).await;
+        Ok(found)
     }
 }
 
@@ -195,6 +247,7 @@ struct NatsAcker {
     durable: String,
     message: jetstream::Message,
     envelope: Envelope,
+    replay: u32,
     attempt: u32,
     max_deliver: u32,
 }
@@ -217,7 +270,13 @@ impl Acker for NatsAcker {
 
     async fn term(&self, reason: &str) -> Result<()> {
         self.bus
-            .dead_letter(&self.durable, &self.envelope, reason)
+            .dead_letter(
+                &self.durable,
+                &self.envelope,
+                self.replay,
+                self.attempt,
+                reason,
+            )
             .await?;
         self.message
             .ack_with(AckKind::Term)
@@ -262,10 +321,13 @@ impl Subscription for NatsSubscription {
                     }
                 };
                 let attempt = message.info().map(|i| i.delivered as u32).unwrap_or(1);
-                let envelope = match Envelope::decode(message.payload.as_ref()) {
-                    Ok(e) => e,
+                let decoded = Envelope::decode(message.payload.as_ref())
+                    .map_err(|e| BusError::Invalid(e.to_string()))
+                    .and_then(dead_letters::unwrap_replay);
+                let (envelope, replay) = match decoded {
+                    Ok(d) => d,
                     Err(e) => {
-                        tracing::error!(error = %e, "message is not an envelope; terminating it");
+                        tracing::error!(error = %e, "message is not an event; terminating it");
                         let _ = message.ack_with(AckKind::Term).await;
                         continue;
                     }
@@ -275,6 +337,7 @@ impl Subscription for NatsSubscription {
                     durable: self.config.durable.clone(),
                     message,
                     envelope: envelope.clone(),
+                    replay,
                     attempt,
                     max_deliver: self.config.max_deliver,
                 };
@@ -305,21 +368,23 @@ impl Bus for NatsBus {
         }
         let stream = self.ensure_stream().await?;
         let name = consumer_name(&config.durable);
+        // Created or updated: a consumer made before replays existed gains their filter.
         let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: config.ack_wait,
-                    // One extra delivery lets us dead-letter a delivery whose consumer died.
-                    max_deliver: i64::from(config.max_deliver) + 1,
-                    filter_subjects: config.subjects.iter().map(|s| self.subject_of(s)).collect(),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    max_ack_pending: 10_000,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                // One extra delivery lets us dead-letter a delivery whose consumer died.
+                max_deliver: i64::from(config.max_deliver) + 1,
+                filter_subjects: config
+                    .filters()
+                    .iter()
+                    .map(|s| self.subject_of(s))
+                    .collect(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            })
             .await
             .map_err(unavailable)?;
         Ok(Box::new(NatsSubscription {
@@ -327,6 +392,10 @@ impl Bus for NatsBus {
             consumer,
             config,
         }))
+    }
+
+    async fn browse(&self, filter: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        self.read_range(filter, after, limit).await
     }
 
     async fn check(&self) -> Result<()> {

@@ -5,6 +5,8 @@
 //! The action is the point's argument:
 //! - `error`: the step fails with `unavailable.fail_point` (a retryable error, the kind a dead
 //!   dependency gives);
+//! - `reject`: the step fails with `bad_request.fail_point` (what input that can never be
+//!   handled gives; a consumer dead-letters the event at once);
 //! - `sleep:<ms>`: the step waits that long without blocking the runtime (past a deadline);
 //! - `abort`: the task panics where it stands, as if the process died between two lines.
 
@@ -20,6 +22,10 @@ pub async fn step(name: &str) -> Result<()> {
     };
     match action.as_str() {
         "error" => Err(Error::unavailable(
+            "fail_point",
+            format!("fail point {name}"),
+        )),
+        "reject" => Err(Error::bad_request(
             "fail_point",
             format!("fail point {name}"),
         )),

@@ -231,7 +231,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "sterling_card_authorisations_total",
-        "Card authorisations decided, by decision (approved, declined) and reason.",
+        "Card authorisations decided, by decision (approved, declined), reason, and whether the acceptance runner made them (acceptance=\"true\"; leave them out of business figures).",
     ),
 ];
 

@@ -11,6 +11,9 @@
 //! - any other error, or a panic of the handler, naks it for redelivery with the consumer's
 //!   backoff.
 //!
+//! The fail point `consumer::<durable>` runs before the handler (tests make a consumer refuse
+//! or fail its events with it).
+//!
 //! Metrics per consumer: `sterling_consumer_events_total{outcome}` (`handled`, `duplicate`,
 //! `rejected`, `failed`), `sterling_consumer_redelivered_total`, and
 //! `sterling_consumer_lag_seconds` (from the event's time to its handling).
@@ -94,6 +97,8 @@ pub(crate) struct Consumer<F> {
     pub(crate) bus: std::sync::Arc<dyn Bus>,
     pub(crate) store: SharedStore,
     pub(crate) handler: F,
+    /// The fail point before its handler: `consumer::<durable>`.
+    pub(crate) fail_point: String,
 }
 
 impl<F, Fut> Consumer<F>
@@ -234,6 +239,7 @@ where
         span: &tracing::Span,
         processed_key: Row,
     ) -> Result<()> {
+        crate::failpoint::step(&self.fail_point).await?;
         let handled = std::panic::AssertUnwindSafe(context.scope((self.handler)(envelope)));
         handled
             .catch_unwind()

@@ -144,7 +144,7 @@ where
     let store = open_store(&platform.config, name, &migrations).await?;
     let health = Health::new(std::sync::Arc::new(StoreChecker(store.clone())));
     let context = ServiceContext::new(name, settings, store, platform.clone(), health.clone());
-    let api = build(context.clone()).await?;
+    let api = with_dead_letters(build(context.clone()).await?, &context);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -204,6 +204,18 @@ where
         server: Some(server),
         background,
     })
+}
+
+/// A gRPC API with the operator's dead-letter service added when the service consumes events.
+fn with_dead_letters(api: Api, context: &ServiceContext) -> Api {
+    let consumers = context.consumers();
+    match api {
+        Api::Grpc(grpc) if !consumers.is_empty() => {
+            let bus = context.platform.bus.clone();
+            Api::Grpc(grpc.serve(super::dead_letters::server(bus, consumers)))
+        }
+        api => api,
+    }
 }
 
 /// Serves `api` on `listener` with the template's stack, health reporting to it.

@@ -4,12 +4,14 @@
 //! - [`engines`]: discovery, the bus and each service's store, opened from the configuration;
 //! - [`service`]: a service's definition and the context its builder is handed;
 //! - [`consumer`]: the event consumer and its ack and retry policy;
+//! - [`dead_letters`]: the operator's gRPC for the events a service's consumers gave up on;
 //! - [`health`]: in-band checks and the gRPC health service;
 //! - [`lifecycle`]: start, register, heartbeat, announce stopping, drain, deregister;
 //! - [`process`]: `main` for a service's 3-line `main.rs`, and signals.
 
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod engines;
 pub mod health;
 pub mod lifecycle;

@@ -159,6 +159,7 @@ pub struct ServiceContext {
     pub(crate) tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     pub(crate) draining: Arc<Mutex<Vec<JoinHandle<()>>>>,
     pub(crate) stopping: CancellationToken,
+    consumers: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServiceContext {
@@ -179,7 +180,16 @@ impl ServiceContext {
             tasks: Arc::default(),
             draining: Arc::default(),
             stopping: CancellationToken::new(),
+            consumers: Arc::default(),
         }
+    }
+
+    /// The durable names of the consumers this service runs.
+    pub fn consumers(&self) -> Vec<String> {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A channel to another service, shared by every client of that service in this one.
@@ -274,7 +284,12 @@ impl ServiceContext {
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.add_checker(Arc::new(BusChecker(self.platform.bus.clone())));
+        self.consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(config.durable.clone());
         let consumer = Consumer {
+            fail_point: format!("consumer::{}", config.durable),
             service: self.name,
             config,
             bus: self.platform.bus.clone(),

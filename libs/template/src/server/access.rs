@@ -78,7 +78,13 @@ struct Checks {
 impl AccessLayer {
     /// Checks every call against `rules`, callers against `identity`.
     pub fn new(service: &'static str, identity: Identity, rules: &'static [Rule]) -> Self {
-        let rules = rules.iter().map(|r| (r.method, *r)).collect();
+        // The template's own methods (dead letters) come with their rules.
+        let template = crate::platform::dead_letters::RULES;
+        let rules = template
+            .iter()
+            .chain(rules)
+            .map(|r| (r.method, *r))
+            .collect();
         Self::with_policy(service, identity, Policy::Methods(rules))
     }
 
