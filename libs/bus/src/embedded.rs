@@ -1,6 +1,14 @@
 //! The embedded bus: a persisted stream in SQLite with durable consumers, for running the bank
 //! in one process. Same semantics as the JetStream backend: dedup on event id, at-least-once,
 //! ack wait, nak with backoff, dead letters after `max_deliver`.
+//!
+//! Durability: a publish is answered once it is fsynced (`synchronous=FULL` for its commit).
+//! Everything else (deliveries taken, acks, naks, cursors) is committed without an fsync of its
+//! own and reaches the disk with the next publish's fsync or checkpoint, as at-least-once
+//! allows: a process crash loses nothing (the write-ahead log is in the file), and a power cut
+//! can only forget acks and delivery counts made since the last fsync, so the events they
+//! settled are delivered again (consumers are idempotent on the event id). A published event is
+//! never lost.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -33,6 +41,8 @@ fn err(e: rusqlite::Error) -> BusError {
 struct Shared {
     connection: Mutex<Connection>,
     published: watch::Sender<u64>,
+    /// Whether a publish's commit is fsynced (see the module documentation).
+    fsync_publishes: bool,
 }
 
 impl Shared {
@@ -52,18 +62,18 @@ pub struct SqliteBus {
 }
 
 impl SqliteBus {
-    /// Opens (or creates) the bus stored at `path`, fsyncing every commit.
+    /// Opens (or creates) the bus stored at `path`, fsyncing every publish.
     pub fn open(path: &Path) -> Result<SqliteBus> {
         Self::open_with(path, true)
     }
 
-    /// As [`SqliteBus::open`]; with `fsync_every_commit` false, commits are flushed at
+    /// As [`SqliteBus::open`]; with `fsync_publishes` false, publishes too are flushed at
     /// checkpoints only (they survive a process crash, not a power cut).
-    pub fn open_with(path: &Path, fsync_every_commit: bool) -> Result<SqliteBus> {
+    pub fn open_with(path: &Path, fsync_publishes: bool) -> Result<SqliteBus> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BusError::Unavailable(e.to_string()))?;
         }
-        Self::with_connection(Connection::open(path).map_err(err)?, fsync_every_commit)
+        Self::with_connection(Connection::open(path).map_err(err)?, fsync_publishes)
     }
 
     /// A bus that lives in memory only (tests).
@@ -71,11 +81,10 @@ impl SqliteBus {
         Self::with_connection(Connection::open_in_memory().map_err(err)?, false)
     }
 
-    fn with_connection(connection: Connection, fsync_every_commit: bool) -> Result<SqliteBus> {
-        let synchronous = if fsync_every_commit { "FULL" } else { "NORMAL" };
+    fn with_connection(connection: Connection, fsync_publishes: bool) -> Result<SqliteBus> {
         connection
-            .execute_batch(&format!(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
                  CREATE TABLE IF NOT EXISTS messages (
                      seq INTEGER PRIMARY KEY AUTOINCREMENT,
                      event_id TEXT NOT NULL UNIQUE,
@@ -90,13 +99,14 @@ impl SqliteBus {
                      seq INTEGER NOT NULL,
                      deliveries INTEGER NOT NULL,
                      next_at INTEGER NOT NULL,
-                     PRIMARY KEY (durable, seq)) WITHOUT ROWID;"
-            ))
+                     PRIMARY KEY (durable, seq)) WITHOUT ROWID;",
+            )
             .map_err(err)?;
         Ok(SqliteBus {
             shared: Arc::new(Shared {
                 connection: Mutex::new(connection),
                 published: watch::channel(0).0,
+                fsync_publishes,
             }),
         })
     }
@@ -429,8 +439,19 @@ impl Bus for SqliteBus {
             envelope.r#type.clone(),
             envelope.encode_to_vec(),
         );
+        let fsync = self.shared.fsync_publishes;
         let ack = self
-            .blocking(move |c| insert_message(c, &id, &subject, &body))
+            .blocking(move |c| {
+                if !fsync {
+                    return insert_message(c, &id, &subject, &body);
+                }
+                // This commit and every unsynced one before it reach the disk.
+                c.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+                let ack = insert_message(c, &id, &subject, &body);
+                c.pragma_update(None, "synchronous", "NORMAL")
+                    .map_err(err)?;
+                ack
+            })
             .await?;
         if !ack.duplicate {
             self.shared.published.send_modify(|n| *n += 1);

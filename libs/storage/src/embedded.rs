@@ -3,7 +3,11 @@
 //! Each table of the migrations becomes a SQLite table with the same primary key, plus a hidden
 //! `__expires_at` column for TTLs. Every batch runs in one SQLite transaction, so conditional
 //! batches are atomic compare-and-sets like Cassandra's lightweight transactions. Writes are
-//! durable (`journal_mode=WAL`, `synchronous=FULL`) unless asked otherwise.
+//! durable (`journal_mode=WAL`, `synchronous=FULL`) unless asked otherwise, and committed in
+//! groups by one writer per store ([`writer`]): concurrent writers share a commit and its
+//! fsync. Reads use a connection of their own, which a commit in progress does not block.
+
+mod writer;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
     Applied, Condition, Mutation, Query, Result, Row, ScanPage, StorageError, Store, Value,
-    check_type, now_millis, validate_batch,
+    check_type, now_millis,
 };
 
 /// How hard the embedded store works to keep a write through a power cut.
@@ -31,7 +35,9 @@ pub enum Durability {
 
 /// A [`Store`] on a local SQLite file.
 pub struct SqliteStore {
+    /// Reads (and the health check); for an in-memory store, also the writer's.
     connection: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
     tables: Arc<BTreeMap<String, TableSchema>>,
 }
 
@@ -55,28 +61,29 @@ impl SqliteStore {
                 .map_err(|e| StorageError::Unavailable(format!("{}: {e}", parent.display())))?;
         }
         let connection = Connection::open(path).map_err(sql_err)?;
-        Self::with_connection(connection, migrations, durability)
+        // The writer's own connection: reads do not queue behind a commit's fsync.
+        let writes = Connection::open(path).map_err(sql_err)?;
+        Self::with_connection(connection, Some(writes), migrations, durability)
     }
 
     /// An in-memory store, for tests that need no persistence.
     pub fn in_memory(migrations: &[Migration]) -> Result<SqliteStore> {
         let connection = Connection::open_in_memory().map_err(sql_err)?;
-        Self::with_connection(connection, migrations, Durability::Normal)
+        Self::with_connection(connection, None, migrations, Durability::Normal)
     }
 
+    /// The store on `connection`, its writes on `writes` if given (a file has two connections;
+    /// memory only one).
     fn with_connection(
         mut connection: Connection,
+        writes: Option<Connection>,
         migrations: &[Migration],
         durability: Durability,
     ) -> Result<SqliteStore> {
-        let synchronous = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        };
+        configure(&connection, durability)?;
         connection
             .execute_batch(&format!(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;
-                 CREATE TABLE IF NOT EXISTS __migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
+                "CREATE TABLE IF NOT EXISTS __migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
                  CREATE TABLE IF NOT EXISTS __health (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);"
             ))
             .map_err(sql_err)?;
@@ -115,9 +122,19 @@ impl SqliteStore {
             .map_err(sql_err)?;
         }
         tx.commit().map_err(sql_err)?;
+        let connection = Arc::new(Mutex::new(connection));
+        let tables = Arc::new(tables);
+        let writes = match writes {
+            Some(writes) => {
+                configure(&writes, durability)?;
+                Arc::new(Mutex::new(writes))
+            }
+            None => connection.clone(),
+        };
         Ok(SqliteStore {
-            connection: Arc::new(Mutex::new(connection)),
-            tables: Arc::new(tables),
+            writer: writer::Writer::start(writes, tables.clone())?,
+            connection,
+            tables,
         })
     }
 
@@ -142,6 +159,19 @@ impl SqliteStore {
         .await
         .map_err(|e| StorageError::Unavailable(format!("storage task failed: {e}")))?
     }
+}
+
+/// WAL, the durability asked for, and a wait for locks rather than an error.
+fn configure(connection: &Connection, durability: Durability) -> Result<()> {
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    connection
+        .execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;"
+        ))
+        .map_err(sql_err)
 }
 
 fn create_table(tx: &Transaction<'_>, table: &TableSchema) -> Result<()> {
@@ -359,39 +389,9 @@ fn conditions_hold(m: &Mutation, current: &Option<Row>) -> bool {
     }
 }
 
-fn apply_batch(
-    conn: &mut Connection,
-    tables: &BTreeMap<String, TableSchema>,
-    mutations: &[Mutation],
-) -> Result<Applied> {
-    let mut applied = apply_batches(conn, tables, std::slice::from_ref(&mutations.to_vec()))?;
-    Ok(applied.pop().unwrap_or(Applied::Yes))
-}
-
-/// Applies batches one after the other in one SQLite transaction (one commit, one fsync),
-/// each with its own conditions, exactly as if applied one by one.
-fn apply_batches(
-    conn: &mut Connection,
-    tables: &BTreeMap<String, TableSchema>,
-    batches: &[Vec<Mutation>],
-) -> Result<Vec<Applied>> {
-    for mutations in batches {
-        validate_batch(tables, mutations)?;
-    }
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql_err)?;
-    let mut outcomes = Vec::with_capacity(batches.len());
-    for mutations in batches {
-        outcomes.push(apply_in(&tx, tables, mutations)?);
-    }
-    tx.commit().map_err(sql_err)?;
-    Ok(outcomes)
-}
-
 /// One batch inside a transaction: its conditions, then its writes if they all hold.
 fn apply_in(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     tables: &BTreeMap<String, TableSchema>,
     mutations: &[Mutation],
 ) -> Result<Applied> {
@@ -571,13 +571,12 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, mutations: Vec<Mutation>) -> Result<Applied> {
-        self.blocking(move |conn, tables| apply_batch(conn, tables, &mutations))
-            .await
+        let mut applied = self.writer.apply(vec![mutations]).await?;
+        Ok(applied.pop().unwrap_or(Applied::Yes))
     }
 
     async fn apply_in_order(&self, batches: Vec<Vec<Mutation>>) -> Result<Vec<Applied>> {
-        self.blocking(move |conn, tables| apply_batches(conn, tables, &batches))
-            .await
+        self.writer.apply(batches).await
     }
 
     async fn scan(&self, table: &str, page: Option<Vec<u8>>, size: usize) -> Result<ScanPage> {
