@@ -82,10 +82,10 @@ impl SqliteStore {
     ) -> Result<SqliteStore> {
         configure(&connection, durability)?;
         connection
-            .execute_batch(&format!(
+            .execute_batch(
                 "CREATE TABLE IF NOT EXISTS __migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
-                 CREATE TABLE IF NOT EXISTS __health (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);"
-            ))
+                 CREATE TABLE IF NOT EXISTS __health (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
+            )
             .map_err(sql_err)?;
         let tables = schema::tables(migrations)?;
         let tx = connection.transaction().map_err(sql_err)?;
