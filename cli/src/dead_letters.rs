@@ -73,7 +73,7 @@ pub async fn collect(
     for (service, mut client) in services(bank).await? {
         let answer = client
             .list_dead_letters(ListDeadLettersRequest {
-                consumer: String::new(),
+                consumer: consumer.unwrap_or_default().to_string(),
                 include_replayed: all,
             })
             .await;
@@ -82,13 +82,7 @@ pub async fn collect(
             Ok(None) => continue,
             Err(e) => anyhow::bail!("{service} could not list its dead letters: {e}"),
         };
-        events.extend(
-            listed
-                .events
-                .into_iter()
-                .filter(|e| consumer.is_none_or(|c| c == e.consumer))
-                .map(|e| (service, e)),
-        );
+        events.extend(listed.events.into_iter().map(|e| (service, e)));
     }
     Ok(events)
 }
@@ -163,18 +157,28 @@ pub async fn show(bank: &Reach, consumer: &str, event_id: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Hands a dead-lettered event to its consumer again.
+/// Hands a dead-lettered event to its consumer again (asked of the service that has it).
 pub async fn replay(bank: &Reach, consumer: &str, event_id: &str) -> anyhow::Result<()> {
-    let (service, _) = find(bank, consumer, event_id).await?;
-    let channel = bank.channel(service).await?;
-    let replayed = DeadLettersClient::new(channel)
-        .replay_dead_letter(ReplayDeadLetterRequest {
-            consumer: consumer.into(),
-            event_id: event_id.into(),
-        })
-        .await
-        .map_err(Error::from)?
-        .into_inner();
+    let mut answer = None;
+    for (service, mut client) in services(bank).await? {
+        let asked = client
+            .replay_dead_letter(ReplayDeadLetterRequest {
+                consumer: consumer.into(),
+                event_id: event_id.into(),
+            })
+            .await;
+        match answered(asked) {
+            Ok(Some(replayed)) => {
+                answer = Some((service, replayed));
+                break;
+            }
+            Ok(None) => continue,
+            Err(e) => anyhow::bail!("{service}: {e}"),
+        }
+    }
+    let Some((service, replayed)) = answer else {
+        anyhow::bail!("no running service has a consumer named {consumer}")
+    };
     match replayed.already_replayed {
         true => println!(
             "{event_id} was already handed to {service}/{consumer} again (round {}); nothing new",

@@ -20,16 +20,8 @@ use sterling_template::server::access::Rule;
 /// The operator's dead-letter contract, which the template adds to every consuming service.
 const DEAD_LETTERS: &str = "sterling.operator.v1.DeadLetters";
 
-/// The services that consume events.
-const CONSUMING: &[&str] = &[
-    "balance",
-    "card-processing",
-    "feed",
-    "merchant",
-    "push",
-    "transactions",
-    "webhooks",
-];
+/// gRPC's UNIMPLEMENTED: a service that consumes nothing does not serve dead letters.
+const UNIMPLEMENTED: u32 = 12;
 
 /// `CardProcessing` -> `card-processing`, the discovery name of a gRPC service.
 fn kebab(camel: &str) -> String {
@@ -169,12 +161,38 @@ async fn every_method_of_every_service_keeps_its_door() {
             let methods: Vec<&str> = contract.method.iter().map(|m| m.name()).collect();
             if full == DEAD_LETTERS {
                 // The template's own contract, served by every service that consumes events.
-                for name in CONSUMING {
-                    let address = grpc_address(platform, name).await;
-                    door.walk(name, &address, &full, &methods, dead_letters::RULES)
-                        .await;
+                let operator = platform
+                    .identity
+                    .mint(OPERATOR, Duration::from_secs(60))
+                    .unwrap();
+                let list = format!("/{full}/ListDeadLetters");
+                let mut consuming = Vec::new();
+                for definition in SERVICES {
+                    let registered = platform.discovery.resolve(definition.name).await.unwrap();
+                    if !registered.iter().any(|r| r.protocol == Protocol::Grpc) {
+                        continue;
+                    }
+                    let address = grpc_address(platform, definition.name).await;
+                    if call(&http, &address, &list, Some(&operator)).await.0 == UNIMPLEMENTED {
+                        continue;
+                    }
+                    door.walk(
+                        definition.name,
+                        &address,
+                        &full,
+                        &methods,
+                        dead_letters::RULES,
+                    )
+                    .await;
+                    consuming.push(definition.name);
                     checked += methods.len();
                 }
+                assert!(
+                    ["feed", "push", "webhooks"]
+                        .iter()
+                        .all(|s| consuming.contains(s)),
+                    "the consuming services serve dead letters: {consuming:?}"
+                );
                 continue;
             }
             let name = kebab(contract.name());

@@ -19,15 +19,7 @@ use sterling_template::client::GrpcChannel;
 
 /// A client of the bank's card-processing.
 async fn card_processing(bank: &common::TestBank) -> CardProcessingClient<GrpcChannel> {
-    let channel = GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        "card-processing",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
-    .calling_as(&bank.bank.platform.identity, "card-api");
-    CardProcessingClient::new(channel)
+    CardProcessingClient::new(bank.channel_as("card-processing", "card-api").await)
 }
 
 /// A generous budget for tests about correctness under load, not latency.

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{eventually, money, start};
@@ -16,25 +15,18 @@ use sterling_proto::operator::v1::ListDeadLettersRequest;
 use sterling_proto::operator::v1::dead_letters_client::DeadLettersClient;
 use sterling_template::client::GrpcChannel;
 
-/// Runs `sterling --data <data> args...` without the caller's STERLING_* settings; returns
-/// whether it succeeded, and its standard output and error together.
+/// `sterling --data <data> args...`, off the runtime's threads.
 async fn sterling(data: &Path, args: &[&str]) -> (bool, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sterling"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("STERLING_") {
-            command.env_remove(name);
-        }
-    }
-    command.arg("--data").arg(data).args(args);
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let (data, args) = (
+        data.to_path_buf(),
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
     );
-    (output.status.success(), text)
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::sterling_cli(&data, &args)
+    })
+    .await
+    .unwrap()
 }
 
 /// The event ids `sterling dead-letters list` prints for the consumer `feed`.
@@ -130,15 +122,7 @@ async fn a_refused_event_is_listed_replayed_to_its_consumer_and_handled() {
     assert!(!ok && text.contains("not_found"), "{text}");
 
     // Only the operator may call it.
-    let as_cards = GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        "feed",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
-    .calling_as(&bank.bank.platform.identity, "cards");
-    let refused = DeadLettersClient::new(as_cards)
+    let refused = DeadLettersClient::new(bank.channel_as("feed", "cards").await)
         .list_dead_letters(ListDeadLettersRequest::default())
         .await
         .unwrap_err();

@@ -11,7 +11,6 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use sterling_proto::push::v1::RegisterDeviceRequest;
 use sterling_proto::push::v1::push_client::PushClient;
-use sterling_template::client::GrpcChannel;
 use sterling_template::telemetry::{self, LogFormat};
 
 fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
@@ -43,15 +42,7 @@ async fn a_payment_is_one_trace_across_hops_and_events() {
     let dir = tempfile::tempdir().unwrap();
     let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
     let customer = bank.seed("trace", money("20.00", "GBP")).await;
-    let channel = GrpcChannel::connect(
-        bank.bank.platform.discovery.clone(),
-        "push",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
-    .calling_as(&bank.bank.platform.identity, sterling_template::OPERATOR);
-    PushClient::new(channel)
+    PushClient::new(bank.operator_channel("push").await)
         .register_device(RegisterDeviceRequest {
             account_id: customer.account_id.clone(),
             device_token: "trace-phone".into(),

@@ -3,33 +3,16 @@
 //! major units; transactions come in pages with a cursor; seed registers a test device;
 //! webhooks can be registered and listed; no bank under `--data` gets a hint.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use sterling::bank::{Bank, BankOptions};
 use sterling_proto::ledger::v1::GetBalanceRequest;
 use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 use sterling_template::client::GrpcChannel;
 
-const STERLING: &str = env!("CARGO_BIN_EXE_sterling");
-
-/// Runs `sterling --data <data> args...` without the caller's STERLING_* settings; returns
-/// whether it succeeded, and its standard output and error together.
-fn sterling(data: &Path, args: &[&str]) -> (bool, String) {
-    let mut command = Command::new(STERLING);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("STERLING_") {
-            command.env_remove(name);
-        }
-    }
-    let output = command.arg("--data").arg(data).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
+use common::sterling_cli as sterling;
 
 async fn bank(dir: &Path, except: &[&str]) -> Bank {
     let mut options = BankOptions::ephemeral(dir);

@@ -165,6 +165,11 @@ impl TestBank {
 
     /// A channel to `service` that calls as the operator.
     pub async fn operator_channel(&self, service: &str) -> GrpcChannel {
+        self.channel_as(service, sterling_template::OPERATOR).await
+    }
+
+    /// A channel to `service` that calls as `caller` (a service's name, or the operator).
+    pub async fn channel_as(&self, service: &str, caller: &str) -> GrpcChannel {
         GrpcChannel::connect(
             self.bank.platform.discovery.clone(),
             service,
@@ -172,7 +177,7 @@ impl TestBank {
         )
         .await
         .unwrap()
-        .calling_as(&self.bank.platform.identity, sterling_template::OPERATOR)
+        .calling_as(&self.bank.platform.identity, caller)
     }
 
     /// (balance, held, available) in minor units.
@@ -184,6 +189,24 @@ impl TestBank {
             b.available.unwrap().minor_units,
         )
     }
+}
+
+/// Runs `sterling --data <data> args...` as a person would, without the caller's STERLING_*
+/// settings; returns whether it succeeded, and its standard output and error together.
+pub fn sterling_cli(data: &Path, args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sterling"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("STERLING_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command.arg("--data").arg(data).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }
 
 /// Polls `check` every 50 ms until it holds (`true`) or `limit` passes (`false`).

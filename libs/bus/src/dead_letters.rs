@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use prost::Message;
 pub use sterling_proto::events::v1::{DeadLetter, Replay};
 
-use crate::{Bus, BusError, DEAD_LETTER_PREFIX, Envelope, Result};
+use crate::{Bus, BusError, DEAD_LETTER_PREFIX, Envelope, Result, now_ms};
 
 /// Subject prefix of replays.
 pub const REPLAY_PREFIX: &str = "replay";
@@ -29,11 +29,14 @@ pub fn replay_filter(durable: &str) -> String {
     format!("{REPLAY_PREFIX}.{durable}.>")
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+/// Whether `subject` is a replay addressed to `durable` (matches [`replay_filter`]).
+pub(crate) fn is_replay_for(durable: &str, subject: &str) -> bool {
+    subject
+        .strip_prefix(REPLAY_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_prefix(durable))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|event_type| !event_type.is_empty())
 }
 
 /// The event a stored message carries and which replay of it it is (0: as published).
@@ -249,5 +252,28 @@ async fn read_all(bus: &dyn Bus, filter: &str) -> Result<Vec<Envelope>> {
         };
         after = last.sequence;
         all.extend(page.into_iter().map(|s| s.envelope));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_is_recognised_as_its_filter_matches_it() {
+        for (durable, subject) in [
+            ("feed", "replay.feed.card.authorisation.approved"),
+            ("feed", "replay.feed-payments.card.payment.cleared"),
+            ("feed", "replay.feed"),
+            ("feed", "deadletter.feed.card.authorisation.approved"),
+            ("t1.poison", "replay.t1.poison.t1.poison.created"),
+            ("feed", "card.authorisation.approved"),
+        ] {
+            assert_eq!(
+                is_replay_for(durable, subject),
+                crate::subject_matches(&replay_filter(durable), subject),
+                "{durable} {subject}"
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message;
@@ -21,18 +21,11 @@ use tokio::sync::watch;
 
 use crate::{
     Acker, Bus, BusError, ConsumerConfig, Delivery, Envelope, PublishAck, Result, StoredEvent,
-    Subscription, dead_letters, subject_matches, validate,
+    Subscription, dead_letters, now_ms, subject_matches, validate,
 };
 
 /// How long a waiting consumer sleeps at most before looking again.
 const IDLE_POLL: Duration = Duration::from_millis(200);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 fn err(e: rusqlite::Error) -> BusError {
     BusError::Unavailable(e.to_string())

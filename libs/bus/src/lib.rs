@@ -113,11 +113,20 @@ impl ConsumerConfig {
         filters
     }
 
-    /// Whether the consumer wants `subject` (one of its [`ConsumerConfig::filters`]).
+    /// Whether the consumer wants `subject` (one of its [`ConsumerConfig::filters`]); the
+    /// embedded bus asks for every message, so it allocates nothing.
     pub fn wants(&self, subject: &str) -> bool {
         self.subjects.iter().any(|f| subject_matches(f, subject))
-            || subject_matches(&dead_letters::replay_filter(&self.durable), subject)
+            || dead_letters::is_replay_for(&self.durable, subject)
     }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// NATS subject matching: tokens split on `.`, `*` matches one token, `>` the rest.

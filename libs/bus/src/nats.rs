@@ -199,7 +199,7 @@ impl NatsBus {
     /// acknowledges nothing.
     async fn read_range(&self, filter: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
         let stream = self.ensure_stream().await?;
-        let mut reader = stream
+        let reader = stream
             .create_consumer(consumer::pull::Config {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
@@ -213,9 +213,8 @@ impl NatsBus {
             .map_err(unavailable)?;
         let name = reader.cached_info().name.clone();
         let mut found = Vec::new();
-        if reader.cached_info().num_pending > 0 {
-            let info = reader.info().await.map_err(unavailable)?;
-            let wanted = limit.min(info.num_pending as usize);
+        let wanted = limit.min(reader.cached_info().num_pending as usize);
+        if wanted > 0 {
             let mut batch = reader
                 .batch()
                 .max_messages(wanted)

@@ -54,12 +54,7 @@ impl DeadLetterHandlers {
         dead_letters::find(self.bus.as_ref(), consumer, event_id)
             .await
             .map_err(bus_error)?
-            .ok_or_else(|| {
-                Error::not_found(
-                    "dead_letter",
-                    format!("{consumer} gave up on no event {event_id}"),
-                )
-            })
+            .ok_or_else(|| no_such_event(consumer, event_id))
     }
 }
 
@@ -112,19 +107,15 @@ impl DeadLetters for DeadLetterHandlers {
             .map(|c| c.name().to_string())
             .unwrap_or_else(|| OPERATOR.to_string());
         let r = request.into_inner();
-        let found = self.find(&r.consumer, &r.event_id).await?;
-        let outcome = dead_letters::replay(
-            self.bus.as_ref(),
-            &found.consumer,
-            &found.event.event_id,
-            &caller,
-        )
-        .await
-        .map_err(bus_error)?;
+        let consumer = self.own(&r.consumer)?;
+        let event_id = required("event_id", &r.event_id)?;
+        let outcome = dead_letters::replay(self.bus.as_ref(), consumer, event_id, &caller)
+            .await
+            .map_err(bus_error)?;
         let (replay, already_replayed) = match outcome {
             Some(ReplayOutcome::Published(n)) => (n, false),
             Some(ReplayOutcome::AlreadyReplayed(n)) => (n, true),
-            None => return Err(Error::internal("the dead letter was found, then not").into()),
+            None => return Err(no_such_event(consumer, event_id).into()),
         };
         Ok(Response::new(ReplayDeadLetterResponse {
             replay,
@@ -143,6 +134,13 @@ fn to_proto(found: Found) -> DeadLetteredEvent {
         dead_letters: found.dead_letters,
         replays: found.replays,
     }
+}
+
+fn no_such_event(consumer: &str, event_id: &str) -> Error {
+    Error::not_found(
+        "dead_letter",
+        format!("{consumer} gave up on no event {event_id}"),
+    )
 }
 
 fn bus_error(e: BusError) -> Error {
