@@ -1,5 +1,6 @@
 # Sterling: the one place the project's commands live.
 CARGO ?= cargo
+GO ?= go
 DATA ?= data
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
@@ -35,6 +36,7 @@ build:
 ## test: every unit, conformance and end-to-end test on the embedded backends
 test:
 	$(CARGO) test --workspace
+	cd bench/grpc-go-probe && $(GO) vet ./... && $(GO) test ./...
 
 ## test-api: the public API against its OpenAPI document with schemathesis (from PyPI)
 test-api:
@@ -114,12 +116,19 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: authorisation latency and throughput through card-api (see docs/benchmarks.md)
+## bench: open-loop load at fixed arrival rates with the whole bank keeping up (authorisation,
+## feed, push and webhook latency, consumer backlog), closed-loop authorisation latency, and one
+## hop of the template against bare tonic and grpc-go in the same run (see docs/benchmarks.md)
 bench:
 	$(CARGO) build --release -p sterling
+	cd bench/grpc-go-probe && $(GO) build -o $(abspath $(TARGET_DIR))/grpc-go-probe .
+	$(TARGET_DIR)/release/sterling load --rates 50,100,200,400,800,1000 --seconds 30
 	$(TARGET_DIR)/release/sterling bench --payments 2000 --concurrency 1
 	$(TARGET_DIR)/release/sterling bench --payments 5000 --concurrency 16
-	$(TARGET_DIR)/release/sterling bench-hop --calls 10000
+	$(TARGET_DIR)/grpc-go-probe > $(TARGET_DIR)/grpc-go-probe.out & echo $$! > $(TARGET_DIR)/grpc-go-probe.pid; \
+	  sleep 1; address=$$(sed -n 's/^listening //p' $(TARGET_DIR)/grpc-go-probe.out); \
+	  $(TARGET_DIR)/release/sterling bench-hop --calls 10000 --grpc-go $$address; status=$$?; \
+	  kill $$(cat $(TARGET_DIR)/grpc-go-probe.pid); exit $$status
 	$(TARGET_DIR)/release/sterling bench-push --swipes 300
 
 ## bench-engines: the same on Cassandra + NATS
@@ -127,6 +136,7 @@ bench-engines: engines-up
 	$(CARGO) build --release -p sterling
 	$(TARGET_DIR)/release/sterling bench --engines real --payments 1000 --concurrency 1
 	$(TARGET_DIR)/release/sterling bench --engines real --payments 2000 --concurrency 16
+	$(TARGET_DIR)/release/sterling load --engines real --rates 25,50,100,200 --seconds 30
 
 clean:
 	rm -rf $(DATA)

@@ -2,6 +2,7 @@
 //! same client a processor would be, against a bank started in this process; and
 //! `sterling bench-hop`: the template's cost per hop against bare tonic.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub struct BenchOptions {
     pub durability: Durability,
     /// Engines to run on.
     pub engines: Engines,
+    /// The data directory; the bank runs in a directory of its own inside it.
+    pub data: PathBuf,
     /// Advanced once per authorisation (hidden when not on a terminal).
     pub progress: indicatif::ProgressBar,
 }
@@ -67,28 +70,40 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// A bank started for a benchmark in a temporary directory, with the processor's secret.
-struct BenchBank {
-    dir: std::path::PathBuf,
-    bank: Bank,
-    clients: Clients,
-    url: String,
-    secret: Vec<u8>,
+/// A bank started for a benchmark in a directory of its own under the data directory (so a
+/// benchmark measures the disk `--data` is on), with the processor's secret.
+pub(crate) struct BenchBank {
+    /// Its directory, removed after.
+    pub(crate) dir: std::path::PathBuf,
+    /// The bank.
+    pub(crate) bank: Bank,
+    /// Clients of its services, as the operator.
+    pub(crate) clients: Clients,
+    /// card-api's URL.
+    pub(crate) url: String,
+    /// The processor's signing secret.
+    pub(crate) secret: Vec<u8>,
 }
 
 impl BenchBank {
-    async fn start(name: &str, durability: Durability, engines: Engines) -> anyhow::Result<Self> {
-        Self::start_with(name, durability, engines, &[]).await
+    async fn start(
+        data: &Path,
+        name: &str,
+        durability: Durability,
+        engines: Engines,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(data, name, durability, engines, &[]).await
     }
 
     /// As [`BenchBank::start`], with extra `STERLING_*` settings.
-    async fn start_with(
+    pub(crate) async fn start_with(
+        data: &Path,
         name: &str,
         durability: Durability,
         engines: Engines,
         settings: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("sterling-{name}-{}", uuid::Uuid::now_v7()));
+        let dir = bench_dir(data, name);
         let mut options = BankOptions::ephemeral(&dir);
         options.config.durability = durability;
         options.engines = engines;
@@ -121,6 +136,11 @@ impl BenchBank {
             secret,
         })
     }
+}
+
+/// A fresh directory for one benchmark's bank under `data`.
+fn bench_dir(data: &Path, name: &str) -> PathBuf {
+    data.join(format!("bench-{name}-{}", uuid::Uuid::now_v7()))
 }
 
 /// One funded customer per worker: (account, card).
@@ -221,7 +241,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         clients,
         url,
         secret,
-    } = BenchBank::start("bench", options.durability, options.engines).await?;
+    } = BenchBank::start(&options.data, "bench", options.durability, options.engines).await?;
     // The bank runs in this process: its metrics land here (a summary per histogram).
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -301,6 +321,8 @@ pub struct HopReport {
     pub full_p50: Duration,
     /// Full stack: 99th percentile.
     pub full_p99: Duration,
+    /// The grpc-go peer, when one was given: median and 99th percentile.
+    pub grpc_go: Option<(Duration, Duration)>,
 }
 
 struct BareProbe;
@@ -326,9 +348,26 @@ impl Probe for BareProbe {
     }
 }
 
-/// Measures `calls` sequential unary calls each way, in alternating blocks so that both see
-/// the same machine, with metrics being recorded.
-pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
+/// A plain tonic client of the probe at `address`.
+async fn plain_probe(
+    address: std::net::SocketAddr,
+) -> anyhow::Result<ProbeClient<tonic::transport::Channel>> {
+    Ok(ProbeClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?,
+    ))
+}
+
+/// Measures `calls` sequential unary calls each way (bare tonic, the full stack, and the
+/// grpc-go peer at `grpc_go` when given, all called by a tonic client), in alternating blocks
+/// so that all see the same machine, with metrics being recorded.
+pub async fn hop_overhead(
+    calls: usize,
+    grpc_go: Option<std::net::SocketAddr>,
+    data: &Path,
+) -> anyhow::Result<HopReport> {
     // Metrics recorded as in production (the recorder, without its listener).
     let _ = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder();
     // Bare tonic: a server with no layers, a client on a plain channel.
@@ -340,15 +379,14 @@ pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
             .add_service(ProbeServer::new(BareProbe))
             .serve_with_incoming(incoming),
     );
-    let mut bare = ProbeClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{bare_address}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await?,
-    );
+    let mut bare = plain_probe(bare_address).await?;
+    let mut go = match grpc_go {
+        Some(address) => Some(plain_probe(address).await?),
+        None => None,
+    };
     // The full stack: a probe behind the template's server layer, reached through discovery,
     // the balancer, hedging, retries and deadline propagation.
-    let dir = std::env::temp_dir().join(format!("sterling-hop-{}", uuid::Uuid::now_v7()));
+    let dir = bench_dir(data, "hop");
     let mut config = PlatformConfig::from_env()?;
     config.data_dir = dir.clone();
     let platform = Platform::embedded(config)?;
@@ -365,8 +403,11 @@ pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
     for _ in 0..200 {
         bare.read(request()).await?;
         full.read(request()).await?;
+        if let Some(go) = go.as_mut() {
+            go.read(request()).await?;
+        }
     }
-    let (mut bare_samples, mut full_samples) = (Vec::new(), Vec::new());
+    let (mut bare_samples, mut full_samples, mut go_samples) = (Vec::new(), Vec::new(), Vec::new());
     let block = 250;
     for _ in 0..calls.div_ceil(block) {
         for _ in 0..block {
@@ -379,13 +420,23 @@ pub async fn hop_overhead(calls: usize) -> anyhow::Result<HopReport> {
             full.read(request()).await?;
             full_samples.push(started.elapsed());
         }
+        if let Some(go) = go.as_mut() {
+            for _ in 0..block {
+                let started = Instant::now();
+                let reply = go.read(request()).await?.into_inner();
+                anyhow::ensure!(reply.instance == "grpc-go", "not the grpc-go peer");
+                go_samples.push(started.elapsed());
+            }
+        }
     }
     probe.running.stop().await;
     bare_server.abort();
     let _ = std::fs::remove_dir_all(&dir);
     bare_samples.sort();
     full_samples.sort();
+    go_samples.sort();
     Ok(HopReport {
+        grpc_go: go.map(|_| (percentile(&go_samples, 50.0), percentile(&go_samples, 99.0))),
         bare_p50: percentile(&bare_samples, 50.0),
         bare_p99: percentile(&bare_samples, 99.0),
         full_p50: percentile(&full_samples, 50.0),
@@ -425,14 +476,18 @@ async fn wait_for_push(http: &reqwest::Client, sink: &str, n: usize) -> anyhow::
 }
 
 /// Swipes `swipes` times, one at a time, and times each until its push reaches the sink.
-pub async fn swipe_to_push(swipes: usize, durability: Durability) -> anyhow::Result<PushReport> {
+pub async fn swipe_to_push(
+    swipes: usize,
+    durability: Durability,
+    data: &Path,
+) -> anyhow::Result<PushReport> {
     let BenchBank {
         dir,
         bank,
         clients,
         url,
         secret,
-    } = BenchBank::start("push", durability, Engines::Embedded).await?;
+    } = BenchBank::start(data, "push", durability, Engines::Embedded).await?;
     let sink = bank
         .address("push-sink")
         .ok_or_else(|| anyhow::anyhow!("no push sink"))?;
@@ -546,6 +601,7 @@ pub async fn settlement(
     concurrency: usize,
     engines: Engines,
     sharded: bool,
+    data: &Path,
 ) -> anyhow::Result<SettlementReport> {
     let BenchBank {
         dir,
@@ -554,6 +610,7 @@ pub async fn settlement(
         url,
         secret,
     } = BenchBank::start_with(
+        data,
         "settlement",
         Durability::Full,
         engines,

@@ -5,6 +5,7 @@ pub mod bank;
 pub mod bench;
 pub mod dead_letters;
 pub mod deploy;
+pub mod load;
 pub mod operate;
 pub mod processor;
 pub mod reconcile;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use sterling::bank::{self, Bank, BankOptions, Engines, SERVICES};
 use sterling::bench;
+use sterling::load;
 use sterling::operate::{self, Reach, show_money};
 use sterling::processor::{self, Kind, MessageArgs};
 use sterling::reconcile::{self, Heard, Reconciler};
@@ -206,12 +207,41 @@ enum Command {
         #[arg(long, default_value = "embedded")]
         engines: String,
     },
+    /// Offer authorisations at fixed arrival rates (open loop) to a bank started here, and
+    /// time each answer and each approval's feed item, push and webhook; a rate is sustained
+    /// only if that asynchronous path keeps up.
+    Load {
+        /// Arrival rates, authorisations per second, in order (stops after the first one
+        /// not sustained).
+        #[arg(long, value_delimiter = ',', default_values_t = [250, 500, 1000])]
+        rates: Vec<u32>,
+        /// Seconds each rate is offered.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Customers the payments are spread over.
+        #[arg(long, default_value_t = 100)]
+        customers: usize,
+        /// Every approval's effects must have happened within this many milliseconds of the
+        /// last authorisation for the rate to count as sustained.
+        #[arg(long, default_value_t = 1000)]
+        settle_ms: u64,
+        /// Embedded store durability: full (fsync every commit) or normal.
+        #[arg(long, default_value = "full")]
+        durability: String,
+        /// embedded, nats or real (Cassandra + NATS).
+        #[arg(long, default_value = "embedded")]
+        engines: String,
+    },
     /// Measure one unary call through the template's full client and server stack against
     /// bare tonic, in the same run.
     BenchHop {
         /// Calls each way.
         #[arg(long, default_value_t = 5000)]
         calls: usize,
+        /// Also measure the grpc-go peer listening here (bench/grpc-go-probe), in the same
+        /// alternating blocks.
+        #[arg(long)]
+        grpc_go: Option<std::net::SocketAddr>,
     },
     /// Measure clearings from many customers all settling into the one settlement account,
     /// with the bank's own accounts on one compare-and-set and on shards, alternated.
@@ -552,12 +582,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             pay(payment, &secret, answers.as_deref()).await
         }
-        other => run_tool(other).await,
+        other => run_tool(other, &cli.data).await,
     }
 }
 
 /// The commands that act on a running bank, or measure one.
-async fn run_tool(command: Command) -> anyhow::Result<()> {
+async fn run_tool(command: Command, data: &std::path::Path) -> anyhow::Result<()> {
     match command {
         Command::Clear { message, last } => send_message(Kind::Clearing { last }, &message).await,
         Command::Reverse { message } => send_message(Kind::Reversal, &message).await,
@@ -579,15 +609,34 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
             concurrency,
             durability,
             engines,
-        } => bench_authorisations(payments, concurrency, &durability, &engines).await,
-        Command::BenchHop { calls } => bench_hop(calls).await,
-        Command::BenchPush { swipes, durability } => bench_push(swipes, &durability).await,
+        } => bench_authorisations(payments, concurrency, &durability, &engines, data).await,
+        Command::BenchHop { calls, grpc_go } => bench_hop(calls, grpc_go, data).await,
+        Command::Load {
+            rates,
+            seconds,
+            customers,
+            settle_ms,
+            durability,
+            engines,
+        } => {
+            let options = load::LoadOptions {
+                rates,
+                duration: std::time::Duration::from_secs(seconds),
+                customers,
+                settle: std::time::Duration::from_millis(settle_ms),
+                durability: parse_durability(&durability)?,
+                engines: parse_engines(&engines)?,
+                data: data.to_path_buf(),
+            };
+            bench_load(options).await
+        }
+        Command::BenchPush { swipes, durability } => bench_push(swipes, &durability, data).await,
         Command::BenchSettlement {
             customers,
             concurrency,
             engines,
             rounds,
-        } => bench_settlement(customers, concurrency, &engines, rounds).await,
+        } => bench_settlement(customers, concurrency, &engines, rounds, data).await,
         Command::Freeze { card } => freeze(&card, true).await,
         Command::Unfreeze { card } => freeze(&card, false).await,
         Command::Balance { account } => balance(&account).await,
@@ -888,6 +937,7 @@ async fn bench_authorisations(
     concurrency: usize,
     durability: &str,
     engines: &str,
+    data: &std::path::Path,
 ) -> anyhow::Result<()> {
     let engines = parse_engines(engines)?;
     let durability = parse_durability(durability)?;
@@ -896,6 +946,7 @@ async fn bench_authorisations(
         concurrency: concurrency.max(1),
         durability,
         engines,
+        data: data.to_path_buf(),
         progress: progress_bar(),
     })
     .await?;
@@ -921,6 +972,41 @@ async fn bench_authorisations(
     Ok(())
 }
 
+/// `sterling load`.
+async fn bench_load(options: load::LoadOptions) -> anyhow::Result<()> {
+    println!(
+        "open-loop load, engines {:?}, durability {:?}, {} customers, {} s per rate, sustained when every effect is done within {} ms of the last authorisation",
+        options.engines,
+        options.durability,
+        options.customers,
+        options.duration.as_secs(),
+        options.settle.as_millis()
+    );
+    let settle = options.settle;
+    let reports = load::run(options, |report| {
+        println!("{report}");
+        println!(
+            "  => {}",
+            if report.sustained(settle) {
+                "sustained"
+            } else {
+                "NOT sustained"
+            }
+        );
+    })
+    .await?;
+    let best = reports
+        .iter()
+        .filter(|r| r.sustained(settle))
+        .map(|r| r.rate)
+        .max();
+    match best {
+        Some(rate) => println!("highest rate sustained: {rate}/s"),
+        None => println!("no rate sustained"),
+    }
+    Ok(())
+}
+
 /// A progress bar on standard error (drawn only on a terminal).
 fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
@@ -933,8 +1019,12 @@ fn progress_bar() -> indicatif::ProgressBar {
 }
 
 /// `sterling bench-hop`.
-async fn bench_hop(calls: usize) -> anyhow::Result<()> {
-    let r = bench::hop_overhead(calls).await?;
+async fn bench_hop(
+    calls: usize,
+    grpc_go: Option<std::net::SocketAddr>,
+    data: &std::path::Path,
+) -> anyhow::Result<()> {
+    let r = bench::hop_overhead(calls, grpc_go, data).await?;
     let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
     println!(
         "unary call, {calls} each: bare tonic p50 {:.0} us p99 {:.0} us; full stack p50 {:.0} us p99 {:.0} us; median ratio {:.2}x",
@@ -944,13 +1034,21 @@ async fn bench_hop(calls: usize) -> anyhow::Result<()> {
         us(r.full_p99),
         r.full_p50.as_secs_f64() / r.bare_p50.as_secs_f64()
     );
+    if let Some((p50, p99)) = r.grpc_go {
+        println!(
+            "grpc-go peer, same blocks: p50 {:.0} us p99 {:.0} us; median ratio to bare tonic {:.2}x",
+            us(p50),
+            us(p99),
+            p50.as_secs_f64() / r.bare_p50.as_secs_f64()
+        );
+    }
     Ok(())
 }
 
 /// `sterling bench-push`.
-async fn bench_push(swipes: usize, durability: &str) -> anyhow::Result<()> {
+async fn bench_push(swipes: usize, durability: &str, data: &std::path::Path) -> anyhow::Result<()> {
     let durability = parse_durability(durability)?;
-    let r = bench::swipe_to_push(swipes, durability).await?;
+    let r = bench::swipe_to_push(swipes, durability, data).await?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     println!(
         "swipe to push, {} swipes, durability {durability:?}: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
@@ -968,12 +1066,13 @@ async fn bench_settlement(
     concurrency: usize,
     engines: &str,
     rounds: usize,
+    data: &std::path::Path,
 ) -> anyhow::Result<()> {
     let engines = parse_engines(engines)?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     for round in 1..=rounds {
         for sharded in [false, true] {
-            let r = bench::settlement(customers, concurrency, engines, sharded).await?;
+            let r = bench::settlement(customers, concurrency, engines, sharded, data).await?;
             println!(
                 "round {round}, {}: {} clearings of {} customers at concurrency {concurrency}: {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  (posted {}, settlement balance matches: {})",
                 if r.sharded {

@@ -255,6 +255,9 @@ impl Bus for Twice {
     ) -> sterling_bus::Result<Vec<sterling_bus::StoredEvent>> {
         self.0.browse(filter, after, limit).await
     }
+    async fn backlog(&self, config: &ConsumerConfig) -> sterling_bus::Result<u64> {
+        self.0.backlog(config).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ pub async fn run_all(bus: &dyn Bus, prefix: &str) {
     too_many_deliveries_go_to_the_dead_letter_subject(bus, prefix).await;
     a_dead_letter_is_listed_and_replayed_to_its_consumer_alone(bus, prefix).await;
     every_durable_consumer_gets_every_event_once_shared_among_its_instances(bus, prefix).await;
+    the_backlog_counts_what_a_consumer_has_not_acked(bus, prefix).await;
     bus.check().await.expect("bus health check");
 }
 
@@ -98,6 +99,50 @@ pub async fn acked_events_are_not_redelivered(bus: &dyn Bus, p: &str) {
     assert_eq!(d.attempt, 1);
     d.ack().await.unwrap();
     nothing_within(&mut sub, Duration::from_millis(700)).await;
+}
+
+/// Waits until `config`'s backlog is `expected` (NATS counts acks a moment after they land).
+async fn backlog_becomes(bus: &dyn Bus, config: &ConsumerConfig, expected: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let backlog = bus.backlog(config).await.expect("backlog");
+        if backlog == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog {backlog}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The backlog counts the events a consumer wants and has not acked, in hand or not yet
+/// taken, and nothing under other subjects.
+pub async fn the_backlog_counts_what_a_consumer_has_not_acked(bus: &dyn Bus, p: &str) {
+    let wanted = format!("{p}backlog.wanted");
+    let config = fast(&format!("{p}backlog"), &[&wanted]);
+    assert_eq!(bus.backlog(&config).await.unwrap(), 0, "unknown consumer");
+    bus.publish(&event(
+        &format!("{p}backlog-other"),
+        &format!("{p}backlog.other"),
+    ))
+    .await
+    .unwrap();
+    for i in 0..3 {
+        bus.publish(&event(&format!("{p}backlog-{i}"), &wanted))
+            .await
+            .unwrap();
+    }
+    let mut sub = bus.subscribe(config.clone()).await.unwrap();
+    let first = next(&mut sub).await;
+    backlog_becomes(bus, &config, 3).await;
+    first.ack().await.unwrap();
+    backlog_becomes(bus, &config, 2).await;
+    for _ in 0..2 {
+        next(&mut sub).await.ack().await.unwrap();
+    }
+    backlog_becomes(bus, &config, 0).await;
 }
 
 /// A nak brings the event back, counted as the next attempt.

@@ -10,6 +10,7 @@
 //! settled are delivered again (consumers are idempotent on the event id). A published event is
 //! never lost.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,14 +32,50 @@ fn err(e: rusqlite::Error) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
+/// Announcements kept for waiting consumers; one that falls this far behind looks anyway.
+const ANNOUNCEMENTS_KEPT: usize = 4096;
+
 struct Shared {
     connection: Mutex<Connection>,
+    /// The number of the last announcement: waiting consumers wake when it changes.
     published: watch::Sender<u64>,
+    /// What the recent announcements were about (`None`: any consumer may be concerned), so
+    /// that a consumer wakes to look in the stream only for subjects it wants.
+    announced: Mutex<VecDeque<(u64, Option<String>)>>,
     /// Whether a publish's commit is fsynced (see the module documentation).
     fsync_publishes: bool,
 }
 
 impl Shared {
+    /// Tells waiting consumers that a message under `subject` was stored (`None`: something
+    /// any of them may want, such as a dead letter).
+    fn announce(&self, subject: Option<String>) {
+        let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        let mut number = 0;
+        self.published.send_modify(|n| {
+            *n += 1;
+            number = *n;
+        });
+        announced.push_back((number, subject));
+        if announced.len() > ANNOUNCEMENTS_KEPT {
+            announced.pop_front();
+        }
+    }
+
+    /// Whether an announcement after number `seen` may concern `config`'s consumer.
+    fn concerns(&self, config: &ConsumerConfig, seen: u64) -> bool {
+        let announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        match announced.front() {
+            // Some were forgotten: look.
+            Some((first, _)) if *first > seen + 1 => true,
+            _ => announced
+                .iter()
+                .rev()
+                .take_while(|(n, _)| *n > seen)
+                .any(|(_, subject)| subject.as_ref().is_none_or(|s| config.wants(s))),
+        }
+    }
+
     fn with<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut guard = self
             .connection
@@ -75,6 +112,7 @@ impl SqliteBus {
     }
 
     fn with_connection(connection: Connection, fsync_publishes: bool) -> Result<SqliteBus> {
+        connection.set_prepared_statement_cache_capacity(64);
         connection
             .execute_batch(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
@@ -99,6 +137,7 @@ impl SqliteBus {
             shared: Arc::new(Shared {
                 connection: Mutex::new(connection),
                 published: watch::channel(0).0,
+                announced: Mutex::new(VecDeque::new()),
                 fsync_publishes,
             }),
         })
@@ -117,15 +156,18 @@ impl SqliteBus {
 
 fn insert_message(tx: &Connection, id: &str, subject: &str, body: &[u8]) -> Result<PublishAck> {
     let inserted = tx
-        .execute(
+        .prepare_cached(
             "INSERT OR IGNORE INTO messages (event_id, subject, body, published_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(err)?
+        .execute(
             params![id, subject, body, now_ms()],
         )
         .map_err(err)?;
     let sequence: i64 = tx
-        .query_row("SELECT seq FROM messages WHERE event_id = ?1", [id], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT seq FROM messages WHERE event_id = ?1")
+        .map_err(err)?
+        .query_row([id], |r| r.get(0))
         .map_err(err)?;
     Ok(PublishAck {
         sequence: sequence as u64,
@@ -137,17 +179,15 @@ fn insert_message(tx: &Connection, id: &str, subject: &str, body: &[u8]) -> Resu
 /// pending delivery removed, in the caller's transaction.
 fn dead_letter(tx: &Connection, durable: &str, seq: i64, reason: &str) -> Result<()> {
     let body: Option<Vec<u8>> = tx
-        .query_row("SELECT body FROM messages WHERE seq = ?1", [seq], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT body FROM messages WHERE seq = ?1")
+        .map_err(err)?
+        .query_row([seq], |r| r.get(0))
         .optional()
         .map_err(err)?;
     let deliveries: u32 = tx
-        .query_row(
-            "SELECT deliveries FROM pending WHERE durable = ?1 AND seq = ?2",
-            params![durable, seq],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT deliveries FROM pending WHERE durable = ?1 AND seq = ?2")
+        .map_err(err)?
+        .query_row(params![durable, seq], |r| r.get(0))
         .optional()
         .map_err(err)?
         .unwrap_or_default();
@@ -159,11 +199,10 @@ fn dead_letter(tx: &Connection, durable: &str, seq: i64, reason: &str) -> Result
         insert_message(tx, &dead.event_id, &dead.r#type, &dead.encode_to_vec())?;
         tracing::warn!(durable, event_id = %event.event_id, replay, reason, "event dead-lettered");
     }
-    tx.execute(
-        "DELETE FROM pending WHERE durable = ?1 AND seq = ?2",
-        params![durable, seq],
-    )
-    .map_err(err)?;
+    tx.prepare_cached("DELETE FROM pending WHERE durable = ?1 AND seq = ?2")
+        .map_err(err)?
+        .execute(params![durable, seq])
+        .map_err(err)?;
     Ok(())
 }
 
@@ -176,17 +215,14 @@ fn take_next(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(err)?;
     let durable = config.durable.as_str();
-    tx.execute(
-        "INSERT OR IGNORE INTO consumers (durable, cursor) VALUES (?1, 0)",
-        [durable],
-    )
-    .map_err(err)?;
+    tx.prepare_cached("INSERT OR IGNORE INTO consumers (durable, cursor) VALUES (?1, 0)")
+        .map_err(err)?
+        .execute([durable])
+        .map_err(err)?;
     let cursor: i64 = tx
-        .query_row(
-            "SELECT cursor FROM consumers WHERE durable = ?1",
-            [durable],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT cursor FROM consumers WHERE durable = ?1")
+        .map_err(err)?
+        .query_row([durable], |r| r.get(0))
         .map_err(err)?;
     let fresh: Vec<(i64, String)> = {
         let mut stmt = tx
@@ -202,24 +238,29 @@ fn take_next(
     if let Some((last, _)) = fresh.last() {
         for (seq, subject) in &fresh {
             if config.wants(subject) {
-                tx.execute(
-                    "INSERT OR IGNORE INTO pending (durable, seq, deliveries, next_at) VALUES (?1, ?2, 0, 0)",
+                tx.prepare_cached(
+            "INSERT OR IGNORE INTO pending (durable, seq, deliveries, next_at) VALUES (?1, ?2, 0, 0)",
+        )
+        .map_err(err)?
+        .execute(
                     params![durable, seq],
                 )
                 .map_err(err)?;
             }
         }
-        tx.execute(
-            "UPDATE consumers SET cursor = ?2 WHERE durable = ?1",
-            params![durable, last],
-        )
-        .map_err(err)?;
+        tx.prepare_cached("UPDATE consumers SET cursor = ?2 WHERE durable = ?1")
+            .map_err(err)?
+            .execute(params![durable, last])
+            .map_err(err)?;
     }
     let now = now_ms();
     let result = loop {
         let due: Option<(i64, u32)> = tx
-            .query_row(
-                "SELECT seq, deliveries FROM pending WHERE durable = ?1 AND next_at <= ?2 ORDER BY seq LIMIT 1",
+            .prepare_cached(
+            "SELECT seq, deliveries FROM pending WHERE durable = ?1 AND next_at <= ?2 ORDER BY seq LIMIT 1",
+        )
+        .map_err(err)?
+        .query_row(
                 params![durable, now],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -232,20 +273,56 @@ fn take_next(
             dead_letter(&tx, durable, seq, "max deliveries reached")?;
             continue;
         }
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE pending SET deliveries = deliveries + 1, next_at = ?3 WHERE durable = ?1 AND seq = ?2",
+        )
+        .map_err(err)?
+        .execute(
             params![durable, seq, now + config.ack_wait.as_millis() as i64],
         )
         .map_err(err)?;
         let body: Vec<u8> = tx
-            .query_row("SELECT body FROM messages WHERE seq = ?1", [seq], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT body FROM messages WHERE seq = ?1")
+            .map_err(err)?
+            .query_row([seq], |r| r.get(0))
             .map_err(err)?;
         break Some((seq, deliveries + 1, body));
     };
     tx.commit().map_err(err)?;
     Ok(result)
+}
+
+/// Events for `config`'s consumer not yet acked: its pending deliveries and the messages past
+/// its cursor it wants.
+fn backlog(conn: &mut Connection, config: &ConsumerConfig) -> Result<u64> {
+    let tx = conn.transaction().map_err(err)?;
+    let durable = config.durable.as_str();
+    let cursor: Option<i64> = tx
+        .prepare_cached("SELECT cursor FROM consumers WHERE durable = ?1")
+        .map_err(err)?
+        .query_row([durable], |r| r.get(0))
+        .optional()
+        .map_err(err)?;
+    let Some(cursor) = cursor else {
+        return Ok(0);
+    };
+    let in_hand: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM pending WHERE durable = ?1")
+        .map_err(err)?
+        .query_row([durable], |r| r.get(0))
+        .map_err(err)?;
+    let mut wanted = 0u64;
+    let mut stmt = tx
+        .prepare_cached("SELECT subject FROM messages WHERE seq > ?1")
+        .map_err(err)?;
+    let mut rows = stmt.query([cursor]).map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        let subject: String = row.get(0).map_err(err)?;
+        if config.wants(&subject) {
+            wanted += 1;
+        }
+    }
+    Ok(in_hand.max(0) as u64 + wanted)
 }
 
 /// Up to `limit` messages under `filter` after `after`: those whose subject starts with the
@@ -297,12 +374,10 @@ fn browse(
 
 /// When the next pending delivery of `durable` falls due, if any.
 fn next_due(conn: &mut Connection, durable: &str) -> Result<Option<i64>> {
-    conn.query_row(
-        "SELECT MIN(next_at) FROM pending WHERE durable = ?1",
-        [durable],
-        |r| r.get(0),
-    )
-    .map_err(err)
+    conn.prepare_cached("SELECT MIN(next_at) FROM pending WHERE durable = ?1")
+        .map_err(err)?
+        .query_row([durable], |r| r.get(0))
+        .map_err(err)
 }
 
 struct SqliteAcker {
@@ -318,11 +393,10 @@ impl Acker for SqliteAcker {
         let (durable, seq) = (self.durable.clone(), self.seq);
         self.bus
             .blocking(move |c| {
-                c.execute(
-                    "DELETE FROM pending WHERE durable = ?1 AND seq = ?2",
-                    params![durable, seq],
-                )
-                .map_err(err)?;
+                c.prepare_cached("DELETE FROM pending WHERE durable = ?1 AND seq = ?2")
+                    .map_err(err)?
+                    .execute(params![durable, seq])
+                    .map_err(err)?;
                 Ok(())
             })
             .await
@@ -336,21 +410,22 @@ impl Acker for SqliteAcker {
             .blocking(move |c| {
                 let tx = c.transaction().map_err(err)?;
                 let deliveries: Option<u32> = tx
-                    .query_row(
+                    .prepare_cached(
                         "SELECT deliveries FROM pending WHERE durable = ?1 AND seq = ?2",
-                        params![durable, seq],
-                        |r| r.get(0),
                     )
+                    .map_err(err)?
+                    .query_row(params![durable, seq], |r| r.get(0))
                     .optional()
                     .map_err(err)?;
                 let dead = deliveries.is_some_and(|d| d >= max);
                 if dead {
                     dead_letter(&tx, &durable, seq, "max deliveries reached")?;
                 } else {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE pending SET next_at = ?3 WHERE durable = ?1 AND seq = ?2",
-                        params![durable, seq, at],
                     )
+                    .map_err(err)?
+                    .execute(params![durable, seq, at])
                     .map_err(err)?;
                 }
                 tx.commit().map_err(err)?;
@@ -358,7 +433,7 @@ impl Acker for SqliteAcker {
             })
             .await?;
         if dead {
-            self.bus.shared.published.send_modify(|n| *n += 1);
+            self.bus.shared.announce(None);
         }
         Ok(())
     }
@@ -372,7 +447,7 @@ impl Acker for SqliteAcker {
                 tx.commit().map_err(err)
             })
             .await?;
-        self.bus.shared.published.send_modify(|n| *n += 1);
+        self.bus.shared.announce(None);
         Ok(())
     }
 }
@@ -381,17 +456,37 @@ struct SqliteSubscription {
     bus: SqliteBus,
     config: ConsumerConfig,
     published: watch::Receiver<u64>,
+    /// The last announcement this subscription has looked past.
+    seen: u64,
+    /// When its next pending delivery falls due, as last read.
+    due: Option<i64>,
 }
 
 #[async_trait]
 impl Subscription for SqliteSubscription {
     async fn next(&mut self) -> Result<Delivery> {
+        let mut look = true;
         loop {
+            if !look {
+                look = self.wait().await;
+                continue;
+            }
             let config = self.config.clone();
-            self.published.borrow_and_update();
-            if let Some((seq, attempt, body)) =
-                self.bus.blocking(move |c| take_next(c, &config)).await?
-            {
+            self.seen = *self.published.borrow_and_update();
+            let (taken, due) = self
+                .bus
+                .blocking(move |c| {
+                    let taken = take_next(c, &config)?;
+                    let due = match taken {
+                        Some(_) => None,
+                        None => next_due(c, &config.durable)?,
+                    };
+                    Ok((taken, due))
+                })
+                .await?;
+            self.due = due;
+            look = false;
+            if let Some((seq, attempt, body)) = taken {
                 let acker = SqliteAcker {
                     bus: self.bus.clone(),
                     durable: self.config.durable.clone(),
@@ -406,19 +501,37 @@ impl Subscription for SqliteSubscription {
                     Err(e) => {
                         tracing::error!(error = %e, seq, "a message that is not an event; dropped");
                         acker.ack().await?;
+                        look = true;
                         continue;
                     }
                 };
                 let backoff = self.config.backoff_for(attempt);
                 return Ok(Delivery::new(envelope, attempt, backoff, Box::new(acker)));
             }
-            let durable = self.config.durable.clone();
-            let due = self.bus.blocking(move |c| next_due(c, &durable)).await?;
-            let wait = due
-                .map(|at| Duration::from_millis((at - now_ms()).max(1) as u64))
-                .unwrap_or(IDLE_POLL)
-                .min(IDLE_POLL);
-            let _ = tokio::time::timeout(wait, self.published.changed()).await;
+        }
+    }
+}
+
+impl SqliteSubscription {
+    /// Waits for a reason to look in the stream again: a delivery falling due, the idle poll,
+    /// or an announcement of a subject this consumer wants (announcements of others are
+    /// looked past without touching the stream). Whether to look.
+    async fn wait(&mut self) -> bool {
+        let wait = self
+            .due
+            .map(|at| Duration::from_millis((at - now_ms()).max(1) as u64))
+            .unwrap_or(IDLE_POLL)
+            .min(IDLE_POLL);
+        match tokio::time::timeout(wait, self.published.changed()).await {
+            Ok(_) => {
+                let latest = *self.published.borrow_and_update();
+                let look = self.bus.shared.concerns(&self.config, self.seen);
+                if !look {
+                    self.seen = latest;
+                }
+                look
+            }
+            Err(_) => true,
         }
     }
 }
@@ -447,7 +560,7 @@ impl Bus for SqliteBus {
             })
             .await?;
         if !ack.duplicate {
-            self.shared.published.send_modify(|n| *n += 1);
+            self.shared.announce(Some(envelope.r#type.clone()));
         }
         Ok(ack)
     }
@@ -462,6 +575,8 @@ impl Bus for SqliteBus {
             bus: self.clone(),
             published: self.shared.published.subscribe(),
             config,
+            seen: 0,
+            due: None,
         }))
     }
 
@@ -471,9 +586,16 @@ impl Bus for SqliteBus {
             .await
     }
 
+    async fn backlog(&self, config: &ConsumerConfig) -> Result<u64> {
+        let config = config.clone();
+        self.blocking(move |c| backlog(c, &config)).await
+    }
+
     async fn check(&self) -> Result<()> {
         self.blocking(|c| {
-            c.query_row("SELECT COUNT(*) FROM consumers", [], |r| r.get::<_, i64>(0))
+            c.prepare_cached("SELECT COUNT(*) FROM consumers")
+                .map_err(err)?
+                .query_row([], |r| r.get::<_, i64>(0))
                 .map_err(err)?;
             Ok(())
         })

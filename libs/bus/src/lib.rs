@@ -218,6 +218,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Up to `limit` stored events whose subject matches `filter`, after position `after`,
     /// oldest first (operator tools read dead letters this way).
     async fn browse(&self, filter: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+    /// How far `config`'s consumer is behind: events for it not yet acknowledged (published
+    /// past its position, or delivered and not acked); 0 for a consumer the bus does not know yet.
+    async fn backlog(&self, config: &ConsumerConfig) -> Result<u64>;
 }
 
 /// Checks an envelope has what every event needs.

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -395,6 +396,18 @@ impl Bus for NatsBus {
 
     async fn browse(&self, filter: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
         self.read_range(filter, after, limit).await
+    }
+
+    async fn backlog(&self, config: &ConsumerConfig) -> Result<u64> {
+        let stream = self.ensure_stream().await?;
+        let name = consumer_name(&config.durable);
+        let info = match stream.consumer_info(&name).await {
+            Ok(info) => info,
+            // Not made yet: everything under its subjects is waiting for it.
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(info.num_pending + info.num_ack_pending as u64)
     }
 
     async fn check(&self) -> Result<()> {

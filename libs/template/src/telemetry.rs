@@ -226,6 +226,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "Time from an event occurring to its delivery to the consumer.",
     ),
     (
+        "sterling_consumer_backlog_events",
+        "Events a consumer has not acked yet (waiting or in hand), sampled every second; a backlog that keeps growing is a consumer that does not keep up.",
+    ),
+    (
         "sterling_consumer_dead_lettered_total",
         "Events a consumer gave up on (rejected, or failed at their last delivery): dead letters.",
     ),

@@ -16,14 +16,15 @@
 //!
 //! Metrics per consumer: `sterling_consumer_events_total{outcome}` (`handled`, `duplicate`,
 //! `rejected`, `failed`), `sterling_consumer_redelivered_total`, and
-//! `sterling_consumer_lag_seconds` (from the event's time to its handling).
+//! `sterling_consumer_lag_seconds` (from the event's time to its handling), and
+//! `sterling_consumer_backlog_events` (what it has not acked yet, sampled every second).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 use sterling_bus::{Bus, ConsumerConfig, Delivery, Subscription};
 use sterling_storage::{Mutation, Row, SharedStore, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -72,6 +73,7 @@ struct ConsumerMetrics {
     outcomes: [Counter; 4],
     redelivered: Counter,
     lag: Histogram,
+    backlog: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -81,6 +83,7 @@ impl ConsumerMetrics {
             outcomes: Outcome::ALL.map(label),
             redelivered: metrics::counter!("sterling_consumer_redelivered_total", "service" => service, "consumer" => durable.to_string()),
             lag: metrics::histogram!("sterling_consumer_lag_seconds", "service" => service, "consumer" => durable.to_string()),
+            backlog: metrics::gauge!("sterling_consumer_backlog_events", "service" => service, "consumer" => durable.to_string()),
         }
     }
 
@@ -101,6 +104,30 @@ pub(crate) struct Consumer<F> {
     pub(crate) fail_point: String,
 }
 
+/// How often the backlog gauge is sampled.
+const BACKLOG_SAMPLED_EVERY: Duration = Duration::from_secs(1);
+
+/// Sets `gauge` to the consumer's backlog every [`BACKLOG_SAMPLED_EVERY`] until `stopping`
+/// (a sample the bus cannot answer leaves the last value).
+async fn sample_backlog(
+    bus: Arc<dyn Bus>,
+    config: ConsumerConfig,
+    gauge: Gauge,
+    stopping: CancellationToken,
+) {
+    let mut every = tokio::time::interval(BACKLOG_SAMPLED_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Ok(backlog) = bus.backlog(&config).await {
+            gauge.set(backlog as f64);
+        }
+    }
+}
+
 impl<F, Fut> Consumer<F>
 where
     F: Fn(sterling_bus::Envelope) -> Fut + Send + Sync + 'static,
@@ -110,6 +137,12 @@ where
     /// up to `config.concurrency` at once; on stopping, the deliveries in hand are finished.
     pub(crate) async fn run(self, stopping: CancellationToken) {
         let metrics = Arc::new(ConsumerMetrics::new(self.service, &self.config.durable));
+        tokio::spawn(sample_backlog(
+            self.bus.clone(),
+            self.config.clone(),
+            metrics.backlog.clone(),
+            stopping.clone(),
+        ));
         let mut subscription = tokio::select! {
             _ = stopping.cancelled() => return,
             s = self.subscribe() => s,

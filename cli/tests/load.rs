@@ -1,0 +1,83 @@
+//! `sterling load`, run as a person runs it: every authorisation it offers is answered, and
+//! every approval's feed item, push and webhook is seen and timed (none missing, none counted
+//! twice); the consumers' backlog comes from the bank's own gauges. Whether a rate is sustained
+//! depends on the machine and is not asserted here; docs/benchmarks.md records it.
+
+use std::process::Command;
+
+/// The number after `label` on `line` (`"sent 30,"` gives 30).
+fn number_after(line: &str, label: &str) -> u64 {
+    let rest = line
+        .split_once(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"))
+        .1;
+    rest.trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"))
+}
+
+/// The count in brackets at the end of the percentile line starting with `what`.
+fn timed(output: &str, what: &str) -> u64 {
+    let line = output
+        .lines()
+        .find(|l| l.trim_start().starts_with(what))
+        .unwrap_or_else(|| panic!("no {what} line in:\n{output}"));
+    number_after(line.rsplit_once('(').expect("a count").1, "")
+}
+
+#[test]
+fn every_approval_is_timed_to_its_feed_item_push_and_webhook() {
+    let data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sterling"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("STERLING_") {
+            command.env_remove(name);
+        }
+    }
+    // A test build on a busy machine is slow: a decline on the budget would leave nothing to
+    // follow, so the budget is generous (the timings are not what this test checks).
+    let output = command
+        .env("STERLING_CARD_API_BUDGET_MS", "20000")
+        .arg("--data")
+        .arg(data.path())
+        .args([
+            "load",
+            "--rates",
+            "10",
+            "--seconds",
+            "3",
+            "--customers",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    let rate = text
+        .lines()
+        .find(|l| l.starts_with("rate 10/s"))
+        .unwrap_or_else(|| panic!("no rate line in:\n{text}"));
+    assert_eq!(number_after(rate, "sent "), 30, "{text}");
+    assert_eq!(number_after(rate, "approved "), 30, "{text}");
+    assert_eq!(number_after(rate, "failed "), 0, "{text}");
+    assert_eq!(timed(&text, "authorisation"), 30, "{text}");
+    for effect in ["feed item", "push", "webhook", "all three"] {
+        assert_eq!(timed(&text, effect), 30, "{effect}: {text}");
+    }
+    assert!(text.contains("every effect done"), "{text}");
+    // The backlog is read from the consumers' gauges: a consumer is named.
+    assert!(!text.contains("furthest behind: none"), "{text}");
+    // Its bank ran under --data and was removed after.
+    let left: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bench-load-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
