@@ -17,6 +17,12 @@ use common::sterling_cli as sterling;
 async fn bank(dir: &Path, except: &[&str]) -> Bank {
     let mut options = BankOptions::ephemeral(dir);
     options.except = except.iter().map(|s| s.to_string()).collect();
+    // These tests read what the commands print, not how fast the bank decides: a test build's
+    // first payments, with other tests starting banks beside it, can miss the 100 ms budget.
+    options
+        .config
+        .settings
+        .insert("STERLING_CARD_API_BUDGET_MS".into(), "10000".into());
     Bank::start(options).await.unwrap()
 }
 
