@@ -159,6 +159,24 @@ pub fn keyspace_of(namespace: &str, service: &str) -> String {
     format!("{namespace}_{service}").replace('-', "_")
 }
 
+/// Waits until every node agrees on the schema. Just after a session connects, its pool may
+/// not have reached a node yet ("required for schema agreement is not present in connection
+/// pool"): asked again a few times, 200 ms apart, before giving up.
+async fn schema_agreement(session: &Session) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match session.await_schema_agreement().await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 5 => {
+                tracing::debug!(error = %e, attempt, "no schema agreement yet; asking again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+}
+
 impl CassandraStore {
     /// Drops the store's keyspace and everything in it: for tearing a namespace down (tests
     /// remove what they made).
@@ -191,10 +209,7 @@ impl CassandraStore {
                     .query_unpaged(ddl_statement(cql), &[])
                     .await
                     .map_err(unavailable)?;
-                session
-                    .await_schema_agreement()
-                    .await
-                    .map_err(unavailable)?;
+                schema_agreement(&session).await?;
                 Ok::<_, StorageError>(())
             }
         };
@@ -287,10 +302,7 @@ impl CassandraStore {
                 .query_unpaged(ddl_statement(statement), &[])
                 .await
                 .map_err(unavailable)?;
-            self.session
-                .await_schema_agreement()
-                .await
-                .map_err(unavailable)?;
+            schema_agreement(&self.session).await?;
         }
         Ok(())
     }
