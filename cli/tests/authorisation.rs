@@ -185,7 +185,7 @@ async fn the_same_authorisation_id_holds_once_and_answers_the_same() {
         answers.iter().all(|a| *a == answers[0]),
         "answers differ: {answers:?}"
     );
-    assert_eq!(answers[0]["result"], "APPROVED");
+    assert_eq!(answers[0]["result"], "APPROVED", "{}", answers[0]);
     // Later repeats too.
     let again = bank
         .pay("auth-repeat", &customer.card.token, money("4.00", "GBP"))
