@@ -74,7 +74,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// benchmark measures the disk `--data` is on), with the processor's secret.
 pub(crate) struct BenchBank {
     /// Its directory, removed after.
-    pub(crate) dir: std::path::PathBuf,
+    pub(crate) dir: PathBuf,
     /// The bank.
     pub(crate) bank: Bank,
     /// Clients of its services, as the operator.

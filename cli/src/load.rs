@@ -476,6 +476,8 @@ struct Processor {
     http: reqwest::Client,
     url: Arc<str>,
     secret: Arc<[u8]>,
+    /// The currency every payment is in.
+    currency: Currency,
 }
 
 impl Processor {
@@ -490,11 +492,10 @@ impl Processor {
         seen: &Seen,
     ) {
         let (due, due_us) = due;
-        let gbp = Currency::from_code("GBP").expect("GBP is a currency");
         let body = tools::authorisation_json(
             &id,
             card,
-            Money::from_minor(350, gbp),
+            Money::from_minor(350, self.currency),
             "PRET A MANGER LONDON GB",
             "5812",
         );
@@ -712,6 +713,7 @@ pub async fn run(
             .build()?,
         url: bench.url.as_str().into(),
         secret: bench.secret.as_slice().into(),
+        currency: Currency::from_code("GBP")?,
     };
     let cards = Arc::new(customers.cards.clone());
     warm_up(&processor, &cards, &seen).await?;
