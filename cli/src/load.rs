@@ -336,7 +336,10 @@ fn watch_pushes(sink: String, seen: Arc<Seen>) -> JoinHandle<()> {
                 anyhow::Ok(deliveries)
             };
             if let Ok(deliveries) = read.await {
-                from += deliveries.len();
+                // Numbered by the sink: the next read starts after the last one seen.
+                if let Some(last) = deliveries.last().and_then(|d| d["index"].as_u64()) {
+                    from = last + 1;
+                }
                 for d in deliveries {
                     let transaction = d["payload"]["transaction_id"].as_str().unwrap_or_default();
                     let at = d["received_at_us"].as_i64().unwrap_or_default();

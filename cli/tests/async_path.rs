@@ -206,6 +206,9 @@ impl Acker for NoAck {
     async fn term(&self, _reason: &str) -> sterling_bus::Result<()> {
         Ok(())
     }
+    async fn in_progress(&self) -> sterling_bus::Result<()> {
+        Ok(())
+    }
 }
 
 struct TwiceSubscription {

@@ -8,7 +8,8 @@
 //! allows: a process crash loses nothing (the write-ahead log is in the file), and a power cut
 //! can only forget acks and delivery counts made since the last fsync, so the events they
 //! settled are delivered again (consumers are idempotent on the event id). A published event is
-//! never lost.
+//! never lost. Commits do not checkpoint the write-ahead log; a thread of the bus's does, without
+//! blocking them ([`sterling_sqlite::Checkpointer`]).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
+use sterling_sqlite::{CHECKPOINT_EVERY, Checkpointer, no_commit_checkpoints};
 use tokio::sync::watch;
 
 use crate::{
@@ -44,6 +46,8 @@ struct Shared {
     announced: Mutex<VecDeque<(u64, Option<String>)>>,
     /// Whether a publish's commit is fsynced (see the module documentation).
     fsync_publishes: bool,
+    /// Checkpoints a file's WAL (none in memory); stops with the bus.
+    _checkpointer: Option<Checkpointer>,
 }
 
 impl Shared {
@@ -103,15 +107,23 @@ impl SqliteBus {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BusError::Unavailable(e.to_string()))?;
         }
-        Self::with_connection(Connection::open(path).map_err(err)?, fsync_publishes)
+        let connection = Connection::open(path).map_err(err)?;
+        no_commit_checkpoints(&connection).map_err(err)?;
+        let checkpointer = Checkpointer::start(path, CHECKPOINT_EVERY)
+            .map_err(|e| BusError::Unavailable(format!("{}: {e}", path.display())))?;
+        Self::with_connection(connection, fsync_publishes, Some(checkpointer))
     }
 
     /// A bus that lives in memory only (tests).
     pub fn in_memory() -> Result<SqliteBus> {
-        Self::with_connection(Connection::open_in_memory().map_err(err)?, false)
+        Self::with_connection(Connection::open_in_memory().map_err(err)?, false, None)
     }
 
-    fn with_connection(connection: Connection, fsync_publishes: bool) -> Result<SqliteBus> {
+    fn with_connection(
+        connection: Connection,
+        fsync_publishes: bool,
+        checkpointer: Option<Checkpointer>,
+    ) -> Result<SqliteBus> {
         connection.set_prepared_statement_cache_capacity(64);
         connection
             .execute_batch(
@@ -139,6 +151,7 @@ impl SqliteBus {
                 published: watch::channel(0).0,
                 announced: Mutex::new(VecDeque::new()),
                 fsync_publishes,
+                _checkpointer: checkpointer,
             }),
         })
     }
@@ -385,6 +398,7 @@ struct SqliteAcker {
     durable: String,
     seq: i64,
     max_deliver: u32,
+    ack_wait: Duration,
 }
 
 #[async_trait]
@@ -436,6 +450,22 @@ impl Acker for SqliteAcker {
             self.bus.shared.announce(None);
         }
         Ok(())
+    }
+
+    async fn in_progress(&self) -> Result<()> {
+        let (durable, seq) = (self.durable.clone(), self.seq);
+        let at = now_ms() + self.ack_wait.as_millis() as i64;
+        self.bus
+            .blocking(move |c| {
+                c.prepare_cached(
+                    "UPDATE pending SET next_at = max(next_at, ?3) WHERE durable = ?1 AND seq = ?2",
+                )
+                .map_err(err)?
+                .execute(params![durable, seq, at])
+                .map_err(err)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn term(&self, reason: &str) -> Result<()> {
@@ -492,6 +522,7 @@ impl Subscription for SqliteSubscription {
                     durable: self.config.durable.clone(),
                     seq,
                     max_deliver: self.config.max_deliver,
+                    ack_wait: self.config.ack_wait,
                 };
                 let decoded = Envelope::decode(body.as_slice())
                     .map_err(|e| BusError::Invalid(e.to_string()))

@@ -153,6 +153,8 @@ pub trait Acker: Send + Sync {
     async fn nak(&self, delay: Duration) -> Result<()>;
     /// Cannot ever be handled: dead-letter it now.
     async fn term(&self, reason: &str) -> Result<()>;
+    /// Still being handled: its ack wait starts again, so it is not delivered again meanwhile.
+    async fn in_progress(&self) -> Result<()>;
 }
 
 /// One delivery of an event to a consumer.
@@ -196,6 +198,12 @@ impl Delivery {
     /// Never handleable: dead-letter now.
     pub async fn term(self, reason: &str) -> Result<()> {
         self.acker.term(reason).await
+    }
+
+    /// Still being handled (a handler slower than the ack wait, such as one waiting out an
+    /// engine's restart): not delivered again while this is said within every ack wait.
+    pub async fn in_progress(&self) -> Result<()> {
+        self.acker.in_progress().await
     }
 }
 

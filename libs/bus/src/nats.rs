@@ -268,6 +268,13 @@ impl Acker for NatsAcker {
             .map_err(unavailable)
     }
 
+    async fn in_progress(&self) -> Result<()> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn term(&self, reason: &str) -> Result<()> {
         self.bus
             .dead_letter(
@@ -399,12 +406,24 @@ impl Bus for NatsBus {
     }
 
     async fn backlog(&self, config: &ConsumerConfig) -> Result<u64> {
-        let stream = self.ensure_stream().await?;
+        // One request (the consumer's info), not two: the stream is not looked up first.
+        let stream = self
+            .jetstream
+            .get_stream_no_info(&self.config.stream)
+            .await
+            .map_err(unavailable)?;
         let name = consumer_name(&config.durable);
         let info = match stream.consumer_info(&name).await {
             Ok(info) => info,
-            // Not made yet: everything under its subjects is waiting for it.
-            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(0),
+            // Not made yet (nor perhaps its stream): nothing has been delivered to it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                return Ok(0);
+            }
             Err(e) => return Err(unavailable(e)),
         };
         Ok(info.num_pending + info.num_ack_pending as u64)

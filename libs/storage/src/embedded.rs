@@ -6,6 +6,8 @@
 //! durable (`journal_mode=WAL`, `synchronous=FULL`) unless asked otherwise, and committed in
 //! groups by one writer per store ([`writer`]): concurrent writers share a commit and its
 //! fsync. Reads use a connection of their own, which a commit in progress does not block.
+//! Commits do not checkpoint the WAL; a thread of the store's does, without blocking either
+//! ([`sterling_sqlite::Checkpointer`]).
 
 mod writer;
 
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
+use sterling_sqlite::{CHECKPOINT_EVERY, Checkpointer, no_commit_checkpoints};
 
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
@@ -39,6 +42,8 @@ pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     writer: writer::Writer,
     tables: Arc<BTreeMap<String, TableSchema>>,
+    /// Checkpoints a file's WAL (none in memory); stops with the store.
+    _checkpointer: Option<Checkpointer>,
 }
 
 fn sql_err(e: rusqlite::Error) -> StorageError {
@@ -63,7 +68,14 @@ impl SqliteStore {
         let connection = Connection::open(path).map_err(sql_err)?;
         // The writer's own connection: reads do not queue behind a commit's fsync.
         let writes = Connection::open(path).map_err(sql_err)?;
-        Self::with_connection(connection, Some(writes), migrations, durability)
+        no_commit_checkpoints(&connection).map_err(sql_err)?;
+        no_commit_checkpoints(&writes).map_err(sql_err)?;
+        let mut store = Self::with_connection(connection, Some(writes), migrations, durability)?;
+        store._checkpointer = Some(
+            Checkpointer::start(path, CHECKPOINT_EVERY)
+                .map_err(|e| StorageError::Unavailable(format!("{}: {e}", path.display())))?,
+        );
+        Ok(store)
     }
 
     /// An in-memory store, for tests that need no persistence.
@@ -135,6 +147,7 @@ impl SqliteStore {
             writer: writer::Writer::start(writes, tables.clone())?,
             connection,
             tables,
+            _checkpointer: None,
         })
     }
 

@@ -1,8 +1,11 @@
-//! The local push sink: an HTTP/2 server in the shape of the APNs gateway that records every
-//! notification it accepts, for development and tests. `GET /deliveries[?from=N]` lists them;
-//! `POST /control` with `{"fail_status": 500, "delay_ms": 0}` makes it fail or slow down
-//! (`fail_status` 0 to stop failing).
+//! The local push sink: an HTTP/2 server in the shape of the APNs gateway that records the
+//! notifications it accepts, for development and tests. `GET /deliveries[?from=N]` lists them
+//! (each numbered from 0 in the order it arrived; the most recent [`DELIVERIES_KEPT`] are kept,
+//! so a bank that runs for days does not fill its memory); `POST /control` with
+//! `{"fail_status": 500, "delay_ms": 0}` makes it fail or slow down (`fail_status` 0 to stop
+//! failing).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +16,14 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sterling_template::{Api, ServiceDefinition};
 
+/// Notifications the sink keeps: older ones are forgotten (their numbers are not reused).
+pub const DELIVERIES_KEPT: usize = 20_000;
+
 /// One notification the sink accepted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SinkDelivery {
+    /// Its number: the sink's N-th accepted notification, from 0.
+    pub index: usize,
     /// The `apns-id` header.
     pub apns_id: String,
     /// The device token in the path.
@@ -26,7 +34,7 @@ pub struct SinkDelivery {
     pub received_at_us: i64,
 }
 
-/// `GET /deliveries?from=N`: deliveries from the N-th on.
+/// `GET /deliveries?from=N`: the deliveries kept from the N-th on.
 #[derive(Debug, Default, Deserialize)]
 pub struct From {
     /// Index of the first delivery wanted.
@@ -45,10 +53,43 @@ pub struct SinkControl {
     pub delay_ms: u64,
 }
 
-#[derive(Default)]
 struct SinkState {
-    deliveries: Mutex<Vec<SinkDelivery>>,
+    deliveries: Mutex<Kept>,
     control: Mutex<SinkControl>,
+}
+
+/// The most recent deliveries (at most `limit`) and how many were accepted in all.
+struct Kept {
+    recent: VecDeque<SinkDelivery>,
+    accepted: usize,
+    limit: usize,
+}
+
+impl Kept {
+    fn new(limit: usize) -> Kept {
+        Kept {
+            recent: VecDeque::new(),
+            accepted: 0,
+            limit,
+        }
+    }
+
+    /// Keeps `delivery` as the next number, forgetting the oldest beyond the limit.
+    fn record(&mut self, mut delivery: SinkDelivery) {
+        delivery.index = self.accepted;
+        self.accepted += 1;
+        if self.recent.len() == self.limit {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(delivery);
+    }
+
+    /// The deliveries kept numbered `from` or later.
+    fn from(&self, from: usize) -> Vec<SinkDelivery> {
+        let forgotten = self.accepted - self.recent.len();
+        let skip = from.saturating_sub(forgotten);
+        self.recent.iter().skip(skip).cloned().collect()
+    }
 }
 
 /// The sink as a service of the bank (`push-sink`, HTTP).
@@ -64,7 +105,10 @@ pub const SINK: ServiceDefinition = ServiceDefinition {
 
 /// The sink's routes.
 pub fn router() -> Router {
-    let state = Arc::new(SinkState::default());
+    let state = Arc::new(SinkState {
+        deliveries: Mutex::new(Kept::new(DELIVERIES_KEPT)),
+        control: Mutex::new(SinkControl::default()),
+    });
     Router::new()
         .route("/3/device/{token}", post(accept))
         .route("/deliveries", get(deliveries))
@@ -100,19 +144,21 @@ async fn accept(
             StatusCode::from_u16(control.fail_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (status, reply);
     }
+    let delivery = SinkDelivery {
+        index: 0,
+        apns_id,
+        device_token: token,
+        payload,
+        received_at_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default(),
+    };
     state
         .deliveries
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(SinkDelivery {
-            apns_id,
-            device_token: token,
-            payload,
-            received_at_us: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or_default(),
-        });
+        .record(delivery);
     (StatusCode::OK, reply)
 }
 
@@ -120,8 +166,8 @@ async fn deliveries(
     State(state): State<Arc<SinkState>>,
     axum::extract::Query(from): axum::extract::Query<From>,
 ) -> Json<Vec<SinkDelivery>> {
-    let all = state.deliveries.lock().unwrap_or_else(|p| p.into_inner());
-    Json(all.iter().skip(from.from).cloned().collect())
+    let kept = state.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+    Json(kept.from(from.from))
 }
 
 async fn control(
@@ -130,4 +176,43 @@ async fn control(
 ) -> StatusCode {
     *state.control.lock().unwrap_or_else(|p| p.into_inner()) = control;
     StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(token: &str) -> SinkDelivery {
+        SinkDelivery {
+            index: usize::MAX,
+            apns_id: String::new(),
+            device_token: token.to_string(),
+            payload: serde_json::Value::Null,
+            received_at_us: 0,
+        }
+    }
+
+    fn tokens(deliveries: &[SinkDelivery]) -> Vec<(usize, &str)> {
+        deliveries
+            .iter()
+            .map(|d| (d.index, d.device_token.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn the_sink_keeps_the_most_recent_and_numbers_never_repeat() {
+        let mut kept = Kept::new(3);
+        for token in ["a", "b"] {
+            kept.record(delivery(token));
+        }
+        assert_eq!(tokens(&kept.from(0)), [(0, "a"), (1, "b")]);
+        for token in ["c", "d", "e"] {
+            kept.record(delivery(token));
+        }
+        // Five accepted, three kept: the first two are forgotten, the numbers go on.
+        assert_eq!(tokens(&kept.from(0)), [(2, "c"), (3, "d"), (4, "e")]);
+        assert_eq!(tokens(&kept.from(3)), [(3, "d"), (4, "e")]);
+        assert_eq!(tokens(&kept.from(5)), []);
+        assert_eq!(tokens(&kept.from(usize::MAX)), []);
+    }
 }

@@ -11,6 +11,9 @@
 //! - any other error, or a panic of the handler, naks it for redelivery with the consumer's
 //!   backoff.
 //!
+//! While a delivery is being handled the bus is told so every third of the ack wait, so a slow
+//! handler is not delivered again beside itself (each copy would count towards `max_deliver`).
+//!
 //! The fail point `consumer::<durable>` runs before the handler (tests make a consumer refuse
 //! or fail its events with it).
 //!
@@ -128,6 +131,26 @@ async fn sample_backlog(
     }
 }
 
+/// Runs `work` on `delivery`, telling the bus every third of `ack_wait` that it is still in
+/// hand: a handler slower than the ack wait (its store or a service it calls restarting under
+/// it) is not delivered again beside itself, each copy counting towards `max_deliver`.
+async fn in_hand<T>(delivery: &Delivery, ack_wait: Duration, work: impl Future<Output = T>) -> T {
+    let every = (ack_wait / 3).max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticks.tick() => {
+                if let Err(e) = delivery.in_progress().await {
+                    tracing::debug!(error = %e, "could not say a delivery is still in hand");
+                }
+            }
+        }
+    }
+}
+
 impl<F, Fut> Consumer<F>
 where
     F: Fn(sterling_bus::Envelope) -> Fut + Send + Sync + 'static,
@@ -221,18 +244,21 @@ where
         let processed_key = Row::new()
             .with("consumer", self.config.durable.as_str())
             .with("event_id", envelope.event_id.as_str());
-        let seen = match self.config.deduplicate {
-            true => self.store.get("processed_events", &processed_key).await,
-            false => Ok(None),
+        let working = async {
+            let seen = match self.config.deduplicate {
+                true => self.store.get("processed_events", &processed_key).await,
+                false => Ok(None),
+            };
+            match seen {
+                Ok(Some(_)) => Ok(true),
+                Ok(None) => self
+                    .handle(envelope, context, &span, processed_key)
+                    .await
+                    .map(|()| false),
+                Err(e) => Err(Error::from(e)),
+            }
         };
-        let outcome = match seen {
-            Ok(Some(_)) => Ok(true),
-            Ok(None) => self
-                .handle(envelope, context, &span, processed_key)
-                .await
-                .map(|()| false),
-            Err(e) => Err(Error::from(e)),
-        };
+        let outcome = in_hand(&delivery, self.config.ack_wait, working).await;
         let (outcome, settled) = match outcome {
             Ok(true) => {
                 span.in_scope(|| tracing::info!("already handled; acknowledging"));
