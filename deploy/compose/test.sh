@@ -36,7 +36,7 @@ TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 SERVICES=(database nats prometheus push-sink auth customers cards fx ledger transactions
   merchant feed balance push webhooks card-processing card-api accounts gateway)
 compose() { "$COMPOSE" --env-file deploy/compose/local-images.env -p "$PROJECT" "$@"; }
-log() { echo "compose-test: $*" >&2; }
+log() { echo "compose-test: $*" >&2; LAST_LOG="$*"; }
 
 # podman runs healthchecks from systemd timers; with no systemd (a container, a CI machine)
 # nothing runs them, so this does, every 3 s, for every container of the project.
@@ -58,6 +58,9 @@ cleanup() {
       echo "--- $c ($(podman inspect --format '{{.State.Status}} {{.State.Health.Status}}' "$c" 2>/dev/null))"
       podman logs --tail 15 "$c" 2>&1 | cut -c1-400
     done
+    # Last, so that the end of the output says where it stopped.
+    log "failed (exit $status) after: ${LAST_LOG:-nothing logged}; states: $(podman ps -a \
+      --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}={{.Status}}' | tr '\n' ' ')"
   fi
   # COMPOSE_TEST_KEEP=1 leaves the stack up to look at.
   [ "${COMPOSE_TEST_KEEP:-}" = 1 ] || compose down -v > /dev/null 2>&1 || true
