@@ -100,9 +100,14 @@ impl AnswerStore {
     }
 
     /// Records `answer` unless one is recorded already; returns the one that stands. If the
-    /// store cannot take it, the answer stands all the same (it is about to be given) and is
-    /// recorded in the background as soon as the store is back.
-    pub async fn record_or_keep(&self, answer: Answer, stand_in: Option<Envelope>) -> Answer {
+    /// store cannot take card-processing's decision, it stands all the same (it is about to be
+    /// given) and is recorded in the background as soon as the store is back; a stand-in
+    /// decline the store cannot take is an error (no decision), as another answer may stand.
+    pub async fn record_or_keep(
+        &self,
+        answer: Answer,
+        stand_in: Option<Envelope>,
+    ) -> Result<Answer> {
         let id = answer.response.id.clone();
         let turn = self.turn(&id);
         let held = turn.lock().await;
@@ -127,23 +132,34 @@ impl AnswerStore {
         }
     }
 
-    async fn record_or_keep_in_turn(&self, answer: Answer, stand_in: Option<Envelope>) -> Answer {
+    async fn record_or_keep_in_turn(
+        &self,
+        answer: Answer,
+        stand_in: Option<Envelope>,
+    ) -> Result<Answer> {
         let id = answer.response.id.clone();
         if let Some((given, _)) = self.unrecorded().get(&id) {
-            return given.clone();
+            return Ok(given.clone());
         }
         match self.record(answer.clone(), stand_in.clone()).await {
-            Ok(recorded) => recorded,
+            Ok(recorded) => Ok(recorded),
+            // A stand-in decline is card-api's own answer: if it cannot be recorded, another
+            // answer may stand (a copy of the request approved a moment ago, whose write
+            // landed), and giving it could contradict that. No decision; the processor retries.
+            Err(e) if answer.stand_in => {
+                tracing::warn!(error = %e, "cannot record a stand-in decline; no decision");
+                Err(e)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the answer; keeping it until the store is back");
                 let mut unrecorded = self.unrecorded();
                 if let Some((given, _)) = unrecorded.get(&id) {
-                    return given.clone();
+                    return Ok(given.clone());
                 }
                 unrecorded.insert(id.clone(), (answer.clone(), stand_in));
                 drop(unrecorded);
                 self.record_later(id);
-                answer
+                Ok(answer)
             }
         }
     }
@@ -215,8 +231,10 @@ impl AnswerStore {
                     // heard) stands: its event must go out, not be thrown away.
                     if standing.event_id == event.event_id {
                         self.outbox.publish_soon(event);
-                    } else {
-                        self.outbox.discard(&event).await?;
+                    } else if let Err(e) = self.outbox.discard(&event).await {
+                        // The answer that stands is known: it is what is given. The staged
+                        // event stays for the relay, which discards it (another answer stands).
+                        tracing::warn!(error = %e, "cannot discard a losing stand-in's event yet");
                     }
                 }
                 Ok(standing)

@@ -75,7 +75,16 @@ pub async fn authorise(
             "cannot tell whether this authorisation was answered before; retry",
         )));
     }
-    let recorded = state.answers.record_or_keep(answer, stand_in).await;
+    let recorded = state
+        .answers
+        .record_or_keep(answer, stand_in)
+        .await
+        .map_err(|e| {
+            Problem(Error::unavailable(
+                "records",
+                format!("cannot record a decline given in card-processing's stead ({e}); retry"),
+            ))
+        })?;
     let response = repeat(recorded, &fingerprint)?.0;
     tracing::info!(
         result = %response.result,
