@@ -79,10 +79,11 @@ pub async fn authorise(
         .answers
         .record_or_keep(answer, stand_in)
         .await
-        .map_err(|e| {
+        // (Why the store failed is logged, not told to the processor.)
+        .map_err(|_| {
             Problem(Error::unavailable(
                 "records",
-                format!("cannot record a decline given in card-processing's stead ({e}); retry"),
+                "cannot record a decline given in card-processing's stead; retry",
             ))
         })?;
     let response = repeat(recorded, &fingerprint)?.0;
