@@ -177,6 +177,7 @@ fn approval(id: &str) -> Answer {
 
 #[tokio::test]
 async fn a_stand_in_the_store_cannot_take_is_no_decision_not_a_contradiction() {
+    let _scenario = fail::FailScenario::setup(); // no other test's fail point fires here
     let mode = Arc::new(AtomicU8::new(UP));
     let answers = failing_engines(mode.clone());
     // One copy of the request was approved and recorded; the database goes down before the
@@ -201,6 +202,7 @@ async fn a_stand_in_the_store_cannot_take_is_no_decision_not_a_contradiction() {
 
 #[tokio::test]
 async fn a_losing_stand_in_whose_event_cannot_be_removed_gets_the_standing_answer() {
+    let _scenario = fail::FailScenario::setup(); // no other test's fail point fires here
     let mode = Arc::new(AtomicU8::new(UP));
     let answers = failing_engines(mode.clone());
     let approved = approval("a-4");
@@ -217,6 +219,7 @@ async fn a_losing_stand_in_whose_event_cannot_be_removed_gets_the_standing_answe
 
 #[tokio::test]
 async fn a_decision_the_store_cannot_take_is_kept_and_given_again() {
+    let _scenario = fail::FailScenario::setup(); // no other test's fail point fires here
     let mode = Arc::new(AtomicU8::new(DOWN));
     let answers = failing_engines(mode.clone());
     // card-processing decided, the store is down: the decision is given and kept.
