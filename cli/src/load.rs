@@ -29,6 +29,11 @@ use crate::bench::BenchBank;
 use crate::operate::Reach;
 use crate::tools;
 
+mod readings;
+
+pub use readings::Contention;
+use readings::Reading;
+
 /// What to offer the bank.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -48,6 +53,8 @@ pub struct LoadOptions {
     pub engines: Engines,
     /// The data directory; the bank runs in a directory of its own inside it.
     pub data: PathBuf,
+    /// Where to write the bank's metrics (Prometheus text) after each rate, if anywhere.
+    pub metrics: Option<PathBuf>,
 }
 
 /// Percentiles of one latency histogram.
@@ -124,6 +131,8 @@ pub struct RateReport {
     pub resident_kb_early: u64,
     /// Resident size at the end of the rate.
     pub resident_kb_end: u64,
+    /// Where the bank waited during the rate, by its own metrics.
+    pub contention: Contention,
 }
 
 impl RateReport {
@@ -533,32 +542,6 @@ impl Processor {
     }
 }
 
-/// The consumers' backlogs as the bank's metrics last sampled them, by `service/consumer`.
-fn backlogs(recorder: Option<&PrometheusHandle>) -> Vec<(String, u64)> {
-    let Some(recorder) = recorder else {
-        return Vec::new();
-    };
-    let rendered = recorder.render();
-    rendered
-        .lines()
-        .filter_map(|line| line.strip_prefix("sterling_consumer_backlog_events{"))
-        .filter_map(|rest| {
-            let (labels, value) = rest.split_once("} ")?;
-            let label = |name: &str| {
-                labels
-                    .split(',')
-                    .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
-                    .map(|v| v.trim_end_matches('"').to_string())
-            };
-            let value = value.trim().parse::<f64>().ok()? as u64;
-            Some((
-                format!("{}/{}", label("service")?, label("consumer")?),
-                value,
-            ))
-        })
-        .collect()
-}
-
 /// Offers `rate` authorisations a second for `duration`, spread over `cards`, each sent when
 /// due whatever the answers before it; fills in what was answered and what the consumers had
 /// left as the last one was sent. Returns when the last one was due (microseconds since the
@@ -584,7 +567,11 @@ async fn offer(
         tokio::time::sleep_until(due.into()).await;
         report.generator_late = report.generator_late.max(due.elapsed());
         if due >= next_sample {
-            let backlog = backlogs(recorder).iter().map(|(_, b)| b).sum::<u64>();
+            let backlog = Reading::now(recorder)
+                .backlogs()
+                .iter()
+                .map(|(_, b)| b)
+                .sum::<u64>();
             report.backlog_peak = report.backlog_peak.max(backlog);
             if i >= total / 10 && report.resident_kb_early == 0 {
                 report.resident_kb_early = resident_kb();
@@ -607,7 +594,7 @@ async fn offer(
         });
         while in_flight.try_join_next().is_some() {}
     }
-    let at_end = backlogs(recorder);
+    let at_end = Reading::now(recorder).backlogs();
     report.backlog_at_end = at_end.iter().map(|(_, b)| b).sum();
     report.backlog_peak = report.backlog_peak.max(report.backlog_at_end);
     report.worst_consumer = at_end.into_iter().max_by_key(|(_, b)| *b);
@@ -652,9 +639,20 @@ async fn measure_rate(
         rate,
         ..RateReport::default()
     };
+    let (before, lock_waits, started) = (
+        Reading::now(recorder),
+        sterling_storage::embedded::busy_waits(),
+        Instant::now(),
+    );
     let last_due_us = offer(processor, cards, seen, recorder, &mut report, duration).await;
     await_effects(seen, last_due_us, duration.max(WAIT_AT_LEAST), &mut report).await;
     report.resident_kb_end = resident_kb();
+    report.contention = Contention::between(
+        &before,
+        &Reading::now(recorder),
+        started.elapsed(),
+        sterling_storage::embedded::busy_waits() - lock_waits,
+    );
     report
 }
 
@@ -731,6 +729,11 @@ pub async fn run(
             options.duration,
         )
         .await;
+        if let (Some(path), Some(recorder)) = (&options.metrics, &recorder) {
+            let rendered = format!("# after {}/s\n{}", rate, recorder.render());
+            std::fs::write(path, rendered)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        }
         each(&report);
         let sustained = report.sustained(options.settle);
         reports.push(report);
@@ -796,11 +799,12 @@ impl std::fmt::Display for RateReport {
                 )
             },
         );
-        write!(
+        writeln!(
             f,
             "  {caught_up}; resident {} MB early, {} MB at the end (bank and generator)",
             self.resident_kb_early / 1024,
             self.resident_kb_end / 1024
-        )
+        )?;
+        write!(f, "{}", self.contention)
     }
 }

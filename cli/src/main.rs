@@ -231,6 +231,9 @@ enum Command {
         /// embedded, nats or real (Cassandra + NATS).
         #[arg(long, default_value = "embedded")]
         engines: String,
+        /// Write the bank's metrics (Prometheus text) to this file after each rate.
+        #[arg(long)]
+        metrics: Option<PathBuf>,
     },
     /// Measure one unary call through the template's full client and server stack against
     /// bare tonic, in the same run.
@@ -618,6 +621,7 @@ async fn run_tool(command: Command, data: &std::path::Path) -> anyhow::Result<()
             settle_ms,
             durability,
             engines,
+            metrics,
         } => {
             let options = load::LoadOptions {
                 rates,
@@ -627,6 +631,7 @@ async fn run_tool(command: Command, data: &std::path::Path) -> anyhow::Result<()
                 durability: parse_durability(&durability)?,
                 engines: parse_engines(&engines)?,
                 data: data.to_path_buf(),
+                metrics,
             };
             bench_load(options).await
         }

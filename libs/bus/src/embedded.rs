@@ -2,7 +2,8 @@
 //! in one process. Same semantics as the JetStream backend: dedup on event id, at-least-once,
 //! ack wait, nak with backoff, dead letters after `max_deliver`.
 //!
-//! Durability: a publish is answered once it is fsynced (`synchronous=FULL` for its commit).
+//! Durability: a publish is answered once it is fsynced (`synchronous=FULL` for its commit);
+//! publishes and acks queued at the same moment share one commit and one fsync (`writer`).
 //! Everything else (deliveries taken, acks, naks, cursors) is committed without an fsync of its
 //! own and reaches the disk with the next publish's fsync or checkpoint, as at-least-once
 //! allows: a process crash loses nothing (the write-ahead log is in the file), and a power cut
@@ -14,14 +15,17 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
-use sterling_sqlite::{CHECKPOINT_EVERY, Checkpointer, no_commit_checkpoints};
+use sterling_sqlite::{CHECKPOINT_EVERY, Checkpointer, no_commit_checkpoints, wait_when_busy};
 use tokio::sync::watch;
 
+mod writer;
+
+use self::writer::Writer;
 use crate::{
     Acker, Bus, BusError, ConsumerConfig, Delivery, Envelope, PublishAck, Result, StoredEvent,
     Subscription, dead_letters, now_ms, subject_matches, validate,
@@ -38,14 +42,14 @@ fn err(e: rusqlite::Error) -> BusError {
 const ANNOUNCEMENTS_KEPT: usize = 4096;
 
 struct Shared {
-    connection: Mutex<Connection>,
+    connection: Arc<Mutex<Connection>>,
+    /// Applies publishes and acks in groups, one commit each.
+    writer: Writer,
     /// The number of the last announcement: waiting consumers wake when it changes.
     published: watch::Sender<u64>,
     /// What the recent announcements were about (`None`: any consumer may be concerned), so
     /// that a consumer wakes to look in the stream only for subjects it wants.
     announced: Mutex<VecDeque<(u64, Option<String>)>>,
-    /// Whether a publish's commit is fsynced (see the module documentation).
-    fsync_publishes: bool,
     /// Checkpoints a file's WAL (none in memory); stops with the bus.
     _checkpointer: Option<Checkpointer>,
 }
@@ -80,13 +84,36 @@ impl Shared {
         }
     }
 
-    fn with<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut guard = self
-            .connection
-            .lock()
-            .map_err(|_| BusError::Unavailable("bus lock poisoned".into()))?;
-        work(&mut guard)
+    /// Runs operation `op` on the bus's connection (see [`hold`]).
+    fn with<T>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        hold(&self.connection, op, work)
     }
+}
+
+/// Runs `work` on the bus's connection, recording how long operation `op` waited for it
+/// (`sterling_embedded_bus_wait_seconds{op}`) and held it (`sterling_embedded_bus_hold_seconds{op}`;
+/// its sum is how busy the connection was).
+fn hold<T>(
+    connection: &Mutex<Connection>,
+    op: &'static str,
+    work: impl FnOnce(&mut Connection) -> Result<T>,
+) -> Result<T> {
+    let asked = Instant::now();
+    let mut guard = connection
+        .lock()
+        .map_err(|_| BusError::Unavailable("bus lock poisoned".into()))?;
+    let taken = Instant::now();
+    metrics::histogram!("sterling_embedded_bus_wait_seconds", "op" => op)
+        .record((taken - asked).as_secs_f64());
+    let result = work(&mut guard);
+    drop(guard);
+    metrics::histogram!("sterling_embedded_bus_hold_seconds", "op" => op)
+        .record(taken.elapsed().as_secs_f64());
+    result
 }
 
 /// The in-process bus.
@@ -127,7 +154,7 @@ impl SqliteBus {
         connection.set_prepared_statement_cache_capacity(64);
         connection
             .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
                  CREATE TABLE IF NOT EXISTS messages (
                      seq INTEGER PRIMARY KEY AUTOINCREMENT,
                      event_id TEXT NOT NULL UNIQUE,
@@ -145,23 +172,27 @@ impl SqliteBus {
                      PRIMARY KEY (durable, seq)) WITHOUT ROWID;",
             )
             .map_err(err)?;
+        wait_when_busy(&connection).map_err(err)?;
+        let connection = Arc::new(Mutex::new(connection));
         Ok(SqliteBus {
             shared: Arc::new(Shared {
-                connection: Mutex::new(connection),
+                writer: Writer::start(connection.clone(), fsync_publishes)?,
+                connection,
                 published: watch::channel(0).0,
                 announced: Mutex::new(VecDeque::new()),
-                fsync_publishes,
                 _checkpointer: checkpointer,
             }),
         })
     }
 
+    /// Runs operation `op` on the bus's connection off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
+        op: &'static str,
         work: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.with(work))
+        tokio::task::spawn_blocking(move || shared.with(op, work))
             .await
             .map_err(|e| BusError::Unavailable(e.to_string()))?
     }
@@ -404,15 +435,10 @@ struct SqliteAcker {
 #[async_trait]
 impl Acker for SqliteAcker {
     async fn ack(&self) -> Result<()> {
-        let (durable, seq) = (self.durable.clone(), self.seq);
         self.bus
-            .blocking(move |c| {
-                c.prepare_cached("DELETE FROM pending WHERE durable = ?1 AND seq = ?2")
-                    .map_err(err)?
-                    .execute(params![durable, seq])
-                    .map_err(err)?;
-                Ok(())
-            })
+            .shared
+            .writer
+            .ack(self.durable.clone(), self.seq)
             .await
     }
 
@@ -421,7 +447,7 @@ impl Acker for SqliteAcker {
         let at = now_ms() + delay.as_millis() as i64;
         let dead = self
             .bus
-            .blocking(move |c| {
+            .blocking("nak", move |c| {
                 let tx = c.transaction().map_err(err)?;
                 let deliveries: Option<u32> = tx
                     .prepare_cached(
@@ -456,7 +482,7 @@ impl Acker for SqliteAcker {
         let (durable, seq) = (self.durable.clone(), self.seq);
         let at = now_ms() + self.ack_wait.as_millis() as i64;
         self.bus
-            .blocking(move |c| {
+            .blocking("in_progress", move |c| {
                 c.prepare_cached(
                     "UPDATE pending SET next_at = max(next_at, ?3) WHERE durable = ?1 AND seq = ?2",
                 )
@@ -471,7 +497,7 @@ impl Acker for SqliteAcker {
     async fn term(&self, reason: &str) -> Result<()> {
         let (durable, seq, reason) = (self.durable.clone(), self.seq, reason.to_string());
         self.bus
-            .blocking(move |c| {
+            .blocking("term", move |c| {
                 let tx = c.transaction().map_err(err)?;
                 dead_letter(&tx, &durable, seq, &reason)?;
                 tx.commit().map_err(err)
@@ -505,7 +531,7 @@ impl Subscription for SqliteSubscription {
             self.seen = *self.published.borrow_and_update();
             let (taken, due) = self
                 .bus
-                .blocking(move |c| {
+                .blocking("take", move |c| {
                     let taken = take_next(c, &config)?;
                     let due = match taken {
                         Some(_) => None,
@@ -576,20 +602,7 @@ impl Bus for SqliteBus {
             envelope.r#type.clone(),
             envelope.encode_to_vec(),
         );
-        let fsync = self.shared.fsync_publishes;
-        let ack = self
-            .blocking(move |c| {
-                if !fsync {
-                    return insert_message(c, &id, &subject, &body);
-                }
-                // This commit and every unsynced one before it reach the disk.
-                c.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-                let ack = insert_message(c, &id, &subject, &body);
-                c.pragma_update(None, "synchronous", "NORMAL")
-                    .map_err(err)?;
-                ack
-            })
-            .await?;
+        let ack = self.shared.writer.publish(id, subject, body).await?;
         if !ack.duplicate {
             self.shared.announce(Some(envelope.r#type.clone()));
         }
@@ -613,17 +626,17 @@ impl Bus for SqliteBus {
 
     async fn browse(&self, filter: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
         let filter = filter.to_string();
-        self.blocking(move |c| browse(c, &filter, after, limit))
+        self.blocking("browse", move |c| browse(c, &filter, after, limit))
             .await
     }
 
     async fn backlog(&self, config: &ConsumerConfig) -> Result<u64> {
         let config = config.clone();
-        self.blocking(move |c| backlog(c, &config)).await
+        self.blocking("backlog", move |c| backlog(c, &config)).await
     }
 
     async fn check(&self) -> Result<()> {
-        self.blocking(|c| {
+        self.blocking("check", |c| {
             c.prepare_cached("SELECT COUNT(*) FROM consumers")
                 .map_err(err)?
                 .query_row([], |r| r.get::<_, i64>(0))

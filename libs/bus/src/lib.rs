@@ -22,7 +22,7 @@ use async_trait::async_trait;
 pub use sterling_proto::events::v1::Envelope;
 
 /// Errors from the bus.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// The bus cannot be reached or failed; retry.
     #[error("bus unavailable: {0}")]

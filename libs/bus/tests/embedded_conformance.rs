@@ -51,3 +51,49 @@ async fn unacked_events_survive_a_restart() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_are_each_stored_once_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sqlite");
+    let subject = "card.authorisation.approved";
+    let mut acks = Vec::new();
+    {
+        let bus = SqliteBus::open(&path).unwrap();
+        // 100 events, each published twice at once: publishes queued together share a commit.
+        let mut publishing = tokio::task::JoinSet::new();
+        for copy in 0..2 {
+            for i in 0..100 {
+                let bus = bus.clone();
+                publishing.spawn(async move {
+                    let ack = bus.publish(&event(&format!("g{i}"), subject)).await;
+                    (i, copy, ack.unwrap())
+                });
+            }
+        }
+        while let Some(done) = publishing.join_next().await {
+            acks.push(done.unwrap());
+        }
+    }
+    for i in 0..100 {
+        let copies: Vec<_> = acks.iter().filter(|(n, _, _)| *n == i).collect();
+        assert_eq!(copies.len(), 2);
+        assert_eq!(
+            copies[0].2.sequence, copies[1].2.sequence,
+            "one sequence per event"
+        );
+        assert_eq!(
+            copies.iter().filter(|(_, _, a)| !a.duplicate).count(),
+            1,
+            "exactly one copy stored it: {copies:?}"
+        );
+    }
+    let mut sequences: Vec<u64> = acks.iter().map(|(_, _, a)| a.sequence).collect();
+    sequences.sort_unstable();
+    sequences.dedup();
+    assert_eq!(sequences.len(), 100);
+    // Every answered publish is in the file after the bus is gone.
+    let bus = SqliteBus::open(&path).unwrap();
+    let stored = bus.browse(subject, 0, 1000).await.unwrap();
+    assert_eq!(stored.len(), 100);
+}

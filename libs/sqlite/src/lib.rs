@@ -7,8 +7,13 @@
 //! connections ([`no_commit_checkpoints`]) and checkpoints from a thread and a connection of its
 //! own instead, in `PASSIVE` mode: it never blocks a writer or a reader, and once a checkpoint
 //! has copied everything, the next commit starts the WAL from its beginning again.
+//!
+//! A connection that finds a lock held by another connection of the same file waits for it
+//! in steps of a millisecond at most ([`wait_when_busy`]), not in SQLite's own steps that grow
+//! to 100 ms, and every such wait is counted ([`busy_waits`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,6 +26,57 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Stops a connection's commits from checkpointing (a [`Checkpointer`] does it instead).
 pub fn no_commit_checkpoints(connection: &Connection) -> rusqlite::Result<()> {
     connection.pragma_update(None, "wal_autocheckpoint", 0)
+}
+
+/// How long a connection waits at most for another connection's lock before its statement
+/// fails with `SQLITE_BUSY`.
+pub const BUSY_LIMIT: Duration = Duration::from_secs(5);
+
+/// The longest single sleep while waiting for a lock.
+const BUSY_STEP_MAX: Duration = Duration::from_millis(1);
+
+/// Waits for a lock, counted since the process started.
+static BUSY_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes `connection` wait up to [`BUSY_LIMIT`] for a lock another connection of its file holds,
+/// sleeping 50 µs, then twice as long each time up to 1 ms. SQLite's `busy_timeout` sleeps
+/// 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and then 100 ms at a time, so a lock held for a
+/// fraction of a millisecond can cost its waiter a hundred. Replaces any `busy_timeout`: call it
+/// after the connection's pragmas.
+pub fn wait_when_busy(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_handler(Some(on_busy))
+}
+
+/// Waits for a lock counted so far in this process (each wait once, however many steps).
+pub fn busy_waits() -> u64 {
+    BUSY_WAITS.load(Ordering::Relaxed)
+}
+
+/// SQLite's busy callback: `attempt` is how many times it was called for this wait.
+fn on_busy(attempt: i32) -> bool {
+    if attempt == 0 {
+        BUSY_WAITS.fetch_add(1, Ordering::Relaxed);
+    }
+    let step = busy_step(attempt);
+    if step.is_zero() {
+        return false;
+    }
+    std::thread::sleep(step);
+    true
+}
+
+/// The sleep before the next try of a wait at `attempt`; zero once [`BUSY_LIMIT`] is spent.
+fn busy_step(attempt: i32) -> Duration {
+    let attempt = u32::try_from(attempt).unwrap_or(0);
+    let doubling = Duration::from_micros(50).saturating_mul(1 << attempt.min(5));
+    let step = doubling.min(BUSY_STEP_MAX);
+    // Time waited so far, near enough: every step after the first five (1.55 ms) is 1 ms.
+    let spent = BUSY_STEP_MAX.saturating_mul(attempt.saturating_sub(4));
+    if spent >= BUSY_LIMIT {
+        Duration::ZERO
+    } else {
+        step
+    }
 }
 
 /// What the last checkpoint found and did, in WAL frames (pages).
@@ -119,5 +175,23 @@ fn run(connection: &Connection, state: &State, every: Duration) {
             // A busy or failing checkpoint is tried again next time; the WAL keeps every write.
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_sleeps_briefly_and_gives_up_after_the_limit() {
+        assert_eq!(busy_step(0), Duration::from_micros(50));
+        assert_eq!(busy_step(1), Duration::from_micros(100));
+        assert_eq!(busy_step(4), Duration::from_micros(800));
+        assert_eq!(busy_step(5), BUSY_STEP_MAX);
+        let total: Duration = (0..).map(busy_step).take_while(|s| !s.is_zero()).sum();
+        assert!(
+            total >= BUSY_LIMIT && total < BUSY_LIMIT + Duration::from_millis(2),
+            "{total:?}"
+        );
     }
 }

@@ -11,6 +11,8 @@
 
 mod writer;
 
+pub use sterling_sqlite::busy_waits;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
-use sterling_sqlite::{CHECKPOINT_EVERY, Checkpointer, no_commit_checkpoints};
+use sterling_sqlite::{CHECKPOINT_EVERY, Checkpointer, no_commit_checkpoints, wait_when_busy};
 
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
@@ -70,7 +72,11 @@ impl SqliteStore {
         let writes = Connection::open(path).map_err(sql_err)?;
         no_commit_checkpoints(&connection).map_err(sql_err)?;
         no_commit_checkpoints(&writes).map_err(sql_err)?;
-        let mut store = Self::with_connection(connection, Some(writes), migrations, durability)?;
+        let name = path
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let mut store =
+            Self::with_connection(connection, Some((name, writes)), migrations, durability)?;
         store._checkpointer = Some(
             Checkpointer::start(path, CHECKPOINT_EVERY)
                 .map_err(|e| StorageError::Unavailable(format!("{}: {e}", path.display())))?,
@@ -84,11 +90,11 @@ impl SqliteStore {
         Self::with_connection(connection, None, migrations, Durability::Normal)
     }
 
-    /// The store on `connection`, its writes on `writes` if given (a file has two connections;
-    /// memory only one).
+    /// The store on `connection`, its writes on `writes` if given, with the store's name (a file
+    /// has two connections; memory only one).
     fn with_connection(
         mut connection: Connection,
-        writes: Option<Connection>,
+        writes: Option<(String, Connection)>,
         migrations: &[Migration],
         durability: Durability,
     ) -> Result<SqliteStore> {
@@ -136,15 +142,15 @@ impl SqliteStore {
         tx.commit().map_err(sql_err)?;
         let connection = Arc::new(Mutex::new(connection));
         let tables = Arc::new(tables);
-        let writes = match writes {
-            Some(writes) => {
+        let (name, writes) = match writes {
+            Some((name, writes)) => {
                 configure(&writes, durability)?;
-                Arc::new(Mutex::new(writes))
+                (name, Arc::new(Mutex::new(writes)))
             }
-            None => connection.clone(),
+            None => ("memory".to_string(), connection.clone()),
         };
         Ok(SqliteStore {
-            writer: writer::Writer::start(writes, tables.clone())?,
+            writer: writer::Writer::start(&name, writes, tables.clone())?,
             connection,
             tables,
             _checkpointer: None,
@@ -185,9 +191,10 @@ fn configure(connection: &Connection, durability: Durability) -> Result<()> {
     connection.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
     connection
         .execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;"
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous};"
         ))
-        .map_err(sql_err)
+        .map_err(sql_err)?;
+    wait_when_busy(connection).map_err(sql_err)
 }
 
 /// Prepared statements kept per connection.

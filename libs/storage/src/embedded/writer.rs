@@ -9,10 +9,17 @@
 //! every caller of the group, none of whose writes happened. Conditional batches keep their
 //! compare-and-set meaning: a group is the callers' batches one after the other, exactly as if
 //! committed one by one in queue order.
+//!
+//! Metrics, by store: `sterling_embedded_store_queue_seconds` (from a caller's queueing to its
+//! group's commit starting), `sterling_embedded_store_commit_seconds` (one group, applied and
+//! committed; its sum is how busy the writer was) and `sterling_embedded_store_group_callers`.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use metrics::Histogram;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -28,6 +35,25 @@ const MAX_GROUP: usize = 256;
 struct Job {
     batches: Vec<Vec<Mutation>>,
     answer: oneshot::Sender<Result<Vec<Applied>>>,
+    queued: Instant,
+}
+
+/// What the writer records about its groups.
+struct WriterMetrics {
+    queue: Histogram,
+    commit: Histogram,
+    callers: Histogram,
+}
+
+impl WriterMetrics {
+    fn new(store: &str) -> Self {
+        let store = store.to_string();
+        WriterMetrics {
+            queue: metrics::histogram!("sterling_embedded_store_queue_seconds", "store" => store.clone()),
+            commit: metrics::histogram!("sterling_embedded_store_commit_seconds", "store" => store.clone()),
+            callers: metrics::histogram!("sterling_embedded_store_group_callers", "store" => store),
+        }
+    }
 }
 
 /// The handle callers queue to; the thread stops when the last handle is dropped.
@@ -37,15 +63,17 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread of the store on `connection`.
+    /// Starts the writer thread of the store named `name` on `connection`.
     pub(super) fn start(
+        name: &str,
         connection: Arc<Mutex<Connection>>,
         tables: Arc<BTreeMap<String, TableSchema>>,
     ) -> Result<Writer> {
         let (queue, jobs) = std::sync::mpsc::channel();
+        let metrics = WriterMetrics::new(name);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(jobs, &connection, &tables))
+            .spawn(move || run(jobs, &connection, &tables, &metrics))
             .map_err(|e| StorageError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Writer { queue })
     }
@@ -54,7 +82,11 @@ impl Writer {
     pub(super) async fn apply(&self, batches: Vec<Vec<Mutation>>) -> Result<Vec<Applied>> {
         let (answer, answered) = oneshot::channel();
         self.queue
-            .send(Job { batches, answer })
+            .send(Job {
+                batches,
+                answer,
+                queued: Instant::now(),
+            })
             .map_err(|_| StorageError::Unavailable("the store's writer has stopped".into()))?;
         answered
             .await
@@ -67,6 +99,7 @@ fn run(
     jobs: Receiver<Job>,
     connection: &Mutex<Connection>,
     tables: &BTreeMap<String, TableSchema>,
+    metrics: &WriterMetrics,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
@@ -76,6 +109,11 @@ fn run(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        let started = Instant::now();
+        for job in &group {
+            metrics.queue.record((started - job.queued).as_secs_f64());
+        }
+        metrics.callers.record(group.len() as f64);
         let results = match connection.lock() {
             Ok(mut conn) => commit_group(&mut conn, tables, &group),
             Err(_) => group
@@ -83,6 +121,7 @@ fn run(
                 .map(|_| Err(StorageError::Unavailable("store lock poisoned".into())))
                 .collect(),
         };
+        metrics.commit.record(started.elapsed().as_secs_f64());
         for (job, result) in group.into_iter().zip(results) {
             // A caller that gave up (its future dropped) is not waiting for the answer.
             let _ = job.answer.send(result);

@@ -1,0 +1,257 @@
+//! What the bank's own metrics say during a rate, read from the Prometheus text its recorder
+//! renders in this process: the consumers' backlogs, the slowest calls and where the embedded
+//! backends queue (the bus's one connection, each store's writer).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// One sample of a rendered series: its labels and value.
+struct Sample {
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.labels.get(name).map(String::as_str)
+    }
+}
+
+/// Every sample of series `name` in `rendered` (exactly that name, labelled or not).
+fn samples(rendered: &str, name: &str) -> Vec<Sample> {
+    rendered
+        .lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter_map(|rest| {
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let labels = labels
+                .split(',')
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect();
+            let value = value.trim().parse::<f64>().ok().filter(|v| v.is_finite())?;
+            Some(Sample { labels, value })
+        })
+        .collect()
+}
+
+/// A rendering of the bank's metrics at one moment.
+pub(super) struct Reading {
+    rendered: String,
+}
+
+impl Reading {
+    /// Reads the recorder now (nothing without one).
+    pub(super) fn now(recorder: Option<&PrometheusHandle>) -> Reading {
+        Reading {
+            rendered: recorder.map(PrometheusHandle::render).unwrap_or_default(),
+        }
+    }
+
+    /// The consumers' backlogs as last sampled, by `service/consumer`.
+    pub(super) fn backlogs(&self) -> Vec<(String, u64)> {
+        samples(&self.rendered, "sterling_consumer_backlog_events")
+            .into_iter()
+            .filter_map(|s| {
+                let name = format!("{}/{}", s.label("service")?, s.label("consumer")?);
+                Some((name, s.value.max(0.0) as u64))
+            })
+            .collect()
+    }
+
+    /// The `count` series of summary `name` with the largest maximum (`quantile="1"`), named
+    /// by the values of `labels`.
+    fn slowest(&self, name: &str, labels: &[&str], count: usize) -> Vec<(String, Duration)> {
+        let mut found: Vec<(String, Duration)> = samples(&self.rendered, name)
+            .into_iter()
+            .filter(|s| s.label("quantile") == Some("1"))
+            .filter_map(|s| {
+                let named: Option<Vec<&str>> = labels.iter().map(|l| s.label(l)).collect();
+                Some((named?.join(" "), Duration::from_secs_f64(s.value.max(0.0))))
+            })
+            .collect();
+        found.sort_by_key(|f| std::cmp::Reverse(f.1));
+        found.truncate(count);
+        found
+    }
+
+    /// The sums of summary `name` by the value of `label`.
+    fn sums(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        samples(&self.rendered, &format!("{name}_sum"))
+            .into_iter()
+            .filter_map(|s| Some((s.label(label)?.to_string(), s.value)))
+            .collect()
+    }
+}
+
+/// Where the bank spent its time waiting during a rate, from readings at its start and end.
+#[derive(Debug, Clone, Default)]
+pub struct Contention {
+    /// The slowest calls any service handled (their summaries' last minute), by
+    /// `service method`, at most three.
+    pub slowest_calls: Vec<(String, Duration)>,
+    /// Share of the rate's time the embedded bus's one connection was held, in all and by
+    /// operation (largest first).
+    pub bus_busy: f64,
+    /// The same by operation, largest first.
+    pub bus_busy_by_op: Vec<(String, f64)>,
+    /// The longest wait for the bus's connection (its summary's last minute), by operation.
+    pub bus_longest_wait: Option<(String, Duration)>,
+    /// Share of the rate's time each store's writer spent committing, busiest first (three).
+    pub writers_busy: Vec<(String, f64)>,
+    /// The longest a write queued for its store's writer (last minute), by store.
+    pub writer_longest_queue: Option<(String, Duration)>,
+    /// Times an embedded SQLite connection waited for a lock another connection of its file
+    /// held.
+    pub lock_waits: u64,
+}
+
+/// The shares of `elapsed` that the sums grew by from `before` to `after`, largest first.
+fn shares(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    elapsed: Duration,
+) -> Vec<(String, f64)> {
+    let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
+    let mut shares: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| {
+            let grown = v - before.get(k).copied().unwrap_or(0.0);
+            (k.clone(), (grown / seconds).max(0.0))
+        })
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares
+}
+
+impl Contention {
+    /// What changed from `before` to `after`, `elapsed` apart; `lock_waits` counted meanwhile.
+    pub(super) fn between(
+        before: &Reading,
+        after: &Reading,
+        elapsed: Duration,
+        lock_waits: u64,
+    ) -> Contention {
+        const BUS_HOLD: &str = "sterling_embedded_bus_hold_seconds";
+        const COMMIT: &str = "sterling_embedded_store_commit_seconds";
+        let bus_busy_by_op = shares(
+            &before.sums(BUS_HOLD, "op"),
+            &after.sums(BUS_HOLD, "op"),
+            elapsed,
+        );
+        let mut writers_busy = shares(
+            &before.sums(COMMIT, "store"),
+            &after.sums(COMMIT, "store"),
+            elapsed,
+        );
+        writers_busy.truncate(3);
+        Contention {
+            slowest_calls: after.slowest(
+                "sterling_server_request_duration_seconds",
+                &["service", "method"],
+                3,
+            ),
+            bus_busy: bus_busy_by_op.iter().map(|(_, s)| s).sum(),
+            bus_busy_by_op,
+            bus_longest_wait: after
+                .slowest("sterling_embedded_bus_wait_seconds", &["op"], 1)
+                .pop(),
+            writers_busy,
+            writer_longest_queue: after
+                .slowest("sterling_embedded_store_queue_seconds", &["store"], 1)
+                .pop(),
+            lock_waits,
+        }
+    }
+}
+
+impl std::fmt::Display for Contention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+        let pct = |list: &[(String, f64)]| {
+            let shown: Vec<String> = list
+                .iter()
+                .map(|(name, share)| format!("{name} {:.0}%", share * 100.0))
+                .collect();
+            if shown.is_empty() {
+                "none".to_string()
+            } else {
+                shown.join(", ")
+            }
+        };
+        let longest = |w: &Option<(String, Duration)>| {
+            w.as_ref()
+                .map_or("none".to_string(), |(n, d)| format!("{n} {:.2} ms", ms(d)))
+        };
+        let slowest: Vec<String> = self
+            .slowest_calls
+            .iter()
+            .map(|(call, d)| format!("{call} {:.2} ms", ms(d)))
+            .collect();
+        writeln!(
+            f,
+            "  slowest calls handled (last minute): {}",
+            if slowest.is_empty() {
+                "none".to_string()
+            } else {
+                slowest.join(", ")
+            }
+        )?;
+        writeln!(
+            f,
+            "  bus connection busy {:.0}% ({}), longest wait {}",
+            self.bus_busy * 100.0,
+            pct(&self.bus_busy_by_op),
+            longest(&self.bus_longest_wait)
+        )?;
+        write!(
+            f,
+            "  store writers busiest: {}; longest queue {}; SQLite lock waits {}",
+            pct(&self.writers_busy),
+            longest(&self.writer_longest_queue),
+            self.lock_waits
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RENDERED: &str = "\
+# TYPE sterling_embedded_bus_hold_seconds summary
+sterling_embedded_bus_hold_seconds{op=\"publish\",quantile=\"1\"} 0.004
+sterling_embedded_bus_hold_seconds_sum{op=\"publish\"} 1.5
+sterling_embedded_bus_hold_seconds_sum{op=\"take\"} 0.5
+sterling_consumer_backlog_events{service=\"feed\",consumer=\"feed-items\"} 3
+sterling_server_request_duration_seconds{service=\"ledger\",method=\"/ledger.v1.Ledger/Hold\",quantile=\"1\"} 0.12
+sterling_server_request_duration_seconds{service=\"ledger\",method=\"/ledger.v1.Ledger/Hold\",quantile=\"0.5\"} 0.002
+";
+
+    #[test]
+    fn series_are_read_by_name_and_label() {
+        let reading = Reading {
+            rendered: RENDERED.to_string(),
+        };
+        assert_eq!(reading.backlogs(), vec![("feed/feed-items".to_string(), 3)]);
+        let before = Reading {
+            rendered: String::new(),
+        };
+        let contention = Contention::between(&before, &reading, Duration::from_secs(10), 7);
+        assert!((contention.bus_busy - 0.2).abs() < 1e-9, "{contention:?}");
+        assert_eq!(contention.bus_busy_by_op[0].0, "publish");
+        assert_eq!(
+            contention.slowest_calls,
+            vec![(
+                "ledger /ledger.v1.Ledger/Hold".to_string(),
+                Duration::from_millis(120)
+            )]
+        );
+        assert_eq!(contention.lock_waits, 7);
+    }
+}
