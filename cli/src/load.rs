@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -542,6 +543,24 @@ impl Processor {
     }
 }
 
+/// Reads the bank's metrics on a blocking thread: rendering every series takes milliseconds,
+/// which on the generator's own threads would make it late.
+async fn read_off_thread(recorder: Option<PrometheusHandle>) -> Reading {
+    tokio::task::spawn_blocking(move || Reading::now(recorder.as_ref()))
+        .await
+        .unwrap_or_else(|_| Reading::now(None))
+}
+
+/// Raises `peak` to the consumers' summed backlog every second, until aborted.
+async fn sample_backlog(recorder: Option<PrometheusHandle>, peak: Arc<AtomicU64>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let backlog = read_off_thread(recorder.clone()).await.backlogs();
+        peak.fetch_max(backlog.iter().map(|(_, b)| b).sum(), Ordering::Relaxed);
+    }
+}
+
 /// Offers `rate` authorisations a second for `duration`, spread over `cards`, each sent when
 /// due whatever the answers before it; fills in what was answered and what the consumers had
 /// left as the last one was sent. Returns when the last one was due (microseconds since the
@@ -560,23 +579,15 @@ async fn offer(
     let answers = Arc::new(Mutex::new(Answers::new()));
     let (start, start_us) = (Instant::now(), now_us());
     let mut in_flight = tokio::task::JoinSet::new();
-    let mut next_sample = start;
+    let backlog_peak = Arc::new(AtomicU64::new(0));
+    let sampler = tokio::spawn(sample_backlog(recorder.cloned(), backlog_peak.clone()));
     for i in 0..total {
         let offset = interval.mul_f64(i as f64);
         let due = start + offset;
         tokio::time::sleep_until(due.into()).await;
         report.generator_late = report.generator_late.max(due.elapsed());
-        if due >= next_sample {
-            let backlog = Reading::now(recorder)
-                .backlogs()
-                .iter()
-                .map(|(_, b)| b)
-                .sum::<u64>();
-            report.backlog_peak = report.backlog_peak.max(backlog);
-            if i >= total / 10 && report.resident_kb_early == 0 {
-                report.resident_kb_early = resident_kb();
-            }
-            next_sample += Duration::from_secs(1);
+        if i == total / 10 {
+            report.resident_kb_early = resident_kb();
         }
         let due_us = start_us + offset.as_micros() as i64;
         let (processor, cards, answers, seen) = (
@@ -594,9 +605,12 @@ async fn offer(
         });
         while in_flight.try_join_next().is_some() {}
     }
-    let at_end = Reading::now(recorder).backlogs();
+    sampler.abort();
+    let at_end = read_off_thread(recorder.cloned()).await.backlogs();
     report.backlog_at_end = at_end.iter().map(|(_, b)| b).sum();
-    report.backlog_peak = report.backlog_peak.max(report.backlog_at_end);
+    report.backlog_peak = backlog_peak
+        .load(Ordering::Relaxed)
+        .max(report.backlog_at_end);
     report.worst_consumer = at_end.into_iter().max_by_key(|(_, b)| *b);
     while in_flight.join_next().await.is_some() {}
     let answers = answers.lock().unwrap_or_else(|p| p.into_inner());
@@ -640,7 +654,7 @@ async fn measure_rate(
         ..RateReport::default()
     };
     let (before, lock_waits, started) = (
-        Reading::now(recorder),
+        read_off_thread(recorder.cloned()).await,
         sterling_storage::embedded::busy_waits(),
         Instant::now(),
     );
@@ -649,7 +663,7 @@ async fn measure_rate(
     report.resident_kb_end = resident_kb();
     report.contention = Contention::between(
         &before,
-        &Reading::now(recorder),
+        &read_off_thread(recorder.cloned()).await,
         started.elapsed(),
         sterling_storage::embedded::busy_waits() - lock_waits,
     );
