@@ -80,9 +80,9 @@ impl Reading {
         found
     }
 
-    /// The sums of summary `name` by the value of `label`.
-    fn sums(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
-        samples(&self.rendered, &format!("{name}_sum"))
+    /// The values of counter `name` by the value of `label`.
+    fn counts(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        samples(&self.rendered, name)
             .into_iter()
             .filter_map(|s| Some((s.label(label)?.to_string(), s.value)))
             .collect()
@@ -95,35 +95,45 @@ pub struct Contention {
     /// The slowest calls any service handled (their summaries' last minute), by
     /// `service method`, at most three.
     pub slowest_calls: Vec<(String, Duration)>,
-    /// Share of the rate's time the embedded bus's one connection was held, in all and by
-    /// operation (largest first).
+    /// Share of the rate's time the embedded bus's one connection was held.
     pub bus_busy: f64,
     /// The same by operation, largest first.
     pub bus_busy_by_op: Vec<(String, f64)>,
-    /// The longest wait for the bus's connection (its summary's last minute), by operation.
-    pub bus_longest_wait: Option<(String, Duration)>,
+    /// How long an operation waited for the bus's connection, on average.
+    pub bus_mean_wait: Duration,
     /// Share of the rate's time each store's writer spent committing, busiest first (three).
     pub writers_busy: Vec<(String, f64)>,
-    /// The longest a write queued for its store's writer (last minute), by store.
-    pub writer_longest_queue: Option<(String, Duration)>,
+    /// The store whose writes queued longest for its writer, on average, and how long.
+    pub writer_longest_mean_queue: Option<(String, Duration)>,
     /// Times an embedded SQLite connection waited for a lock another connection of its file
     /// held.
     pub lock_waits: u64,
 }
 
-/// The shares of `elapsed` that the sums grew by from `before` to `after`, largest first.
-fn shares(
-    before: &BTreeMap<String, f64>,
-    after: &BTreeMap<String, f64>,
-    elapsed: Duration,
-) -> Vec<(String, f64)> {
-    let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
-    let mut shares: Vec<(String, f64)> = after
+/// How much each of `after`'s counts grew since `before`.
+fn growth(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
         .iter()
         .map(|(k, v)| {
-            let grown = v - before.get(k).copied().unwrap_or(0.0);
-            (k.clone(), (grown / seconds).max(0.0))
+            (
+                k.clone(),
+                (v - before.get(k).copied().unwrap_or(0.0)).max(0.0),
+            )
         })
+        .collect()
+}
+
+/// Growth of counter `name` by `label` between two readings.
+fn grown(before: &Reading, after: &Reading, name: &str, label: &str) -> BTreeMap<String, f64> {
+    growth(&before.counts(name, label), &after.counts(name, label))
+}
+
+/// Microseconds grown, as shares of `elapsed`, largest first.
+fn shares(micros: &BTreeMap<String, f64>, elapsed: Duration) -> Vec<(String, f64)> {
+    let elapsed_us = (elapsed.as_secs_f64() * 1e6).max(1.0);
+    let mut shares: Vec<(String, f64)> = micros
+        .iter()
+        .map(|(k, us)| (k.clone(), us / elapsed_us))
         .collect();
     shares.sort_by(|a, b| b.1.total_cmp(&a.1));
     shares
@@ -137,19 +147,29 @@ impl Contention {
         elapsed: Duration,
         lock_waits: u64,
     ) -> Contention {
-        const BUS_HOLD: &str = "sterling_embedded_bus_hold_seconds";
-        const COMMIT: &str = "sterling_embedded_store_commit_seconds";
+        let bus = |name| grown(before, after, name, "op");
+        let store = |name| grown(before, after, name, "store");
         let bus_busy_by_op = shares(
-            &before.sums(BUS_HOLD, "op"),
-            &after.sums(BUS_HOLD, "op"),
+            &bus("sterling_embedded_bus_held_microseconds_total"),
             elapsed,
         );
+        let waited: f64 = bus("sterling_embedded_bus_waited_microseconds_total")
+            .values()
+            .sum();
+        let operations: f64 = bus("sterling_embedded_bus_operations_total").values().sum();
         let mut writers_busy = shares(
-            &before.sums(COMMIT, "store"),
-            &after.sums(COMMIT, "store"),
+            &store("sterling_embedded_store_committing_microseconds_total"),
             elapsed,
         );
         writers_busy.truncate(3);
+        let writes = store("sterling_embedded_store_writes_total");
+        let writer_longest_mean_queue = store("sterling_embedded_store_queued_microseconds_total")
+            .into_iter()
+            .filter_map(|(name, us)| {
+                let n = writes.get(&name).copied().filter(|n| *n > 0.0)?;
+                Some((name, Duration::from_secs_f64(us / n / 1e6)))
+            })
+            .max_by_key(|(_, d)| *d);
         Contention {
             slowest_calls: after.slowest(
                 "sterling_server_request_duration_seconds",
@@ -158,13 +178,9 @@ impl Contention {
             ),
             bus_busy: bus_busy_by_op.iter().map(|(_, s)| s).sum(),
             bus_busy_by_op,
-            bus_longest_wait: after
-                .slowest("sterling_embedded_bus_wait_seconds", &["op"], 1)
-                .pop(),
+            bus_mean_wait: Duration::from_secs_f64(waited / operations.max(1.0) / 1e6),
             writers_busy,
-            writer_longest_queue: after
-                .slowest("sterling_embedded_store_queue_seconds", &["store"], 1)
-                .pop(),
+            writer_longest_mean_queue,
             lock_waits,
         }
     }
@@ -204,16 +220,16 @@ impl std::fmt::Display for Contention {
         )?;
         writeln!(
             f,
-            "  bus connection busy {:.0}% ({}), longest wait {}",
+            "  bus connection busy {:.0}% ({}), mean wait {:.3} ms",
             self.bus_busy * 100.0,
             pct(&self.bus_busy_by_op),
-            longest(&self.bus_longest_wait)
+            ms(&self.bus_mean_wait)
         )?;
         write!(
             f,
-            "  store writers busiest: {}; longest queue {}; SQLite lock waits {}",
+            "  store writers busiest: {}; longest mean queue {}; SQLite lock waits {}",
             pct(&self.writers_busy),
-            longest(&self.writer_longest_queue),
+            longest(&self.writer_longest_mean_queue),
             self.lock_waits
         )
     }
@@ -224,10 +240,9 @@ mod tests {
     use super::*;
 
     const RENDERED: &str = "\
-# TYPE sterling_embedded_bus_hold_seconds summary
-sterling_embedded_bus_hold_seconds{op=\"publish\",quantile=\"1\"} 0.004
-sterling_embedded_bus_hold_seconds_sum{op=\"publish\"} 1.5
-sterling_embedded_bus_hold_seconds_sum{op=\"take\"} 0.5
+# TYPE sterling_embedded_bus_held_microseconds_total counter
+sterling_embedded_bus_held_microseconds_total{op=\"publish\"} 1500000
+sterling_embedded_bus_held_microseconds_total{op=\"take\"} 500000
 sterling_consumer_backlog_events{service=\"feed\",consumer=\"feed-items\"} 3
 sterling_server_request_duration_seconds{service=\"ledger\",method=\"/ledger.v1.Ledger/Hold\",quantile=\"1\"} 0.12
 sterling_server_request_duration_seconds{service=\"ledger\",method=\"/ledger.v1.Ledger/Hold\",quantile=\"0.5\"} 0.002

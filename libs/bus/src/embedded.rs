@@ -94,9 +94,11 @@ impl Shared {
     }
 }
 
-/// Runs `work` on the bus's connection, recording how long operation `op` waited for it
-/// (`sterling_embedded_bus_wait_seconds{op}`) and held it (`sterling_embedded_bus_hold_seconds{op}`;
-/// its sum is how busy the connection was).
+/// Runs `work` on the bus's connection, counting operation `op`
+/// (`sterling_embedded_bus_operations_total{op}`) and the microseconds it waited for the
+/// connection (`sterling_embedded_bus_waited_microseconds_total{op}`) and held it
+/// (`sterling_embedded_bus_held_microseconds_total{op}`: how busy the connection was). Counters,
+/// not histograms: a sample kept per operation costs memory at thousands a second.
 fn hold<T>(
     connection: &Mutex<Connection>,
     op: &'static str,
@@ -107,12 +109,14 @@ fn hold<T>(
         .lock()
         .map_err(|_| BusError::Unavailable("bus lock poisoned".into()))?;
     let taken = Instant::now();
-    metrics::histogram!("sterling_embedded_bus_wait_seconds", "op" => op)
-        .record((taken - asked).as_secs_f64());
     let result = work(&mut guard);
     drop(guard);
-    metrics::histogram!("sterling_embedded_bus_hold_seconds", "op" => op)
-        .record(taken.elapsed().as_secs_f64());
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    metrics::counter!("sterling_embedded_bus_operations_total", "op" => op).increment(1);
+    metrics::counter!("sterling_embedded_bus_waited_microseconds_total", "op" => op)
+        .increment(micros(taken - asked));
+    metrics::counter!("sterling_embedded_bus_held_microseconds_total", "op" => op)
+        .increment(micros(taken.elapsed()));
     result
 }
 
@@ -136,6 +140,11 @@ impl SqliteBus {
         }
         let connection = Connection::open(path).map_err(err)?;
         no_commit_checkpoints(&connection).map_err(err)?;
+        // In WAL mode before the checkpointer's connection opens it: a connection that found
+        // the file in another mode never checkpoints it.
+        connection
+            .execute_batch("PRAGMA journal_mode=WAL;")
+            .map_err(err)?;
         let checkpointer = Checkpointer::start(path, CHECKPOINT_EVERY)
             .map_err(|e| BusError::Unavailable(format!("{}: {e}", path.display())))?;
         Self::with_connection(connection, fsync_publishes, Some(checkpointer))

@@ -97,3 +97,30 @@ async fn concurrent_publishes_are_each_stored_once_and_survive_a_restart() {
     let stored = bus.browse(subject, 0, 1000).await.unwrap();
     assert_eq!(stored.len(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_ahead_log_is_checkpointed_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sqlite");
+    let bus = SqliteBus::open(&path).unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    // One at a time: every publish its own commit, each appending pages to the WAL.
+    for i in 0..2_000 {
+        bus.publish(&event(&format!("w{i}"), "card.authorisation.approved"))
+            .await
+            .unwrap();
+    }
+    let wal = dir.path().join("bus.sqlite-wal");
+    assert!(size(&wal) > 1_000_000, "the WAL holds the commits");
+    // Only a checkpoint writes the database file itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size(&path) < 200_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing checkpointed: database {} bytes, WAL {} bytes",
+            size(&path),
+            size(&wal)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -79,6 +79,14 @@ fn busy_step(attempt: i32) -> Duration {
     }
 }
 
+/// The next group for a writer thread that commits in groups: waits for one job on `jobs`,
+/// then takes whatever else is queued already, `max` at most. `None` once every sender is gone.
+pub fn next_group<T>(jobs: &std::sync::mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut group = vec![jobs.recv().ok()?];
+    group.extend(jobs.try_iter().take(max.saturating_sub(1)));
+    Some(group)
+}
+
 /// What the last checkpoint found and did, in WAL frames (pages).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointProgress {
@@ -113,6 +121,14 @@ impl Checkpointer {
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(std::io::Error::other)?;
         no_commit_checkpoints(&connection).map_err(std::io::Error::other)?;
+        // A checkpoint that meets a writer mid-commit waits a moment rather than failing: one
+        // that fails every time leaves the WAL growing without bound.
+        wait_when_busy(&connection).map_err(std::io::Error::other)?;
+        // Reading the file once makes the connection see it is in WAL mode; until then a
+        // checkpoint on it does nothing.
+        connection
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(std::io::Error::other)?;
         let state = Arc::new(State::default());
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())

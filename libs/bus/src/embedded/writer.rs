@@ -9,10 +9,11 @@
 //! error; writing again is safe (the bus deduplicates on the event id, and an ack of a delivery
 //! already acked removes nothing).
 
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
+use sterling_sqlite::next_group;
 use tokio::sync::oneshot;
 
 use super::{err, hold, insert_message};
@@ -90,14 +91,7 @@ impl Writer {
 
 /// The writer thread: a group at a time, until every handle is gone.
 fn run(jobs: &Receiver<Job>, connection: &Mutex<Connection>, fsync: bool) {
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
+    while let Some(group) = next_group(jobs, MAX_GROUP) {
         let publishes = group
             .iter()
             .any(|job| matches!(job.write, Write::Publish { .. }));

@@ -10,18 +10,21 @@
 //! compare-and-set meaning: a group is the callers' batches one after the other, exactly as if
 //! committed one by one in queue order.
 //!
-//! Metrics, by store: `sterling_embedded_store_queue_seconds` (from a caller's queueing to its
-//! group's commit starting), `sterling_embedded_store_commit_seconds` (one group, applied and
-//! committed; its sum is how busy the writer was) and `sterling_embedded_store_group_callers`.
+//! Metrics, by store (counters: a sample kept per write would cost memory at thousands a
+//! second): `sterling_embedded_store_writes_total` and `sterling_embedded_store_commits_total`
+//! (their ratio is the callers per commit), `sterling_embedded_store_queued_microseconds_total`
+//! (from each caller's queueing to its group's commit starting) and
+//! `sterling_embedded_store_committing_microseconds_total` (how busy the writer was).
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use metrics::Histogram;
+use metrics::Counter;
 
 use rusqlite::Connection;
+use sterling_sqlite::next_group;
 use tokio::sync::oneshot;
 
 use super::{apply_in, sql_err};
@@ -38,22 +41,29 @@ struct Job {
     queued: Instant,
 }
 
-/// What the writer records about its groups.
+/// What the writer counts about its groups.
 struct WriterMetrics {
-    queue: Histogram,
-    commit: Histogram,
-    callers: Histogram,
+    writes: Counter,
+    commits: Counter,
+    queued_us: Counter,
+    committing_us: Counter,
 }
 
 impl WriterMetrics {
     fn new(store: &str) -> Self {
-        let store = store.to_string();
+        let counter = |name: &'static str| metrics::counter!(name, "store" => store.to_string());
         WriterMetrics {
-            queue: metrics::histogram!("sterling_embedded_store_queue_seconds", "store" => store.clone()),
-            commit: metrics::histogram!("sterling_embedded_store_commit_seconds", "store" => store.clone()),
-            callers: metrics::histogram!("sterling_embedded_store_group_callers", "store" => store),
+            writes: counter("sterling_embedded_store_writes_total"),
+            commits: counter("sterling_embedded_store_commits_total"),
+            queued_us: counter("sterling_embedded_store_queued_microseconds_total"),
+            committing_us: counter("sterling_embedded_store_committing_microseconds_total"),
         }
     }
+}
+
+/// Whole microseconds of `d`.
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The handle callers queue to; the thread stops when the last handle is dropped.
@@ -101,19 +111,12 @@ fn run(
     tables: &BTreeMap<String, TableSchema>,
     metrics: &WriterMetrics,
 ) {
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
+    while let Some(group) = next_group(&jobs, MAX_GROUP) {
         let started = Instant::now();
-        for job in &group {
-            metrics.queue.record((started - job.queued).as_secs_f64());
-        }
-        metrics.callers.record(group.len() as f64);
+        let queued: u64 = group.iter().map(|job| micros(started - job.queued)).sum();
+        metrics.queued_us.increment(queued);
+        metrics.writes.increment(group.len() as u64);
+        metrics.commits.increment(1);
         let results = match connection.lock() {
             Ok(mut conn) => commit_group(&mut conn, tables, &group),
             Err(_) => group
@@ -121,7 +124,7 @@ fn run(
                 .map(|_| Err(StorageError::Unavailable("store lock poisoned".into())))
                 .collect(),
         };
-        metrics.commit.record(started.elapsed().as_secs_f64());
+        metrics.committing_us.increment(micros(started.elapsed()));
         for (job, result) in group.into_iter().zip(results) {
             // A caller that gave up (its future dropped) is not waiting for the answer.
             let _ = job.answer.send(result);
