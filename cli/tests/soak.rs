@@ -158,8 +158,15 @@ impl Drop for Fleet {
     }
 }
 
-/// Waits until every service is registered in discovery.
-async fn registered(discovery: &NatsDiscovery, services: &[&str], limit: Duration) {
+/// Waits until every service is registered in discovery, starting again any that ended by
+/// itself meanwhile (one that found Cassandra not yet accepting connections, just after an
+/// earlier test restarted it, exits, as it would under a container's restart policy).
+async fn registered(
+    fleet: &mut Fleet,
+    discovery: &NatsDiscovery,
+    services: &[&str],
+    limit: Duration,
+) {
     let deadline = Instant::now() + limit;
     for service in services {
         while discovery
@@ -168,6 +175,7 @@ async fn registered(discovery: &NatsDiscovery, services: &[&str], limit: Duratio
             .map_or(true, |r| r.is_empty())
         {
             assert!(Instant::now() < deadline, "{service} never registered");
+            fleet.revive();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -277,7 +285,7 @@ async fn a_soak_with_services_killed_and_engines_restarted_keeps_every_rule() {
     let names: Vec<&'static str> = fleet.ports.keys().copied().collect();
     for service in &names {
         fleet.spawn(service);
-        registered(&discovery, &[service], Duration::from_secs(120)).await;
+        registered(&mut fleet, &discovery, &[service], Duration::from_secs(120)).await;
     }
     let reach = Reach {
         discovery: discovery.clone(),
