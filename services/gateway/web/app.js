@@ -8,6 +8,7 @@ let token = sessionStorage.getItem("sterling-token");
 let account = null;
 let card = null;
 let feedStream = null;
+let balanceVersion = 0;
 
 /** Minor units as text with two decimals: 1250 -> "12.50", never through floats. */
 function money(m) {
@@ -85,6 +86,7 @@ function render() {
 async function load() {
   const listed = await api("GET", "/v1/accounts");
   account = listed.accounts[0] || null;
+  balanceVersion = 0;
   render();
   if (!account) return;
   $("account-id").textContent = account.account_id;
@@ -105,8 +107,21 @@ function renderCard() {
 
 async function refreshBalance() {
   const read = await api("GET", `/v1/accounts/${account.account_id}`);
+  balanceVersion = Math.max(balanceVersion, Number(read.version || 0));
   $("balance").textContent = money(read.balance);
   $("available").textContent = money(read.available);
+  return balanceVersion;
+}
+
+/**
+ * The balance is a read model a moment behind the ledger: after moving money, reads it
+ * again (every 250 ms, for up to 10 s) until it has taken in a change newer than `before`.
+ */
+async function refreshBalanceAfter(before) {
+  for (let attempt = 0; attempt < 40; attempt++) {
+    if ((await refreshBalance()) > before) return;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 function renderItem(item) {
@@ -177,6 +192,7 @@ async function pay(event) {
   event.preventDefault();
   const minor = minorUnits($("terminal-amount").value);
   if (minor === null || minor < 1) return show(new Error("an amount like 12.50"));
+  const before = balanceVersion;
   try {
     const answer = await api("POST", `/v1/accounts/${account.account_id}/cards/${card.card_token}/terminal`, {
       body: { minor_units: minor },
@@ -184,7 +200,7 @@ async function pay(event) {
     });
     const why = answer.decision === "DECLINED" ? ` (${answer.reason})` : "";
     $("terminal-answer").textContent = `${answer.decision}${why}`;
-    await refreshBalance();
+    if (answer.decision === "APPROVED") await refreshBalanceAfter(before);
     show(null);
   } catch (e) {
     show(e);
@@ -196,10 +212,12 @@ $("sign-up").addEventListener("click", (e) => signIn(e, true));
 $("sign-out").addEventListener("click", signOut);
 $("open-account").addEventListener("click", () =>
   api("POST", "/v1/accounts", { body: { currency: "GBP" }, idempotencyKey: key() }).then(load).catch(show));
-$("top-up").addEventListener("click", () =>
+$("top-up").addEventListener("click", () => {
+  const before = balanceVersion;
   api("POST", `/v1/accounts/${account.account_id}/top-ups`, { body: { minor_units: 5000 }, idempotencyKey: key() })
-    .then(refreshBalance)
-    .catch(show));
+    .then(() => refreshBalanceAfter(before))
+    .catch(show);
+});
 $("freeze").addEventListener("click", () => setFrozen(true));
 $("unfreeze").addEventListener("click", () => setFrozen(false));
 $("terminal").addEventListener("submit", pay);
