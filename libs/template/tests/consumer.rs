@@ -112,3 +112,103 @@ async fn outcomes_follow_the_policy_and_are_counted() {
     );
     running.stop().await;
 }
+
+/// The order key of the test's events: their type (`order.a`, `order.b`, ...).
+fn by_type(envelope: &sterling_proto::events::v1::Envelope) -> Option<String> {
+    Some(envelope.r#type.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keys_events_are_handled_in_order_and_different_keys_at_once() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::from_env().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    let platform = Platform::embedded(config).unwrap();
+    // Per key: the sequence numbers in the order handled, and how many were in hand at once.
+    let handled: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+    let in_hand: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let most_keys_at_once = Arc::new(AtomicU32::new(0));
+    let most_of_one_key = Arc::new(AtomicU32::new(0));
+    let (seen, busy, most) = (handled.clone(), in_hand.clone(), most_keys_at_once.clone());
+    let most_of_one = most_of_one_key.clone();
+    let running = platform::start_with(
+        "audit-o",
+        &[],
+        &[],
+        &[],
+        &platform,
+        "127.0.0.1:0".parse().unwrap(),
+        move |ctx| {
+            Box::pin(async move {
+                let config = ConsumerConfig {
+                    concurrency: 8,
+                    ..ConsumerConfig::new("audit-o", &["order.>"])
+                };
+                ctx.consume_in_order(config, Some(by_type), move |envelope| {
+                    let (seen, busy, most) = (seen.clone(), busy.clone(), most.clone());
+                    let most_of_one = most_of_one.clone();
+                    async move {
+                        let key = envelope.r#type.clone();
+                        let sequence: u32 = envelope.request_id.parse().unwrap();
+                        {
+                            let mut busy = busy.lock().unwrap();
+                            let mine = busy.entry(key.clone()).or_default();
+                            *mine += 1;
+                            most_of_one.fetch_max(*mine, Ordering::SeqCst);
+                            let keys = busy.values().filter(|n| **n > 0).count() as u32;
+                            most.fetch_max(keys, Ordering::SeqCst);
+                        }
+                        // Later events of a key are quicker, so any reordering would show.
+                        tokio::time::sleep(Duration::from_millis(u64::from(20 - sequence))).await;
+                        seen.lock()
+                            .unwrap()
+                            .entry(key.clone())
+                            .or_default()
+                            .push(sequence);
+                        *busy.lock().unwrap().get_mut(&key).unwrap() -= 1;
+                        Ok(())
+                    }
+                });
+                Ok(Api::Grpc(Default::default()))
+            })
+        },
+    )
+    .await
+    .unwrap();
+
+    for sequence in 0..20u32 {
+        for key in ["order.a", "order.b", "order.c"] {
+            let mut envelope = outbox::event(key, &sterling_proto::events::v1::Envelope::default());
+            envelope.request_id = sequence.to_string();
+            platform.bus.publish(&envelope).await.unwrap();
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while handled
+        .lock()
+        .unwrap()
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < 60
+    {
+        assert!(tokio::time::Instant::now() < deadline, "events not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    let handled = handled.lock().unwrap();
+    for key in ["order.a", "order.b", "order.c"] {
+        assert_eq!(
+            handled[key],
+            (0..20).collect::<Vec<_>>(),
+            "{key} out of order"
+        );
+    }
+    assert!(
+        most_keys_at_once.load(Ordering::SeqCst) >= 2,
+        "different keys were never handled at once"
+    );
+}

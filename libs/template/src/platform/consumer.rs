@@ -11,6 +11,10 @@
 //! - any other error, or a panic of the handler, naks it for redelivery with the consumer's
 //!   backoff.
 //!
+//! Deliveries are handled up to `concurrency` at once. A consumer with an ordering key
+//! ([`OrderKey`]) handles the events of one key (an account) one after another, in the order
+//! they were delivered, and different keys at once.
+//!
 //! While a delivery is being handled the bus is told so every third of the ack wait, so a slow
 //! handler is not delivered again beside itself (each copy would count towards `max_deliver`).
 //!
@@ -30,7 +34,7 @@ use futures::FutureExt;
 use metrics::{Counter, Gauge, Histogram};
 use sterling_bus::{Bus, ConsumerConfig, Delivery, Subscription};
 use sterling_storage::{Mutation, Row, SharedStore, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -96,6 +100,35 @@ impl ConsumerMetrics {
     }
 }
 
+/// What orders a consumer's events: the key an event belongs to (an account id), or `None`
+/// for an event that may be handled beside any other. Events of one key are handled one after
+/// another, in the order they were delivered.
+pub type OrderKey = fn(&sterling_bus::Envelope) -> Option<String>;
+
+/// Keys with a delivery in hand, above which the finished ones are forgotten.
+const KEYS_REMEMBERED: usize = 1024;
+
+/// The last delivery taken for each key, for the next one of that key to wait for.
+#[derive(Default)]
+struct KeyOrder {
+    /// Closed (its sender dropped) when that key's last delivery is settled.
+    last: std::collections::HashMap<String, oneshot::Receiver<()>>,
+}
+
+impl KeyOrder {
+    /// Takes the next delivery of `key`: what it waits for (its key's delivery before it,
+    /// if still in hand), and what it drops when settled.
+    fn take(&mut self, key: String) -> (Option<oneshot::Receiver<()>>, oneshot::Sender<()>) {
+        if self.last.len() >= KEYS_REMEMBERED {
+            self.last.retain(|_, settled| {
+                matches!(settled.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            });
+        }
+        let (done, settled) = oneshot::channel();
+        (self.last.insert(key, settled), done)
+    }
+}
+
 /// One durable consumer of one service.
 pub(crate) struct Consumer<F> {
     pub(crate) service: &'static str,
@@ -103,6 +136,8 @@ pub(crate) struct Consumer<F> {
     pub(crate) bus: std::sync::Arc<dyn Bus>,
     pub(crate) store: SharedStore,
     pub(crate) handler: F,
+    /// What orders its events, if anything.
+    pub(crate) order: Option<OrderKey>,
     /// The fail point before its handler: `consumer::<durable>`.
     pub(crate) fail_point: String,
 }
@@ -157,7 +192,8 @@ where
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
     /// Subscribes (retrying until the bus answers) and handles deliveries until `stopping`,
-    /// up to `config.concurrency` at once; on stopping, the deliveries in hand are finished.
+    /// up to `config.concurrency` at once (one key's in order); on stopping, the deliveries in
+    /// hand are finished.
     pub(crate) async fn run(self, stopping: CancellationToken) {
         let metrics = Arc::new(ConsumerMetrics::new(self.service, &self.config.durable));
         tokio::spawn(sample_backlog(
@@ -173,6 +209,7 @@ where
         let slots = self.config.concurrency.max(1);
         let in_hand = Arc::new(Semaphore::new(slots));
         let consumer = Arc::new(self);
+        let mut order = KeyOrder::default();
         loop {
             let next = tokio::select! {
                 _ = stopping.cancelled() => break,
@@ -187,10 +224,19 @@ where
                     metrics
                         .lag
                         .record(Duration::from_millis(lag_ms.max(0) as u64).as_secs_f64());
+                    let key = consumer.order.and_then(|key| key(&delivery.envelope));
+                    let (before, done) = match key.map(|key| order.take(key)) {
+                        Some((before, done)) => (before, Some(done)),
+                        None => (None, None),
+                    };
                     let (consumer, metrics) = (consumer.clone(), metrics.clone());
                     tokio::spawn(async move {
+                        if let Some(before) = before {
+                            // Closed, never sent: settled, or its task is gone.
+                            let _ = before.await;
+                        }
                         metrics.record(consumer.deliver(delivery).await);
-                        drop(slot);
+                        drop((done, slot));
                     });
                 }
                 Err(e) => {

@@ -19,6 +19,7 @@ pub mod process;
 pub mod service;
 
 pub use config::{BusSpec, ConfigError, DiscoverySpec, LogFormat, PlatformConfig, StorageBackend};
+pub use consumer::OrderKey;
 pub use engines::{Platform, open_discovery, open_store};
 pub use health::Checker;
 pub use lifecycle::{RunningService, start, start_with};

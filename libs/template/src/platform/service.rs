@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::config::ConfigError;
-use super::consumer::Consumer;
+use super::consumer::{Consumer, OrderKey};
 use super::engines::Platform;
 use super::health::{BusChecker, Checker, Health};
 use crate::client::GrpcChannel;
@@ -283,6 +283,21 @@ impl ServiceContext {
         F: Fn(Envelope) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
+        self.consume_in_order(config, None, handler)
+    }
+
+    /// [`ServiceContext::consume`], with the events of one key (`order`: an account's, say)
+    /// handled one after another in the order delivered, and different keys up to
+    /// `config.concurrency` at once.
+    pub fn consume_in_order<F, Fut>(
+        &self,
+        config: ConsumerConfig,
+        order: Option<OrderKey>,
+        handler: F,
+    ) where
+        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
         self.add_checker(Arc::new(BusChecker(self.platform.bus.clone())));
         self.consumers
             .lock()
@@ -295,6 +310,7 @@ impl ServiceContext {
             bus: self.platform.bus.clone(),
             store: self.store.clone(),
             handler,
+            order,
         };
         self.add_draining(tokio::spawn(consumer.run(self.stopping.clone())));
     }
