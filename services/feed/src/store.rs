@@ -197,11 +197,12 @@ impl FeedStore {
             }
         }
         if !row.0.is_empty() {
+            // The month's entry first, then the item (one commit on the embedded store).
             self.store
-                .apply(vec![ITEMS.month_entry(&account_id, &item_id)])
-                .await?;
-            self.store
-                .apply(vec![Mutation::insert(ITEMS.table, row)])
+                .apply_in_order(vec![
+                    vec![ITEMS.month_entry(&account_id, &item_id)],
+                    vec![Mutation::insert(ITEMS.table, row)],
+                ])
                 .await?;
         }
         if let Some(row) = self

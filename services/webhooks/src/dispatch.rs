@@ -221,19 +221,17 @@ impl Dispatcher {
                 .with("attempts", 0i64)
                 .with("next_attempt_at", Value::Timestamp(now))
                 .with("created_at", Value::Timestamp(now));
-            self.store
-                .apply(vec![
-                    DELIVERIES.month_entry(&webhook.webhook_id, &envelope.event_id),
-                ])
-                .await?;
-            let still_pending = match self
+            // The month's entry first, then the delivery (one commit on the embedded store).
+            let created = self
                 .store
-                .apply(vec![Mutation::insert_if_not_exists(
-                    DELIVERIES.table,
-                    delivery,
-                )])
+                .apply_in_order(vec![
+                    vec![DELIVERIES.month_entry(&webhook.webhook_id, &envelope.event_id)],
+                    vec![Mutation::insert_if_not_exists(DELIVERIES.table, delivery)],
+                ])
                 .await?
-            {
+                .pop()
+                .unwrap_or(Applied::Yes);
+            let still_pending = match created {
                 Applied::Yes => true,
                 // Queued before: only re-queue if it never got into the pending set.
                 Applied::No(current) => current
