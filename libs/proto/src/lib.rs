@@ -9,6 +9,24 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 // contracts found under proto/.
 include!(concat!(env!("OUT_DIR"), "/packages.rs"));
 
+/// The account an event is about, read from its payload: a card decision's, a card
+/// payment update's or an enrichment's; `None` for any other event, one without an account,
+/// or one that does not decode. Consumers handle one account's events in order by it.
+pub fn account_of(envelope: &events::v1::Envelope) -> Option<String> {
+    use events::v1::{CardAuthorisationDecided, CardPaymentUpdated, TransactionEnriched};
+    use prost::Message;
+    let payload = envelope.payload.as_slice();
+    let account_id = match envelope.r#type.as_str() {
+        event_types::CARD_AUTHORISATION_APPROVED | event_types::CARD_AUTHORISATION_DECLINED => {
+            CardAuthorisationDecided::decode(payload).ok()?.account_id
+        }
+        t if t.starts_with("card.payment.") => CardPaymentUpdated::decode(payload).ok()?.account_id,
+        event_types::TRANSACTION_ENRICHED => TransactionEnriched::decode(payload).ok()?.account_id,
+        _ => return None,
+    };
+    Some(account_id).filter(|a| !a.is_empty())
+}
+
 /// Event types, which are also the bus subjects.
 pub mod event_types {
     /// A card authorisation was approved (`CardAuthorisationDecided`).

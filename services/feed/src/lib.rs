@@ -20,10 +20,6 @@ use crate::store::FeedStore;
 /// The public API service that calls for an account's owner.
 const ACCOUNTS: &str = "accounts";
 
-/// Events each consumer handles at once: different accounts' side by side, one account's one
-/// after another in order.
-const CONCURRENCY: usize = 8;
-
 /// The versioned migrations of the `sterling_feed` keyspace.
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_feed.cql",
@@ -50,14 +46,13 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     feed.move_first_table().await?;
     let config = ConsumerConfig {
         ack_wait: Duration::from_secs(10),
-        concurrency: CONCURRENCY,
         ..ConsumerConfig::new(
             "feed",
             &[types::CARD_AUTHORISATION_ALL, types::TRANSACTION_ENRICHED],
         )
     };
     let consumer = feed.clone();
-    ctx.consume_in_order(config, Some(store::account_of), move |envelope| {
+    ctx.consume_by_account(config, move |envelope| {
         let feed = consumer.clone();
         async move { feed.apply_event(&envelope).await }
     });
@@ -66,10 +61,9 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let payments = feed.clone();
     let payment_config = ConsumerConfig {
         ack_wait: Duration::from_secs(10),
-        concurrency: CONCURRENCY,
         ..ConsumerConfig::new("feed-payments", &[types::CARD_PAYMENT_ALL])
     };
-    ctx.consume_in_order(payment_config, Some(store::account_of), move |envelope| {
+    ctx.consume_by_account(payment_config, move |envelope| {
         let feed = payments.clone();
         async move { feed.apply_event(&envelope).await }
     });

@@ -128,21 +128,6 @@ fn enrichment_row(e: &TransactionEnriched, occurred_at_ms: i64) -> Row {
         .with("enriched_at", Value::Timestamp(occurred_at_ms.max(1)))
 }
 
-/// The account an event of the feed's is about: its events are applied one after another,
-/// other accounts' beside them. `None` for one it cannot read (applying it says why).
-pub fn account_of(envelope: &Envelope) -> Option<String> {
-    let payload = envelope.payload.as_slice();
-    let account_id = match envelope.r#type.as_str() {
-        types::CARD_AUTHORISATION_APPROVED | types::CARD_AUTHORISATION_DECLINED => {
-            CardAuthorisationDecided::decode(payload).ok()?.account_id
-        }
-        t if t.starts_with("card.payment.") => CardPaymentUpdated::decode(payload).ok()?.account_id,
-        types::TRANSACTION_ENRICHED => TransactionEnriched::decode(payload).ok()?.account_id,
-        _ => return None,
-    };
-    Some(account_id).filter(|a| !a.is_empty())
-}
-
 impl FeedStore {
     /// The feed over the service's store.
     pub fn new(store: SharedStore) -> Self {

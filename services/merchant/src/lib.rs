@@ -50,7 +50,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         ack_wait: Duration::from_secs(10),
         ..ConsumerConfig::new("merchant", &[types::CARD_AUTHORISATION_ALL])
     };
-    ctx.consume(config, move |envelope| {
+    ctx.consume_by_account(config, move |envelope| {
         let enricher = enricher.clone();
         async move { enricher.handle(envelope).await }
     });

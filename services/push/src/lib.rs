@@ -69,7 +69,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let gateway = Gateway::new(&url, ctx.platform.discovery.clone())?;
     let notifier = Notifier::new(ctx.store.clone(), gateway);
     let consumer = notifier.clone();
-    ctx.consume(consumer_config(), move |envelope| {
+    ctx.consume_by_account(consumer_config(), move |envelope| {
         let notifier = consumer.clone();
         async move { notifier.handle(envelope).await }
     });
@@ -79,7 +79,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         subjects: vec![types::CARD_PAYMENT_ALL.into()],
         ..consumer_config()
     };
-    ctx.consume(payment_config, move |envelope| {
+    ctx.consume_by_account(payment_config, move |envelope| {
         let notifier = payments.clone();
         async move { notifier.handle(envelope).await }
     });

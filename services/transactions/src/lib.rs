@@ -56,7 +56,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let transactions = TransactionStore::new(ctx.store.clone());
     transactions.move_first_table().await?;
     let enrichments = transactions.clone();
-    ctx.consume(
+    ctx.consume_by_account(
         ConsumerConfig::new("transactions", &[types::TRANSACTION_ENRICHED]),
         move |envelope| {
             let transactions = enrichments.clone();
@@ -78,7 +78,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         },
     );
     let payments = transactions.clone();
-    ctx.consume(
+    ctx.consume_by_account(
         ConsumerConfig::new("transactions-payments", &[types::CARD_PAYMENT_ALL]),
         move |envelope| {
             let transactions = payments.clone();

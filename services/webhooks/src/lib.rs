@@ -107,7 +107,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     dispatcher.move_first_table().await?;
     ctx.spawn(dispatcher.clone().run(ctx.stopping()));
     let queue = dispatcher.clone();
-    ctx.consume(
+    ctx.consume_by_account(
         ConsumerConfig::new("webhooks", &[types::CARD_AUTHORISATION_ALL]),
         move |envelope| {
             let dispatcher = queue.clone();
@@ -116,7 +116,7 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     );
     // The rest of a payment's life, on a durable of its own.
     let payments = dispatcher.clone();
-    ctx.consume(
+    ctx.consume_by_account(
         ConsumerConfig::new("webhooks-payments", &[types::CARD_PAYMENT_ALL]),
         move |envelope| {
             let dispatcher = payments.clone();

@@ -89,6 +89,10 @@ pub enum Api {
 /// path prefixes it serves: what the gateway watches to route.
 pub const PUBLIC_API: &str = "public-api";
 
+/// Accounts whose events a consumer ordered by account handles at once
+/// ([`ServiceContext::consume_by_account`]).
+pub const ACCOUNTS_AT_ONCE: usize = 8;
+
 /// An HTTP/JSON API serving paths under `prefixes` (`/v1/accounts`) of the bank's public API.
 /// The gateway finds it through discovery ([`PUBLIC_API`]) and is its only caller; each
 /// request carries the customer the gateway authenticated, as
@@ -284,6 +288,21 @@ impl ServiceContext {
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.consume_in_order(config, None, handler)
+    }
+
+    /// [`ServiceContext::consume`] for events about accounts ([`sterling_proto::account_of`]):
+    /// one account's events one after another in the order delivered, up to
+    /// [`ACCOUNTS_AT_ONCE`] accounts at once (the config's `concurrency` is set to it).
+    pub fn consume_by_account<F, Fut>(&self, config: ConsumerConfig, handler: F)
+    where
+        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let config = ConsumerConfig {
+            concurrency: ACCOUNTS_AT_ONCE,
+            ..config
+        };
+        self.consume_in_order(config, Some(sterling_proto::account_of), handler)
     }
 
     /// [`ServiceContext::consume`], with the events of one key (`order`: an account's, say)
