@@ -105,6 +105,9 @@ pub struct Contention {
     pub writers_busy: Vec<(String, f64)>,
     /// The store whose writes queued longest for its writer, on average, and how long.
     pub writer_longest_mean_queue: Option<(String, Duration)>,
+    /// Commits and bus operations that held their file longer than [`sterling_storage::embedded::SLOW`],
+    /// most first: `bus publish`, `store ledger`.
+    pub slow: Vec<(String, f64)>,
     /// Times an embedded SQLite connection waited for a lock another connection of its file
     /// held.
     pub lock_waits: u64,
@@ -170,6 +173,19 @@ impl Contention {
                 Some((name, Duration::from_secs_f64(us / n / 1e6)))
             })
             .max_by_key(|(_, d)| *d);
+        let slow_bus = bus("sterling_embedded_bus_slow_operations_total");
+        let slow_stores = store("sterling_embedded_store_slow_commits_total");
+        let mut slow: Vec<(String, f64)> = slow_bus
+            .into_iter()
+            .map(|(op, n)| (format!("bus {op}"), n))
+            .chain(
+                slow_stores
+                    .into_iter()
+                    .map(|(s, n)| (format!("store {s}"), n)),
+            )
+            .filter(|(_, n)| *n > 0.0)
+            .collect();
+        slow.sort_by(|a, b| b.1.total_cmp(&a.1));
         Contention {
             slowest_calls: after.slowest(
                 "sterling_server_request_duration_seconds",
@@ -181,6 +197,7 @@ impl Contention {
             bus_mean_wait: Duration::from_secs_f64(waited / operations.max(1.0) / 1e6),
             writers_busy,
             writer_longest_mean_queue,
+            slow,
             lock_waits,
         }
     }
@@ -225,12 +242,27 @@ impl std::fmt::Display for Contention {
             pct(&self.bus_busy_by_op),
             ms(&self.bus_mean_wait)
         )?;
-        write!(
+        writeln!(
             f,
             "  store writers busiest: {}; longest mean queue {}; SQLite lock waits {}",
             pct(&self.writers_busy),
             longest(&self.writer_longest_mean_queue),
             self.lock_waits
+        )?;
+        let slow: Vec<String> = self
+            .slow
+            .iter()
+            .map(|(what, n)| format!("{what} {n:.0}"))
+            .collect();
+        write!(
+            f,
+            "  held a file over {} ms: {}",
+            sterling_storage::embedded::SLOW.as_millis(),
+            if slow.is_empty() {
+                "none".to_string()
+            } else {
+                slow.join(", ")
+            }
         )
     }
 }
@@ -244,6 +276,9 @@ mod tests {
 sterling_embedded_bus_held_microseconds_total{op=\"publish\"} 1500000
 sterling_embedded_bus_held_microseconds_total{op=\"take\"} 500000
 sterling_consumer_backlog_events{service=\"feed\",consumer=\"feed-items\"} 3
+sterling_embedded_bus_slow_operations_total{op=\"publish\"} 1
+sterling_embedded_bus_slow_operations_total{op=\"take\"} 0
+sterling_embedded_store_slow_commits_total{store=\"ledger\"} 2
 sterling_server_request_duration_seconds{service=\"ledger\",method=\"/ledger.v1.Ledger/Hold\",quantile=\"1\"} 0.12
 sterling_server_request_duration_seconds{service=\"ledger\",method=\"/ledger.v1.Ledger/Hold\",quantile=\"0.5\"} 0.002
 ";
@@ -268,5 +303,16 @@ sterling_server_request_duration_seconds{service=\"ledger\",method=\"/ledger.v1.
             )]
         );
         assert_eq!(contention.lock_waits, 7);
+        let slow = vec![
+            ("store ledger".to_string(), 2.0),
+            ("bus publish".to_string(), 1.0),
+        ];
+        assert_eq!(contention.slow, slow);
+        assert!(
+            contention
+                .to_string()
+                .contains("held a file over 20 ms: store ledger 2, bus publish 1"),
+            "{contention}"
+        );
     }
 }

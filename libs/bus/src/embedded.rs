@@ -97,7 +97,9 @@ impl Shared {
 /// Runs `work` on the bus's connection, counting operation `op`
 /// (`sterling_embedded_bus_operations_total{op}`) and the microseconds it waited for the
 /// connection (`sterling_embedded_bus_waited_microseconds_total{op}`) and held it
-/// (`sterling_embedded_bus_held_microseconds_total{op}`: how busy the connection was). Counters,
+/// (`sterling_embedded_bus_held_microseconds_total{op}`: how busy the connection was), and the
+/// operations that held it longer than [`sterling_sqlite::SLOW`]
+/// (`sterling_embedded_bus_slow_operations_total{op}`). Counters,
 /// not histograms: a sample kept per operation costs memory at thousands a second.
 fn hold<T>(
     connection: &Mutex<Connection>,
@@ -115,8 +117,12 @@ fn hold<T>(
     metrics::counter!("sterling_embedded_bus_operations_total", "op" => op).increment(1);
     metrics::counter!("sterling_embedded_bus_waited_microseconds_total", "op" => op)
         .increment(micros(taken - asked));
+    let held = taken.elapsed();
     metrics::counter!("sterling_embedded_bus_held_microseconds_total", "op" => op)
-        .increment(micros(taken.elapsed()));
+        .increment(micros(held));
+    if held > sterling_sqlite::SLOW {
+        metrics::counter!("sterling_embedded_bus_slow_operations_total", "op" => op).increment(1);
+    }
     result
 }
 

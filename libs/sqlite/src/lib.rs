@@ -20,6 +20,11 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+/// A commit or operation that holds its connection longer than this is counted slow
+/// (`sterling_embedded_store_slow_commits_total`, `sterling_embedded_bus_slow_operations_total`):
+/// a fifth of the authorisation budget, spent on one file.
+pub const SLOW: Duration = Duration::from_millis(20);
+
 /// How often a [`Checkpointer`] checkpoints by default.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 

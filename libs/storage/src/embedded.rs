@@ -11,7 +11,7 @@
 
 mod writer;
 
-pub use sterling_sqlite::busy_waits;
+pub use sterling_sqlite::{SLOW, busy_waits};
 
 use std::collections::BTreeMap;
 use std::path::Path;

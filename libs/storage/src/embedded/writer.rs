@@ -14,7 +14,9 @@
 //! second): `sterling_embedded_store_writes_total` and `sterling_embedded_store_commits_total`
 //! (their ratio is the callers per commit), `sterling_embedded_store_queued_microseconds_total`
 //! (from each caller's queueing to its group's commit starting) and
-//! `sterling_embedded_store_committing_microseconds_total` (how busy the writer was).
+//! `sterling_embedded_store_committing_microseconds_total` (how busy the writer was), and
+//! `sterling_embedded_store_slow_commits_total` (groups that took longer than
+//! [`sterling_sqlite::SLOW`], lock and fsync included).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender};
@@ -24,7 +26,7 @@ use std::time::Instant;
 use metrics::Counter;
 
 use rusqlite::Connection;
-use sterling_sqlite::next_group;
+use sterling_sqlite::{SLOW, next_group};
 use tokio::sync::oneshot;
 
 use super::{apply_in, sql_err};
@@ -47,6 +49,7 @@ struct WriterMetrics {
     commits: Counter,
     queued_us: Counter,
     committing_us: Counter,
+    slow_commits: Counter,
 }
 
 impl WriterMetrics {
@@ -57,6 +60,7 @@ impl WriterMetrics {
             commits: counter("sterling_embedded_store_commits_total"),
             queued_us: counter("sterling_embedded_store_queued_microseconds_total"),
             committing_us: counter("sterling_embedded_store_committing_microseconds_total"),
+            slow_commits: counter("sterling_embedded_store_slow_commits_total"),
         }
     }
 }
@@ -124,7 +128,11 @@ fn run(
                 .map(|_| Err(StorageError::Unavailable("store lock poisoned".into())))
                 .collect(),
         };
-        metrics.committing_us.increment(micros(started.elapsed()));
+        let committing = started.elapsed();
+        metrics.committing_us.increment(micros(committing));
+        if committing > SLOW {
+            metrics.slow_commits.increment(1);
+        }
         for (job, result) in group.into_iter().zip(results) {
             // A caller that gave up (its future dropped) is not waiting for the answer.
             let _ = job.answer.send(result);
