@@ -265,11 +265,15 @@ fn dead_letter(tx: &Connection, durable: &str, seq: i64, reason: &str) -> Result
     Ok(())
 }
 
-/// Takes the next due delivery for `config`, leasing it for `ack_wait`.
-fn take_next(
-    conn: &mut Connection,
-    config: &ConsumerConfig,
-) -> Result<Option<(i64, u32, Vec<u8>)>> {
+/// A delivery taken: its sequence number, attempt and stored body.
+type Taken = (i64, u32, Vec<u8>);
+
+/// Messages past a consumer's cursor read in one take.
+const FRESH_PAGE: usize = 512;
+
+/// Takes the next due delivery for `config`, leasing it for `ack_wait`; and whether the stream
+/// may hold more past the cursor than this take read (a full page of [`FRESH_PAGE`]).
+fn take_next(conn: &mut Connection, config: &ConsumerConfig) -> Result<(Option<Taken>, bool)> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(err)?;
@@ -286,13 +290,15 @@ fn take_next(
     let fresh: Vec<(i64, String)> = {
         let mut stmt = tx
             .prepare_cached(
-                "SELECT seq, subject FROM messages WHERE seq > ?1 ORDER BY seq LIMIT 512",
+                "SELECT seq, subject FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .map_err(err)?;
-        stmt.query_map([cursor], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(err)?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(err)?
+        stmt.query_map(params![cursor, FRESH_PAGE as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(err)?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(err)?
     };
     if let Some((last, _)) = fresh.last() {
         for (seq, subject) in &fresh {
@@ -348,7 +354,7 @@ fn take_next(
         break Some((seq, deliveries + 1, body));
     };
     tx.commit().map_err(err)?;
-    Ok(result)
+    Ok((result, fresh.len() == FRESH_PAGE))
 }
 
 /// Events for `config`'s consumer not yet acked: its pending deliveries and the messages past
@@ -531,6 +537,9 @@ struct SqliteSubscription {
     seen: u64,
     /// When its next pending delivery falls due, as last read.
     due: Option<i64>,
+    /// When it last looked in the stream: it looks at least every [`IDLE_POLL`], however
+    /// busy the bus is with subjects it does not want (its cursor then keeps up with them).
+    looked_at: tokio::time::Instant,
 }
 
 #[async_trait]
@@ -544,19 +553,21 @@ impl Subscription for SqliteSubscription {
             }
             let config = self.config.clone();
             self.seen = *self.published.borrow_and_update();
-            let (taken, due) = self
+            self.looked_at = tokio::time::Instant::now();
+            let (taken, behind, due) = self
                 .bus
                 .blocking("take", move |c| {
-                    let taken = take_next(c, &config)?;
+                    let (taken, behind) = take_next(c, &config)?;
                     let due = match taken {
                         Some(_) => None,
                         None => next_due(c, &config.durable)?,
                     };
-                    Ok((taken, due))
+                    Ok((taken, behind, due))
                 })
                 .await?;
             self.due = due;
-            look = false;
+            // A full page read with nothing taken: the rest of the stream is looked at now.
+            look = behind && taken.is_none();
             if let Some((seq, attempt, body)) = taken {
                 let acker = SqliteAcker {
                     bus: self.bus.clone(),
@@ -589,12 +600,18 @@ impl SqliteSubscription {
     /// or an announcement of a subject this consumer wants (announcements of others are
     /// looked past without touching the stream). Whether to look.
     async fn wait(&mut self) -> bool {
-        let wait = self
-            .due
-            .map(|at| Duration::from_millis((at - now_ms()).max(1) as u64))
-            .unwrap_or(IDLE_POLL)
-            .min(IDLE_POLL);
-        match tokio::time::timeout(wait, self.published.changed()).await {
+        let poll = self.looked_at + IDLE_POLL;
+        let deadline = match self.due {
+            Some(at) => {
+                let due = Duration::from_millis((at - now_ms()).max(1) as u64);
+                poll.min(tokio::time::Instant::now() + due)
+            }
+            None => poll,
+        };
+        if deadline <= tokio::time::Instant::now() {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, self.published.changed()).await {
             Ok(_) => {
                 let latest = *self.published.borrow_and_update();
                 let look = self.bus.shared.concerns(&self.config, self.seen);
@@ -631,6 +648,7 @@ impl Bus for SqliteBus {
             ));
         }
         Ok(Box::new(SqliteSubscription {
+            looked_at: tokio::time::Instant::now(),
             bus: self.clone(),
             published: self.shared.published.subscribe(),
             config,

@@ -124,3 +124,54 @@ async fn the_write_ahead_log_is_checkpointed_into_the_database() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The cursor of durable `durable` in the bus file at `path`.
+fn cursor_of(path: &std::path::Path, durable: &str) -> i64 {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection
+        .query_row(
+            "SELECT cursor FROM consumers WHERE durable = ?1",
+            [durable],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_of_a_quiet_subject_keeps_up_with_a_busy_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sqlite");
+    let bus = SqliteBus::open(&path).unwrap();
+    let mut quiet = bus
+        .subscribe(ConsumerConfig::new("quiet", &["card.payment.*"]))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move { quiet.next().await.map(|d| d.envelope.event_id) });
+    // Other subjects, published without a pause of the idle poll's length, past a page's worth.
+    let mut published = 0;
+    let started = tokio::time::Instant::now();
+    while published < 600 || started.elapsed() < Duration::from_millis(900) {
+        let id = format!("busy-{published}");
+        bus.publish(&event(&id, "card.authorisation.approved"))
+            .await
+            .unwrap();
+        published += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // It looked while they were being published (at least every idle poll), and read past
+    // every page of them rather than one page a look.
+    let cursor = cursor_of(&path, "quiet");
+    assert!(
+        cursor > 512,
+        "the quiet consumer's cursor is at {cursor} of {published}"
+    );
+    bus.publish(&event("wanted", "card.payment.cleared"))
+        .await
+        .unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the wanted event is delivered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivered, "wanted");
+}

@@ -212,3 +212,67 @@ async fn one_keys_events_are_handled_in_order_and_different_keys_at_once() {
         "different keys were never handled at once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_waiting_behind_its_key_is_not_delivered_again() {
+    prometheus();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::from_env().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    let platform = Platform::embedded(config).unwrap();
+    let handled = Arc::new(AtomicU32::new(0));
+    let count = handled.clone();
+    let running = platform::start_with(
+        "audit-w",
+        &[],
+        &[],
+        &[],
+        &platform,
+        "127.0.0.1:0".parse().unwrap(),
+        move |ctx| {
+            Box::pin(async move {
+                // Each event takes three ack waits; the second waits three more behind the first.
+                let config = ConsumerConfig {
+                    concurrency: 8,
+                    ack_wait: Duration::from_millis(200),
+                    ..ConsumerConfig::new("audit-w", &["wait.>"])
+                };
+                ctx.consume_in_order(config, Some(by_type), move |_| {
+                    let count = count.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                        count.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                });
+                Ok(Api::Grpc(Default::default()))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let envelope = outbox::event("wait.a", &sterling_proto::events::v1::Envelope::default());
+        platform.bus.publish(&envelope).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handled.load(Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "events not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long enough for a redelivery of either to have arrived and run.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    running.stop().await;
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        2,
+        "an event was handled twice"
+    );
+    let text = prometheus().render();
+    let redelivered = text
+        .lines()
+        .find(|l| l.starts_with("sterling_consumer_redelivered_total") && l.contains("audit-w"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert_eq!(redelivered, 0.0, "{text}");
+}

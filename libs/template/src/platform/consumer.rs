@@ -207,13 +207,13 @@ where
             s = self.subscribe() => s,
         };
         let slots = self.config.concurrency.max(1);
-        let in_hand = Arc::new(Semaphore::new(slots));
+        let free_slots = Arc::new(Semaphore::new(slots));
         let consumer = Arc::new(self);
         let mut order = KeyOrder::default();
         loop {
             let next = tokio::select! {
                 _ = stopping.cancelled() => break,
-                next = Self::next(&mut subscription, &in_hand) => next,
+                next = Self::next(&mut subscription, &free_slots) => next,
             };
             match next {
                 Ok((delivery, slot)) => {
@@ -232,8 +232,10 @@ where
                     let (consumer, metrics) = (consumer.clone(), metrics.clone());
                     tokio::spawn(async move {
                         if let Some(before) = before {
-                            // Closed, never sent: settled, or its task is gone.
-                            let _ = before.await;
+                            // Closed, never sent: settled, or its task is gone. In hand
+                            // meanwhile, so the bus does not deliver it again while it waits.
+                            let ack_wait = consumer.config.ack_wait;
+                            let _ = in_hand(&delivery, ack_wait, before).await;
                         }
                         metrics.record(consumer.deliver(delivery).await);
                         drop((done, slot));
@@ -245,7 +247,7 @@ where
                 }
             }
         }
-        let _ = in_hand.acquire_many(slots as u32).await;
+        let _ = free_slots.acquire_many(slots as u32).await;
     }
 
     /// A free slot, then the next delivery to use it.
