@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sterling_bus::ConsumerConfig;
-use sterling_template::platform::{self, Api, Platform, PlatformConfig};
+use sterling_template::ServiceContext;
+use sterling_template::platform::{self, Api, Platform, PlatformConfig, RunningService};
 use sterling_template::{Error, outbox};
 
 fn prometheus() -> &'static PrometheusHandle {
@@ -34,17 +35,18 @@ fn series(outcome: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {outcome} series in\n{text}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outcomes_follow_the_policy_and_are_counted() {
-    prometheus();
-    let dir = tempfile::tempdir().unwrap();
+/// An embedded platform in `dir` and a service `name` on it whose only work is the consumers
+/// `consume` starts.
+async fn consuming(
+    dir: &std::path::Path,
+    name: &'static str,
+    consume: impl FnOnce(&ServiceContext) + Send + 'static,
+) -> (Platform, RunningService) {
     let mut config = PlatformConfig::from_env().unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    config.data_dir = dir.to_path_buf();
     let platform = Platform::embedded(config).unwrap();
-    let flaky_tries = Arc::new(AtomicU32::new(0));
-    let tries = flaky_tries.clone();
     let running = platform::start_with(
-        "audit-m",
+        name,
         &[],
         &[],
         &[],
@@ -52,31 +54,44 @@ async fn outcomes_follow_the_policy_and_are_counted() {
         "127.0.0.1:0".parse().unwrap(),
         move |ctx| {
             Box::pin(async move {
-                let config = ConsumerConfig {
-                    backoff: vec![Duration::from_millis(20)],
-                    ..ConsumerConfig::new("audit-m", &["audit.>"])
-                };
-                ctx.consume(config, move |envelope| {
-                    let tries = tries.clone();
-                    async move {
-                        match envelope.r#type.as_str() {
-                            "audit.ok" => Ok(()),
-                            "audit.bad" => Err(Error::bad_request("event", "never valid")),
-                            _ => {
-                                if tries.fetch_add(1, Ordering::SeqCst) == 0 {
-                                    panic!("the first try panics");
-                                }
-                                Ok(())
-                            }
-                        }
-                    }
-                });
+                consume(&ctx);
                 Ok(Api::Grpc(Default::default()))
             })
         },
     )
     .await
     .unwrap();
+    (platform, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_follow_the_policy_and_are_counted() {
+    prometheus();
+    let dir = tempfile::tempdir().unwrap();
+    let flaky_tries = Arc::new(AtomicU32::new(0));
+    let tries = flaky_tries.clone();
+    let (platform, running) = consuming(dir.path(), "audit-m", move |ctx| {
+        let config = ConsumerConfig {
+            backoff: vec![Duration::from_millis(20)],
+            ..ConsumerConfig::new("audit-m", &["audit.>"])
+        };
+        ctx.consume(config, move |envelope| {
+            let tries = tries.clone();
+            async move {
+                match envelope.r#type.as_str() {
+                    "audit.ok" => Ok(()),
+                    "audit.bad" => Err(Error::bad_request("event", "never valid")),
+                    _ => {
+                        if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                            panic!("the first try panics");
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        });
+    })
+    .await;
     // Present from the start, at 0, with help text.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(series("rejected"), 0.0);
@@ -124,9 +139,6 @@ async fn one_keys_events_are_handled_in_order_and_different_keys_at_once() {
     use std::sync::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut config = PlatformConfig::from_env().unwrap();
-    config.data_dir = dir.path().to_path_buf();
-    let platform = Platform::embedded(config).unwrap();
     // Per key: the sequence numbers in the order handled, and how many were in hand at once.
     let handled: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
     let in_hand: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
@@ -134,50 +146,38 @@ async fn one_keys_events_are_handled_in_order_and_different_keys_at_once() {
     let most_of_one_key = Arc::new(AtomicU32::new(0));
     let (seen, busy, most) = (handled.clone(), in_hand.clone(), most_keys_at_once.clone());
     let most_of_one = most_of_one_key.clone();
-    let running = platform::start_with(
-        "audit-o",
-        &[],
-        &[],
-        &[],
-        &platform,
-        "127.0.0.1:0".parse().unwrap(),
-        move |ctx| {
-            Box::pin(async move {
-                let config = ConsumerConfig {
-                    concurrency: 8,
-                    ..ConsumerConfig::new("audit-o", &["order.>"])
-                };
-                ctx.consume_in_order(config, Some(by_type), move |envelope| {
-                    let (seen, busy, most) = (seen.clone(), busy.clone(), most.clone());
-                    let most_of_one = most_of_one.clone();
-                    async move {
-                        let key = envelope.r#type.clone();
-                        let sequence: u32 = envelope.request_id.parse().unwrap();
-                        {
-                            let mut busy = busy.lock().unwrap();
-                            let mine = busy.entry(key.clone()).or_default();
-                            *mine += 1;
-                            most_of_one.fetch_max(*mine, Ordering::SeqCst);
-                            let keys = busy.values().filter(|n| **n > 0).count() as u32;
-                            most.fetch_max(keys, Ordering::SeqCst);
-                        }
-                        // Later events of a key are quicker, so any reordering would show.
-                        tokio::time::sleep(Duration::from_millis(u64::from(20 - sequence))).await;
-                        seen.lock()
-                            .unwrap()
-                            .entry(key.clone())
-                            .or_default()
-                            .push(sequence);
-                        *busy.lock().unwrap().get_mut(&key).unwrap() -= 1;
-                        Ok(())
-                    }
-                });
-                Ok(Api::Grpc(Default::default()))
-            })
-        },
-    )
-    .await
-    .unwrap();
+    let (platform, running) = consuming(dir.path(), "audit-o", move |ctx| {
+        let config = ConsumerConfig {
+            concurrency: 8,
+            ..ConsumerConfig::new("audit-o", &["order.>"])
+        };
+        ctx.consume_in_order(config, Some(by_type), move |envelope| {
+            let (seen, busy, most) = (seen.clone(), busy.clone(), most.clone());
+            let most_of_one = most_of_one.clone();
+            async move {
+                let key = envelope.r#type.clone();
+                let sequence: u32 = envelope.request_id.parse().unwrap();
+                {
+                    let mut busy = busy.lock().unwrap();
+                    let mine = busy.entry(key.clone()).or_default();
+                    *mine += 1;
+                    most_of_one.fetch_max(*mine, Ordering::SeqCst);
+                    let keys = busy.values().filter(|n| **n > 0).count() as u32;
+                    most.fetch_max(keys, Ordering::SeqCst);
+                }
+                // Later events of a key are quicker, so any reordering would show.
+                tokio::time::sleep(Duration::from_millis(u64::from(20 - sequence))).await;
+                seen.lock()
+                    .unwrap()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(sequence);
+                *busy.lock().unwrap().get_mut(&key).unwrap() -= 1;
+                Ok(())
+            }
+        });
+    })
+    .await;
 
     for sequence in 0..20u32 {
         for key in ["order.a", "order.b", "order.c"] {
@@ -217,40 +217,25 @@ async fn one_keys_events_are_handled_in_order_and_different_keys_at_once() {
 async fn an_event_waiting_behind_its_key_is_not_delivered_again() {
     prometheus();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = PlatformConfig::from_env().unwrap();
-    config.data_dir = dir.path().to_path_buf();
-    let platform = Platform::embedded(config).unwrap();
     let handled = Arc::new(AtomicU32::new(0));
     let count = handled.clone();
-    let running = platform::start_with(
-        "audit-w",
-        &[],
-        &[],
-        &[],
-        &platform,
-        "127.0.0.1:0".parse().unwrap(),
-        move |ctx| {
-            Box::pin(async move {
-                // Each event takes three ack waits; the second waits three more behind the first.
-                let config = ConsumerConfig {
-                    concurrency: 8,
-                    ack_wait: Duration::from_millis(200),
-                    ..ConsumerConfig::new("audit-w", &["wait.>"])
-                };
-                ctx.consume_in_order(config, Some(by_type), move |_| {
-                    let count = count.clone();
-                    async move {
-                        tokio::time::sleep(Duration::from_millis(600)).await;
-                        count.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                });
-                Ok(Api::Grpc(Default::default()))
-            })
-        },
-    )
-    .await
-    .unwrap();
+    let (platform, running) = consuming(dir.path(), "audit-w", move |ctx| {
+        // Each event takes three ack waits; the second waits three more behind the first.
+        let config = ConsumerConfig {
+            concurrency: 8,
+            ack_wait: Duration::from_millis(200),
+            ..ConsumerConfig::new("audit-w", &["wait.>"])
+        };
+        ctx.consume_in_order(config, Some(by_type), move |_| {
+            let count = count.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        });
+    })
+    .await;
     for _ in 0..2 {
         let envelope = outbox::event("wait.a", &sterling_proto::events::v1::Envelope::default());
         platform.bus.publish(&envelope).await.unwrap();
