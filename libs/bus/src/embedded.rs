@@ -540,12 +540,17 @@ struct SqliteSubscription {
     /// When it last looked in the stream: it looks at least every [`IDLE_POLL`], however
     /// busy the bus is with subjects it does not want (its cursor then keeps up with them).
     looked_at: tokio::time::Instant,
+    /// Whether the next call looks in the stream before waiting: the last look left a
+    /// delivery due or a page unread. A take that leaves nothing due is not followed by a take
+    /// that finds nothing (about half the takes under load); an announcement since the last
+    /// look still wakes the wait at once.
+    look_first: bool,
 }
 
 #[async_trait]
 impl Subscription for SqliteSubscription {
     async fn next(&mut self) -> Result<Delivery> {
-        let mut look = true;
+        let mut look = self.look_first;
         loop {
             if !look {
                 look = self.wait().await;
@@ -558,14 +563,11 @@ impl Subscription for SqliteSubscription {
                 .bus
                 .blocking("take", move |c| {
                     let (taken, behind) = take_next(c, &config)?;
-                    let due = match taken {
-                        Some(_) => None,
-                        None => next_due(c, &config.durable)?,
-                    };
-                    Ok((taken, behind, due))
+                    Ok((taken, behind, next_due(c, &config.durable)?))
                 })
                 .await?;
             self.due = due;
+            self.look_first = behind || due.is_some_and(|at| at <= now_ms());
             // A full page read with nothing taken: the rest of the stream is looked at now.
             look = behind && taken.is_none();
             if let Some((seq, attempt, body)) = taken {
@@ -654,6 +656,7 @@ impl Bus for SqliteBus {
             config,
             seen: 0,
             due: None,
+            look_first: true,
         }))
     }
 

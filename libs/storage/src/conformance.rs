@@ -31,6 +31,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str) {
     delete_if_exists(store, prefix).await;
     batches_in_order_see_each_other(store, prefix).await;
     scan_reads_every_row_once_in_pages(store, prefix).await;
+    lazy_writes_apply_as_writes_do(store, prefix).await;
     store.check().await.expect("health check");
 }
 
@@ -422,4 +423,28 @@ pub async fn scan_reads_every_row_once_in_pages(store: &dyn Store, p: &str) {
     seen.sort();
     assert_eq!(seen, (0..7).collect::<Vec<_>>(), "every row once");
     assert!(pages >= 3, "read in pages");
+}
+
+/// A lazy write is a write: applied atomically, visible at once, with the same conditions.
+pub async fn lazy_writes_apply_as_writes_do(store: &dyn Store, p: &str) {
+    let id = format!("{p}lazy");
+    let claim = |body: &str| {
+        vec![Mutation::insert_if_not_exists(
+            "kv",
+            key(&id).with("body", body),
+        )]
+    };
+    assert_eq!(
+        store.apply_lazily(claim("first")).await.unwrap(),
+        Applied::Yes
+    );
+    let read = store.get("kv", &key(&id)).await.unwrap().expect("row");
+    assert_eq!(read.text("body").unwrap(), "first");
+    match store.apply_lazily(claim("second")).await.unwrap() {
+        Applied::No(current) => {
+            assert_eq!(current[0].as_ref().unwrap().text("body").unwrap(), "first");
+        }
+        Applied::Yes => panic!("a lazy IF NOT EXISTS must not apply twice"),
+    }
+    assert!(!store.apply(claim("third")).await.unwrap().applied());
 }

@@ -150,7 +150,7 @@ impl SqliteStore {
             None => ("memory".to_string(), connection.clone()),
         };
         Ok(SqliteStore {
-            writer: writer::Writer::start(&name, writes, tables.clone())?,
+            writer: writer::Writer::start(&name, writes, tables.clone(), durability)?,
             connection,
             tables,
             _checkpointer: None,
@@ -609,6 +609,11 @@ impl Store for SqliteStore {
 
     async fn apply_in_order(&self, batches: Vec<Vec<Mutation>>) -> Result<Vec<Applied>> {
         self.writer.apply(batches).await
+    }
+
+    async fn apply_lazily(&self, mutations: Vec<Mutation>) -> Result<Applied> {
+        let mut applied = self.writer.apply_lazily(vec![mutations]).await?;
+        Ok(applied.pop().unwrap_or(Applied::Yes))
     }
 
     async fn scan(&self, table: &str, page: Option<Vec<u8>>, size: usize) -> Result<ScanPage> {

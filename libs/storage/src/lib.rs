@@ -350,6 +350,16 @@ pub trait Store: Send + Sync + 'static {
         Ok(outcomes)
     }
 
+    /// Applies mutations as [`Store::apply`] does, but lets the backend make them durable with
+    /// a later commit instead of one of their own. Once answered they are visible and survive
+    /// the process dying; a power cut may lose them, whole (never in part) and never a write
+    /// answered before them. For records whose loss costs only repeated work, such as the ids
+    /// of the events a consumer has handled. The embedded store commits them without an fsync
+    /// when nothing else in the group needs one; Cassandra applies them as any other write.
+    async fn apply_lazily(&self, mutations: Vec<Mutation>) -> Result<Applied> {
+        self.apply(mutations).await
+    }
+
     /// Reads a whole table a page of about `size` rows at a time, in no particular order:
     /// `page` is what the previous call returned (`None` to start), and the answer's token is
     /// `None` after the last page. For one-time moves of data, never on a request path.

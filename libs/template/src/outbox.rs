@@ -217,14 +217,20 @@ impl Outbox {
 
     /// Stages an event before the state change it announces.
     pub async fn stage(&self, envelope: &Envelope) -> Result<()> {
+        self.store.apply(vec![self.staging(envelope)?]).await?;
+        Ok(())
+    }
+
+    /// The write that stages an event, for a caller to apply as the batch before its state
+    /// change's in one [`sterling_storage::Store::apply_in_order`] (one commit on the
+    /// embedded store; one after the other on Cassandra, as [`Outbox::stage`] then the
+    /// change). The event is staged whether or not the change applies.
+    pub fn staging(&self, envelope: &Envelope) -> Result<Mutation> {
         let row = key(&envelope.event_id)?
             .with("type", envelope.r#type.as_str())
             .with("envelope", envelope.encode_to_vec())
             .with("staged_at", Value::Timestamp(now_millis()));
-        self.store
-            .apply(vec![Mutation::insert("staged_events", row)])
-            .await?;
-        Ok(())
+        Ok(Mutation::insert("staged_events", row))
     }
 
     /// Publishes a staged event in the background, then removes it; on failure the relay
@@ -264,14 +270,18 @@ impl Outbox {
         let ids = std::mem::take(&mut *self.discards.lock().unwrap_or_else(|p| p.into_inner()));
         for group in ids.chunks(MAX_DISCARDS) {
             let removals = group.iter().map(|id| removal(id)).collect::<Result<_>>()?;
-            self.store.apply(removals).await?;
+            // Lazily: a removal a power cut forgets has the relay publish its event again.
+            self.store.apply_lazily(removals).await?;
         }
         Ok(())
     }
 
     /// Removes a staged event whose state change did not happen.
     pub async fn discard(&self, envelope: &Envelope) -> Result<()> {
-        self.store.apply(vec![removal(&envelope.event_id)?]).await?;
+        // Lazily: a removal a power cut forgets has the relay ask again, and discard it again.
+        self.store
+            .apply_lazily(vec![removal(&envelope.event_id)?])
+            .await?;
         Ok(())
     }
 

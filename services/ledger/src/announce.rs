@@ -2,7 +2,8 @@
 //! balance and held amounts at its new version, through the template's outbox.
 //!
 //! A change is the balance's compare-and-set to version `v`. Before it, the announcement is
-//! staged in the outbox; in the same conditional batch as the compare-and-set, the entry
+//! staged in the outbox (written just before the batch, in the same commit on the embedded
+//! store: [`sterling_storage::Store::apply_in_order`]); in the same conditional batch as the compare-and-set, the entry
 //! `version:<v>` records the announcement's event id. After it, the announcement is published
 //! if the batch applied and discarded if not. If the process dies in between, the relay asks
 //! [`VersionConfirm`]: the entry names this event (publish), names another or the balance has
@@ -60,6 +61,16 @@ pub struct Announcer {
 /// One change's announcement: staged before the batch, settled after it.
 pub struct Announcement {
     envelope: Envelope,
+    /// The write that stages it, if it is to be written just before the change's batch
+    /// (`None`: staged already).
+    staging: Option<Mutation>,
+}
+
+impl Announcement {
+    /// The write that stages it before the change's batch, once (`None` if staged already).
+    pub fn take_staging(&mut self) -> Option<Mutation> {
+        self.staging.take()
+    }
 }
 
 impl Announcer {
@@ -68,9 +79,9 @@ impl Announcer {
         Announcer { outbox }
     }
 
-    /// Stages the announcement of `account_id` at `version` with `(balance, held)`, and
-    /// returns it with the mutation that records it, for the change's batch.
-    pub async fn stage(
+    /// The announcement of `account_id` at `version` with `(balance, held)`, to be staged
+    /// just before the change's batch, and the mutation that records it in that batch.
+    pub fn stage(
         &self,
         account_id: &str,
         currency: &str,
@@ -90,11 +101,11 @@ impl Announcer {
             changed_at_ms: now_millis(),
         };
         let envelope = outbox::event(types::LEDGER_BALANCE_CHANGED, &event);
-        self.outbox.stage(&envelope).await?;
+        let staging = Some(self.outbox.staging(&envelope)?);
         let record = entry_key(account_id, &version_entry(version))
             .with("event_id", envelope.event_id.as_str());
         Ok((
-            Announcement { envelope },
+            Announcement { envelope, staging },
             Mutation::insert_if_not_exists("account_entries", record).with_ttl(VERSION_ENTRY_TTL),
         ))
     }
@@ -105,7 +116,10 @@ impl Announcer {
     pub async fn stage_transfer(&self, event: &TransferCompleted) -> Result<Announcement> {
         let envelope = outbox::event(types::LEDGER_TRANSFER_COMPLETED, event);
         self.outbox.stage(&envelope).await?;
-        Ok(Announcement { envelope })
+        Ok(Announcement {
+            envelope,
+            staging: None,
+        })
     }
 
     /// After the batch: published if it applied, discarded if not (in the background; the

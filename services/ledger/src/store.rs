@@ -281,28 +281,37 @@ impl Book {
         let Some(announcer) = &self.announcer else {
             return Ok((mutations, None));
         };
-        let (announcement, record) = announcer
-            .stage(
-                &account.account_id,
-                account.currency.code(),
-                b.version + 1,
-                (balance, held),
-                cause,
-                entry,
-            )
-            .await?;
+        let (announcement, record) = announcer.stage(
+            &account.account_id,
+            account.currency.code(),
+            b.version + 1,
+            (balance, held),
+            cause,
+            entry,
+        )?;
         mutations.push(record);
         Ok((mutations, Some(announcement)))
     }
 
-    /// Applies a change's batch and settles its announcement: published if it applied,
-    /// discarded if not, left to the relay if the outcome is unknown.
+    /// Stages a change's announcement and applies its batch (one commit on the embedded
+    /// store), then settles the announcement: published if the batch applied, discarded if
+    /// not, left to the relay if the outcome is unknown.
     pub(crate) async fn apply_change(
         &self,
         batch: Vec<Mutation>,
-        announcement: Option<Announcement>,
+        mut announcement: Option<Announcement>,
     ) -> Result<bool> {
-        let applied = self.store.apply(batch).await?.applied();
+        let staging = announcement.as_mut().and_then(Announcement::take_staging);
+        let batches = match staging {
+            Some(staging) => vec![vec![staging], batch],
+            None => vec![batch],
+        };
+        let applied = self
+            .store
+            .apply_in_order(batches)
+            .await?
+            .pop()
+            .is_some_and(|outcome| outcome.applied());
         // Dying here leaves the announcement staged: the relay publishes it.
         failpoint::step("ledger::change::after_write").await?;
         if let (Some(announcer), Some(announcement)) = (&self.announcer, announcement) {

@@ -54,7 +54,6 @@ impl Enricher {
             amount: decided.amount.clone(),
         };
         let event = outbox::event(types::TRANSACTION_ENRICHED, &enriched);
-        self.outbox.stage(&event).await?;
         let row = key(&decided.transaction_id)
             .with("account_id", decided.account_id.as_str())
             .with("event_id", event.event_id.as_str())
@@ -62,11 +61,18 @@ impl Enricher {
             .with("category", merchant.category.as_str())
             .with("logo_url", merchant.logo_url.as_str())
             .with("created_at", Value::Timestamp(now_millis()));
-        match self
+        // The event staged, then the enrichment that it announces (one commit on the
+        // embedded store).
+        let outcome = self
             .store
-            .apply(vec![Mutation::insert_if_not_exists("enrichments", row)])
+            .apply_in_order(vec![
+                vec![self.outbox.staging(&event)?],
+                vec![Mutation::insert_if_not_exists("enrichments", row)],
+            ])
             .await?
-        {
+            .pop()
+            .unwrap_or(Applied::Yes);
+        match outcome {
             Applied::Yes => {
                 tracing::info!(merchant = %merchant.name, known = merchant.known, "transaction enriched");
                 self.outbox.publish_soon(event);

@@ -16,7 +16,7 @@ use serde_json::json;
 use sterling_bus::Envelope;
 use sterling_proto::events::v1::{CardAuthorisationDecided, CardPaymentUpdated};
 use sterling_signature as signature;
-use sterling_storage::{Applied, Condition, Mutation, Row, SharedStore, Value, now_millis};
+use sterling_storage::{Condition, Mutation, Row, SharedStore, Value, now_millis};
 use sterling_template::by_month::ByMonth;
 use sterling_template::{Error, Result};
 use tokio::sync::{Notify, Semaphore};
@@ -221,29 +221,16 @@ impl Dispatcher {
                 .with("attempts", 0i64)
                 .with("next_attempt_at", Value::Timestamp(now))
                 .with("created_at", Value::Timestamp(now));
-            // The month's entry first, then the delivery (one commit on the embedded store).
-            let created = self
-                .store
+            // The month's entry, the delivery, then its place in the queue (one commit on the
+            // embedded store). A repeat of the event queues its delivery again: an attempt
+            // finds it pending (never queued before a crash) or finished and drops it.
+            self.store
                 .apply_in_order(vec![
                     vec![DELIVERIES.month_entry(&webhook.webhook_id, &envelope.event_id)],
                     vec![Mutation::insert_if_not_exists(DELIVERIES.table, delivery)],
+                    vec![DueQueue::add(&webhook.webhook_id, &envelope.event_id, now)],
                 ])
-                .await?
-                .pop()
-                .unwrap_or(Applied::Yes);
-            let still_pending = match created {
-                Applied::Yes => true,
-                // Queued before: only re-queue if it never got into the pending set.
-                Applied::No(current) => current
-                    .into_iter()
-                    .flatten()
-                    .next()
-                    .is_some_and(|r| r.text("status").unwrap_or_default() == "pending"),
-            };
-            if still_pending {
-                let due = DueQueue::add(&webhook.webhook_id, &envelope.event_id, now);
-                self.store.apply(vec![due]).await?;
-            }
+                .await?;
         }
         self.wake.notify_one();
         Ok(())
@@ -342,15 +329,14 @@ impl Dispatcher {
         update: Row,
     ) -> Result<()> {
         let update = update.with("next_attempt_at", Value::Timestamp(at));
+        // The new row first: where the three are not one commit (Cassandra), a crash in between
+        // leaves an extra attempt, never none.
         self.store
-            .apply(vec![Self::update_pending(webhook_id, event_id, update)])
-            .await?;
-        // The new row first: a crash in between leaves an extra attempt, never none.
-        self.store
-            .apply(vec![DueQueue::add(webhook_id, event_id, at)])
-            .await?;
-        self.store
-            .apply(vec![DueQueue::remove(webhook_id, event_id, due_at)])
+            .apply_in_order(vec![
+                vec![Self::update_pending(webhook_id, event_id, update)],
+                vec![DueQueue::add(webhook_id, event_id, at)],
+                vec![DueQueue::remove(webhook_id, event_id, due_at)],
+            ])
             .await?;
         Ok(())
     }
@@ -362,16 +348,16 @@ impl Dispatcher {
         due_at: i64,
         update: Option<Row>,
     ) -> Result<()> {
+        let mut batches = Vec::with_capacity(2);
         if let Some(update) = update {
             // Finished: the body is no longer needed.
             let update = update.with("body", Value::Null);
-            self.store
-                .apply(vec![Self::update_pending(webhook_id, event_id, update)])
-                .await?;
+            batches.push(vec![Self::update_pending(webhook_id, event_id, update)]);
         }
-        self.store
-            .apply(vec![DueQueue::remove(webhook_id, event_id, due_at)])
-            .await?;
+        // The state first: where the two are not one commit, a crash in between leaves the
+        // delivery queued, and its next attempt finds it finished and drops it.
+        batches.push(vec![DueQueue::remove(webhook_id, event_id, due_at)]);
+        self.store.apply_in_order(batches).await?;
         Ok(())
     }
 

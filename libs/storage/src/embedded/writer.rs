@@ -10,13 +10,19 @@
 //! compare-and-set meaning: a group is the callers' batches one after the other, exactly as if
 //! committed one by one in queue order.
 //!
+//! A caller may ask for a lazy write ([`Writer::apply_lazily`]): a group of lazy writes only is
+//! committed without an fsync (`synchronous=NORMAL` for that commit) and reaches the disk with
+//! the next fsynced commit or checkpoint. The WAL keeps commits in order, so a power cut can
+//! lose the last lazy commits, never one before a commit that survived.
+//!
 //! Metrics, by store (counters: a sample kept per write would cost memory at thousands a
 //! second): `sterling_embedded_store_writes_total` and `sterling_embedded_store_commits_total`
 //! (their ratio is the callers per commit), `sterling_embedded_store_queued_microseconds_total`
 //! (from each caller's queueing to its group's commit starting) and
 //! `sterling_embedded_store_committing_microseconds_total` (how busy the writer was), and
 //! `sterling_embedded_store_slow_commits_total` (groups that took longer than
-//! [`sterling_sqlite::SLOW`], lock and fsync included).
+//! [`sterling_sqlite::SLOW`], lock and fsync included), and
+//! `sterling_embedded_store_unsynced_commits_total` (lazy groups committed without an fsync).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender};
@@ -29,7 +35,7 @@ use rusqlite::Connection;
 use sterling_sqlite::{SLOW, next_group};
 use tokio::sync::oneshot;
 
-use super::{apply_in, sql_err};
+use super::{Durability, apply_in, sql_err};
 use crate::schema::TableSchema;
 use crate::{Applied, Mutation, Result, StorageError, validate_batch};
 
@@ -41,6 +47,8 @@ struct Job {
     batches: Vec<Vec<Mutation>>,
     answer: oneshot::Sender<Result<Vec<Applied>>>,
     queued: Instant,
+    /// Whether its commit must be fsynced before it is answered.
+    sync: bool,
 }
 
 /// What the writer counts about its groups.
@@ -50,6 +58,7 @@ struct WriterMetrics {
     queued_us: Counter,
     committing_us: Counter,
     slow_commits: Counter,
+    unsynced_commits: Counter,
 }
 
 impl WriterMetrics {
@@ -61,6 +70,7 @@ impl WriterMetrics {
             queued_us: counter("sterling_embedded_store_queued_microseconds_total"),
             committing_us: counter("sterling_embedded_store_committing_microseconds_total"),
             slow_commits: counter("sterling_embedded_store_slow_commits_total"),
+            unsynced_commits: counter("sterling_embedded_store_unsynced_commits_total"),
         }
     }
 }
@@ -77,29 +87,42 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread of the store named `name` on `connection`.
+    /// Starts the writer thread of the store named `name` on `connection`, configured for
+    /// `durability`.
     pub(super) fn start(
         name: &str,
         connection: Arc<Mutex<Connection>>,
         tables: Arc<BTreeMap<String, TableSchema>>,
+        durability: Durability,
     ) -> Result<Writer> {
         let (queue, jobs) = std::sync::mpsc::channel();
         let metrics = WriterMetrics::new(name);
+        let fsyncs = durability == Durability::Full;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(jobs, &connection, &tables, &metrics))
+            .spawn(move || run(jobs, &connection, &tables, &metrics, fsyncs))
             .map_err(|e| StorageError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Writer { queue })
     }
 
     /// Applies `batches` one after the other in the next group commit.
     pub(super) async fn apply(&self, batches: Vec<Vec<Mutation>>) -> Result<Vec<Applied>> {
+        self.queue_job(batches, true).await
+    }
+
+    /// Applies `batches` as [`Writer::apply`] does, in a commit that need not be fsynced.
+    pub(super) async fn apply_lazily(&self, batches: Vec<Vec<Mutation>>) -> Result<Vec<Applied>> {
+        self.queue_job(batches, false).await
+    }
+
+    async fn queue_job(&self, batches: Vec<Vec<Mutation>>, sync: bool) -> Result<Vec<Applied>> {
         let (answer, answered) = oneshot::channel();
         self.queue
             .send(Job {
                 batches,
                 answer,
                 queued: Instant::now(),
+                sync,
             })
             .map_err(|_| StorageError::Unavailable("the store's writer has stopped".into()))?;
         answered
@@ -108,21 +131,32 @@ impl Writer {
     }
 }
 
-/// The writer thread: a group at a time, until every handle is gone.
+/// The writer thread: a group at a time, until every handle is gone. `fsyncs`: whether the
+/// connection fsyncs its commits (`synchronous=FULL`), so lazy groups turn it off for theirs.
 fn run(
     jobs: Receiver<Job>,
     connection: &Mutex<Connection>,
     tables: &BTreeMap<String, TableSchema>,
     metrics: &WriterMetrics,
+    fsyncs: bool,
 ) {
+    // What the connection does now: it was configured for the store's durability.
+    let mut fsyncing = fsyncs;
     while let Some(group) = next_group(&jobs, MAX_GROUP) {
         let started = Instant::now();
         let queued: u64 = group.iter().map(|job| micros(started - job.queued)).sum();
         metrics.queued_us.increment(queued);
         metrics.writes.increment(group.len() as u64);
         metrics.commits.increment(1);
+        let unsynced = fsyncs && !group.iter().any(|job| job.sync);
+        if unsynced {
+            metrics.unsynced_commits.increment(1);
+        }
         let results = match connection.lock() {
-            Ok(mut conn) => commit_group(&mut conn, tables, &group),
+            Ok(mut conn) => match synchronous_for(&conn, &mut fsyncing, fsyncs && !unsynced) {
+                Ok(()) => commit_group(&mut conn, tables, &group),
+                Err(e) => failed_all(group.len(), &e),
+            },
             Err(_) => group
                 .iter()
                 .map(|_| Err(StorageError::Unavailable("store lock poisoned".into())))
@@ -138,6 +172,17 @@ fn run(
             let _ = job.answer.send(result);
         }
     }
+}
+
+/// Sets the connection's `synchronous` to what the next commit needs (`FULL` to fsync it,
+/// `NORMAL` not to) if `current` says it is not that already; `current` follows.
+fn synchronous_for(conn: &Connection, current: &mut bool, fsync: bool) -> rusqlite::Result<()> {
+    if *current != fsync {
+        let mode = if fsync { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", mode)?;
+        *current = fsync;
+    }
+    Ok(())
 }
 
 /// Applies every job of `group` in its own savepoint of one transaction and commits once.
@@ -188,4 +233,72 @@ fn apply_job(
     }
     savepoint.commit().map_err(sql_err)?;
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::MIGRATIONS;
+    use crate::embedded::SqliteStore;
+    use crate::{Row, Store};
+
+    /// `PRAGMA synchronous` of `connection`: 1 is `NORMAL`, 2 is `FULL`.
+    fn synchronous(connection: &Mutex<Connection>) -> i64 {
+        let conn = connection.lock().unwrap();
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn insert(id: &str) -> Vec<Vec<Mutation>> {
+        vec![vec![Mutation::insert("kv", Row::new().with("id", id))]]
+    }
+
+    #[tokio::test]
+    async fn a_lazy_commit_leaves_the_next_commit_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.sqlite");
+        let store = SqliteStore::open(&path, MIGRATIONS, Durability::Full).unwrap();
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .unwrap();
+        let connection = Arc::new(Mutex::new(connection));
+        let tables = Arc::new(store.tables.as_ref().clone());
+        let writer = Writer::start("w", connection.clone(), tables, Durability::Full).unwrap();
+
+        writer.apply_lazily(insert("lazy-1")).await.unwrap();
+        assert_eq!(
+            synchronous(&connection),
+            1,
+            "a lazy group is committed without fsync"
+        );
+        writer.apply(insert("synced")).await.unwrap();
+        assert_eq!(
+            synchronous(&connection),
+            2,
+            "the next write is fsynced again"
+        );
+        writer.apply_lazily(insert("lazy-2")).await.unwrap();
+        for id in ["lazy-1", "synced", "lazy-2"] {
+            let row = store.get("kv", &Row::new().with("id", id)).await.unwrap();
+            assert!(row.is_some(), "{id} is committed and visible");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_never_fsyncs_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sqlite");
+        let store = SqliteStore::open(&path, MIGRATIONS, Durability::Normal).unwrap();
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .unwrap();
+        let connection = Arc::new(Mutex::new(connection));
+        let tables = Arc::new(store.tables.as_ref().clone());
+        let writer = Writer::start("n", connection.clone(), tables, Durability::Normal).unwrap();
+        writer.apply(insert("a")).await.unwrap();
+        writer.apply_lazily(insert("b")).await.unwrap();
+        assert_eq!(synchronous(&connection), 1);
+    }
 }

@@ -6,7 +6,9 @@
 //!   running the handler again (unless the consumer does not `deduplicate`: its handler is
 //!   idempotent by construction);
 //! - `Ok` records the id and acks; if the record cannot be written the delivery is naked, and
-//!   the handler (idempotent) runs again on redelivery;
+//!   the handler (idempotent) runs again on redelivery. The record is written lazily
+//!   ([`sterling_storage::Store::apply_lazily`]: on the embedded store, without an fsync of its
+//!   own), after the handler's own writes were answered durable;
 //! - an error of class `bad_request` can never succeed: the event is dead-lettered (`term`);
 //! - any other error, or a panic of the handler, naks it for redelivery with the consumer's
 //!   backoff.
@@ -364,7 +366,8 @@ where
             ),
         )
         .with_ttl(PROCESSED_EVENTS_TTL);
-        self.store.apply(vec![record]).await?;
+        // Lazily: losing the record in a power cut costs a repeat of an idempotent handler.
+        self.store.apply_lazily(vec![record]).await?;
         Ok(())
     }
 }
