@@ -132,6 +132,8 @@ pub struct RateReport {
     pub resident_kb_early: u64,
     /// Resident size at the end of the rate.
     pub resident_kb_end: u64,
+    /// Of that, what SQLite had allocated (its page caches, statements and schemas).
+    pub sqlite_kb_end: u64,
     /// Where the bank waited during the rate, by its own metrics.
     pub contention: Contention,
 }
@@ -661,6 +663,7 @@ async fn measure_rate(
     let last_due_us = offer(processor, cards, seen, recorder, &mut report, duration).await;
     await_effects(seen, last_due_us, duration.max(WAIT_AT_LEAST), &mut report).await;
     report.resident_kb_end = resident_kb();
+    report.sqlite_kb_end = sterling_storage::embedded::memory_used() / 1024;
     report.contention = Contention::between(
         &before,
         &read_off_thread(recorder.cloned()).await,
@@ -815,9 +818,11 @@ impl std::fmt::Display for RateReport {
         );
         writeln!(
             f,
-            "  {caught_up}; resident {} MB early, {} MB at the end (bank and generator)",
+            "  {caught_up}; resident {} MB early, {} MB at the end (bank and generator; SQLite's \
+             caches and statements {} MB of it)",
             self.resident_kb_early / 1024,
-            self.resident_kb_end / 1024
+            self.resident_kb_end / 1024,
+            self.sqlite_kb_end / 1024
         )?;
         write!(f, "{}", self.contention)
     }

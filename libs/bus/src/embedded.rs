@@ -11,6 +11,9 @@
 //! settled are delivered again (consumers are idempotent on the event id). A published event is
 //! never lost. Commits do not checkpoint the write-ahead log; a thread of the bus's does, without
 //! blocking them ([`sterling_sqlite::Checkpointer`]).
+//!
+//! Retention: a message is kept for [`MAX_AGE`] (the JetStream stream's `max_age`), then
+//! removed with any delivery of it still pending ([`retention`]).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -20,11 +23,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
-use sterling_sqlite::{CHECKPOINT_EVERY, Checkpointer, no_commit_checkpoints, wait_when_busy};
+use sterling_sqlite::{
+    CHECKPOINT_EVERY, Checkpointer, limit_wal, no_commit_checkpoints, wait_when_busy,
+};
 use tokio::sync::watch;
 
+mod retention;
 mod writer;
 
+pub use self::retention::MAX_AGE;
+use self::retention::Retention;
 use self::writer::Writer;
 use crate::{
     Acker, Bus, BusError, ConsumerConfig, Delivery, Envelope, PublishAck, Result, StoredEvent,
@@ -126,6 +134,25 @@ fn hold<T>(
     result
 }
 
+/// How an embedded bus keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusOptions {
+    /// Whether a publish is answered only once fsynced (otherwise it reaches the disk at the
+    /// next checkpoint: it survives a process crash, not a power cut).
+    pub fsync_publishes: bool,
+    /// How long a message is kept after it was published ([`MAX_AGE`] by default).
+    pub max_age: Duration,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        BusOptions {
+            fsync_publishes: true,
+            max_age: MAX_AGE,
+        }
+    }
+}
+
 /// The in-process bus.
 #[derive(Clone)]
 pub struct SqliteBus {
@@ -133,19 +160,20 @@ pub struct SqliteBus {
 }
 
 impl SqliteBus {
-    /// Opens (or creates) the bus stored at `path`, fsyncing every publish.
+    /// Opens (or creates) the bus stored at `path`, fsyncing every publish and keeping
+    /// messages for [`MAX_AGE`].
     pub fn open(path: &Path) -> Result<SqliteBus> {
-        Self::open_with(path, true)
+        Self::open_with(path, BusOptions::default())
     }
 
-    /// As [`SqliteBus::open`]; with `fsync_publishes` false, publishes too are flushed at
-    /// checkpoints only (they survive a process crash, not a power cut).
-    pub fn open_with(path: &Path, fsync_publishes: bool) -> Result<SqliteBus> {
+    /// As [`SqliteBus::open`], with `options`.
+    pub fn open_with(path: &Path, options: BusOptions) -> Result<SqliteBus> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BusError::Unavailable(e.to_string()))?;
         }
         let connection = Connection::open(path).map_err(err)?;
         no_commit_checkpoints(&connection).map_err(err)?;
+        limit_wal(&connection).map_err(err)?;
         // In WAL mode before the checkpointer's connection opens it: a connection that found
         // the file in another mode never checkpoints it.
         connection
@@ -153,17 +181,21 @@ impl SqliteBus {
             .map_err(err)?;
         let checkpointer = Checkpointer::start(path, CHECKPOINT_EVERY)
             .map_err(|e| BusError::Unavailable(format!("{}: {e}", path.display())))?;
-        Self::with_connection(connection, fsync_publishes, Some(checkpointer))
+        Self::with_connection(connection, options, Some(checkpointer))
     }
 
     /// A bus that lives in memory only (tests).
     pub fn in_memory() -> Result<SqliteBus> {
-        Self::with_connection(Connection::open_in_memory().map_err(err)?, false, None)
+        let options = BusOptions {
+            fsync_publishes: false,
+            ..BusOptions::default()
+        };
+        Self::with_connection(Connection::open_in_memory().map_err(err)?, options, None)
     }
 
     fn with_connection(
         connection: Connection,
-        fsync_publishes: bool,
+        options: BusOptions,
         checkpointer: Option<Checkpointer>,
     ) -> Result<SqliteBus> {
         connection.set_prepared_statement_cache_capacity(64);
@@ -191,7 +223,11 @@ impl SqliteBus {
         let connection = Arc::new(Mutex::new(connection));
         Ok(SqliteBus {
             shared: Arc::new(Shared {
-                writer: Writer::start(connection.clone(), fsync_publishes)?,
+                writer: Writer::start(
+                    connection.clone(),
+                    options.fsync_publishes,
+                    Retention::new(options.max_age),
+                )?,
                 connection,
                 published: watch::channel(0).0,
                 announced: Mutex::new(VecDeque::new()),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sterling_bus::conformance::{self, event};
-use sterling_bus::embedded::SqliteBus;
+use sterling_bus::embedded::{BusOptions, SqliteBus};
 use sterling_bus::{Bus, ConsumerConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,4 +174,73 @@ async fn a_consumer_of_a_quiet_subject_keeps_up_with_a_busy_stream() {
         .unwrap()
         .unwrap();
     assert_eq!(delivered, "wanted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_past_their_age_are_removed_with_their_pending_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = BusOptions {
+        max_age: Duration::from_millis(300),
+        ..BusOptions::default()
+    };
+    let bus = SqliteBus::open_with(&dir.path().join("bus.sqlite"), options).unwrap();
+    let config = ConsumerConfig::new("feed", &["card.>"]);
+    for id in ["old-1", "old-2", "old-3"] {
+        bus.publish(&event(id, "card.authorisation.approved"))
+            .await
+            .unwrap();
+    }
+    let mut sub = bus.subscribe(config.clone()).await.unwrap();
+    // Taken and never settled: its pending delivery goes with its message.
+    let taken = sub.next().await.unwrap();
+    assert_eq!(taken.envelope.event_id, "old-1");
+    assert_eq!(bus.backlog(&config).await.unwrap(), 3);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A write lets the writer take its next step of retention.
+    bus.publish(&event("new", "card.authorisation.approved"))
+        .await
+        .unwrap();
+
+    let kept: Vec<String> = bus
+        .browse("card.>", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|stored| stored.envelope.event_id)
+        .collect();
+    assert_eq!(
+        kept,
+        ["new"],
+        "only the message younger than the age is kept"
+    );
+    assert_eq!(bus.backlog(&config).await.unwrap(), 1);
+    let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.envelope.event_id, "new",
+        "no removed message is delivered"
+    );
+    next.ack().await.unwrap();
+    // Settling a delivery whose message was removed is harmless.
+    taken.ack().await.unwrap();
+    assert_eq!(bus.backlog(&config).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_within_their_age_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = SqliteBus::open(&dir.path().join("bus.sqlite")).unwrap();
+    for id in ["a", "b"] {
+        bus.publish(&event(id, "card.authorisation.approved"))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bus.publish(&event("c", "card.authorisation.approved"))
+        .await
+        .unwrap();
+    assert_eq!(bus.browse("card.>", 0, 100).await.unwrap().len(), 3);
 }

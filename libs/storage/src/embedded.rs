@@ -11,7 +11,7 @@
 
 mod writer;
 
-pub use sterling_sqlite::{SLOW, busy_waits};
+pub use sterling_sqlite::{SLOW, busy_waits, memory_used};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
-use sterling_sqlite::{CHECKPOINT_EVERY, Checkpointer, no_commit_checkpoints, wait_when_busy};
+use sterling_sqlite::{
+    CHECKPOINT_EVERY, Checkpointer, limit_wal, no_commit_checkpoints, wait_when_busy,
+};
 
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
@@ -72,6 +74,7 @@ impl SqliteStore {
         let writes = Connection::open(path).map_err(sql_err)?;
         no_commit_checkpoints(&connection).map_err(sql_err)?;
         no_commit_checkpoints(&writes).map_err(sql_err)?;
+        limit_wal(&writes).map_err(sql_err)?;
         let name = path
             .file_stem()
             .map_or_else(String::new, |s| s.to_string_lossy().into_owned());

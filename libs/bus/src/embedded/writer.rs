@@ -16,6 +16,7 @@ use rusqlite::{Connection, params};
 use sterling_sqlite::next_group;
 use tokio::sync::oneshot;
 
+use super::retention::Retention;
 use super::{err, hold, insert_message};
 use crate::{BusError, PublishAck, Result};
 
@@ -47,12 +48,16 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `connection`; with `fsync`, a group's commit that holds a
-    /// publish is fsynced.
-    pub(super) fn start(connection: Arc<Mutex<Connection>>, fsync: bool) -> Result<Self> {
+    /// publish is fsynced. Between groups it removes the messages `retention` no longer keeps.
+    pub(super) fn start(
+        connection: Arc<Mutex<Connection>>,
+        fsync: bool,
+        retention: Retention,
+    ) -> Result<Self> {
         let (queue, jobs) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("bus-writer".into())
-            .spawn(move || run(&jobs, &connection, fsync))
+            .spawn(move || run(&jobs, &connection, fsync, retention))
             .map_err(|e| BusError::Unavailable(format!("cannot start the bus's writer: {e}")))?;
         Ok(Writer { queue })
     }
@@ -89,8 +94,14 @@ impl Writer {
     }
 }
 
-/// The writer thread: a group at a time, until every handle is gone.
-fn run(jobs: &Receiver<Job>, connection: &Mutex<Connection>, fsync: bool) {
+/// The writer thread: a group at a time, each followed by a step of `retention` when one is
+/// due, until every handle is gone.
+fn run(
+    jobs: &Receiver<Job>,
+    connection: &Mutex<Connection>,
+    fsync: bool,
+    mut retention: Retention,
+) {
     while let Some(group) = next_group(jobs, MAX_GROUP) {
         let publishes = group
             .iter()
@@ -111,6 +122,12 @@ fn run(jobs: &Receiver<Job>, connection: &Mutex<Connection>, fsync: bool) {
                     let _ = job.answer.send(Err(e.clone()));
                 }
             }
+        }
+        if retention.due()
+            && let Err(e) = hold(connection, "expire", |c| retention.step(c))
+        {
+            // Tried again at the next step; the messages are kept meanwhile.
+            tracing::warn!(error = %e, "could not remove expired messages");
         }
     }
 }

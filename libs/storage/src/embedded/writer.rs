@@ -253,18 +253,30 @@ mod tests {
         vec![vec![Mutation::insert("kv", Row::new().with("id", id))]]
     }
 
+    /// A store at `path` with `durability`, and a writer of its file on a connection the
+    /// test can look at.
+    fn store_and_writer(
+        path: &std::path::Path,
+        durability: Durability,
+    ) -> (SqliteStore, Arc<Mutex<Connection>>, Writer) {
+        let store = SqliteStore::open(path, MIGRATIONS, durability).unwrap();
+        let connection = Connection::open(path).unwrap();
+        let mode = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        connection.pragma_update(None, "synchronous", mode).unwrap();
+        let connection = Arc::new(Mutex::new(connection));
+        let tables = Arc::new(store.tables.as_ref().clone());
+        let writer = Writer::start("w", connection.clone(), tables, durability).unwrap();
+        (store, connection, writer)
+    }
+
     #[tokio::test]
     async fn a_lazy_commit_leaves_the_next_commit_fsynced() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.sqlite");
-        let store = SqliteStore::open(&path, MIGRATIONS, Durability::Full).unwrap();
-        let connection = Connection::open(&path).unwrap();
-        connection
-            .pragma_update(None, "synchronous", "FULL")
-            .unwrap();
-        let connection = Arc::new(Mutex::new(connection));
-        let tables = Arc::new(store.tables.as_ref().clone());
-        let writer = Writer::start("w", connection.clone(), tables, Durability::Full).unwrap();
+        let (store, connection, writer) =
+            store_and_writer(&dir.path().join("w.sqlite"), Durability::Full);
 
         writer.apply_lazily(insert("lazy-1")).await.unwrap();
         assert_eq!(
@@ -288,15 +300,8 @@ mod tests {
     #[tokio::test]
     async fn a_store_that_never_fsyncs_is_left_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("n.sqlite");
-        let store = SqliteStore::open(&path, MIGRATIONS, Durability::Normal).unwrap();
-        let connection = Connection::open(&path).unwrap();
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .unwrap();
-        let connection = Arc::new(Mutex::new(connection));
-        let tables = Arc::new(store.tables.as_ref().clone());
-        let writer = Writer::start("n", connection.clone(), tables, Durability::Normal).unwrap();
+        let (_store, connection, writer) =
+            store_and_writer(&dir.path().join("n.sqlite"), Durability::Normal);
         writer.apply(insert("a")).await.unwrap();
         writer.apply_lazily(insert("b")).await.unwrap();
         assert_eq!(synchronous(&connection), 1);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use sterling_bus::Bus;
-use sterling_bus::embedded::SqliteBus;
+use sterling_bus::embedded::{BusOptions, SqliteBus};
 use sterling_bus::nats::{NatsBus, NatsConfig};
 use sterling_storage::cassandra::{CassandraStore, keyspace_of};
 use sterling_storage::embedded::{Durability, SqliteStore};
@@ -89,8 +89,11 @@ pub async fn open_discovery(
 }
 
 fn embedded_bus(config: &PlatformConfig, path: &std::path::Path) -> Result<SqliteBus> {
-    let full = config.durability == Durability::Full;
-    SqliteBus::open_with(path, full).map_err(|e| Error::unavailable("bus", e.to_string()))
+    let options = BusOptions {
+        fsync_publishes: config.durability == Durability::Full,
+        ..BusOptions::default()
+    };
+    SqliteBus::open_with(path, options).map_err(|e| Error::unavailable("bus", e.to_string()))
 }
 
 async fn nats_bus(config: &PlatformConfig) -> Result<NatsBus> {
