@@ -43,8 +43,33 @@ impl Answer {
 /// How many times a call refused with 429 is tried again, after its `Retry-After`.
 const RATE_LIMITED_RETRIES: usize = 3;
 
-/// A call to the public API; a 429 is retried after the `Retry-After` it gives (at most 5 s),
-/// as a well-behaved app does.
+/// Sends the request `request` builds; a 429 is sent again after the `Retry-After` it gives
+/// (at most 5 s), [`RATE_LIMITED_RETRIES`] times, as a well-behaved app does.
+async fn send(
+    request: impl Fn() -> reqwest::RequestBuilder,
+    what: &str,
+) -> anyhow::Result<reqwest::Response> {
+    for attempt in 0.. {
+        let response = request()
+            .send()
+            .await
+            .with_context(|| format!("{what} unreachable"))?;
+        if response.status() != StatusCode::TOO_MANY_REQUESTS || attempt >= RATE_LIMITED_RETRIES {
+            return Ok(response);
+        }
+        let seconds = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1)
+            .clamp(1, 5);
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+    }
+    unreachable!("the loop returns")
+}
+
+/// A call to the public API (see [`send`] for a 429).
 async fn call(
     http: &reqwest::Client,
     url: &str,
@@ -54,7 +79,7 @@ async fn call(
     key: Option<&str>,
     body: Option<Value>,
 ) -> anyhow::Result<Answer> {
-    for attempt in 0.. {
+    let request = || {
         let mut request = http.request(method.clone(), format!("{url}{path}"));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -65,26 +90,12 @@ async fn call(
         if let Some(body) = &body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("{path} unreachable"))?;
-        let status = response.status();
-        if status == StatusCode::TOO_MANY_REQUESTS && attempt < RATE_LIMITED_RETRIES {
-            let seconds = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(1)
-                .clamp(1, 5);
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
-            continue;
-        }
-        let body = response.json().await.unwrap_or(Value::Null);
-        return Ok(Answer { status, body });
-    }
-    unreachable!("the loop returns")
+        request
+    };
+    let response = send(request, path).await?;
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Ok(Answer { status, body })
 }
 
 impl PublicApi {
@@ -172,12 +183,13 @@ impl PublicApi {
 
     /// Follows the account's feed live, until the [`LiveFeed`] is dropped.
     pub async fn follow_feed(&self, account_id: &str) -> anyhow::Result<LiveFeed> {
-        let response = self
-            .http
-            .get(format!("{}/v1/accounts/{account_id}/feed/stream", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
+        let path = format!("/v1/accounts/{account_id}/feed/stream");
+        let request = || {
+            self.http
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(&self.token)
+        };
+        let response = send(request, &path).await?;
         if response.status() != StatusCode::OK {
             bail!("the feed stream answered {}", response.status());
         }
@@ -349,3 +361,44 @@ pub fn authorisation(id: &str, card: &str, minor: i64, currency: &str) -> Value 
 pub static MERCHANT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
     || json!({ "descriptor": "STERLING ACCEPTANCE LONDON GB", "mcc": "5999", "country": "GB", "city": "London" }),
 );
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refusal_for_too_many_requests_is_sent_again_after_its_wait() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/stream",
+            axum::routing::get({
+                let asked = asked.clone();
+                move || async move {
+                    match asked.fetch_add(1, Ordering::SeqCst) {
+                        0 => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "1")],
+                            "slow down",
+                        ),
+                        _ => (StatusCode::OK, [("retry-after", "0")], "data"),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/stream", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        let response = send(|| http.get(&url), "/stream").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "waited as asked"
+        );
+    }
+}

@@ -1,5 +1,8 @@
 //! Feed items: written from events, read in pages, followed live.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prost::Message;
 use sterling_bus::Envelope;
 use sterling_proto::common::v1::Money;
@@ -13,11 +16,49 @@ use sterling_template::by_month::ByMonth;
 use sterling_template::{Error, Result};
 use tokio::sync::broadcast;
 
-/// The feed's data and its live stream.
+/// The feed's data and its live streams.
 #[derive(Clone)]
 pub struct FeedStore {
     store: SharedStore,
-    live: broadcast::Sender<FeedItem>,
+    live: Followers,
+}
+
+/// Items a follower of one account may fall behind by before it misses some.
+const FOLLOW_BUFFER: usize = 256;
+
+/// Accounts kept without a follower, above which those are forgotten.
+const ACCOUNTS_REMEMBERED: usize = 1024;
+
+/// The live streams: a channel per account followed, so an item wakes only the followers of
+/// its own account (one channel for every account woke every follower for every item, and a
+/// busy account could push a quiet one's follower past its buffer).
+#[derive(Clone, Default)]
+struct Followers(Arc<Mutex<HashMap<String, broadcast::Sender<FeedItem>>>>);
+
+impl Followers {
+    /// A new follower of `account_id`'s items.
+    fn follow(&self, account_id: &str) -> broadcast::Receiver<FeedItem> {
+        let mut channels = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if channels.len() > ACCOUNTS_REMEMBERED {
+            channels.retain(|_, channel| channel.receiver_count() > 0);
+        }
+        channels
+            .entry(account_id.to_string())
+            .or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Sends `item` to its account's followers, if any.
+    fn send(&self, item: FeedItem) {
+        let mut channels = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(&item.account_id) {
+            let account_id = item.account_id.clone();
+            if channel.send(item).is_err() {
+                // Its last follower has gone.
+                channels.remove(&account_id);
+            }
+        }
+    }
 }
 
 /// Feed items by account and month.
@@ -133,7 +174,7 @@ impl FeedStore {
     pub fn new(store: SharedStore) -> Self {
         FeedStore {
             store,
-            live: broadcast::channel(1024).0,
+            live: Followers::default(),
         }
     }
 
@@ -197,7 +238,7 @@ impl FeedStore {
         {
             let item = item_from_row(&row)?;
             tracing::info!(item_id = %item.item_id, title = %item.title, status = %item.status, "feed item written");
-            let _ = self.live.send(item);
+            self.live.send(item);
         }
         Ok(())
     }
@@ -293,8 +334,48 @@ impl FeedStore {
         ITEMS.move_once(&self.store, "feed_items").await
     }
 
-    /// Every item written from now on.
-    pub fn follow(&self) -> broadcast::Receiver<FeedItem> {
-        self.live.subscribe()
+    /// The items of `account_id` written from now on.
+    pub fn follow(&self, account_id: &str) -> broadcast::Receiver<FeedItem> {
+        self.live.follow(account_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(account_id: &str, item_id: &str) -> FeedItem {
+        FeedItem {
+            account_id: account_id.to_string(),
+            item_id: item_id.to_string(),
+            ..FeedItem::default()
+        }
+    }
+
+    #[test]
+    fn an_item_reaches_the_followers_of_its_account_only() {
+        let followers = Followers::default();
+        let (mut a1, mut a2, mut b) = (
+            followers.follow("a"),
+            followers.follow("a"),
+            followers.follow("b"),
+        );
+        followers.send(item("a", "1"));
+        followers.send(item("c", "2"));
+        assert_eq!(a1.try_recv().unwrap().item_id, "1");
+        assert_eq!(a2.try_recv().unwrap().item_id, "1");
+        assert!(a1.try_recv().is_err() && b.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_account_whose_followers_left_is_forgotten_at_its_next_item() {
+        let followers = Followers::default();
+        drop(followers.follow("a"));
+        assert_eq!(followers.0.lock().unwrap().len(), 1);
+        followers.send(item("a", "1"));
+        assert!(followers.0.lock().unwrap().is_empty());
+        let mut again = followers.follow("a");
+        followers.send(item("a", "2"));
+        assert_eq!(again.try_recv().unwrap().item_id, "2");
     }
 }
