@@ -94,6 +94,9 @@ impl Percentiles {
 pub struct RateReport {
     /// Offered authorisations per second.
     pub rate: u32,
+    /// Which of the run's rates this is (0: the first); a rate offered twice in a run sends
+    /// different ids each time, so the second is not answered from the first's records.
+    pub step: usize,
     /// Authorisations sent.
     pub sent: u64,
     /// Approved among them.
@@ -575,7 +578,7 @@ async fn offer(
     report: &mut RateReport,
     duration: Duration,
 ) -> i64 {
-    let rate = report.rate.max(1);
+    let (rate, step) = (report.rate.max(1), report.step);
     let total = (u64::from(rate) * duration.as_secs()).max(1);
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let answers = Arc::new(Mutex::new(Answers::new()));
@@ -600,7 +603,7 @@ async fn offer(
         );
         in_flight.spawn(async move {
             let card = &cards[i as usize % cards.len()];
-            let id = format!("load-{rate}-{i}");
+            let id = format!("load-{step}-{rate}-{i}");
             processor
                 .authorise(id, card, (due, due_us), &answers, &seen)
                 .await;
@@ -648,11 +651,12 @@ async fn measure_rate(
     cards: &Arc<Vec<String>>,
     seen: &Arc<Seen>,
     recorder: Option<&PrometheusHandle>,
-    rate: u32,
+    (step, rate): (usize, u32),
     duration: Duration,
 ) -> RateReport {
     let mut report = RateReport {
         rate,
+        step,
         ..RateReport::default()
     };
     let (before, lock_waits, started) = (
@@ -736,13 +740,13 @@ pub async fn run(
     let cards = Arc::new(customers.cards.clone());
     warm_up(&processor, &cards, &seen).await?;
     let mut reports = Vec::new();
-    for rate in options.rates {
+    for (step, rate) in options.rates.into_iter().enumerate() {
         let report = measure_rate(
             &processor,
             &cards,
             &seen,
             recorder.as_ref(),
-            rate,
+            (step, rate),
             options.duration,
         )
         .await;

@@ -45,7 +45,7 @@ fn every_approval_is_timed_to_its_feed_item_push_and_webhook() {
         .args([
             "load",
             "--rates",
-            "10",
+            "10,10",
             "--seconds",
             "3",
             "--customers",
@@ -59,16 +59,19 @@ fn every_approval_is_timed_to_its_feed_item_push_and_webhook() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "{text}");
-    let rate = text
-        .lines()
-        .find(|l| l.starts_with("rate 10/s"))
-        .unwrap_or_else(|| panic!("no rate line in:\n{text}"));
-    assert_eq!(number_after(rate, "sent "), 30, "{text}");
-    assert_eq!(number_after(rate, "approved "), 30, "{text}");
-    assert_eq!(number_after(rate, "failed "), 0, "{text}");
-    assert_eq!(timed(&text, "authorisation"), 30, "{text}");
-    for effect in ["feed item", "push", "webhook", "all three"] {
-        assert_eq!(timed(&text, effect), 30, "{effect}: {text}");
+    // The same rate twice: the second offers new ids (not answered from the first's records)
+    // and follows their effects as the first did.
+    let steps: Vec<&str> = text.split("rate 10/s").skip(1).collect();
+    assert_eq!(steps.len(), 2, "{text}");
+    for step in steps {
+        let rate = step.lines().next().unwrap();
+        assert_eq!(number_after(rate, "sent "), 30, "{text}");
+        assert_eq!(number_after(rate, "approved "), 30, "{text}");
+        assert_eq!(number_after(rate, "failed "), 0, "{text}");
+        assert_eq!(timed(step, "authorisation"), 30, "{text}");
+        for effect in ["feed item", "push", "webhook", "all three"] {
+            assert_eq!(timed(step, effect), 30, "{effect}: {text}");
+        }
     }
     assert!(text.contains("every effect done"), "{text}");
     // The backlog is read from the consumers' gauges: a consumer is named.
