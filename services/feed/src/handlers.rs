@@ -5,8 +5,10 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use sterling_proto::feed::v1::feed_server::Feed;
 use sterling_proto::feed::v1::{FeedItem, FollowFeedRequest, ListFeedRequest, ListFeedResponse};
+use sterling_template::error::Error;
 use sterling_template::error::required;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::{Request, Response, Status};
 
 use crate::store::FeedStore;
@@ -54,11 +56,70 @@ impl Feed for FeedHandlers {
         request: Request<FollowFeedRequest>,
     ) -> Result<Response<Self::FollowFeedStream>, Status> {
         let account_id = required("account_id", &request.into_inner().account_id)?.to_string();
-        let stream = BroadcastStream::new(self.feed.follow(&account_id)).filter_map(|item| {
-            // A follower that fell more than the buffer behind misses those items; the app
-            // lists the feed again when it reconnects.
-            std::future::ready(item.ok().map(Ok))
+        Ok(Response::new(Box::pin(live(self.feed.follow(&account_id)))))
+    }
+}
+
+/// One account's live items as a follow stream. A follower that falls more than the channel's
+/// buffer behind gets `unavailable.follower_behind` and its stream ends, so the app lists the
+/// feed and follows again rather than silently missing items.
+fn live(
+    receiver: tokio::sync::broadcast::Receiver<FeedItem>,
+) -> impl Stream<Item = Result<FeedItem, Status>> {
+    BroadcastStream::new(receiver).scan(false, |ended, item| {
+        let next = match item {
+            _ if *ended => None,
+            Ok(item) => Some(Ok(item)),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                *ended = true;
+                let message =
+                    format!("this follower missed {missed} items; list the feed and follow again");
+                Some(Err(Error::unavailable("follower_behind", message).into()))
+            }
+        };
+        std::future::ready(next)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str) -> FeedItem {
+        FeedItem {
+            item_id: id.to_string(),
+            ..FeedItem::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_is_told_and_its_stream_ends() {
+        let (sender, receiver) = tokio::sync::broadcast::channel(2);
+        let follower = live(receiver);
+        for id in ["a", "b", "c", "d"] {
+            sender.send(item(id)).unwrap();
+        }
+        drop(sender);
+        let heard: Vec<Result<FeedItem, Status>> = follower.collect().await;
+        // Two of four missed: told once, and nothing after (not "c" and "d" as if whole).
+        assert_eq!(heard.len(), 1, "{heard:?}");
+        let status = heard[0].as_ref().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("missed 2 items"), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_keeps_up_hears_every_item_in_order() {
+        let (sender, receiver) = tokio::sync::broadcast::channel(2);
+        let follower = live(receiver);
+        let sending = tokio::spawn(async move {
+            for id in ["a", "b", "c", "d"] {
+                sender.send(item(id)).unwrap();
+                tokio::task::yield_now().await;
+            }
         });
-        Ok(Response::new(Box::pin(stream)))
+        let heard: Vec<String> = follower.map(|i| i.unwrap().item_id).collect().await;
+        sending.await.unwrap();
+        assert_eq!(heard, ["a", "b", "c", "d"]);
     }
 }

@@ -23,8 +23,9 @@ pub struct FeedStore {
     live: Followers,
 }
 
-/// Items a follower of one account may fall behind by before it misses some.
-const FOLLOW_BUFFER: usize = 256;
+/// Items a follower of one account may fall behind by before its stream ends (a channel
+/// holds this many slots from the start: 256 took about 80 KB per account followed).
+const FOLLOW_BUFFER: usize = 32;
 
 /// Accounts kept without a follower, above which those are forgotten.
 const ACCOUNTS_REMEMBERED: usize = 1024;

@@ -28,8 +28,9 @@ pub struct SinkDelivery {
     pub apns_id: String,
     /// The device token in the path.
     pub device_token: String,
-    /// The JSON payload.
-    pub payload: serde_json::Value,
+    /// The JSON payload, as it was sent (kept unparsed: a parsed one takes three to four
+    /// times the memory).
+    pub payload: Box<serde_json::value::RawValue>,
     /// When it arrived, microseconds since the epoch.
     pub received_at_us: i64,
 }
@@ -120,7 +121,7 @@ async fn accept(
     State(state): State<Arc<SinkState>>,
     Path(token): Path<String>,
     headers: HeaderMap,
-    Json(payload): Json<serde_json::Value>,
+    body: axum::body::Bytes,
 ) -> (StatusCode, HeaderMap) {
     let control = state
         .control
@@ -144,15 +145,8 @@ async fn accept(
             StatusCode::from_u16(control.fail_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (status, reply);
     }
-    let delivery = SinkDelivery {
-        index: 0,
-        apns_id,
-        device_token: token,
-        payload,
-        received_at_us: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or_default(),
+    let Some(delivery) = delivery_of(apns_id, token, &body) else {
+        return (StatusCode::BAD_REQUEST, reply);
     };
     state
         .deliveries
@@ -160,6 +154,21 @@ async fn accept(
         .unwrap_or_else(|p| p.into_inner())
         .record(delivery);
     (StatusCode::OK, reply)
+}
+
+/// The delivery a notification with `body` makes (numbered when recorded), if the body is JSON.
+fn delivery_of(apns_id: String, device_token: String, body: &[u8]) -> Option<SinkDelivery> {
+    let payload = serde_json::from_slice(body).ok()?;
+    Some(SinkDelivery {
+        index: 0,
+        apns_id,
+        device_token,
+        payload,
+        received_at_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default(),
+    })
 }
 
 async fn deliveries(
@@ -183,13 +192,7 @@ mod tests {
     use super::*;
 
     fn delivery(token: &str) -> SinkDelivery {
-        SinkDelivery {
-            index: usize::MAX,
-            apns_id: String::new(),
-            device_token: token.to_string(),
-            payload: serde_json::Value::Null,
-            received_at_us: 0,
-        }
+        delivery_of(String::new(), token.to_string(), b"null").unwrap()
     }
 
     fn tokens(deliveries: &[SinkDelivery]) -> Vec<(usize, &str)> {
@@ -214,5 +217,21 @@ mod tests {
         assert_eq!(tokens(&kept.from(3)), [(3, "d"), (4, "e")]);
         assert_eq!(tokens(&kept.from(5)), []);
         assert_eq!(tokens(&kept.from(usize::MAX)), []);
+    }
+
+    #[test]
+    fn a_payload_is_listed_as_it_was_sent_and_one_not_json_is_refused() {
+        let sent =
+            br#"{"aps":{"alert":{"title":"PRET A MANGER","body":"\u00a33.50"}},"n":[1,2.5]}"#;
+        let mut kept = Kept::new(3);
+        kept.record(delivery_of("id-1".into(), "phone".into(), sent).unwrap());
+        let listed = serde_json::to_string(&kept.from(0)).unwrap();
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+        let expected: serde_json::Value = serde_json::from_slice(sent).unwrap();
+        assert_eq!(listed[0]["payload"], expected);
+        assert_eq!(listed[0]["apns_id"], "id-1");
+        assert_eq!(listed[0]["device_token"], "phone");
+        assert!(delivery_of("id-2".into(), "phone".into(), b"{\"aps\":").is_none());
+        assert!(delivery_of("id-3".into(), "phone".into(), b"").is_none());
     }
 }
