@@ -137,6 +137,9 @@ pub struct RateReport {
     pub resident_kb_end: u64,
     /// Of that, what SQLite had allocated (its page caches, statements and schemas).
     pub sqlite_kb_end: u64,
+    /// CPU time this process (the whole bank and the generator) used from the rate's start
+    /// until its effects were done.
+    pub cpu: Duration,
     /// Where the bank waited during the rate, by its own metrics.
     pub contention: Contention,
 }
@@ -171,6 +174,31 @@ fn resident_kb() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or_default()
+}
+
+/// Ticks per second of the CPU times in `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// User and system CPU time this process has used, every thread's (zero where /proc is not
+/// there).
+fn cpu_used() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces): utime and stime are the
+            // 12th and 13th of them.
+            let fields: Vec<u64> = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|f| f.parse().ok())
+                .collect::<Option<_>>()?;
+            Some(fields.iter().sum::<u64>())
+        })
+        .unwrap_or_default();
+    Duration::from_millis(ticks * 1000 / USER_HZ)
 }
 
 /// A histogram of microseconds, one hour at most, three significant digits.
@@ -659,13 +687,15 @@ async fn measure_rate(
         step,
         ..RateReport::default()
     };
-    let (before, lock_waits, started) = (
+    let (before, lock_waits, started, cpu_before) = (
         read_off_thread(recorder.cloned()).await,
         sterling_storage::embedded::busy_waits(),
         Instant::now(),
+        cpu_used(),
     );
     let last_due_us = offer(processor, cards, seen, recorder, &mut report, duration).await;
     await_effects(seen, last_due_us, duration.max(WAIT_AT_LEAST), &mut report).await;
+    report.cpu = cpu_used().saturating_sub(cpu_before);
     report.resident_kb_end = resident_kb();
     report.sqlite_kb_end = sterling_storage::embedded::memory_used() / 1024;
     report.contention = Contention::between(
@@ -828,6 +858,34 @@ impl std::fmt::Display for RateReport {
             self.resident_kb_end / 1024,
             self.sqlite_kb_end / 1024
         )?;
+        writeln!(
+            f,
+            "  CPU {:.2} ms per authorisation offered (bank and generator, until every effect \
+             was done)",
+            ms(self.cpu) / self.sent.max(1) as f64
+        )?;
         write!(f, "{}", self.contention)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_a_busy_thread_uses_is_counted() {
+        let before = cpu_used();
+        let started = Instant::now();
+        let mut spins = 0u64;
+        while cpu_used().saturating_sub(before) < Duration::from_millis(100)
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            spins = std::hint::black_box(spins + 1);
+        }
+        let used = cpu_used().saturating_sub(before);
+        assert!(
+            used >= Duration::from_millis(100),
+            "{used:?} after {spins} spins"
+        );
     }
 }

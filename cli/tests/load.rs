@@ -72,6 +72,13 @@ fn every_approval_is_timed_to_its_feed_item_push_and_webhook() {
         for effect in ["feed item", "push", "webhook", "all three"] {
             assert_eq!(timed(step, effect), 30, "{effect}: {text}");
         }
+        // The process's CPU per authorisation is read from /proc: some was used.
+        let cpu = step
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("CPU "))
+            .unwrap_or_else(|| panic!("no CPU line in:\n{text}"));
+        let per_authorisation: f64 = cpu.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(per_authorisation > 0.0, "{text}");
     }
     assert!(text.contains("every effect done"), "{text}");
     // The backlog is read from the consumers' gauges: a consumer is named.
