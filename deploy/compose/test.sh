@@ -158,12 +158,15 @@ compose up -d --no-build "${SERVICES[@]}" > /dev/null
 wait_healthy 420
 log "every container is healthy"
 
-# The first writes warm a freshly started database up; seeding is idempotent on its key.
-for attempt in 1 2 3 4 5; do
-  seeded="$(sterling seed --amount 100.00 --key compose-test 2>&1)" && break
-  log "seed attempt $attempt: $seeded"
+# The first writes warm a freshly started database up; seeding is idempotent on its key, and
+# only a seeding that finished counts (one cut short may have left the phone unregistered).
+seeded=""
+for attempt in $(seq 1 20); do
+  if out="$(sterling seed --amount 100.00 --key compose-test 2>&1)"; then seeded="$out"; break; fi
+  log "seed attempt $attempt: $out"
   sleep 5
 done
+[ -n "$seeded" ] || { log "seeding never finished"; exit 1; }
 account="$(echo "$seeded" | awk '/^account/ {print $2}')"
 card="$(echo "$seeded" | awk '/^card/ {print $2}')"
 [ -n "$account" ] && [ -n "$card" ] || { log "seed printed: $seeded"; exit 1; }
