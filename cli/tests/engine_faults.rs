@@ -226,7 +226,6 @@ async fn a_killed_service_vanishes_from_discovery_within_its_ttl() {
     common::drop_nats(&namespace).await;
 }
 
-/// Events left staged in a keyspace's outbox (never published or discarded).
 /// Pays with fresh ids `{prefix}-{n}` every half second until one is approved, within `within`;
 /// panics naming every answer heard if none is. Returns what it sent and the answers heard, to
 /// reconcile with the rest. An engine just started (cold JIT, Paxos state rebuilt) can hold
@@ -270,6 +269,7 @@ async fn pay_until_approved(
     unreachable!("the loop returns or panics")
 }
 
+/// Events left staged in a keyspace's outbox (never published or discarded).
 async fn outbox_rows(namespace: &str, service: &str) -> i64 {
     let session = sterling_storage::cassandra::connect(
         &sterling_storage::cassandra::CassandraConfig::from_env(),
