@@ -76,11 +76,17 @@ pub struct ConsumerConfig {
     /// (the default). A handler that is idempotent by construction may turn it off and save a
     /// read and a write per event.
     pub deduplicate: bool,
+    /// How long a delivery whose handler failed for want of a dependency (a store or service
+    /// unavailable, timing out or shedding load) is kept in hand and tried again before it is
+    /// naked like any failure. An outage shorter than this spends no delivery, so it cannot
+    /// dead-letter an event; a handler that fails otherwise (a bug, a panic) is naked at once.
+    /// Zero: every failure is naked at once.
+    pub held_through_outage: Duration,
 }
 
 impl ConsumerConfig {
     /// A consumer with default timings: ack wait 30 s, 8 deliveries, backoff 100 ms to 1 min,
-    /// one delivery at a time.
+    /// one delivery at a time, an outage of up to 5 min waited out in hand.
     pub fn new(durable: &str, subjects: &[&str]) -> Self {
         ConsumerConfig {
             durable: durable.to_string(),
@@ -93,6 +99,7 @@ impl ConsumerConfig {
                 .collect(),
             concurrency: 1,
             deduplicate: true,
+            held_through_outage: Duration::from_secs(300),
         }
     }
 

@@ -222,6 +222,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "Deliveries that were not the event's first.",
     ),
     (
+        "sterling_consumer_retried_in_hand_total",
+        "Handler runs again while the delivery stays in hand, after a dependency failed for a passing reason (unavailable, timeout, rate limited): an outage waited out without spending deliveries.",
+    ),
+    (
         "sterling_consumer_lag_seconds",
         "Time from an event occurring to its delivery to the consumer.",
     ),

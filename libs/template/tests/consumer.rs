@@ -261,3 +261,139 @@ async fn an_event_waiting_behind_its_key_is_not_delivered_again() {
         .unwrap_or(0.0);
     assert_eq!(redelivered, 0.0, "{text}");
 }
+
+/// The value of `metric` for consumer `consumer` (0 when it has no series); `metric` may end
+/// with labels, `name{label="value"`, that the series must have too.
+fn consumer_metric(metric: &str, consumer: &str) -> f64 {
+    let (name, label) = metric.split_once('{').unwrap_or((metric, ""));
+    let text = prometheus().render();
+    text.lines()
+        .find(|l| {
+            l.starts_with(name)
+                && l.contains(label)
+                && l.contains(&format!("consumer=\"{consumer}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A consumer `durable` whose handler fails with `unavailable` (a store restarting, say) on
+/// its first `failures` runs, then succeeds; its runs so far.
+async fn failing_at_first(
+    dir: &std::path::Path,
+    durable: &'static str,
+    failures: u32,
+    config: impl FnOnce(ConsumerConfig) -> ConsumerConfig + Send + 'static,
+) -> (Platform, RunningService, Arc<AtomicU32>) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let (platform, running) = consuming(dir, durable, move |ctx| {
+        let subject = format!("{durable}.>");
+        ctx.consume(
+            config(ConsumerConfig::new(durable, &[subject.as_str()])),
+            move |_| {
+                let counted = counted.clone();
+                async move {
+                    if counted.fetch_add(1, Ordering::SeqCst) < failures {
+                        return Err(Error::unavailable("store", "the store is restarting"));
+                    }
+                    Ok(())
+                }
+            },
+        );
+    })
+    .await;
+    (platform, running, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_waited_out_in_hand_without_spending_deliveries() {
+    prometheus();
+    let dir = tempfile::tempdir().unwrap();
+    // Four failures: the handler is run again after 0.2, 0.4, 0.8 and 1.6 s, in all ten ack
+    // waits; two deliveries would have dead-lettered it at its second failure.
+    let (platform, running, runs) =
+        failing_at_first(dir.path(), "outage-h", 4, |config| ConsumerConfig {
+            ack_wait: Duration::from_millis(300),
+            max_deliver: 2,
+            backoff: vec![Duration::from_millis(20)],
+            ..config
+        })
+        .await;
+    let envelope = outbox::event(
+        "outage-h.a",
+        &sterling_proto::events::v1::Envelope::default(),
+    );
+    platform.bus.publish(&envelope).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while consumer_metric(
+        "sterling_consumer_events_total{outcome=\"handled\"",
+        "outage-h",
+    ) < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long enough for a redelivery beside it to have arrived and run.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    running.stop().await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        5,
+        "four failures, then one success"
+    );
+    assert_eq!(
+        consumer_metric("sterling_consumer_retried_in_hand_total", "outage-h"),
+        4.0
+    );
+    assert_eq!(
+        consumer_metric("sterling_consumer_redelivered_total", "outage-h"),
+        0.0,
+        "the outage spent no delivery"
+    );
+    assert_eq!(
+        consumer_metric("sterling_consumer_dead_lettered_total", "outage-h"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_time_held_spends_deliveries_as_before() {
+    prometheus();
+    let dir = tempfile::tempdir().unwrap();
+    // Held 300 ms: one run again after 200 ms, then naked; two deliveries, then a dead letter.
+    let (platform, running, runs) =
+        failing_at_first(dir.path(), "outage-l", u32::MAX, |config| ConsumerConfig {
+            max_deliver: 2,
+            backoff: vec![Duration::from_millis(20)],
+            held_through_outage: Duration::from_millis(300),
+            ..config
+        })
+        .await;
+    let envelope = outbox::event(
+        "outage-l.a",
+        &sterling_proto::events::v1::Envelope::default(),
+    );
+    platform.bus.publish(&envelope).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while consumer_metric("sterling_consumer_dead_lettered_total", "outage-l") < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        4,
+        "two runs in each of two deliveries"
+    );
+    assert_eq!(
+        consumer_metric("sterling_consumer_redelivered_total", "outage-l"),
+        1.0
+    );
+}

@@ -10,6 +10,12 @@
 //!   ([`sterling_storage::Store::apply_lazily`]: on the embedded store, without an fsync of its
 //!   own), after the handler's own writes were answered durable;
 //! - an error of class `bad_request` can never succeed: the event is dead-lettered (`term`);
+//! - an error of a dependency that is passing (`unavailable`, `timeout`, `rate_limited`: a
+//!   store or service restarting or shedding load) keeps the delivery in hand and runs the
+//!   handler again after a wait (200 ms, doubling to 5 s), for up to the consumer's
+//!   `held_through_outage`: an outage shorter than that spends no delivery, so it cannot
+//!   dead-letter an event however many deliveries are allowed. Past it, or on stopping, the
+//!   delivery is naked as below;
 //! - any other error, or a panic of the handler, naks it for redelivery with the consumer's
 //!   backoff.
 //!
@@ -24,7 +30,8 @@
 //! or fail its events with it).
 //!
 //! Metrics per consumer: `sterling_consumer_events_total{outcome}` (`handled`, `duplicate`,
-//! `rejected`, `failed`), `sterling_consumer_redelivered_total`, and
+//! `rejected`, `failed`), `sterling_consumer_redelivered_total`,
+//! `sterling_consumer_retried_in_hand_total` (handler runs again through an outage), and
 //! `sterling_consumer_lag_seconds` (from the event's time to its handling), and
 //! `sterling_consumer_backlog_events` (what it has not acked yet, sampled every second).
 
@@ -81,6 +88,7 @@ impl Outcome {
 struct ConsumerMetrics {
     outcomes: [Counter; 4],
     redelivered: Counter,
+    retried_in_hand: Counter,
     lag: Histogram,
     backlog: Gauge,
 }
@@ -91,6 +99,7 @@ impl ConsumerMetrics {
         ConsumerMetrics {
             outcomes: Outcome::ALL.map(label),
             redelivered: metrics::counter!("sterling_consumer_redelivered_total", "service" => service, "consumer" => durable.to_string()),
+            retried_in_hand: metrics::counter!("sterling_consumer_retried_in_hand_total", "service" => service, "consumer" => durable.to_string()),
             lag: metrics::histogram!("sterling_consumer_lag_seconds", "service" => service, "consumer" => durable.to_string()),
             backlog: metrics::gauge!("sterling_consumer_backlog_events", "service" => service, "consumer" => durable.to_string()),
         }
@@ -128,6 +137,51 @@ impl KeyOrder {
         }
         let (done, settled) = oneshot::channel();
         (self.last.insert(key, settled), done)
+    }
+}
+
+/// The first wait before a handler that failed for want of a dependency runs again in hand.
+const OUTAGE_WAIT_FIRST: Duration = Duration::from_millis(200);
+
+/// The longest wait between two runs of a handler in hand (the waits double up to it).
+const OUTAGE_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Whether errors of `class` are a dependency's passing failure (what an outage or a shedding
+/// service gives), worth running the handler again for while its delivery stays in hand.
+fn passing(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::Unavailable | ErrorClass::Timeout | ErrorClass::RateLimited
+    )
+}
+
+/// The waits of one delivery kept in hand through a dependency's outage.
+struct OutageWaits {
+    /// Time still allowed in hand.
+    left: Duration,
+    /// The next wait.
+    next: Duration,
+}
+
+impl OutageWaits {
+    /// Waits adding up to `held` at most.
+    fn new(held: Duration) -> Self {
+        OutageWaits {
+            left: held,
+            next: OUTAGE_WAIT_FIRST,
+        }
+    }
+
+    /// The wait before running the handler again after an error of `class`, or `None` when
+    /// the delivery is to be naked: not a passing failure, or the time in hand is spent.
+    fn after(&mut self, class: ErrorClass) -> Option<Duration> {
+        if !passing(class) || self.next > self.left {
+            return None;
+        }
+        let wait = self.next;
+        self.left -= wait;
+        self.next = wait.saturating_mul(2).min(OUTAGE_WAIT_MAX);
+        Some(wait)
     }
 }
 
@@ -232,6 +286,7 @@ where
                         None => (None, None),
                     };
                     let (consumer, metrics) = (consumer.clone(), metrics.clone());
+                    let stopping = stopping.clone();
                     tokio::spawn(async move {
                         if let Some(before) = before {
                             // Closed, never sent: settled, or its task is gone. In hand
@@ -239,7 +294,8 @@ where
                             let ack_wait = consumer.config.ack_wait;
                             let _ = in_hand(&delivery, ack_wait, before).await;
                         }
-                        metrics.record(consumer.deliver(delivery).await);
+                        let outcome = consumer.deliver(delivery, &metrics, &stopping).await;
+                        metrics.record(outcome);
                         drop((done, slot));
                     });
                 }
@@ -287,25 +343,29 @@ where
         .increment(1);
     }
 
-    /// Handles one delivery and settles it; returns what was done.
-    pub(crate) async fn deliver(&self, delivery: Delivery) -> Outcome {
-        let envelope = delivery.envelope.clone();
+    /// Handles one delivery and settles it; returns what was done. A passing failure of a
+    /// dependency runs the handler again in hand (see the module's policy) until `stopping`.
+    async fn deliver(
+        &self,
+        delivery: Delivery,
+        metrics: &ConsumerMetrics,
+        stopping: &CancellationToken,
+    ) -> Outcome {
         let (context, span) = event_context(self.service, &self.config.durable, &delivery);
-        let processed_key = Row::new()
-            .with("consumer", self.config.durable.as_str())
-            .with("event_id", envelope.event_id.as_str());
         let working = async {
-            let seen = match self.config.deduplicate {
-                true => self.store.get("processed_events", &processed_key).await,
-                false => Ok(None),
-            };
-            match seen {
-                Ok(Some(_)) => Ok(true),
-                Ok(None) => self
-                    .handle(envelope, context, &span, processed_key)
-                    .await
-                    .map(|()| false),
-                Err(e) => Err(Error::from(e)),
+            let mut waits = OutageWaits::new(self.config.held_through_outage);
+            loop {
+                let tried = self.try_once(&delivery, context.clone(), &span).await;
+                let Err(e) = &tried else { return tried };
+                let Some(wait) = waits.after(e.class()) else {
+                    return tried;
+                };
+                span.in_scope(|| tracing::warn!(code = e.code(), error = %e, wait_ms = wait.as_millis() as u64, "a dependency failed; kept in hand and tried again"));
+                metrics.retried_in_hand.increment(1);
+                tokio::select! {
+                    _ = stopping.cancelled() => return tried,
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
         };
         let outcome = in_hand(&delivery, self.config.ack_wait, working).await;
@@ -337,6 +397,31 @@ where
             tracing::warn!(service = self.service, error = %e, "could not settle a delivery");
         }
         outcome
+    }
+
+    /// Runs the handler on `delivery` unless it was handled before; whether it was.
+    async fn try_once(
+        &self,
+        delivery: &Delivery,
+        context: RequestContext,
+        span: &tracing::Span,
+    ) -> Result<bool> {
+        let envelope = delivery.envelope.clone();
+        let processed_key = Row::new()
+            .with("consumer", self.config.durable.as_str())
+            .with("event_id", envelope.event_id.as_str());
+        let seen = match self.config.deduplicate {
+            true => self.store.get("processed_events", &processed_key).await,
+            false => Ok(None),
+        };
+        match seen {
+            Ok(Some(_)) => Ok(true),
+            Ok(None) => self
+                .handle(envelope, context, span, processed_key)
+                .await
+                .map(|()| false),
+            Err(e) => Err(Error::from(e)),
+        }
     }
 
     /// Runs the handler (a panic is a failure, not the end of the consumer) and records the
@@ -404,4 +489,36 @@ fn event_context(
     span.record("trace_id", context.trace.trace_id.as_str());
     span.record("span_id", context.trace.span_id.as_str());
     (context, span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_waited_out_in_doubling_steps_up_to_the_time_allowed() {
+        let mut waits = OutageWaits::new(Duration::from_secs(20));
+        let mut seen = Vec::new();
+        while let Some(wait) = waits.after(ErrorClass::Unavailable) {
+            seen.push(wait.as_millis());
+        }
+        assert_eq!(seen, [200, 400, 800, 1_600, 3_200, 5_000, 5_000]);
+        assert!(seen.iter().sum::<u128>() <= 20_000);
+    }
+
+    #[test]
+    fn only_a_passing_failure_is_waited_out() {
+        for class in ErrorClass::ALL {
+            let mut waits = OutageWaits::new(Duration::from_secs(60));
+            assert_eq!(waits.after(class).is_some(), passing(class), "{class:?}");
+        }
+        assert!(passing(ErrorClass::Timeout) && passing(ErrorClass::RateLimited));
+        assert!(!passing(ErrorClass::Internal) && !passing(ErrorClass::BadRequest));
+        let mut none = OutageWaits::new(Duration::ZERO);
+        assert_eq!(
+            none.after(ErrorClass::Unavailable),
+            None,
+            "zero: naked at once"
+        );
+    }
 }
