@@ -140,6 +140,9 @@ pub struct RateReport {
     /// CPU time this process (the whole bank and the generator) used from the rate's start
     /// until its effects were done.
     pub cpu: Duration,
+    /// Context switches of this process (every thread's) over the same time: each is a thread
+    /// that went to sleep or was put off its CPU, the hand-overs between threads.
+    pub context_switches: u64,
     /// Where the bank waited during the rate, by its own metrics.
     pub contention: Contention,
 }
@@ -199,6 +202,19 @@ fn cpu_used() -> Duration {
         })
         .unwrap_or_default();
     Duration::from_millis(ticks * 1000 / USER_HZ)
+}
+
+/// Context switches of this process so far, voluntary and not, of every thread including
+/// those that have ended (`getrusage`; zero if it fails).
+fn context_switches() -> u64 {
+    // SAFETY: a plain-data struct, all zeros valid, which `getrusage` only writes into.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `rusage` for the length of the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    let count = |n: libc::c_long| u64::try_from(n).unwrap_or(0);
+    count(usage.ru_nvcsw) + count(usage.ru_nivcsw)
 }
 
 /// A histogram of microseconds, one hour at most, three significant digits.
@@ -687,15 +703,17 @@ async fn measure_rate(
         step,
         ..RateReport::default()
     };
-    let (before, lock_waits, started, cpu_before) = (
+    let (before, lock_waits, started, cpu_before, switches_before) = (
         read_off_thread(recorder.cloned()).await,
         sterling_storage::embedded::busy_waits(),
         Instant::now(),
         cpu_used(),
+        context_switches(),
     );
     let last_due_us = offer(processor, cards, seen, recorder, &mut report, duration).await;
     await_effects(seen, last_due_us, duration.max(WAIT_AT_LEAST), &mut report).await;
     report.cpu = cpu_used().saturating_sub(cpu_before);
+    report.context_switches = context_switches().saturating_sub(switches_before);
     report.resident_kb_end = resident_kb();
     report.sqlite_kb_end = sterling_storage::embedded::memory_used() / 1024;
     report.contention = Contention::between(
@@ -860,9 +878,10 @@ impl std::fmt::Display for RateReport {
         )?;
         writeln!(
             f,
-            "  CPU {:.2} ms per authorisation offered (bank and generator, until every effect \
-             was done)",
-            ms(self.cpu) / self.sent.max(1) as f64
+            "  CPU {:.2} ms and {:.0} context switches per authorisation offered (bank and \
+             generator, until every effect was done)",
+            ms(self.cpu) / self.sent.max(1) as f64,
+            self.context_switches as f64 / self.sent.max(1) as f64
         )?;
         write!(f, "{}", self.contention)
     }
@@ -887,5 +906,19 @@ mod tests {
             used >= Duration::from_millis(100),
             "{used:?} after {spins} spins"
         );
+    }
+
+    #[test]
+    fn a_thread_that_sleeps_and_ends_is_counted_in_the_context_switches() {
+        let before = context_switches();
+        std::thread::spawn(|| {
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .join()
+        .unwrap();
+        let switched = context_switches() - before;
+        assert!(switched >= 20, "{switched} switches for 20 sleeps");
     }
 }

@@ -77,8 +77,13 @@ fn every_approval_is_timed_to_its_feed_item_push_and_webhook() {
             .lines()
             .find_map(|l| l.trim_start().strip_prefix("CPU "))
             .unwrap_or_else(|| panic!("no CPU line in:\n{text}"));
-        let per_authorisation: f64 = cpu.split_whitespace().next().unwrap().parse().unwrap();
+        let words: Vec<&str> = cpu.split_whitespace().collect();
+        let per_authorisation: f64 = words[0].parse().unwrap();
         assert!(per_authorisation > 0.0, "{text}");
+        // And its context switches (getrusage): every authorisation crosses threads.
+        assert_eq!(words[3], "and", "{text}");
+        let switches: f64 = words[4].parse().unwrap();
+        assert!(switches >= 1.0, "{text}");
     }
     assert!(text.contains("every effect done"), "{text}");
     // The backlog is read from the consumers' gauges: a consumer is named.

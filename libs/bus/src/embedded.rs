@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use sterling_sqlite::{
-    CHECKPOINT_EVERY, Checkpointer, limit_wal, no_commit_checkpoints, wait_when_busy,
+    CHECKPOINT_EVERY, Checkpointer, limit_wal, no_commit_checkpoints, plan_once, wait_when_busy,
 };
 use tokio::sync::watch;
 
@@ -199,6 +199,7 @@ impl SqliteBus {
         checkpointer: Option<Checkpointer>,
     ) -> Result<SqliteBus> {
         connection.set_prepared_statement_cache_capacity(64);
+        plan_once(&connection).map_err(err)?;
         connection
             .execute_batch(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;

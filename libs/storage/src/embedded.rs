@@ -9,6 +9,7 @@
 //! Commits do not checkpoint the WAL; a thread of the store's does, without blocking either
 //! ([`sterling_sqlite::Checkpointer`]).
 
+mod sql_texts;
 mod writer;
 
 pub use sterling_sqlite::{SLOW, busy_waits, memory_used};
@@ -21,9 +22,10 @@ use async_trait::async_trait;
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
 use sterling_sqlite::{
-    CHECKPOINT_EVERY, Checkpointer, limit_wal, no_commit_checkpoints, wait_when_busy,
+    CHECKPOINT_EVERY, Checkpointer, limit_wal, no_commit_checkpoints, plan_once, wait_when_busy,
 };
 
+use self::sql_texts::Shape;
 use crate::schema::{self, ColumnType, Migration, Order, TableSchema};
 use crate::{
     Applied, Condition, Mutation, Query, Result, Row, ScanPage, StorageError, Store, Value,
@@ -192,6 +194,7 @@ fn configure(connection: &Connection, durability: Durability) -> Result<()> {
     // Every table's statement shapes stay prepared (the default keeps 16, fewer than one
     // service's tables need, and parsing SQL again showed in profiles).
     connection.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
+    plan_once(connection).map_err(sql_err)?;
     connection
         .execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous};"
@@ -311,21 +314,28 @@ fn key_values(table: &TableSchema, key: &Row) -> Result<Vec<SqlValue>> {
         .collect()
 }
 
-fn get_row(conn: &Connection, table: &TableSchema, key: &Row) -> Result<Option<Row>> {
-    let predicate: Vec<String> = table
+/// `"c1" = ?1 AND "c2" = ?2 ...` over the table's primary key.
+fn key_predicate(table: &TableSchema) -> String {
+    table
         .primary_key()
         .enumerate()
         .map(|(i, k)| format!("{} = ?{}", quote(k), i + 1))
-        .collect();
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn get_row(conn: &Connection, table: &TableSchema, key: &Row) -> Result<Option<Row>> {
     let mut params = key_values(table, key)?;
     params.push(SqlValue::Integer(now_millis()));
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {} AND (__expires_at IS NULL OR __expires_at > ?{})",
-        select_list(table),
-        quote(&table.name),
-        predicate.join(" AND "),
-        params.len()
-    );
+    let sql = sql_texts::text(Shape::Get, table, std::iter::empty(), || {
+        format!(
+            "SELECT {} FROM {} WHERE {} AND (__expires_at IS NULL OR __expires_at > ?{})",
+            select_list(table),
+            quote(&table.name),
+            key_predicate(table),
+            table.primary_key().count() + 1
+        )
+    });
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
     let mut rows = stmt.query(params_from_iter(params)).map_err(sql_err)?;
     match rows.next().map_err(sql_err)? {
@@ -342,16 +352,37 @@ fn upsert(
     expires_at: Option<i64>,
     replace_expired: bool,
 ) -> Result<()> {
-    let mut columns = Vec::new();
-    let mut params = Vec::new();
+    let mut params = Vec::with_capacity(row.0.len() + 1);
     for (column, value) in &row.0 {
         check_type(table, column, value)?;
-        columns.push(quote(column));
         params.push(to_sql(value));
     }
-    columns.push("__expires_at".to_string());
     params.push(expires_at.map_or(SqlValue::Null, SqlValue::Integer));
-    let placeholders: Vec<String> = (1..=params.len()).map(|i| format!("?{i}")).collect();
+    let shape = Shape::Upsert { replace_expired };
+    let set = row.0.keys().map(String::as_str);
+    let sql = sql_texts::text(shape, table, set, || {
+        upsert_text(table, row, replace_expired)
+    });
+    conn.prepare_cached(&sql)
+        .map_err(sql_err)?
+        .execute(params_from_iter(params))
+        .map_err(sql_err)?;
+    Ok(())
+}
+
+/// The text of [`upsert`]'s statement: `row`'s columns and `__expires_at`, in that order.
+fn upsert_text(table: &TableSchema, row: &Row, replace_expired: bool) -> String {
+    let mut columns: Vec<String> = row.0.keys().map(|c| quote(c)).collect();
+    columns.push("__expires_at".to_string());
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    if replace_expired {
+        return format!(
+            "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
+            quote(&table.name),
+            columns.join(", "),
+            placeholders.join(", ")
+        );
+    }
     let keys: Vec<String> = table.primary_key().map(quote).collect();
     let updates: Vec<String> = row
         .0
@@ -362,41 +393,24 @@ fn upsert(
             "__expires_at = excluded.__expires_at".to_string(),
         ))
         .collect();
-    let sql = if replace_expired {
-        format!(
-            "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
-            quote(&table.name),
-            columns.join(", "),
-            placeholders.join(", ")
-        )
-    } else {
-        format!(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
-            quote(&table.name),
-            columns.join(", "),
-            placeholders.join(", "),
-            keys.join(", "),
-            updates.join(", ")
-        )
-    };
-    conn.prepare_cached(&sql)
-        .map_err(sql_err)?
-        .execute(params_from_iter(params))
-        .map_err(sql_err)?;
-    Ok(())
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
+        quote(&table.name),
+        columns.join(", "),
+        placeholders.join(", "),
+        keys.join(", "),
+        updates.join(", ")
+    )
 }
 
 fn delete(conn: &Connection, table: &TableSchema, key: &Row) -> Result<()> {
-    let predicate: Vec<String> = table
-        .primary_key()
-        .enumerate()
-        .map(|(i, k)| format!("{} = ?{}", quote(k), i + 1))
-        .collect();
-    let sql = format!(
-        "DELETE FROM {} WHERE {}",
-        quote(&table.name),
-        predicate.join(" AND ")
-    );
+    let sql = sql_texts::text(Shape::Delete, table, std::iter::empty(), || {
+        format!(
+            "DELETE FROM {} WHERE {}",
+            quote(&table.name),
+            key_predicate(table)
+        )
+    });
     conn.prepare_cached(&sql)
         .map_err(sql_err)?
         .execute(params_from_iter(key_values(table, key)?))
