@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::config::ConfigError;
-use super::consumer::{Consumer, OrderKey};
+use super::consumer::{Consumer, OrderKey, ProcessedRecords};
 use super::engines::Platform;
 use super::health::{BusChecker, Checker, Health};
 use crate::client::GrpcChannel;
@@ -328,6 +328,7 @@ impl ServiceContext {
             config,
             bus: self.platform.bus.clone(),
             store: self.store.clone(),
+            records: ProcessedRecords::new(self.store.clone()),
             handler,
             order,
         };
