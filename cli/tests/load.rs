@@ -81,8 +81,8 @@ fn every_approval_is_timed_to_its_feed_item_push_and_webhook() {
         let per_authorisation: f64 = words[0].parse().unwrap();
         assert!(per_authorisation > 0.0, "{text}");
         // And its context switches (getrusage): every authorisation crosses threads.
-        assert_eq!(words[3], "and", "{text}");
-        let switches: f64 = words[4].parse().unwrap();
+        assert_eq!(words[2], "and", "{text}");
+        let switches: f64 = words[3].parse().unwrap();
         assert!(switches >= 1.0, "{text}");
     }
     assert!(text.contains("every effect done"), "{text}");
