@@ -114,7 +114,7 @@ async fn outcome(bank: &TestBank, account_id: &str) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swipe_yields_one_of_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let bank = start(dir.path(), &[common::RELAXED_BUDGET]).await;
     let customer = bank.seed("fanout", money("50.00", "GBP")).await;
     let (a, url_a) = receiver().await;
     let (b, url_b) = receiver().await;
@@ -266,14 +266,10 @@ impl Bus for Twice {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_mid_burst_and_double_delivery_still_give_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bank = start_wrapped(
-        dir.path(),
-        &[("STERLING_CARD_API_BUDGET_MS", "10000")],
-        |mut p| {
-            p.bus = Arc::new(Twice(p.bus.clone()));
-            p
-        },
-    )
+    let mut bank = start_wrapped(dir.path(), &[common::RELAXED_BUDGET], |mut p| {
+        p.bus = Arc::new(Twice(p.bus.clone()));
+        p
+    })
     .await;
     let customer = bank.seed("burst", money("500.00", "GBP")).await;
     let (hooked, url) = receiver().await;
@@ -340,7 +336,7 @@ async fn a_failing_or_hanging_receiver_is_retried_logged_and_slows_nothing_else(
     let bank = start(
         dir.path(),
         &[
-            ("STERLING_CARD_API_BUDGET_MS", "10000"),
+            common::RELAXED_BUDGET,
             ("STERLING_WEBHOOKS_RETRY_SCHEDULE_MS", "100,200,300,400,500"),
             ("STERLING_WEBHOOKS_TIMEOUT_MS", "300"),
         ],
@@ -434,7 +430,7 @@ async fn a_failing_or_hanging_receiver_is_retried_logged_and_slows_nothing_else(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_following_the_feed_sees_its_items_arrive_and_update() {
     let dir = tempfile::tempdir().unwrap();
-    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let bank = start(dir.path(), &[common::RELAXED_BUDGET]).await;
     let customer = bank.seed("follower", money("20.00", "GBP")).await;
     let other = bank.seed("stranger", money("20.00", "GBP")).await;
     let mut live = FeedClient::new(bank.operator_channel("feed").await)

@@ -20,7 +20,7 @@ use sterling_proto::ledger::v1::ledger_client::LedgerClient;
 async fn the_balance_read_model_converges_to_the_ledger() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let bank = start(dir.path(), &[common::RELAXED_BUDGET]).await;
     let mut accounts = Vec::new();
     let mut requests = Vec::new();
     for i in 0..4 {

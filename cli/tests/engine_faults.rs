@@ -67,7 +67,7 @@ const AUDIT: ServiceDefinition = ServiceDefinition {
 async fn restarting_nats_mid_run_loses_no_event_and_handles_none_twice() {
     assert!(common::real_engines(), "set STERLING_TEST_ENGINES=real");
     let dir = tempfile::tempdir().unwrap();
-    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let bank = start(dir.path(), &[common::RELAXED_BUDGET]).await;
     let audit = platform::start(&AUDIT, &bank.bank.platform, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

@@ -140,7 +140,7 @@ async fn the_reconciler_reports_each_broken_rule() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = SETTINGS.to_vec();
-    settings.push(("STERLING_CARD_API_BUDGET_MS", "10000"));
+    settings.push(common::RELAXED_BUDGET);
     let bank = start_sync(dir.path(), &settings).await;
     let reconciler = reconciler(&bank).await;
     let customer = bank.seed("oracle", money("10.00", "GBP")).await;

@@ -40,7 +40,7 @@ async fn a_payment_is_one_trace_across_hops_and_events() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let bank = start(dir.path(), &[common::RELAXED_BUDGET]).await;
     let customer = bank.seed("trace", money("20.00", "GBP")).await;
     PushClient::new(bank.operator_channel("push").await)
         .register_device(RegisterDeviceRequest {

@@ -49,7 +49,7 @@ async fn approve(bank: &TestBank, id: &str, card: &str, amount: &str) -> i64 {
 async fn clearings_reversals_increments_refunds_and_force_posts() {
     let _serial = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let bank = start(dir.path(), &[common::RELAXED_BUDGET]).await;
     let alice = bank.seed("life-alice", money("100.00", "GBP")).await;
     let card = alice.card.token.clone();
 
@@ -427,7 +427,7 @@ async fn followers_agree(bank: &TestBank, account_id: &str) {
 async fn duplicates_at_once_and_a_cut_after_the_ledger_move_money_once() {
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let bank = start(dir.path(), &[common::RELAXED_BUDGET]).await;
     let bob = bank.seed("life-bob", money("50.00", "GBP")).await;
     let card = bob.card.token.clone();
     approve(&bank, "dup-1", &card, "30.00").await;
@@ -535,7 +535,7 @@ async fn an_uncleared_authorisation_expires_and_a_late_clearing_still_posts() {
     let bank = start(
         dir.path(),
         &[
-            ("STERLING_CARD_API_BUDGET_MS", "10000"),
+            common::RELAXED_BUDGET,
             ("STERLING_CARD_PROCESSING_AUTHORISATION_EXPIRY_MS", "1500"),
             ("STERLING_CARD_PROCESSING_EXPIRY_INTERVAL_MS", "200"),
         ],

@@ -462,7 +462,7 @@ fn any_life_of_any_payment_keeps_the_books() {
     let bank = runtime.block_on(start(
         dir.path(),
         &[
-            ("STERLING_CARD_API_BUDGET_MS", "10000"),
+            common::RELAXED_BUDGET,
             ("STERLING_CARD_PROCESSING_AUTHORISATION_EXPIRY_MS", "400"),
             ("STERLING_CARD_PROCESSING_EXPIRY_INTERVAL_MS", "100"),
         ],

@@ -29,7 +29,7 @@ async fn every_service_a_payment_touches_logs_its_request_id() {
     telemetry::init_with_writer(LogFormat::Json, move || sink.clone());
 
     let dir = tempfile::tempdir().unwrap();
-    let bank = start(dir.path(), &[("STERLING_CARD_API_BUDGET_MS", "10000")]).await;
+    let bank = start(dir.path(), &[common::RELAXED_BUDGET]).await;
     let customer = bank.seed("logs", money("20.00", "GBP")).await;
     // A euro purchase on a sterling card touches fx as well.
     let outcome = bank

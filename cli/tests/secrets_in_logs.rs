@@ -54,7 +54,7 @@ async fn no_password_token_or_secret_is_ever_logged() {
         dir.path(),
         &[
             ("STERLING_ACCOUNTS_DEVELOPMENT_TOP_UPS", "true"),
-            ("STERLING_CARD_API_BUDGET_MS", "10000"),
+            common::RELAXED_BUDGET,
         ],
     )
     .await;

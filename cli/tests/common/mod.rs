@@ -19,6 +19,12 @@ use sterling_template::platform::StorageBackend;
 /// The webhook secret the test bank uses.
 pub const SECRET: &[u8] = b"test-secret";
 
+/// A budget for tests about correctness, not latency: generous enough that a slow engine
+/// (Cassandra busy creating another test's keyspaces on two cores) still decides every
+/// authorisation by its rules rather than at the deadline. The budget itself is tested with
+/// tight values of its own.
+pub const RELAXED_BUDGET: (&str, &str) = ("STERLING_CARD_API_BUDGET_MS", "30000");
+
 /// A running bank with clients.
 pub struct TestBank {
     pub bank: Bank,
