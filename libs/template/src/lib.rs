@@ -21,6 +21,7 @@ pub mod context;
 pub mod discovery;
 pub mod error;
 pub mod failpoint;
+mod gathered;
 pub mod identity;
 pub mod money;
 pub mod outbox;

@@ -26,6 +26,7 @@ use sterling_storage::{Migration, Mutation, Query, Row, SharedStore, Value, now_
 
 use crate::context::RequestContext;
 use crate::error::{Error, Result};
+use crate::gathered::GatheredWrites;
 
 /// The first outbox table (8 partitions forever), added to every service's store by the
 /// template; the relay moves its rows to `staged_events` once.
@@ -134,8 +135,8 @@ pub struct Outbox {
     bus: Arc<dyn Bus>,
     confirm: Arc<dyn Confirm>,
     grace: Duration,
-    /// Published events whose removal waits to be written with others.
-    discards: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The removals of published events, written together with others.
+    discards: GatheredWrites,
 }
 
 fn shard_of(event_id: &str) -> i64 {
@@ -207,11 +208,16 @@ impl Outbox {
         grace: Duration,
     ) -> Self {
         Outbox {
+            discards: GatheredWrites::new(
+                store.clone(),
+                "removals of published events",
+                DISCARD_GATHER,
+                MAX_DISCARDS,
+            ),
             store,
             bus,
             confirm,
             grace,
-            discards: Arc::default(),
         }
     }
 
@@ -254,26 +260,12 @@ impl Outbox {
         self.discard_published(&envelope.event_id).await
     }
 
-    /// Queues the removal of a published event; the first to queue waits a moment and writes
-    /// every removal queued by then in batches. A removal that fails leaves its event staged:
-    /// the relay publishes it again, which is harmless (publishing is idempotent on the id).
+    /// Removes a published event from the outbox, in one lazy commit with the others published
+    /// about then. A removal that fails leaves its event staged: the relay publishes it again,
+    /// which is harmless (publishing is idempotent on the id); so does a removal a power cut
+    /// forgets.
     async fn discard_published(&self, event_id: &str) -> Result<()> {
-        let lead = {
-            let mut queued = self.discards.lock().unwrap_or_else(|p| p.into_inner());
-            queued.push(event_id.to_string());
-            queued.len() == 1
-        };
-        if !lead {
-            return Ok(());
-        }
-        tokio::time::sleep(DISCARD_GATHER).await;
-        let ids = std::mem::take(&mut *self.discards.lock().unwrap_or_else(|p| p.into_inner()));
-        for group in ids.chunks(MAX_DISCARDS) {
-            let removals = group.iter().map(|id| removal(id)).collect::<Result<_>>()?;
-            // Lazily: a removal a power cut forgets has the relay publish its event again.
-            self.store.apply_lazily(removals).await?;
-        }
-        Ok(())
+        self.discards.write(removal(event_id)?).await
     }
 
     /// Removes a staged event whose state change did not happen.

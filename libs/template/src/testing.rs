@@ -182,6 +182,19 @@ pub async fn start_probe(
     behaviour: Behaviour,
     downstream: Option<(&str, ClientPolicy)>,
 ) -> anyhow::Result<ProbeInstance> {
+    let listen: SocketAddr = "127.0.0.1:0".parse()?;
+    start_probe_at(platform, service, instance, behaviour, downstream, listen).await
+}
+
+/// As [`start_probe`], listening on `listen`.
+pub async fn start_probe_at(
+    platform: &Platform,
+    service: &'static str,
+    instance: &str,
+    behaviour: Behaviour,
+    downstream: Option<(&str, ClientPolicy)>,
+    listen: SocketAddr,
+) -> anyhow::Result<ProbeInstance> {
     let behaviour = Arc::new(Mutex::new(behaviour));
     let counters = Arc::new(Counters {
         min_deadline_us: AtomicU64::new(u64::MAX),
@@ -195,7 +208,6 @@ pub async fn start_probe(
         downstream_channel: tokio::sync::OnceCell::new(),
         platform: platform.clone(),
     };
-    let listen: SocketAddr = "127.0.0.1:0".parse()?;
     let running = platform::start_with(
         service,
         &[],

@@ -12,8 +12,9 @@ use sterling_template::Error;
 use sterling_template::client::GrpcChannel;
 use sterling_template::client::policy::ClientPolicy;
 use sterling_template::context::RequestContext;
+use sterling_template::discovery::{Protocol, Registration};
 use sterling_template::platform::{Platform, PlatformConfig};
-use sterling_template::testing::{Behaviour, ProbeInstance, start_probe};
+use sterling_template::testing::{Behaviour, ProbeInstance, start_probe, start_probe_at};
 
 /// The tests measure latency and share two cores: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -414,4 +415,73 @@ async fn a_registry_listing_nobody_does_not_empty_a_channel() {
         .write(request())
         .await
         .expect("the last known instance still answers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_could_not_connect_is_sent_once_the_peer_is_up() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path());
+    // An instance listed at an address where nothing listens yet, as when a peer restarts
+    // (or its name does not resolve for a moment).
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let listed = Registration {
+        service: "probe-late".into(),
+        instance: "probe-late-listed".into(),
+        address: address.to_string(),
+        protocol: Protocol::Grpc,
+        zone: String::new(),
+        version: String::new(),
+        routes: Vec::new(),
+    };
+    platform
+        .discovery
+        .register(&listed, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut probe = client(&platform, "probe-late", ClientPolicy::default()).await;
+    let late = {
+        let platform = platform.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            start_probe_at(
+                &platform,
+                "probe-late",
+                "probe-late-0",
+                fast(),
+                None,
+                address,
+            )
+            .await
+            .unwrap()
+        })
+    };
+    // A plain write: never sent twice, but one that reached nobody may be sent again.
+    probe
+        .write(request())
+        .await
+        .expect("sent once the peer listens");
+    let instance = late.await.unwrap();
+    assert_eq!(instance.counters.received.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_reached_its_peer_is_not_sent_again() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path());
+    let refusing = Behaviour {
+        fail: Some(tonic::Code::Unavailable),
+        ..fast()
+    };
+    let instance = start_probe(&platform, "probe-once", "probe-once-0", refusing, None)
+        .await
+        .unwrap();
+    let mut probe = client(&platform, "probe-once", ClientPolicy::default()).await;
+    let status = probe.write(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(instance.counters.received.load(Ordering::SeqCst), 1);
 }

@@ -14,7 +14,9 @@
 //! - **retries**: only of retryable failures (UNAVAILABLE, transport errors) of methods that
 //!   are safe to repeat ([`policy`]), with jittered exponential backoff inside the deadline and
 //!   a retry budget (retries add at most a fraction of calls); a call that is itself a retry
-//!   does not retry downstream, so retries never multiply across hops;
+//!   does not retry downstream, so retries never multiply across hops; a call whose connection
+//!   could not be made (a peer restarting, its name not resolving for a moment) sent nothing,
+//!   and connects again for up to three seconds within its deadline, whatever the method;
 //! - **hedging**: reads slower than a recent latency percentile are sent again, the first
 //!   answer wins and the other is cancelled;
 //! - **connection pooling**: one HTTP/2 connection per endpoint, kept alive and reused;
@@ -256,10 +258,13 @@ struct Attempts {
 
 impl Attempts {
     /// Sends attempts until one succeeds, fails for good, the policy's attempts or the retry
-    /// budget are spent, or the next backoff would pass the deadline.
+    /// budget are spent, or the next backoff would pass the deadline. An attempt whose
+    /// connection could not be made is not counted: it is sent again for up to
+    /// [`retry::CONNECT_WINDOW`] within the deadline, whatever the method (nothing was sent).
     async fn run(self, base: Call) -> std::result::Result<http::Response<Body>, BoxError> {
         let channel = &self.channel;
         let mut attempt = 1u32;
+        let (mut first_connect_failure, mut connect_failures) = (None, 0u32);
         loop {
             let mut call = base.clone();
             call.headers
@@ -285,6 +290,20 @@ impl Attempts {
                     .is_ok_and(|r| grpc_status(r.headers()).is_none())
             {
                 channel.latencies.record(sent_at.elapsed());
+            }
+            if retry::never_sent(&result) {
+                // Nothing reached the peer: connect again, whatever the method, for a while.
+                let failed_at = *first_connect_failure.get_or_insert_with(Instant::now);
+                connect_failures += 1;
+                let pause = retry::reconnect_pause(connect_failures);
+                let within = failed_at.elapsed() + pause < retry::CONNECT_WINDOW
+                    && self.deadline.is_none_or(|d| Instant::now() + pause < d);
+                if !within {
+                    return result;
+                }
+                channel.metrics.retries.increment(1);
+                tokio::time::sleep(pause).await;
+                continue;
             }
             if !self.retries_allowed
                 || attempt >= channel.policy.max_attempts

@@ -5,7 +5,7 @@
 //! - an event this consumer already handled (its id is in `processed_events`) is acked without
 //!   running the handler again (unless the consumer does not `deduplicate`: its handler is
 //!   idempotent by construction);
-//! - `Ok` acks, and records the id ([`ProcessedRecords`]): records are gathered for a moment
+//! - `Ok` acks, and records the id ([`processed_records`]): records are gathered for a moment
 //!   and written together lazily ([`sterling_storage::Store::apply_lazily`]: on the embedded
 //!   store, without an fsync of their own), after the handler's own writes were answered
 //!   durable. A record never written (the process died first, the write failed) costs one more
@@ -50,6 +50,7 @@ use tracing::Instrument;
 
 use crate::context::{RequestContext, TraceContext};
 use crate::error::{Error, ErrorClass, Result};
+use crate::gathered::GatheredWrites;
 use crate::outbox::PROCESSED_EVENTS_TTL;
 
 /// What the consumer did with one delivery.
@@ -190,61 +191,20 @@ impl OutageWaits {
 /// commit.
 const RECORDS_GATHERED_FOR: Duration = Duration::from_millis(20);
 
-/// Most records in one write.
+/// Most records in one commit.
 const RECORDS_PER_WRITE: usize = 256;
 
-/// The records of the events a consumer has handled (`processed_events`), written a few at a
-/// time: the first one queued waits [`RECORDS_GATHERED_FOR`], then every record queued by then
-/// is written in one lazy commit, and no delivery waits for its record. Loss is what
-/// [`sterling_storage::Store::apply_lazily`] already allows: a record not written (the process
-/// died, the write failed) costs one more run of an idempotent handler, and only if the
-/// delivery's ack was lost too. One commit per event cost a commit and two thread hand-overs
-/// per event and consumer.
-#[derive(Clone)]
-pub(crate) struct ProcessedRecords {
-    store: SharedStore,
-    queued: Arc<std::sync::Mutex<Vec<Mutation>>>,
-}
-
-impl ProcessedRecords {
-    /// Records written to `store`.
-    pub(crate) fn new(store: SharedStore) -> Self {
-        ProcessedRecords {
-            store,
-            queued: Arc::default(),
-        }
-    }
-
-    /// Queues `record`; the first of a gathering writes them all a moment later.
-    fn queue(&self, record: Mutation) {
-        let lead = {
-            let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-            queued.push(record);
-            queued.len() == 1
-        };
-        if lead {
-            let records = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(RECORDS_GATHERED_FOR).await;
-                records.write_queued().await;
-            });
-        }
-    }
-
-    /// Writes every record queued so far, [`RECORDS_PER_WRITE`] at a time.
-    async fn write_queued(&self) {
-        let mut queued =
-            std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
-        while !queued.is_empty() {
-            let rest = queued.split_off(queued.len().min(RECORDS_PER_WRITE));
-            let count = queued.len();
-            if let Err(e) = self.store.apply_lazily(queued).await {
-                // Costs a repeat of their handlers, should their events come again.
-                tracing::warn!(error = %e, count, "could not record handled events");
-            }
-            queued = rest;
-        }
-    }
+/// Where a consumer's records of the events it handled (`processed_events`) are written:
+/// gathered for [`RECORDS_GATHERED_FOR`] and written together lazily, no delivery waiting for
+/// its record. A record not written (the process died, the write failed) costs one more run of
+/// an idempotent handler, and only if the delivery's ack was lost too.
+pub(crate) fn processed_records(store: SharedStore) -> GatheredWrites {
+    GatheredWrites::new(
+        store,
+        "records of handled events",
+        RECORDS_GATHERED_FOR,
+        RECORDS_PER_WRITE,
+    )
 }
 
 /// One durable consumer of one service.
@@ -254,7 +214,7 @@ pub(crate) struct Consumer<F> {
     pub(crate) bus: std::sync::Arc<dyn Bus>,
     pub(crate) store: SharedStore,
     /// Where the ids of the events it handled are written from.
-    pub(crate) records: ProcessedRecords,
+    pub(crate) records: GatheredWrites,
     pub(crate) handler: F,
     /// What orders its events, if anything.
     pub(crate) order: Option<OrderKey>,
@@ -568,48 +528,6 @@ mod tests {
         }
         assert_eq!(seen, [200, 400, 800, 1_600, 3_200, 5_000, 5_000]);
         assert!(seen.iter().sum::<u128>() <= 20_000);
-    }
-
-    #[tokio::test]
-    async fn handled_events_are_recorded_together_a_moment_later() {
-        let store: SharedStore = Arc::new(
-            sterling_storage::embedded::SqliteStore::in_memory(&crate::outbox::TEMPLATE_MIGRATIONS)
-                .unwrap(),
-        );
-        let records = ProcessedRecords::new(store.clone());
-        let key = |id: &str| Row::new().with("consumer", "c").with("event_id", id);
-        let record = |id: &str| {
-            Mutation::insert(
-                "processed_events",
-                key(id).with("processed_at", Value::Timestamp(1)),
-            )
-        };
-        for id in ["e1", "e2", "e3"] {
-            records.queue(record(id));
-        }
-        assert!(
-            store
-                .get("processed_events", &key("e1"))
-                .await
-                .unwrap()
-                .is_none(),
-            "gathered, not written at once"
-        );
-        tokio::time::sleep(RECORDS_GATHERED_FOR * 5).await;
-        for id in ["e1", "e2", "e3"] {
-            let found = store.get("processed_events", &key(id)).await.unwrap();
-            assert!(found.is_some(), "{id} recorded");
-        }
-        // What is still queued at a stop is written by the stop.
-        records.queue(record("e4"));
-        records.write_queued().await;
-        assert!(
-            store
-                .get("processed_events", &key("e4"))
-                .await
-                .unwrap()
-                .is_some()
-        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::config::ConfigError;
-use super::consumer::{Consumer, OrderKey, ProcessedRecords};
+use super::consumer::{Consumer, OrderKey, processed_records};
 use super::engines::Platform;
 use super::health::{BusChecker, Checker, Health};
 use crate::client::GrpcChannel;
@@ -328,7 +328,7 @@ impl ServiceContext {
             config,
             bus: self.platform.bus.clone(),
             store: self.store.clone(),
-            records: ProcessedRecords::new(self.store.clone()),
+            records: processed_records(self.store.clone()),
             handler,
             order,
         };
