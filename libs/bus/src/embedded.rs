@@ -103,7 +103,8 @@ impl Shared {
 }
 
 /// Runs `work` on the bus's connection, counting operation `op`
-/// (`sterling_embedded_bus_operations_total{op}`) and the microseconds it waited for the
+/// (`sterling_embedded_bus_operations_total{op}`; for `publish` and `ack` one operation is a
+/// group commit of the writer, however many publishes or acks it holds) and the microseconds it waited for the
 /// connection (`sterling_embedded_bus_waited_microseconds_total{op}`) and held it
 /// (`sterling_embedded_bus_held_microseconds_total{op}`: how busy the connection was), and the
 /// operations that held it longer than [`sterling_sqlite::SLOW`]
