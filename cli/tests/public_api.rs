@@ -10,7 +10,7 @@
 mod common;
 
 use axum::Extension;
-use axum::routing::get;
+use axum::routing::{get, post};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sterling_template::identity::Customer;
@@ -533,6 +533,72 @@ async fn a_new_api_service_is_live_as_soon_as_it_registers() {
         "{answer}"
     );
     echo.stop().await;
+    bank.bank.stop().await;
+}
+
+/// An API service listed in discovery but not listening yet (its container coming back, its
+/// name not resolving for a moment): the gateway's request reached nobody, so it is made again
+/// until the service listens, and the service gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_an_api_service_coming_back_is_sent_once_it_listens() {
+    use sterling_template::discovery::{Protocol, Registration};
+    static RECEIVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bank = common::start_sync(dir.path(), &[]).await;
+    let client = Client::of(&bank);
+    let token = client.sign_up_and_in("dora@example.com").await;
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let listed = Registration {
+        service: platform::PUBLIC_API.into(),
+        instance: "late-listed".into(),
+        address: address.to_string(),
+        protocol: Protocol::Http,
+        zone: String::new(),
+        version: String::new(),
+        routes: vec!["/v1/late".into()],
+    };
+    bank.bank
+        .platform
+        .discovery
+        .register(&listed, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    async fn count() -> axum::Json<Value> {
+        let n = RECEIVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        axum::Json(json!({"received": n}))
+    }
+    let late_platform = bank.bank.platform.clone();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        platform::start_with("late", &[], &[], &[], &late_platform, address, |_| {
+            Box::pin(async {
+                Ok(Api::Public(PublicApi {
+                    router: axum::Router::new().route("/v1/late/count", post(count)),
+                    prefixes: vec!["/v1/late".into()],
+                }))
+            })
+        })
+        .await
+        .unwrap()
+    });
+    let (status, body, _) = client
+        .call(
+            Method::POST,
+            "/v1/late/count",
+            Some(&token),
+            None,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["received"], 1);
+    assert_eq!(RECEIVED.load(std::sync::atomic::Ordering::SeqCst), 1);
+    late.await.unwrap().stop().await;
     bank.bank.stop().await;
 }
 

@@ -239,10 +239,13 @@ pub async fn forward(
     let onward = onward(&state, &parts, &address, customer.as_str())?.body(body);
     let too_late = || Error::timeout("the API service did not answer in time");
     let unreachable = || Error::unavailable("api_service", "the API service cannot be reached");
-    let answer = tokio::time::timeout_at(deadline, onward.send())
+    let answer = tokio::time::timeout_at(deadline, send_connecting(onward, deadline))
         .await
         .map_err(|_| too_late())?
-        .map_err(|_| unreachable())?;
+        .map_err(|e| {
+            tracing::warn!(error = %e, address = %address, "the API service could not be reached");
+            unreachable()
+        })?;
     let mut response = Response::builder().status(answer.status().as_u16());
     for name in [
         http::header::CONTENT_TYPE,
@@ -270,6 +273,37 @@ pub async fn forward(
     response
         .body(body)
         .map_err(|e| Error::internal(format!("response: {e}")).into())
+}
+
+/// The first pause before connecting again to an API service; it doubles up to
+/// [`RECONNECT_PAUSE_MAX`].
+const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+
+/// The longest pause before connecting again.
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// Sends `request`. A connection that could not be made (the API service restarting, or its
+/// name not resolving for a moment while its container comes back) sent nothing, so it is made
+/// again, whatever the method, while the next try fits before `deadline`.
+async fn send_connecting(
+    mut request: reqwest::RequestBuilder,
+    deadline: tokio::time::Instant,
+) -> reqwest::Result<reqwest::Response> {
+    let mut pause = RECONNECT_PAUSE;
+    loop {
+        let Some(again) = request.try_clone() else {
+            return request.send().await;
+        };
+        match request.send().await {
+            Err(e) if e.is_connect() && tokio::time::Instant::now() + pause < deadline => {
+                tracing::info!(error = %e, "the API service could not be reached; connecting again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
+                request = again;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 /// The request to the API service at `address`: the caller's method, path, content headers
