@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 use sterling_proto::auth::v1::{
     RefreshRequest, Session, SignInRequest, SignOutRequest, SignUpRequest,
 };
+use sterling_template::Error;
+use sterling_template::client::{IDEMPOTENCY_KEY_HEADER, reconnect_pause};
 use sterling_template::context::{REQUEST_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
 use sterling_template::identity::{CUSTOMER_HEADER, GATEWAY, IDENTITY_HEADER, Identity};
 use sterling_template::server::Problem;
-use sterling_template::{Error, client::IDEMPOTENCY_KEY_HEADER};
 
 use crate::limits::{Limited, Limits};
 use crate::routes::RouteTable;
@@ -275,30 +276,28 @@ pub async fn forward(
         .map_err(|e| Error::internal(format!("response: {e}")).into())
 }
 
-/// The first pause before connecting again to an API service; it doubles up to
-/// [`RECONNECT_PAUSE_MAX`].
-const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
-
-/// The longest pause before connecting again.
-const RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(500);
-
 /// Sends `request`. A connection that could not be made (the API service restarting, or its
 /// name not resolving for a moment while its container comes back) sent nothing, so it is made
-/// again, whatever the method, while the next try fits before `deadline`.
+/// again, whatever the method, after the template client's pause
+/// ([`sterling_template::client::reconnect_pause`]) while the next try fits before `deadline`.
 async fn send_connecting(
     mut request: reqwest::RequestBuilder,
     deadline: tokio::time::Instant,
 ) -> reqwest::Result<reqwest::Response> {
-    let mut pause = RECONNECT_PAUSE;
+    let mut failures = 0;
     loop {
         let Some(again) = request.try_clone() else {
             return request.send().await;
         };
         match request.send().await {
-            Err(e) if e.is_connect() && tokio::time::Instant::now() + pause < deadline => {
+            Err(e) if e.is_connect() => {
+                failures += 1;
+                let pause = reconnect_pause(failures);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
                 tracing::info!(error = %e, "the API service could not be reached; connecting again");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
                 request = again;
             }
             outcome => return outcome,

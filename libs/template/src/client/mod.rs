@@ -28,6 +28,8 @@ mod hedge;
 pub mod policy;
 mod retry;
 
+pub use retry::reconnect_pause;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -66,8 +66,9 @@ pub(crate) fn never_sent(result: &std::result::Result<http::Response<Body>, BoxE
 }
 
 /// The pause before connecting again after `failures` failed connections: full jitter under
-/// a ceiling that doubles from 20 ms to 500 ms.
-pub(crate) fn reconnect_pause(failures: u32) -> Duration {
+/// a ceiling that doubles from 20 ms to 500 ms. The gateway connects again to API services on
+/// the same schedule.
+pub fn reconnect_pause(failures: u32) -> Duration {
     let ceiling =
         (RECONNECT_PAUSE * (1 << failures.saturating_sub(1).min(10))).min(RECONNECT_PAUSE_MAX);
     Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros() as u64))
