@@ -334,6 +334,18 @@ impl CassandraStore {
             .join(", ")
     }
 
+    /// Counts one lightweight transaction (a Paxos round of four messages) of this keyspace:
+    /// `sterling_cassandra_lightweight_transactions_total{keyspace, kind}`, `kind` a
+    /// conditional write (a batch with conditions is one) or a read at SERIAL.
+    fn count_paxos_round(&self, kind: &'static str) {
+        metrics::counter!(
+            "sterling_cassandra_lightweight_transactions_total",
+            "keyspace" => self.keyspace.clone(),
+            "kind" => kind
+        )
+        .increment(1);
+    }
+
     async fn read_key(&self, table: &TableSchema, key: &Row, serial: bool) -> Result<Option<Row>> {
         let (predicate, values) = key_predicate(table, key)?;
         let cql = format!(
@@ -345,6 +357,7 @@ impl CassandraStore {
         let mut prepared = self.prepare(&cql).await?;
         if serial {
             prepared.set_consistency(Consistency::LocalSerial);
+            self.count_paxos_round("serial_read");
         }
         let result = self
             .session
@@ -669,6 +682,9 @@ impl Store for CassandraStore {
     async fn apply(&self, mutations: Vec<Mutation>) -> Result<Applied> {
         validate_batch(&self.tables, &mutations)?;
         let conditional = mutations.iter().any(Mutation::is_conditional);
+        if conditional {
+            self.count_paxos_round("conditional_write");
+        }
         let mut statements = Vec::new();
         for m in &mutations {
             let table = self.schema(m.table())?;
