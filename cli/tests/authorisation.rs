@@ -23,7 +23,7 @@ async fn card_processing(bank: &common::TestBank) -> CardProcessingClient<GrpcCh
 }
 
 /// A generous budget for tests about correctness under load, not latency.
-const RELAXED: &[(&str, &str)] = &[common::RELAXED_BUDGET];
+const RELAXED: &[(&str, &str)] = &[common::RELAXED_BUDGET, common::RELAXED_CALLS];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_holds_funds_and_records_a_pending_transaction() {

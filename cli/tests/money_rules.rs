@@ -131,6 +131,35 @@ async fn a_tight_budget_under_load_keeps_the_rules() {
     scenario.teardown();
 }
 
+/// A budget longer than the platform's cap on a call's timeout (2 s) is card-processing's
+/// whole: a decision that takes 2.5 s within a 5 s budget is approved, not declined at 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_longer_than_the_call_timeout_is_given_whole() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = SETTINGS.to_vec();
+    settings.push(("STERLING_CARD_API_BUDGET_MS", "5000"));
+    settings.push(("STERLING_CALL_TIMEOUT_MS", "2000"));
+    let bank = start_sync(dir.path(), &settings).await;
+    let customer = bank.seed("long-budget", money("10.00", "GBP")).await;
+    fail::cfg("card_processing::saga::start", "return(sleep:2500)").unwrap();
+    let outcome = bank
+        .pay(
+            "auth-long-budget",
+            &customer.card.token,
+            money("4.00", "GBP"),
+        )
+        .await;
+    fail::remove("card_processing::saga::start");
+    assert_eq!(
+        common::decision(&outcome),
+        ("APPROVED".into(), "approved".into())
+    );
+    assert_eq!(bank.balance(&customer.account_id).await, (1000, 400, 600));
+    bank.finish().await;
+    scenario.teardown();
+}
+
 /// The oracle itself: each broken rule is reported, with the ids involved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_reports_each_broken_rule() {

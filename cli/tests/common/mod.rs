@@ -25,6 +25,10 @@ pub const SECRET: &[u8] = b"test-secret";
 /// tight values of its own.
 pub const RELAXED_BUDGET: (&str, &str) = ("STERLING_CARD_API_BUDGET_MS", "30000");
 
+/// For the same tests with many authorisations at once: each call between services may take
+/// as long (the platform's cap, 2 s by default, would otherwise cut a slow hold short).
+pub const RELAXED_CALLS: (&str, &str) = ("STERLING_CALL_TIMEOUT_MS", "30000");
+
 /// A running bank with clients.
 pub struct TestBank {
     pub bank: Bank,

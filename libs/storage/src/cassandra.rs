@@ -334,9 +334,10 @@ impl CassandraStore {
             .join(", ")
     }
 
-    /// Counts one lightweight transaction (a Paxos round of four messages) of this keyspace:
-    /// `sterling_cassandra_lightweight_transactions_total{keyspace, kind}`, `kind` a
-    /// conditional write (a batch with conditions is one) or a read at SERIAL.
+    /// Counts one lightweight transaction of this keyspace (Paxos: a conditional write takes
+    /// four round trips to the replicas, prepare, read, propose and commit; a read at SERIAL
+    /// the first two): `sterling_cassandra_lightweight_transactions_total{keyspace, kind}`,
+    /// `kind` a conditional write (a batch with conditions is one) or a read at SERIAL.
     fn count_paxos_round(&self, kind: &'static str) {
         metrics::counter!(
             "sterling_cassandra_lightweight_transactions_total",

@@ -19,6 +19,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use sterling_proto::cardprocessing::v1::card_processing_client::CardProcessingClient;
+use sterling_template::client::policy::ClientPolicy;
 use sterling_template::{Api, ServiceContext, ServiceDefinition, Setting};
 
 use sterling_storage::Migration;
@@ -73,14 +74,25 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let outbox = ctx.outbox(Arc::new(StandInConfirm {
         store: ctx.store.clone(),
     }));
+    let budget = Duration::from_millis(budget_ms);
+    let message_budget = Duration::from_millis(message_budget_ms);
+    // Every call to card-processing is bounded by its budget alone: the platform's cap on a
+    // call's timeout (STERLING_CALL_TIMEOUT_MS) would cut a budget set longer than it.
+    let policy = ClientPolicy {
+        timeout_cap: budget.max(message_budget),
+        ..ClientPolicy::default()
+    };
     let state = Arc::new(CardApiState {
         answers: AnswerStore::new(ctx.store.clone(), outbox),
         secret: secret.into_bytes(),
-        budget: Duration::from_millis(budget_ms),
-        message_budget: Duration::from_millis(message_budget_ms),
+        budget,
+        message_budget,
         card_processing: CardProcessingClient::new(
-            ctx.channel(sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE)
-                .await?,
+            ctx.channel_with(
+                sterling_proto::cardprocessing::v1::CARD_PROCESSING_SERVICE,
+                policy,
+            )
+            .await?,
         ),
     });
     let router = Router::new()

@@ -22,7 +22,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "STERLING_CALL_TIMEOUT_MS",
         "2000",
-        "deadline of a call made outside any request",
+        "deadline of a call made outside any request; the most one call may take within one",
     ),
     (
         "STERLING_REGISTRATION_TTL_MS",
