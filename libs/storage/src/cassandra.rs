@@ -544,6 +544,7 @@ fn statement(
             ttl,
             ..
         } => {
+            let newest = m.newest_version()?;
             let mut columns = Vec::new();
             let mut values = Vec::new();
             for (c, v) in &row.0 {
@@ -559,8 +560,18 @@ fn statement(
             if *if_not_exists {
                 cql.push_str(" IF NOT EXISTS");
             }
+            let mut using = Vec::new();
             if let Some(ttl) = ttl {
-                cql.push_str(&format!(" USING TTL {}", ttl.as_secs().max(1)));
+                using.push(format!("TTL {}", ttl.as_secs().max(1)));
+            }
+            if let Some(version) = newest {
+                // The version as the write's timestamp: the highest wins, in any order. Bound,
+                // not written into the text, which is prepared once per shape.
+                using.push("TIMESTAMP ?".to_string());
+                values.push(to_cql(&Value::BigInt(version)));
+            }
+            if !using.is_empty() {
+                cql.push_str(&format!(" USING {}", using.join(" AND ")));
             }
             (cql, values)
         }

@@ -14,6 +14,10 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     cql: "CREATE TABLE IF NOT EXISTS kv (id text PRIMARY KEY, body text, n bigint, flag boolean, at timestamp, raw blob, ref uuid);
           CREATE TABLE IF NOT EXISTS journal (owner text, seq bigint, label text, PRIMARY KEY ((owner), seq)) WITH CLUSTERING ORDER BY (seq DESC);
           CREATE TABLE IF NOT EXISTS pairs (owner text, a text, b bigint, v text, PRIMARY KEY ((owner), a, b));",
+}, Migration {
+    version: 2,
+    name: "0002_versioned.cql",
+    cql: "CREATE TABLE IF NOT EXISTS versioned (id text PRIMARY KEY, version bigint, body text);",
 }];
 
 /// Runs every check in order, each on its own keys so they do not interfere.
@@ -32,6 +36,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str) {
     batches_in_order_see_each_other(store, prefix).await;
     scan_reads_every_row_once_in_pages(store, prefix).await;
     lazy_writes_apply_as_writes_do(store, prefix).await;
+    insert_newest_keeps_the_highest_version(store, prefix).await;
     store.check().await.expect("health check");
 }
 
@@ -447,4 +452,63 @@ pub async fn lazy_writes_apply_as_writes_do(store: &dyn Store, p: &str) {
         Applied::Yes => panic!("a lazy IF NOT EXISTS must not apply twice"),
     }
     assert!(!store.apply(claim("third")).await.unwrap().applied());
+}
+
+/// An insert of the newest version replaces a lower version only, in whatever order the
+/// versions arrive, repeats included; it has its version and is never part of a conditional
+/// batch.
+pub async fn insert_newest_keeps_the_highest_version(store: &dyn Store, p: &str) {
+    let id = format!("{p}newest");
+    let version = |v: i64, body: &str| {
+        Mutation::insert_newest(
+            "versioned",
+            key(&id).with("version", v).with("body", body),
+            "version",
+        )
+    };
+    let body = || async {
+        let row = store
+            .get("versioned", &key(&id))
+            .await
+            .unwrap()
+            .expect("row");
+        (
+            row.i64("version").unwrap(),
+            row.text("body").unwrap().to_string(),
+        )
+    };
+    for (v, text) in [
+        (2, "two"),
+        (1, "one"),
+        (3, "three"),
+        (3, "three"),
+        (2, "two"),
+    ] {
+        assert!(store.apply(vec![version(v, text)]).await.unwrap().applied());
+    }
+    assert_eq!(body().await, (3, "three".to_string()));
+    // In a batch of plain writes, and lazily, the same.
+    store
+        .apply_in_order(vec![vec![version(5, "five")], vec![version(4, "four")]])
+        .await
+        .unwrap();
+    assert_eq!(body().await, (5, "five".to_string()));
+    store.apply_lazily(vec![version(4, "four")]).await.unwrap();
+    assert_eq!(body().await, (5, "five".to_string()));
+
+    let conditional = vec![
+        version(6, "six"),
+        Mutation::update(
+            "versioned",
+            key(&id),
+            Row::new().with("body", "x"),
+            vec![Condition::Exists],
+        ),
+    ];
+    assert!(store.apply(conditional).await.is_err());
+    let unversioned = Mutation::insert_newest("versioned", key(&id).with("body", "x"), "version");
+    assert!(store.apply(vec![unversioned]).await.is_err());
+    let negative = version(-1, "minus one");
+    assert!(store.apply(vec![negative]).await.is_err());
+    assert_eq!(body().await, (5, "five".to_string()));
 }

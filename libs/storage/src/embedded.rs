@@ -461,8 +461,15 @@ fn apply_in(
                 row,
                 if_not_exists,
                 ttl,
+                newest_by,
                 ..
             } => {
+                if let (Some(column), Some(version)) = (newest_by, m.newest_version()?)
+                    && let Some(stored) = get_row(tx, table, row)?
+                    && matches!(stored.get(column), Some(Value::BigInt(v)) if *v >= version)
+                {
+                    continue;
+                }
                 let expires_at = ttl.map(|t| now + t.as_millis() as i64);
                 upsert(tx, table, row, expires_at, *if_not_exists)?;
             }

@@ -189,6 +189,9 @@ pub enum Mutation {
         if_not_exists: bool,
         /// `USING TTL`.
         ttl: Option<Duration>,
+        /// The row's version column: the row is written only over a lower version (see
+        /// [`Mutation::insert_newest`]).
+        newest_by: Option<String>,
     },
     /// `UPDATE ... SET ... WHERE key [IF ...]`; without conditions an upsert.
     Update {
@@ -220,6 +223,7 @@ impl Mutation {
             row,
             if_not_exists: false,
             ttl: None,
+            newest_by: None,
         }
     }
 
@@ -230,6 +234,43 @@ impl Mutation {
             row,
             if_not_exists: true,
             ttl: None,
+            newest_by: None,
+        }
+    }
+
+    /// An insert that keeps the highest version without a compare-and-set: `row` (every
+    /// column, its non-negative `bigint` column `version` included) replaces the stored row
+    /// only if that has a lower version, whatever order writes arrive in. On Cassandra the
+    /// version is the write's timestamp (`USING TIMESTAMP`), so a table written this way must
+    /// be written only this way (a plain write's timestamp, the time now, would outrank every
+    /// version), two writes of one version must be the same row, and the insert cannot be part
+    /// of a conditional batch.
+    pub fn insert_newest(table: &str, row: Row, version: &str) -> Self {
+        Mutation::Insert {
+            table: table.to_string(),
+            row,
+            if_not_exists: false,
+            ttl: None,
+            newest_by: Some(version.to_string()),
+        }
+    }
+
+    /// The version of an [`Mutation::insert_newest`] (`None` for any other mutation), or an
+    /// error if its row lacks a non-negative `bigint` version.
+    pub fn newest_version(&self) -> Result<Option<i64>> {
+        let Mutation::Insert {
+            row,
+            newest_by: Some(column),
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        match row.get(column) {
+            Some(Value::BigInt(v)) if *v >= 0 => Ok(Some(*v)),
+            _ => Err(StorageError::Invalid(format!(
+                "an insert of the newest version needs a non-negative bigint {column}"
+            ))),
         }
     }
 
@@ -375,8 +416,9 @@ pub trait Store: Send + Sync + 'static {
 /// A shared handle to a store.
 pub type SharedStore = Arc<dyn Store>;
 
-/// Checks a batch against the schemas: known tables and columns, full keys, and the rule that a
-/// conditional batch stays within one partition of one table.
+/// Checks a batch against the schemas: known tables and columns, full keys, the rule that a
+/// conditional batch stays within one partition of one table, and that an insert of the newest
+/// version has its version and is not part of a conditional batch.
 pub fn validate_batch(
     tables: &BTreeMap<String, TableSchema>,
     mutations: &[Mutation],
@@ -387,6 +429,11 @@ pub fn validate_batch(
         let schema = tables
             .get(m.table())
             .ok_or_else(|| StorageError::Invalid(format!("unknown table {}", m.table())))?;
+        if m.newest_version()?.is_some() && any_conditional {
+            return Err(StorageError::Invalid(
+                "an insert of the newest version cannot be part of a conditional batch".into(),
+            ));
+        }
         let (key_source, columns): (&Row, Vec<&String>) = match m {
             Mutation::Insert { row, .. } => (row, row.0.keys().collect()),
             Mutation::Update { key, set, .. } => (key, key.0.keys().chain(set.0.keys()).collect()),

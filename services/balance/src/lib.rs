@@ -26,6 +26,7 @@ const ACCOUNTS: &str = "accounts";
 pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_balance.cql",
     2 => "0002_payment_life.cql",
+    3 => "0003_snapshots.cql",
 );
 
 /// The balance service.
@@ -43,6 +44,8 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let balances = BalanceStore::new(ctx.store.clone());
+    // Before anything reads or writes a snapshot.
+    balances.move_legacy_snapshots().await?;
     // Snapshots keep the highest version and payments are one row each: right in any order
     // and however often, so deliveries are handled several at once and not deduplicated.
     let config = ConsumerConfig {

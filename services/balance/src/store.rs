@@ -12,8 +12,14 @@ use sterling_proto::events::v1::{
 use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
 use sterling_template::{Error, Result};
 
-/// How many compare-and-set rounds a snapshot may take.
+/// How many compare-and-set rounds a payment's row may take.
 const MAX_ROUNDS: usize = 100;
+
+/// Each account's latest ledger snapshot, the highest version kept.
+const SNAPSHOTS: &str = "snapshots";
+
+/// Where snapshots were kept before, by compare-and-set; moved at start.
+const LEGACY_SNAPSHOTS: &str = "balances";
 
 /// An account's balance as the read model holds it, in minor units.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,39 +91,53 @@ impl BalanceStore {
         }
     }
 
-    /// Keeps `e` if it is newer than what is held for its account.
+    /// Keeps `e` if it is newer than what is held for its account: an insert of the newest
+    /// version, no compare-and-set.
     async fn take_snapshot(&self, e: &AccountBalanceChanged) -> Result<()> {
-        let fields = |row: Row| {
-            row.with("currency", e.currency.as_str())
-                .with("balance", e.balance)
-                .with("held", e.held)
-                .with("version", e.version)
-                .with("changed_at", Value::Timestamp(e.changed_at_ms))
-        };
-        for _ in 0..MAX_ROUNDS {
-            let mutation = match self.snapshot(&e.account_id).await? {
-                Some(held) if held.version >= e.version => return Ok(()),
-                Some(held) => Mutation::update(
-                    "balances",
-                    key(&e.account_id),
-                    fields(Row::new()),
-                    vec![Condition::Equals(
-                        "version".into(),
-                        Value::BigInt(held.version),
-                    )],
-                ),
-                None => Mutation::insert_if_not_exists("balances", fields(key(&e.account_id))),
-            };
-            if self.store.apply(vec![mutation]).await?.applied() {
-                let lag = (now_millis() - e.changed_at_ms).max(0) as f64 / 1000.0;
-                metrics::histogram!("sterling_balance_lag_seconds").record(lag);
-                return Ok(());
+        let row = key(&e.account_id)
+            .with("currency", e.currency.as_str())
+            .with("balance", e.balance)
+            .with("held", e.held)
+            .with("version", e.version)
+            .with("changed_at", Value::Timestamp(e.changed_at_ms));
+        self.store
+            .apply(vec![Mutation::insert_newest(SNAPSHOTS, row, "version")])
+            .await?;
+        let lag = (now_millis() - e.changed_at_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!("sterling_balance_lag_seconds").record(lag);
+        Ok(())
+    }
+
+    /// Moves the snapshots kept in the legacy table `balances` (by compare-and-set) into
+    /// [`SNAPSHOTS`], each deleted once copied; a second run, or one cut short and run again,
+    /// copies what is left. Returns how many were moved.
+    pub async fn move_legacy_snapshots(&self) -> Result<u64> {
+        let mut moved = 0u64;
+        loop {
+            // Always the first page: what was read is deleted before the next.
+            let (rows, _) = self.store.scan(LEGACY_SNAPSHOTS, None, 500).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                let account_id = row.text("account_id")?.to_string();
+                self.store
+                    .apply(vec![Mutation::insert_newest(SNAPSHOTS, row, "version")])
+                    .await?;
+                self.store
+                    .apply(vec![Mutation::Delete {
+                        table: LEGACY_SNAPSHOTS.into(),
+                        key: key(&account_id),
+                        if_exists: false,
+                    }])
+                    .await?;
+                moved += 1;
             }
         }
-        Err(Error::unavailable(
-            "contention",
-            "too much contention on a balance",
-        ))
+        if moved > 0 {
+            tracing::info!(rows = moved, "balance snapshots moved to their own table");
+        }
+        Ok(moved)
     }
 
     /// Records an approved payment in its day's spending; a reversed one (a decline that
@@ -234,7 +254,7 @@ impl BalanceStore {
 
     /// The account's latest snapshot, if one has arrived.
     pub async fn snapshot(&self, account_id: &str) -> Result<Option<Snapshot>> {
-        let Some(row) = self.store.get("balances", &key(account_id)).await? else {
+        let Some(row) = self.store.get(SNAPSHOTS, &key(account_id)).await? else {
             return Ok(None);
         };
         Ok(Some(Snapshot {

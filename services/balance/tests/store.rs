@@ -102,3 +102,51 @@ async fn a_payment_counts_once_and_a_reversal_takes_it_out_whenever_it_comes() {
     // a once; b and d reversed; c declined.
     assert_eq!(balances.spent_on("acc-1", now).await.unwrap(), 300);
 }
+
+#[tokio::test]
+async fn snapshots_kept_in_the_legacy_table_are_moved_and_stay_the_highest() {
+    use sterling_storage::{Mutation, Row, Store, Value};
+    let store = Arc::new(SqliteStore::in_memory(balance::MIGRATIONS).unwrap());
+    let legacy = |account: &str, version: i64, balance: i64| {
+        Mutation::insert(
+            "balances",
+            Row::new()
+                .with("account_id", account)
+                .with("currency", "GBP")
+                .with("balance", balance)
+                .with("held", 0i64)
+                .with("version", version)
+                .with("changed_at", Value::Timestamp(now_millis())),
+        )
+    };
+    store.apply(vec![legacy("acc-1", 5, 400)]).await.unwrap();
+    // More than a page of them.
+    let others: Vec<Mutation> = (2..=1201)
+        .map(|n| legacy(&format!("acc-{n}"), 1, 90))
+        .collect();
+    store.apply(others).await.unwrap();
+    let balances = BalanceStore::new(store.clone());
+    assert_eq!(balances.move_legacy_snapshots().await.unwrap(), 1201);
+    // Moved: read from the new table, gone from the old one, and a second move finds nothing.
+    let one = balances.snapshot("acc-1").await.unwrap().unwrap();
+    assert_eq!((one.version, one.balance), (5, 400));
+    for n in [2, 700, 1201] {
+        let account = format!("acc-{n}");
+        assert_eq!(
+            balances.snapshot(&account).await.unwrap().unwrap().balance,
+            90
+        );
+    }
+    let key = Row::new().with("account_id", "acc-1");
+    assert!(store.get("balances", &key).await.unwrap().is_none());
+    assert_eq!(balances.move_legacy_snapshots().await.unwrap(), 0);
+    // A redelivered older snapshot leaves the moved one; a newer one replaces it.
+    balances.apply_event(&snapshot(4, 999, 0)).await.unwrap();
+    assert_eq!(
+        balances.snapshot("acc-1").await.unwrap().unwrap().version,
+        5
+    );
+    balances.apply_event(&snapshot(6, 350, 50)).await.unwrap();
+    let six = balances.snapshot("acc-1").await.unwrap().unwrap();
+    assert_eq!((six.version, six.balance, six.held), (6, 350, 50));
+}

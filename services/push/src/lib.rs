@@ -26,7 +26,10 @@ use crate::notify::Notifier;
 const ACCOUNTS: &str = "accounts";
 
 /// The versioned migrations of the `sterling_push` keyspace.
-pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(1 => "0001_push.cql");
+pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
+    1 => "0001_push.cql",
+    2 => "0002_outcomes.cql",
+);
 
 /// The push service.
 pub const SERVICE: ServiceDefinition = ServiceDefinition {

@@ -30,6 +30,12 @@ pub struct Notifier {
     gateway: Gateway,
 }
 
+/// The claims of (event, device) pairs, changed only by compare-and-set.
+const NOTIFICATIONS: &str = "notifications";
+
+/// The outcome of each numbered attempt, written plainly by the attempt's holder.
+const OUTCOMES: &str = "notification_outcomes";
+
 fn notification_key(event_id: &str, device_token: &str) -> Row {
     Row::new()
         .with("event_id", event_id)
@@ -200,64 +206,91 @@ impl Notifier {
         }
     }
 
-    /// Claims the (event, device) pair, sends, records the outcome. A pair sent before, or
-    /// being sent right now, is not sent again.
+    /// Claims an attempt at the (event, device) pair, sends, records the attempt's outcome. A
+    /// pair sent before, or being sent right now, is not sent again.
     async fn notify_once(&self, event_id: &str, n: &Notification) -> Result<()> {
         let key = notification_key(event_id, &n.device_token);
-        let claim = key
-            .clone()
-            .with("status", "sending")
-            .with("apns_id", n.apns_id.as_str())
-            .with("claimed_at", Value::Timestamp(now_millis()));
-        match self
-            .store
-            .apply(vec![Mutation::insert_if_not_exists("notifications", claim)])
-            .await?
-        {
-            Applied::Yes => {}
-            Applied::No(current) => {
-                let status = current
-                    .into_iter()
-                    .flatten()
-                    .next()
-                    .and_then(|r| r.text("status").ok().map(str::to_string))
-                    .unwrap_or_default();
-                if status != "failed" {
-                    // Sent, or being sent by another delivery of the same event.
-                    return Ok(());
-                }
-                let retry = Mutation::update(
-                    "notifications",
-                    key.clone(),
-                    Row::new()
-                        .with("status", "sending")
-                        .with("claimed_at", Value::Timestamp(now_millis())),
-                    vec![Condition::Equals("status".into(), "failed".into())],
-                );
-                if !self.store.apply(vec![retry]).await?.applied() {
-                    return Ok(());
-                }
-            }
-        }
+        let Some(attempt) = self.claim(&key, n).await? else {
+            // Sent, or being sent by another delivery of the same event.
+            return Ok(());
+        };
         let outcome = self.gateway.send(n).await;
         let (status, error) = match &outcome {
             Ok(()) => ("sent", String::new()),
             Err(e) => ("failed", e.to_string()),
         };
+        // A row of its own, written plainly: only the holder of the attempt writes it (on
+        // Cassandra, no second Paxos transaction per notification).
+        let row = key
+            .with("attempt", attempt)
+            .with("status", status)
+            .with("last_error", error)
+            .with("sent_at", Value::Timestamp(now_millis()));
         self.store
-            .apply(vec![Mutation::update(
-                "notifications",
-                key,
-                Row::new()
-                    .with("status", status)
-                    .with("last_error", error)
-                    .with("sent_at", Value::Timestamp(now_millis())),
-                vec![Condition::Equals("status".into(), "sending".into())],
-            )])
+            .apply(vec![Mutation::insert(OUTCOMES, row)])
             .await?;
         if outcome.is_ok() {
-            tracing::info!(device = %n.device_token, "push delivered");
+            tracing::info!(device = %n.device_token, attempt, "push delivered");
         }
         outcome
+    }
+
+    /// Takes the next attempt at the pair: the first if it was never claimed, the one after a
+    /// failed last attempt. `None` if it was sent, is being sent, or another delivery took the
+    /// attempt first.
+    async fn claim(&self, key: &Row, n: &Notification) -> Result<Option<i64>> {
+        let claim = key
+            .clone()
+            .with("status", "sending")
+            .with("attempt", 1i64)
+            .with("apns_id", n.apns_id.as_str())
+            .with("claimed_at", Value::Timestamp(now_millis()));
+        let current = match self
+            .store
+            .apply(vec![Mutation::insert_if_not_exists(NOTIFICATIONS, claim)])
+            .await?
+        {
+            Applied::Yes => return Ok(Some(1)),
+            Applied::No(current) => current
+                .into_iter()
+                .flatten()
+                .next()
+                .ok_or_else(|| Error::internal("claim refused without a current row"))?,
+        };
+        let (condition, last) = match current.i64("attempt").ok() {
+            Some(last) => {
+                let outcome = self
+                    .store
+                    .get(OUTCOMES, &key.clone().with("attempt", last))
+                    .await?;
+                if outcome.is_none_or(|o| o.text("status").ok() != Some("failed")) {
+                    return Ok(None);
+                }
+                let condition = Condition::Equals("attempt".into(), Value::BigInt(last));
+                (condition, last)
+            }
+            // Claimed before attempts were numbered: the claim's status says how it ended.
+            None => {
+                if current.text("status").ok() != Some("failed") {
+                    return Ok(None);
+                }
+                (Condition::Equals("status".into(), "failed".into()), 0)
+            }
+        };
+        let retry = Mutation::update(
+            NOTIFICATIONS,
+            key.clone(),
+            Row::new()
+                .with("status", "sending")
+                .with("attempt", last + 1)
+                .with("claimed_at", Value::Timestamp(now_millis())),
+            vec![condition],
+        );
+        Ok(self
+            .store
+            .apply(vec![retry])
+            .await?
+            .applied()
+            .then_some(last + 1))
     }
 }

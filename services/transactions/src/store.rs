@@ -101,6 +101,11 @@ fn key(account_id: &str, transaction_id: &str) -> Row {
     BY_ACCOUNT.key(account_id, transaction_id)
 }
 
+/// The key of `record`'s entry in the id -> account index.
+fn index_key(record: &TransactionRecord) -> Row {
+    Row::new().with("transaction_id", record.transaction_id.as_str())
+}
+
 /// Data access of the transactions service.
 #[derive(Clone)]
 pub struct TransactionStore {
@@ -116,15 +121,25 @@ impl TransactionStore {
     /// Records a transaction once per id; a repeat returns the stored one.
     pub async fn record(&self, record: &TransactionRecord) -> Result<TransactionRecord> {
         failpoint::step("transactions::record::before_write").await?;
-        // The id -> account index first, in the same commit where the backend allows; it
-        // never moves once written (a clashing id keeps the first account).
+        // The id -> account index first, in the same commit where the backend allows, so that
+        // a recorded transaction is always found by its id. A plain write (no compare-and-set:
+        // a repeat writes the same row); an id already indexed to another account is refused.
         let index = Row::new()
             .with("transaction_id", record.transaction_id.as_str())
             .with("account_id", record.account_id.as_str());
+        if let Some(indexed) = self.store.get("transactions", &index_key(record)).await?
+            && indexed.text("account_id")? != record.account_id
+        {
+            return Err(Error::conflict(
+                "transaction",
+                "transaction id already used for another account",
+            )
+            .with_param("transaction_id", &record.transaction_id));
+        }
         let mut outcomes = self
             .store
             .apply_in_order(vec![
-                vec![Mutation::insert_if_not_exists("transactions", index)],
+                vec![Mutation::insert("transactions", index)],
                 vec![BY_ACCOUNT.month_entry(&record.account_id, &record.transaction_id)],
                 vec![Mutation::insert_if_not_exists(
                     BY_ACCOUNT.table,
@@ -247,20 +262,25 @@ impl TransactionStore {
         logo_url: &str,
     ) -> Result<bool> {
         let key = key(account_id, transaction_id);
+        // Read, then a plain write of the merchant's columns (no compare-and-set): a recorded
+        // transaction is never deleted, and nothing else writes these columns after it is
+        // recorded, so a write that finds the row cannot race anything.
+        if self.store.get(BY_ACCOUNT.table, &key).await?.is_none() {
+            return Ok(false);
+        }
         let set = Row::new()
             .with("merchant_name", merchant_name)
             .with("category", category)
             .with("logo_url", logo_url);
-        let applied = self
-            .store
+        self.store
             .apply(vec![Mutation::update(
                 BY_ACCOUNT.table,
                 key,
                 set,
-                vec![Condition::Exists],
+                Vec::new(),
             )])
             .await?;
-        Ok(applied.applied())
+        Ok(true)
     }
 
     /// Applies a `card.payment.*` event: the authorisation's transaction settles (at the

@@ -46,6 +46,54 @@ async fn recording_is_idempotent_and_refuses_a_reused_id() {
         "conflict.transaction"
     );
     assert_eq!(s.get(&t.transaction_id).await.unwrap(), t);
+    // The same id in another account is refused too, and the id still finds the first.
+    let elsewhere = TransactionRecord {
+        account_id: "acc-2".into(),
+        ..t.clone()
+    };
+    assert_eq!(
+        s.record(&elsewhere).await.unwrap_err().code(),
+        "conflict.transaction"
+    );
+    assert_eq!(s.get(&t.transaction_id).await.unwrap(), t);
+    assert!(s.list("acc-2", 10, None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn enrichment_fills_a_recorded_transaction_and_leaves_an_unrecorded_one_absent() {
+    let s = store();
+    let t = record("01900000-0000-7000-8000-0000000000e1", "a-e1", 250);
+    s.record(&t).await.unwrap();
+    for _ in 0..2 {
+        assert!(
+            s.enrich(
+                "acc-1",
+                &t.transaction_id,
+                "Pret",
+                "eating_out",
+                "https://logo"
+            )
+            .await
+            .unwrap()
+        );
+    }
+    let enriched = s.get(&t.transaction_id).await.unwrap();
+    assert_eq!(
+        (enriched.merchant_name.as_str(), enriched.category.as_str()),
+        ("Pret", "eating_out")
+    );
+    assert_eq!(
+        (enriched.status.as_str(), enriched.amount),
+        ("pending", 250)
+    );
+    let declined = "01900000-0000-7000-8000-0000000000e2";
+    assert!(
+        !s.enrich("acc-1", declined, "Pret", "eating_out", "")
+            .await
+            .unwrap()
+    );
+    assert!(s.get(declined).await.is_err());
+    assert_eq!(s.list("acc-1", 10, None).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
