@@ -30,6 +30,46 @@ const MOVE_LEASE: Duration = Duration::from_secs(600);
 /// Rows read per page of a move.
 const MOVE_PAGE: usize = 500;
 
+/// Runs `copy`, a one-time move of data that may be repeated without harm, once for the
+/// service however many instances start at once: recorded under `name` in `data_moves`, an
+/// instance that finds it being run waits for it, and a run not done within the lease is taken
+/// over. Returns what `copy` moved, or 0 when the move was done before. Run before the service
+/// reads what it moves.
+pub async fn move_data_once<F, Fut>(store: &SharedStore, name: &str, copy: F) -> Result<u64>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    let owner = uuid::Uuid::new_v4().to_string();
+    let key = Row::new().with("name", name);
+    loop {
+        if let Some(row) = store.get("data_moves", &key).await? {
+            if row.text("state")? == "done" {
+                return Ok(0);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let lease = key
+            .clone()
+            .with("state", "moving")
+            .with("owner", owner.as_str());
+        let claim = Mutation::insert_if_not_exists("data_moves", lease).with_ttl(MOVE_LEASE);
+        if store.apply(vec![claim]).await?.applied() {
+            break;
+        }
+    }
+    let moved = copy().await?;
+    let done = key
+        .with("state", "done")
+        .with("owner", owner.as_str())
+        .with("rows", moved as i64);
+    store
+        .apply(vec![Mutation::insert("data_moves", done)])
+        .await?;
+    Ok(moved)
+}
+
 /// The month (`YYYYMM`, UTC) a UUIDv7 id was made in; 0 for any other id.
 pub fn month_of(id: &str) -> i64 {
     match uuid_v7_millis(id) {
@@ -106,40 +146,16 @@ impl ByMonth {
     /// this call moved (0 when the move was done before). Run before the service writes.
     pub async fn move_once(&self, store: &SharedStore, legacy: &str) -> Result<u64> {
         let name = format!("{legacy}->{}", self.table);
-        let owner = uuid::Uuid::new_v4().to_string();
-        loop {
-            let key = Row::new().with("name", name.as_str());
-            if let Some(row) = store.get("data_moves", &key).await? {
-                if row.text("state")? == "done" {
-                    return Ok(0);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            let lease = key
-                .clone()
-                .with("state", "moving")
-                .with("owner", owner.as_str());
-            let claim = Mutation::insert_if_not_exists("data_moves", lease).with_ttl(MOVE_LEASE);
-            if !store.apply(vec![claim]).await?.applied() {
-                continue;
-            }
-            let moved = self.copy(store, legacy).await?;
-            let done = key
-                .with("state", "done")
-                .with("owner", owner.as_str())
-                .with("rows", moved as i64);
-            store
-                .apply(vec![Mutation::insert("data_moves", done)])
-                .await?;
+        let moved = move_data_once(store, &name, || self.copy(store, legacy)).await?;
+        if moved > 0 {
             tracing::info!(
                 from = legacy,
                 to = self.table,
                 rows = moved,
                 "rows moved to monthly partitions"
             );
-            return Ok(moved);
         }
+        Ok(moved)
     }
 
     async fn copy(&self, store: &SharedStore, legacy: &str) -> Result<u64> {

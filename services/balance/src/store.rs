@@ -10,6 +10,7 @@ use sterling_proto::events::v1::{
     AccountBalanceChanged, CardAuthorisationDecided, CardPaymentUpdated,
 };
 use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
+use sterling_template::by_month::move_data_once;
 use sterling_template::{Error, Result};
 
 /// How many compare-and-set rounds a payment's row may take.
@@ -18,7 +19,7 @@ const MAX_ROUNDS: usize = 100;
 /// Each account's latest ledger snapshot, the highest version kept.
 const SNAPSHOTS: &str = "snapshots";
 
-/// Where snapshots were kept before, by compare-and-set; moved at start.
+/// Where snapshots were kept before, by compare-and-set; copied from once, at start.
 const LEGACY_SNAPSHOTS: &str = "balances";
 
 /// An account's balance as the read model holds it, in minor units.
@@ -108,36 +109,36 @@ impl BalanceStore {
         Ok(())
     }
 
-    /// Moves the snapshots kept in the legacy table `balances` (by compare-and-set) into
-    /// [`SNAPSHOTS`], each deleted once copied; a second run, or one cut short and run again,
-    /// copies what is left. Returns how many were moved.
+    /// Copies the snapshots kept in the legacy table `balances` (by compare-and-set) into
+    /// [`SNAPSHOTS`], once for the service (recorded in `data_moves`; the legacy rows are left,
+    /// never read again, rather than deleted into tombstones that every later scan would
+    /// wade through). Returns how many this call copied.
     pub async fn move_legacy_snapshots(&self) -> Result<u64> {
-        let mut moved = 0u64;
-        loop {
-            // Always the first page: what was read is deleted before the next.
-            let (rows, _) = self.store.scan(LEGACY_SNAPSHOTS, None, 500).await?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in rows {
-                let account_id = row.text("account_id")?.to_string();
-                self.store
-                    .apply(vec![Mutation::insert_newest(SNAPSHOTS, row, "version")])
-                    .await?;
-                self.store
-                    .apply(vec![Mutation::Delete {
-                        table: LEGACY_SNAPSHOTS.into(),
-                        key: key(&account_id),
-                        if_exists: false,
-                    }])
-                    .await?;
-                moved += 1;
-            }
-        }
+        let name = format!("{LEGACY_SNAPSHOTS}->{SNAPSHOTS}");
+        let moved = move_data_once(&self.store, &name, || self.copy_legacy_snapshots()).await?;
         if moved > 0 {
             tracing::info!(rows = moved, "balance snapshots moved to their own table");
         }
         Ok(moved)
+    }
+
+    /// Copies every legacy snapshot, each as an insert of its version (so one newer already
+    /// there stays).
+    async fn copy_legacy_snapshots(&self) -> Result<u64> {
+        let (mut page, mut copied) = (None, 0u64);
+        loop {
+            let (rows, next) = self.store.scan(LEGACY_SNAPSHOTS, page, 500).await?;
+            for row in rows {
+                self.store
+                    .apply(vec![Mutation::insert_newest(SNAPSHOTS, row, "version")])
+                    .await?;
+                copied += 1;
+            }
+            match next {
+                Some(token) => page = Some(token),
+                None => return Ok(copied),
+            }
+        }
     }
 
     /// Records an approved payment in its day's spending; a reversed one (a decline that
