@@ -70,6 +70,27 @@ where
     Ok(moved)
 }
 
+/// Calls `each` on every row of `table`, a page at a time (for one-time moves of data, never
+/// on a request path); returns how many rows there were.
+pub async fn for_each_row<F, Fut>(store: &SharedStore, table: &str, mut each: F) -> Result<u64>
+where
+    F: FnMut(Row) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let (mut page, mut rows_seen) = (None, 0u64);
+    loop {
+        let (rows, next) = store.scan(table, page, MOVE_PAGE).await?;
+        for row in rows {
+            each(row).await?;
+            rows_seen += 1;
+        }
+        match next {
+            Some(token) => page = Some(token),
+            None => return Ok(rows_seen),
+        }
+    }
+}
+
 /// The month (`YYYYMM`, UTC) a UUIDv7 id was made in; 0 for any other id.
 pub fn month_of(id: &str) -> i64 {
     match uuid_v7_millis(id) {
@@ -159,25 +180,18 @@ impl ByMonth {
     }
 
     async fn copy(&self, store: &SharedStore, legacy: &str) -> Result<u64> {
-        let (mut page, mut moved) = (None, 0u64);
         let started = now_millis();
-        loop {
-            let (rows, next) = store.scan(legacy, page, MOVE_PAGE).await?;
-            for mut row in rows {
-                let (owner, id) = (
-                    row.text(self.owner)?.to_string(),
-                    row.text(self.id)?.to_string(),
-                );
-                row.set("month", month_of(&id));
-                store.apply(vec![self.month_entry(&owner, &id)]).await?;
-                store.apply(vec![Mutation::insert(self.table, row)]).await?;
-                moved += 1;
-            }
-            match next {
-                Some(token) => page = Some(token),
-                None => break,
-            }
-        }
+        let moved = for_each_row(store, legacy, |mut row| async move {
+            let (owner, id) = (
+                row.text(self.owner)?.to_string(),
+                row.text(self.id)?.to_string(),
+            );
+            row.set("month", month_of(&id));
+            store.apply(vec![self.month_entry(&owner, &id)]).await?;
+            store.apply(vec![Mutation::insert(self.table, row)]).await?;
+            Ok(())
+        })
+        .await?;
         tracing::debug!(ms = now_millis() - started, "move copied");
         Ok(moved)
     }

@@ -10,7 +10,7 @@ use sterling_proto::events::v1::{
     AccountBalanceChanged, CardAuthorisationDecided, CardPaymentUpdated,
 };
 use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
-use sterling_template::by_month::move_data_once;
+use sterling_template::by_month::{for_each_row, move_data_once};
 use sterling_template::{Error, Result};
 
 /// How many compare-and-set rounds a payment's row may take.
@@ -125,20 +125,13 @@ impl BalanceStore {
     /// Copies every legacy snapshot, each as an insert of its version (so one newer already
     /// there stays).
     async fn copy_legacy_snapshots(&self) -> Result<u64> {
-        let (mut page, mut copied) = (None, 0u64);
-        loop {
-            let (rows, next) = self.store.scan(LEGACY_SNAPSHOTS, page, 500).await?;
-            for row in rows {
-                self.store
-                    .apply(vec![Mutation::insert_newest(SNAPSHOTS, row, "version")])
-                    .await?;
-                copied += 1;
-            }
-            match next {
-                Some(token) => page = Some(token),
-                None => return Ok(copied),
-            }
-        }
+        for_each_row(&self.store, LEGACY_SNAPSHOTS, |row| async move {
+            self.store
+                .apply(vec![Mutation::insert_newest(SNAPSHOTS, row, "version")])
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records an approved payment in its day's spending; a reversed one (a decline that

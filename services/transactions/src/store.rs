@@ -124,9 +124,7 @@ impl TransactionStore {
         // The id -> account index first, in the same commit where the backend allows, so that
         // a recorded transaction is always found by its id. A plain write (no compare-and-set:
         // a repeat writes the same row); an id already indexed to another account is refused.
-        let index = Row::new()
-            .with("transaction_id", record.transaction_id.as_str())
-            .with("account_id", record.account_id.as_str());
+        let index = index_key(record).with("account_id", record.account_id.as_str());
         if let Some(indexed) = self.store.get("transactions", &index_key(record)).await?
             && indexed.text("account_id")? != record.account_id
         {
