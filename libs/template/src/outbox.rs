@@ -11,8 +11,8 @@
 //!
 //! Publishing is idempotent on the event id, so the relay and the fast path may both publish.
 //!
-//! Staged events live in `staged_events`, a partition per minute of the event's id (a UUIDv7)
-//! and shard. The relay reads the minutes from a watermark (`outbox_progress`) up to now and
+//! Staged events live in `staged_events`, a partition per minute of the event's making
+//! (`occurred_at_ms`) and shard. The relay reads the minutes from a watermark (`outbox_progress`) up to now and
 //! moves the watermark past a minute once it is empty and more than [`LATE_WRITES`] old, so
 //! the tombstones of published events are read a few times at most, never again once behind.
 
@@ -146,24 +146,39 @@ fn shard_of(event_id: &str) -> i64 {
     (hash % SHARDS as u64) as i64
 }
 
-/// The minute an event was created in, from its UUIDv7 id.
-fn minute_of(event_id: &str) -> Result<i64> {
-    let millis = sterling_storage::uuid_v7_millis(event_id)
-        .ok_or_else(|| Error::internal(format!("event id {event_id:?} is not a UUIDv7")))?;
+/// The minute an event was made in: that of `occurred_at_ms`, or of its UUIDv7 id for an
+/// envelope without one. An event whose id is derived ([`derived_event`]) is staged in the
+/// minute it was made, not in that of its id, so the relay finds it however late it is made.
+fn minute_of(envelope: &Envelope) -> Result<i64> {
+    if envelope.occurred_at_ms > 0 {
+        return Ok(envelope.occurred_at_ms.div_euclid(MINUTE_MS));
+    }
+    let id = &envelope.event_id;
+    let millis = sterling_storage::uuid_v7_millis(id)
+        .ok_or_else(|| Error::internal(format!("event id {id:?} is not a UUIDv7")))?;
     Ok(millis.div_euclid(MINUTE_MS))
 }
 
-fn key(event_id: &str) -> Result<Row> {
+fn key(envelope: &Envelope) -> Result<Row> {
     Ok(Row::new()
-        .with("minute", minute_of(event_id)?)
-        .with("shard", shard_of(event_id))
-        .with("event_id", event_id))
+        .with("minute", minute_of(envelope)?)
+        .with("shard", shard_of(&envelope.event_id))
+        .with("event_id", envelope.event_id.as_str()))
 }
 
-fn removal(event_id: &str) -> Result<Mutation> {
+fn removal(envelope: &Envelope) -> Result<Mutation> {
+    removal_at(key(envelope)?)
+}
+
+/// The removal of the staged row at `row`'s key (the relay removes a row where it found it).
+fn removal_at(row: Row) -> Result<Mutation> {
+    let key = Row::new()
+        .with("minute", row.i64("minute")?)
+        .with("shard", row.i64("shard")?)
+        .with("event_id", row.text("event_id")?);
     Ok(Mutation::Delete {
         table: "staged_events".into(),
-        key: key(event_id)?,
+        key,
         if_exists: false,
     })
 }
@@ -176,12 +191,43 @@ fn progress_key() -> Row {
 /// trace context; a producer span marks the publish in the trace, and its consumers' spans
 /// hang under it.
 pub fn event(event_type: &str, payload: &impl Message) -> Envelope {
+    // The id's time is the event's, so the id's minute is the one it is staged in.
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = sterling_storage::uuid_v7_millis(&id).unwrap_or_else(now_millis);
+    envelope(event_type, payload, id, now)
+}
+
+/// An event whose id is fixed by `cause` (the same event type and cause always give the same
+/// id, a UUIDv7 of `cause_ms` whose random part is a hash of both): what two deliveries of one
+/// cause announce is one event, published twice at most, which the bus and every consumer
+/// take once. Its `occurred_at_ms` is when it is made.
+pub fn derived_event(
+    event_type: &str,
+    payload: &impl Message,
+    cause: &str,
+    cause_ms: i64,
+) -> Envelope {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(event_type.as_bytes())
+        .chain_update([0u8])
+        .chain_update(cause.as_bytes())
+        .finalize();
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    let id = uuid::Builder::from_unix_timestamp_millis(cause_ms.max(0) as u64, &random).into_uuid();
+    envelope(event_type, payload, id.to_string(), now_millis())
+}
+
+/// An envelope of `payload` with this id and time, stamped with the current request's id and
+/// trace context.
+fn envelope(event_type: &str, payload: &impl Message, event_id: String, now: i64) -> Envelope {
     let context = RequestContext::current();
     let span = tracing::info_span!("publish", otel.name = %format!("publish {event_type}"), otel.kind = "producer", event_type);
     Envelope {
-        event_id: uuid::Uuid::now_v7().to_string(),
+        event_id,
         r#type: event_type.to_string(),
-        occurred_at_ms: now_millis(),
+        occurred_at_ms: now,
         request_id: context
             .as_ref()
             .map(|c| c.request_id.clone())
@@ -232,7 +278,7 @@ impl Outbox {
     /// embedded store; one after the other on Cassandra, as [`Outbox::stage`] then the
     /// change). The event is staged whether or not the change applies.
     pub fn staging(&self, envelope: &Envelope) -> Result<Mutation> {
-        let row = key(&envelope.event_id)?
+        let row = key(envelope)?
             .with("type", envelope.r#type.as_str())
             .with("envelope", envelope.encode_to_vec())
             .with("staged_at", Value::Timestamp(now_millis()));
@@ -251,28 +297,22 @@ impl Outbox {
     }
 
     /// Publishes a staged event now, then removes it from the outbox (with others published
-    /// at about the same time: one write for many under load).
+    /// at about the same time: one write for many under load). A removal that fails leaves its
+    /// event staged: the relay publishes it again, which is harmless (publishing is idempotent
+    /// on the id); so does a removal a power cut forgets.
     pub async fn publish(&self, envelope: &Envelope) -> Result<()> {
         self.bus
             .publish(envelope)
             .await
             .map_err(|e| Error::unavailable("bus", e.to_string()))?;
-        self.discard_published(&envelope.event_id).await
-    }
-
-    /// Removes a published event from the outbox, in one lazy commit with the others published
-    /// about then. A removal that fails leaves its event staged: the relay publishes it again,
-    /// which is harmless (publishing is idempotent on the id); so does a removal a power cut
-    /// forgets.
-    async fn discard_published(&self, event_id: &str) -> Result<()> {
-        self.discards.write(removal(event_id)?).await
+        self.discards.write(removal(envelope)?).await
     }
 
     /// Removes a staged event whose state change did not happen.
     pub async fn discard(&self, envelope: &Envelope) -> Result<()> {
         // Lazily: a removal a power cut forgets has the relay ask again, and discard it again.
         self.store
-            .apply_lazily(vec![removal(&envelope.event_id)?])
+            .apply_lazily(vec![removal(envelope)?])
             .await?;
         Ok(())
     }
@@ -316,16 +356,25 @@ impl Outbox {
         }
         let envelope = Envelope::decode(row.blob("envelope")?)
             .map_err(|e| Error::internal(format!("outbox row is not an envelope: {e}")))?;
+        // Removed where it was found: a row staged under another minute than its envelope
+        // gives now (an older build's) must not stay to be published at every pass.
+        let removal = removal_at(row.clone())?;
         match self.confirm.confirm(&envelope).await? {
             Verdict::Publish => {
-                self.publish(&envelope).await?;
+                self.bus
+                    .publish(&envelope)
+                    .await
+                    .map_err(|e| Error::unavailable("bus", e.to_string()))?;
+                self.discards.write(removal).await?;
                 tracing::info!(event_id = %envelope.event_id, "relay published a staged event");
                 return Ok(true);
             }
-            Verdict::Discard => self.discard(&envelope).await?,
+            Verdict::Discard => {
+                self.store.apply_lazily(vec![removal]).await?;
+            }
             Verdict::Wait if now_millis() - staged_at > OUTBOX_WAIT_LIMIT.as_millis() as i64 => {
                 tracing::warn!(event_id = %envelope.event_id, "staged event never confirmed; dropping it");
-                self.discard(&envelope).await?;
+                self.store.apply_lazily(vec![removal]).await?;
             }
             Verdict::Wait => {}
         }
@@ -365,7 +414,9 @@ impl Outbox {
                 .await?
             {
                 let event_id = row.text("event_id")?;
-                let moved = key(event_id)?
+                let envelope = Envelope::decode(row.blob("envelope")?)
+                    .map_err(|e| Error::internal(format!("outbox row is not an envelope: {e}")))?;
+                let moved = key(&envelope)?
                     .with("type", row.text("type")?)
                     .with("envelope", row.blob("envelope")?.to_vec())
                     .with("staged_at", Value::Timestamp(row.timestamp("staged_at")?));

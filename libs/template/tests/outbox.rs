@@ -11,7 +11,7 @@ use sterling_bus::{Bus, ConsumerConfig, Envelope};
 use sterling_storage::embedded::SqliteStore;
 use sterling_storage::{Mutation, Query, Row, SharedStore, Value, now_millis};
 use sterling_template::Result;
-use sterling_template::outbox::{Confirm, Outbox, TEMPLATE_MIGRATIONS, Verdict};
+use sterling_template::outbox::{self, Confirm, Outbox, TEMPLATE_MIGRATIONS, Verdict};
 
 /// Answers what the test says for every event.
 struct Told(Mutex<Verdict>);
@@ -169,4 +169,60 @@ async fn the_watermark_waits_at_an_unconfirmed_event_and_passes_settled_empty_mi
         "never passes a minute that may still receive a late write"
     );
     assert_eq!(published(&bus).await, vec![waiting.event_id]);
+}
+
+#[tokio::test]
+async fn a_derived_event_is_the_same_each_time_and_found_by_the_relay_however_late() {
+    let (store, bus, outbox, _) = engines(Verdict::Publish);
+    let hour_ago = now_millis() - 3_600_000;
+    let make = |cause: &str| outbox::derived_event("test.outbox.derived", &(), cause, hour_ago);
+    let event = make("tx-1");
+    assert_eq!(make("tx-1").event_id, event.event_id, "the same cause, the same id");
+    assert_ne!(make("tx-2").event_id, event.event_id);
+    assert_eq!(
+        sterling_storage::uuid_v7_millis(&event.event_id),
+        Some(hour_ago),
+        "a UUIDv7 of the cause's time"
+    );
+
+    // The relay has passed the id's minute long ago; the event is staged in its own minute.
+    outbox.relay_once().await.unwrap();
+    assert!(watermark(&store).await > hour_ago.div_euclid(60_000));
+    outbox.stage(&event).await.unwrap();
+    outbox.stage(&make("tx-1")).await.unwrap();
+    assert!(outbox.relay_once().await.unwrap() >= 1);
+    let mut config = ConsumerConfig::new("derived", &["test.outbox.derived"]);
+    config.ack_wait = Duration::from_secs(60);
+    let mut subscription = bus.subscribe(config).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(2), subscription.next())
+        .await
+        .expect("published")
+        .unwrap();
+    assert_eq!(delivery.envelope.event_id, event.event_id);
+}
+
+#[tokio::test]
+async fn a_row_staged_under_another_minute_is_removed_where_it_was_found() {
+    let (store, bus, outbox, _) = engines(Verdict::Publish);
+    let event = event_from(Duration::ZERO);
+    // Staged by a build that took the minute from elsewhere: a minute before the event's.
+    let minute = event.occurred_at_ms.div_euclid(60_000) - 1;
+    let row = Row::new()
+        .with("minute", minute)
+        .with("shard", 5i64)
+        .with("event_id", event.event_id.as_str())
+        .with("type", event.r#type.as_str())
+        .with("envelope", prost::Message::encode_to_vec(&event))
+        .with("staged_at", Value::Timestamp(event.occurred_at_ms));
+    store
+        .apply(vec![Mutation::insert("staged_events", row)])
+        .await
+        .unwrap();
+    assert_eq!(outbox.relay_once().await.unwrap(), 1);
+    assert_eq!(outbox.relay_once().await.unwrap(), 0, "published once");
+    assert_eq!(
+        staged_rows(&store, minute_partitions(minute), "staged_events").await,
+        0
+    );
+    assert_eq!(published(&bus).await, vec![event.event_id]);
 }

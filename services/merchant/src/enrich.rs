@@ -1,5 +1,7 @@
 //! Enriching card decisions: the consumer of `card.authorisation.*` that publishes
-//! `transaction.enriched` once per transaction, through the outbox.
+//! `transaction.enriched` once per transaction, through the outbox. The event's id is derived
+//! from the transaction id, so the enrichment needs no compare-and-set: deliveries of one
+//! decision write the same row and announce the same event.
 
 use std::sync::Arc;
 
@@ -7,7 +9,7 @@ use prost::Message;
 use sterling_bus::Envelope;
 use sterling_proto::event_types as types;
 use sterling_proto::events::v1::{CardAuthorisationDecided, TransactionEnriched};
-use sterling_storage::{Applied, Mutation, Row, SharedStore, Value, now_millis};
+use sterling_storage::{Mutation, Row, SharedStore, Value, now_millis};
 use sterling_template::outbox::{self, Confirm, Outbox, Verdict};
 use sterling_template::{Error, Result};
 
@@ -53,33 +55,37 @@ impl Enricher {
             approved: decided.approved,
             amount: decided.amount.clone(),
         };
-        let event = outbox::event(types::TRANSACTION_ENRICHED, &enriched);
-        let row = key(&decided.transaction_id)
+        // Made the same by every delivery of this decision: one event, whoever writes.
+        let event = outbox::derived_event(
+            types::TRANSACTION_ENRICHED,
+            &enriched,
+            &decided.transaction_id,
+            sterling_storage::uuid_v7_millis(&decided.transaction_id)
+                .unwrap_or(decided.decided_at_ms),
+        );
+        let key = key(&decided.transaction_id);
+        if self.store.get("enrichments", &key).await?.is_some() {
+            // Enriched before (a redelivery): its event is published, or staged for the relay.
+            return Ok(());
+        }
+        let row = key
             .with("account_id", decided.account_id.as_str())
             .with("event_id", event.event_id.as_str())
             .with("name", merchant.name.as_str())
             .with("category", merchant.category.as_str())
             .with("logo_url", merchant.logo_url.as_str())
             .with("created_at", Value::Timestamp(now_millis()));
-        // The event staged, then the enrichment that it announces (one commit on the
-        // embedded store).
-        let outcome = self
-            .store
+        // The event staged, then the enrichment that it announces (one commit on the embedded
+        // store). A plain write: two deliveries at once write the same enrichment and stage the
+        // same event, which is published twice at most and taken once.
+        self.store
             .apply_in_order(vec![
                 vec![self.outbox.staging(&event)?],
-                vec![Mutation::insert_if_not_exists("enrichments", row)],
+                vec![Mutation::insert("enrichments", row)],
             ])
-            .await?
-            .pop()
-            .unwrap_or(Applied::Yes);
-        match outcome {
-            Applied::Yes => {
-                tracing::info!(merchant = %merchant.name, known = merchant.known, "transaction enriched");
-                self.outbox.publish_soon(event);
-            }
-            // Enriched before (a redelivery): that enrichment's own event stands.
-            Applied::No(_) => self.outbox.discard(&event).await?,
-        }
+            .await?;
+        tracing::info!(merchant = %merchant.name, known = merchant.known, "transaction enriched");
+        self.outbox.publish_soon(event);
         Ok(())
     }
 }
