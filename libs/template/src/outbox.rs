@@ -311,9 +311,7 @@ impl Outbox {
     /// Removes a staged event whose state change did not happen.
     pub async fn discard(&self, envelope: &Envelope) -> Result<()> {
         // Lazily: a removal a power cut forgets has the relay ask again, and discard it again.
-        self.store
-            .apply_lazily(vec![removal(envelope)?])
-            .await?;
+        self.store.apply_lazily(vec![removal(envelope)?]).await?;
         Ok(())
     }
 

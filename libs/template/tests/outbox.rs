@@ -177,7 +177,11 @@ async fn a_derived_event_is_the_same_each_time_and_found_by_the_relay_however_la
     let hour_ago = now_millis() - 3_600_000;
     let make = |cause: &str| outbox::derived_event("test.outbox.derived", &(), cause, hour_ago);
     let event = make("tx-1");
-    assert_eq!(make("tx-1").event_id, event.event_id, "the same cause, the same id");
+    assert_eq!(
+        make("tx-1").event_id,
+        event.event_id,
+        "the same cause, the same id"
+    );
     assert_ne!(make("tx-2").event_id, event.event_id);
     assert_eq!(
         sterling_storage::uuid_v7_millis(&event.event_id),

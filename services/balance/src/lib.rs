@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_balance.cql",
     2 => "0002_payment_life.cql",
     3 => "0003_snapshots.cql",
+    4 => "0004_day_spending.cql",
 );
 
 /// The balance service.
@@ -44,8 +45,9 @@ pub const SERVICE: ServiceDefinition = ServiceDefinition {
 
 async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
     let balances = BalanceStore::new(ctx.store.clone());
-    // Before anything reads or writes a snapshot.
+    // Before anything reads or writes a snapshot or a day's spending.
     balances.move_legacy_snapshots().await?;
+    balances.move_legacy_spending().await?;
     // Snapshots keep the highest version and payments are one row each: right in any order
     // and however often, so deliveries are handled several at once and not deduplicated.
     let config = ConsumerConfig {

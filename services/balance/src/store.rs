@@ -1,7 +1,7 @@
 //! The read model's data: the highest-version ledger snapshot per account, and approved card
-//! payments per account per UTC day. Both are idempotent by construction (a snapshot never
-//! replaces a higher version; a payment is one row per authorisation id), so a redelivered
-//! event changes nothing.
+//! payments per account per UTC day. Both are idempotent by construction and written without
+//! a compare-and-set (a snapshot never replaces a higher version; a payment is one row per
+//! authorisation id that never replaces a higher rank), so a redelivered event changes nothing.
 
 use prost::Message;
 use sterling_bus::Envelope;
@@ -9,18 +9,37 @@ use sterling_proto::event_types as types;
 use sterling_proto::events::v1::{
     AccountBalanceChanged, CardAuthorisationDecided, CardPaymentUpdated,
 };
-use sterling_storage::{Condition, Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
+use sterling_storage::{Mutation, Query, Row, SharedStore, Value, now_millis, utc_date};
 use sterling_template::by_month::{for_each_row, move_data_once};
 use sterling_template::{Error, Result};
-
-/// How many compare-and-set rounds a payment's row may take.
-const MAX_ROUNDS: usize = 100;
 
 /// Each account's latest ledger snapshot, the highest version kept.
 const SNAPSHOTS: &str = "snapshots";
 
 /// Where snapshots were kept before, by compare-and-set; copied from once, at start.
 const LEGACY_SNAPSHOTS: &str = "balances";
+
+/// Card payments per account per UTC day, each row the highest rank written for it.
+const SPENDING: &str = "day_spending";
+
+/// Where payments were kept before, by compare-and-set; copied from once, at start.
+const LEGACY_SPENDING: &str = "spending";
+
+/// The rank of an approval's row (and of a refund's or a force post's, rows of their own).
+const APPROVED: i64 = 1;
+
+/// The rank of a reversal's row: above its approval, below the payment's own messages.
+const REVERSED: i64 = 2;
+
+/// The rank of the row after the payment's message of `version`: above any decision.
+fn payment_rank(version: i64) -> i64 {
+    3i64.saturating_add(version.max(0))
+}
+
+/// A payment's row at `rank`: an insert that never replaces a higher rank.
+fn spending_at(row: Row, rank: i64) -> Mutation {
+    Mutation::insert_newest(SPENDING, row.with("rank", rank), "rank")
+}
 
 /// An account's balance as the read model holds it, in minor units.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +73,20 @@ fn spending_key(account_id: &str, day: &str, id: &str) -> Row {
         .with("account_id", account_id)
         .with("day", day)
         .with("authorisation_id", id)
+}
+
+/// The rank a legacy payment row stands at: a payment's message's if it has a version, a
+/// reversal's if it was zeroed, an approval's otherwise.
+fn legacy_rank(row: &Row) -> Result<i64> {
+    if let Ok(version) = row.i64("payment_version") {
+        return Ok(payment_rank(version));
+    }
+    let refund_or_force_post = row.text("authorisation_id")?.contains(':');
+    Ok(if row.i64("amount")? == 0 && !refund_or_force_post {
+        REVERSED
+    } else {
+        APPROVED
+    })
 }
 
 /// The UTC day a card payment counts on: that of its transaction id (a UUIDv7 made when it
@@ -135,7 +168,8 @@ impl BalanceStore {
     }
 
     /// Records an approved payment in its day's spending; a reversed one (a decline that
-    /// follows its approval) is taken out, whichever arrives first.
+    /// follows its approval) is taken out, whichever arrives first. Once the payment's own
+    /// messages have moved the row, they alone move it (their rank is higher).
     async fn take_decision(&self, d: &CardAuthorisationDecided) -> Result<()> {
         let Some(amount) = d.amount.as_ref() else {
             return Ok(());
@@ -144,28 +178,12 @@ impl BalanceStore {
             return Ok(());
         }
         let day = day_of_payment(&d.transaction_id, d.decided_at_ms);
-        let row = spending_key(&d.account_id, &day, &d.processor_authorisation_id);
-        // A reversal leaves the payment's row at zero, whatever came first: an approval that
-        // arrives after it finds the row taken and changes nothing. Once the payment's own
-        // messages have moved the row (it has a version), they alone move it.
-        if d.reversed
-            && let Some(existing) = self.store.get("spending", &row).await?
-            && existing.i64("payment_version").is_ok()
-        {
-            return Ok(());
-        }
+        let row = spending_key(&d.account_id, &day, &d.processor_authorisation_id)
+            .with("currency", amount.currency.as_str());
         let mutation = if d.reversed {
-            Mutation::insert(
-                "spending",
-                row.with("amount", 0i64)
-                    .with("currency", amount.currency.as_str()),
-            )
+            spending_at(row.with("amount", 0i64), REVERSED)
         } else {
-            Mutation::insert_if_not_exists(
-                "spending",
-                row.with("amount", amount.minor_units)
-                    .with("currency", amount.currency.as_str()),
-            )
+            spending_at(row.with("amount", amount.minor_units), APPROVED)
         };
         self.store.apply(vec![mutation]).await?;
         Ok(())
@@ -186,9 +204,7 @@ impl BalanceStore {
             let row = spending_key(&e.account_id, &utc_date(e.occurred_at_ms), &id)
                 .with("amount", sign * minor(&e.amount))
                 .with("currency", currency);
-            self.store
-                .apply(vec![Mutation::insert("spending", row)])
-                .await?;
+            self.store.apply(vec![spending_at(row, APPROVED)]).await?;
             return Ok(());
         }
         if e.authorisation_transaction_id.is_empty() || e.processor_authorisation_id.is_empty() {
@@ -199,51 +215,40 @@ impl BalanceStore {
             _ => minor(&e.settled),
         };
         let day = day_of_payment(&e.authorisation_transaction_id, e.occurred_at_ms);
-        let key = spending_key(&e.account_id, &day, &e.processor_authorisation_id);
-        let set = Row::new()
+        let row = spending_key(&e.account_id, &day, &e.processor_authorisation_id)
             .with("amount", amount)
-            .with("payment_version", e.payment_version);
-        for _ in 0..MAX_ROUNDS {
-            let existing = self.store.get("spending", &key).await?;
-            let seen = existing
-                .as_ref()
-                .and_then(|r| r.i64("payment_version").ok());
-            if seen.unwrap_or(0) >= e.payment_version {
-                return Ok(());
-            }
-            let mutation = match (existing, seen) {
-                (None, _) => {
-                    let mut row = key.clone().with("currency", currency);
-                    row.0.extend(set.0.clone());
-                    Mutation::insert_if_not_exists("spending", row)
-                }
-                (Some(_), Some(v)) => Mutation::update(
-                    "spending",
-                    key.clone(),
-                    set.clone(),
-                    vec![Condition::Equals(
-                        "payment_version".into(),
-                        Value::BigInt(v),
-                    )],
-                ),
-                (Some(row), None) => Mutation::update(
-                    "spending",
-                    key.clone(),
-                    set.clone(),
-                    vec![Condition::Equals(
-                        "amount".into(),
-                        Value::BigInt(row.i64("amount")?),
-                    )],
-                ),
-            };
-            if self.store.apply(vec![mutation]).await?.applied() {
-                return Ok(());
-            }
+            .with("currency", currency);
+        self.store
+            .apply(vec![spending_at(row, payment_rank(e.payment_version))])
+            .await?;
+        Ok(())
+    }
+
+    /// Copies the payments kept in the legacy table `spending` (by compare-and-set) into
+    /// [`SPENDING`] once for the service, as [`BalanceStore::move_legacy_snapshots`] does the
+    /// snapshots. Returns how many this call copied.
+    pub async fn move_legacy_spending(&self) -> Result<u64> {
+        let name = format!("{LEGACY_SPENDING}->{SPENDING}");
+        let moved = move_data_once(&self.store, &name, || {
+            for_each_row(&self.store, LEGACY_SPENDING, |row| async move {
+                let copy = spending_key(
+                    row.text("account_id")?,
+                    row.text("day")?,
+                    row.text("authorisation_id")?,
+                )
+                .with("amount", row.i64("amount")?)
+                .with("currency", row.text("currency").unwrap_or_default());
+                self.store
+                    .apply(vec![spending_at(copy, legacy_rank(&row)?)])
+                    .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        if moved > 0 {
+            tracing::info!(rows = moved, "card payments moved to their own table");
         }
-        Err(Error::unavailable(
-            "contention",
-            "too much contention on a day's spending",
-        ))
+        Ok(moved)
     }
 
     /// The account's latest snapshot, if one has arrived.
@@ -268,7 +273,7 @@ impl BalanceStore {
             .with("day", utc_date(now_ms));
         let rows = self
             .store
-            .query(Query::partition("spending", partition).limit(100_000))
+            .query(Query::partition(SPENDING, partition).limit(100_000))
             .await?;
         rows.iter().try_fold(0i64, |sum, row| {
             sum.checked_add(row.i64("amount")?)

@@ -150,3 +150,50 @@ async fn snapshots_kept_in_the_legacy_table_are_moved_and_stay_the_highest() {
     let six = balances.snapshot("acc-1").await.unwrap().unwrap();
     assert_eq!((six.version, six.balance, six.held), (6, 350, 50));
 }
+
+#[tokio::test]
+async fn payments_kept_in_the_legacy_table_are_moved_at_their_rank() {
+    use sterling_storage::{Mutation, Row, Store};
+    let mut migrations = balance::MIGRATIONS.to_vec();
+    migrations.extend(sterling_template::outbox::TEMPLATE_MIGRATIONS);
+    let store = Arc::new(SqliteStore::in_memory(&migrations).unwrap());
+    let now = now_millis();
+    let today = sterling_storage::utc_date(now);
+    let legacy = |id: &str, amount: i64, version: Option<i64>| {
+        let mut row = Row::new()
+            .with("account_id", "acc-1")
+            .with("day", today.as_str())
+            .with("authorisation_id", id)
+            .with("amount", amount)
+            .with("currency", "GBP");
+        if let Some(v) = version {
+            row = row.with("payment_version", v);
+        }
+        Mutation::insert("spending", row)
+    };
+    store
+        .apply(vec![
+            legacy("a", 300, None),    // approved
+            legacy("b", 0, None),      // reversed
+            legacy("c", 250, Some(2)), // cleared for 250 (approved for more)
+            legacy("refund:rf-1", -100, None),
+        ])
+        .await
+        .unwrap();
+    let balances = BalanceStore::new(store.clone());
+    assert_eq!(balances.move_legacy_spending().await.unwrap(), 4);
+    assert_eq!(balances.spent_on("acc-1", now).await.unwrap(), 450);
+    assert_eq!(balances.move_legacy_spending().await.unwrap(), 0);
+
+    // Late decisions rank below what the rows say: b's approval stays out, c's approval and
+    // its reversal change nothing; a's reversal takes it out.
+    for event in [
+        decision("b", true, false, 200),
+        decision("c", true, false, 400),
+        decision("c", false, true, 400),
+        decision("a", false, true, 300),
+    ] {
+        balances.apply_event(&event).await.unwrap();
+    }
+    assert_eq!(balances.spent_on("acc-1", now).await.unwrap(), 150);
+}

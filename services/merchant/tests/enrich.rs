@@ -64,8 +64,8 @@ async fn announced(bus: &Arc<dyn Bus>) -> Vec<(String, String)> {
     while let Ok(Ok(delivery)) =
         tokio::time::timeout(Duration::from_millis(500), subscription.next()).await
     {
-        let e: TransactionEnriched = prost::Message::decode(delivery.envelope.payload.as_slice())
-            .expect("an enrichment");
+        let e: TransactionEnriched =
+            prost::Message::decode(delivery.envelope.payload.as_slice()).expect("an enrichment");
         seen.push((delivery.envelope.event_id.clone(), e.transaction_id));
         delivery.ack().await.unwrap();
     }
