@@ -3,8 +3,8 @@
 //! Each event becomes one delivery per webhook of the account (idempotent on event and
 //! webhook). The dispatcher attempts due deliveries concurrently with a timeout; a failure is
 //! retried on a schedule that spans hours, and a circuit breaker per URL stops attempts to a
-//! receiver that keeps failing so it costs the others nothing. Every attempt updates the
-//! delivery log. Receivers should ignore a repeated `Sterling-Event-Id` (an instance that dies
+//! receiver that keeps failing so it costs the others nothing. Every attempt is a row of its
+//! own in the delivery log ([`crate::attempts`]); nothing is a compare-and-set. Receivers should ignore a repeated `Sterling-Event-Id` (an instance that dies
 //! after a receiver answered but before the log was written sends again).
 
 use std::collections::{HashMap, HashSet};
@@ -16,12 +16,13 @@ use serde_json::json;
 use sterling_bus::Envelope;
 use sterling_proto::events::v1::{CardAuthorisationDecided, CardPaymentUpdated};
 use sterling_signature as signature;
-use sterling_storage::{Condition, Mutation, Row, SharedStore, Value, now_millis};
+use sterling_storage::{Mutation, Row, SharedStore, Value, now_millis};
 use sterling_template::by_month::ByMonth;
 use sterling_template::{Error, Result};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::address::{PublicResolver, UrlPolicy};
+use crate::attempts::{Answer, Outcome, attempt_row, attempts_of, standing};
 use crate::due::DueQueue;
 use crate::store::Registry;
 
@@ -212,23 +213,29 @@ impl Dispatcher {
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
         for webhook in self.registry.list(&account_id).await? {
             let now = now_millis();
-            let delivery = delivery_key(&webhook.webhook_id, &envelope.event_id)
+            let key = delivery_key(&webhook.webhook_id, &envelope.event_id);
+            let queued = DueQueue::add(&webhook.webhook_id, &envelope.event_id, now);
+            if self.store.get(DELIVERIES.table, &key).await?.is_some() {
+                // A repeat of the event queues its delivery again (it may never have been
+                // queued, before a crash); an attempt finds it finished and drops it.
+                self.store.apply(vec![queued]).await?;
+                continue;
+            }
+            let delivery = key
                 .with("event_type", envelope.r#type.as_str())
                 .with("account_id", account_id.as_str())
                 .with("url", webhook.url.as_str())
                 .with("body", body.clone())
-                .with("status", "pending")
-                .with("attempts", 0i64)
                 .with("next_attempt_at", Value::Timestamp(now))
                 .with("created_at", Value::Timestamp(now));
             // The month's entry, the delivery, then its place in the queue (one commit on the
-            // embedded store). A repeat of the event queues its delivery again: an attempt
-            // finds it pending (never queued before a crash) or finished and drops it.
+            // embedded store). A plain write: two deliveries of the event at once write the
+            // same row.
             self.store
                 .apply_in_order(vec![
                     vec![DELIVERIES.month_entry(&webhook.webhook_id, &envelope.event_id)],
-                    vec![Mutation::insert_if_not_exists(DELIVERIES.table, delivery)],
-                    vec![DueQueue::add(&webhook.webhook_id, &envelope.event_id, now)],
+                    vec![Mutation::insert(DELIVERIES.table, delivery)],
+                    vec![queued],
                 ])
                 .await?;
         }
@@ -309,67 +316,73 @@ impl Dispatcher {
         }
     }
 
-    /// A compare-and-set on a pending delivery (its row was created by one, so all its
-    /// changes are).
-    fn update_pending(webhook_id: &str, event_id: &str, update: Row) -> Mutation {
-        Mutation::update(
-            DELIVERIES.table,
-            delivery_key(webhook_id, event_id),
-            update,
-            vec![Condition::Equals("status".into(), "pending".into())],
-        )
-    }
-
-    /// Moves a delivery due at `due_at` to a later attempt at `at`, recording `update`.
+    /// Moves a delivery due at `due_at` to a later attempt at `at`, recording the attempt that
+    /// failed if one was made (a circuit open makes none).
     async fn reschedule(
         &self,
         (webhook_id, event_id): (&str, &str),
         due_at: i64,
         at: i64,
-        update: Row,
+        attempt: Option<(i64, &Answer)>,
     ) -> Result<()> {
-        let update = update.with("next_attempt_at", Value::Timestamp(at));
-        // The new row first: where the three are not one commit (Cassandra), a crash in between
-        // leaves an extra attempt, never none.
-        self.store
-            .apply_in_order(vec![
-                vec![Self::update_pending(webhook_id, event_id, update)],
-                vec![DueQueue::add(webhook_id, event_id, at)],
-                vec![DueQueue::remove(webhook_id, event_id, due_at)],
-            ])
-            .await?;
+        let mut batches = Vec::with_capacity(3);
+        if let Some((attempt, answer)) = attempt {
+            let row = attempt_row(
+                (webhook_id, event_id),
+                attempt,
+                Outcome::Retrying(at),
+                answer,
+            );
+            batches.push(vec![row]);
+        }
+        // The new queue row before the old one goes: where they are not one commit
+        // (Cassandra), a crash in between leaves an extra attempt, never none.
+        batches.push(vec![DueQueue::add(webhook_id, event_id, at)]);
+        batches.push(vec![DueQueue::remove(webhook_id, event_id, due_at)]);
+        self.store.apply_in_order(batches).await?;
         Ok(())
     }
 
-    /// Takes a delivery due at `due_at` off the queue, recording its last state if given.
+    /// Takes a delivery due at `due_at` off the queue, recording the attempt that finished it
+    /// if one did (and dropping its body, no longer needed).
     async fn finish(
         &self,
         (webhook_id, event_id): (&str, &str),
         due_at: i64,
-        update: Option<Row>,
+        last: Option<(i64, Outcome, &Answer)>,
     ) -> Result<()> {
-        let mut batches = Vec::with_capacity(2);
-        if let Some(update) = update {
-            // Finished: the body is no longer needed.
-            let update = update.with("body", Value::Null);
-            batches.push(vec![Self::update_pending(webhook_id, event_id, update)]);
+        let mut batches = Vec::with_capacity(3);
+        if let Some((attempt, outcome, answer)) = last {
+            let body = Row::new().with("body", Value::Null);
+            batches.push(vec![attempt_row(
+                (webhook_id, event_id),
+                attempt,
+                outcome,
+                answer,
+            )]);
+            batches.push(vec![Mutation::update(
+                DELIVERIES.table,
+                delivery_key(webhook_id, event_id),
+                body,
+                vec![],
+            )]);
         }
-        // The state first: where the two are not one commit, a crash in between leaves the
+        // The outcome first: where these are not one commit, a crash in between leaves the
         // delivery queued, and its next attempt finds it finished and drops it.
         batches.push(vec![DueQueue::remove(webhook_id, event_id, due_at)]);
         self.store.apply_in_order(batches).await?;
         Ok(())
     }
 
-    /// POSTs a delivery's body, signed with the webhook's secret; returns the HTTP status
-    /// (0 for no answer), the error (empty when delivered) and the latency in ms.
+    /// POSTs a delivery's body, signed with the webhook's secret; returns what the receiver
+    /// answered (status 0 for no answer; no error when delivered).
     async fn post(
         &self,
         url: &str,
         secret: &str,
         event_id: &str,
         delivery: &Row,
-    ) -> Result<(i64, String, i64)> {
+    ) -> Result<Answer> {
         let body = delivery.blob("body")?.to_vec();
         let timestamp = now_millis() / 1000;
         let started = Instant::now();
@@ -399,7 +412,11 @@ impl Dispatcher {
             Err(e) if e.is_timeout() => (0, "timed out".to_string()),
             Err(e) => (0, e.to_string()),
         };
-        Ok((code, error, latency_ms))
+        Ok(Answer {
+            status_code: code,
+            latency_ms,
+            error,
+        })
     }
 
     /// One attempt of one delivery, queued at `due_at`.
@@ -412,70 +429,67 @@ impl Dispatcher {
         else {
             return self.finish(pair, due_at, None).await;
         };
-        if delivery.text("status")? != "pending" {
+        let made = attempts_of(&self.store, webhook_id, event_id).await?;
+        let standing = standing(webhook_id, &delivery, &made)?;
+        if standing.status != "pending" {
             return self.finish(pair, due_at, None).await;
         }
+        let attempt = i64::from(standing.attempts) + 1;
         let url = delivery.text("url")?.to_string();
         if let Err(refused) = self.policy.check(&url) {
             // Checked again at every attempt: the policy may have tightened since.
-            let update = Row::new()
-                .with("status", "failed")
-                .with("last_error", refused.message());
-            return self.finish(pair, due_at, Some(update)).await;
+            let answer = Answer {
+                error: refused.message().to_string(),
+                ..Answer::default()
+            };
+            return self
+                .finish(pair, due_at, Some((attempt, Outcome::Failed, &answer)))
+                .await;
         }
         if let Some(until) = self.breaker_open_until(&url) {
             let at =
                 now_millis() + until.saturating_duration_since(Instant::now()).as_millis() as i64;
-            return self
-                .reschedule(
-                    pair,
-                    due_at,
-                    at,
-                    Row::new().with("last_error", "circuit open"),
-                )
-                .await;
+            return self.reschedule(pair, due_at, at, None).await;
         }
         let account_id = delivery.text("account_id")?.to_string();
         let Some(webhook) = self.registry.get(&account_id, webhook_id).await? else {
-            let update = Row::new()
-                .with("status", "failed")
-                .with("last_error", "webhook deleted");
-            return self.finish(pair, due_at, Some(update)).await;
+            let answer = Answer {
+                error: "webhook deleted".to_string(),
+                ..Answer::default()
+            };
+            return self
+                .finish(pair, due_at, Some((attempt, Outcome::Failed, &answer)))
+                .await;
         };
-        let attempts = delivery.i64("attempts").unwrap_or_default() + 1;
-        let (code, error, latency_ms) = self
+        let answer = self
             .post(&url, &webhook.secret, event_id, &delivery)
             .await?;
-        let delivered = error.is_empty();
+        let delivered = answer.error.is_empty();
         self.record_outcome(&url, delivered);
-        let update = Row::new()
-            .with("attempts", attempts)
-            .with("last_status_code", code)
-            .with("last_latency_ms", latency_ms)
-            .with("last_error", error.as_str());
         if delivered {
             tracing::info!(
                 webhook_id,
                 event_id,
-                attempts,
-                latency_ms,
+                attempt,
+                latency_ms = answer.latency_ms,
                 "webhook delivered"
             );
-            let update = update
-                .with("status", "delivered")
-                .with("delivered_at", Value::Timestamp(now_millis()));
-            return self.finish(pair, due_at, Some(update)).await;
+            return self
+                .finish(pair, due_at, Some((attempt, Outcome::Delivered, &answer)))
+                .await;
         }
-        match self.schedule.get(attempts as usize - 1) {
+        let error = &answer.error;
+        match self.schedule.get(attempt as usize - 1) {
             Some(delay) => {
                 let jitter = rand::random_range(0.8..1.2);
                 let at = now_millis() + delay.mul_f64(jitter).as_millis() as i64;
-                tracing::warn!(webhook_id, event_id, attempts, %error, "webhook failed; will retry");
-                self.reschedule(pair, due_at, at, update).await
+                tracing::warn!(webhook_id, event_id, attempt, %error, "webhook failed; will retry");
+                self.reschedule(pair, due_at, at, Some((attempt, &answer)))
+                    .await
             }
             None => {
-                tracing::warn!(webhook_id, event_id, attempts, %error, "webhook failed for good");
-                self.finish(pair, due_at, Some(update.with("status", "failed")))
+                tracing::warn!(webhook_id, event_id, attempt, %error, "webhook failed for good");
+                self.finish(pair, due_at, Some((attempt, Outcome::Failed, &answer)))
                     .await
             }
         }
@@ -492,21 +506,12 @@ impl Dispatcher {
         let rows = DELIVERIES
             .page(&self.store, webhook_id, None, limit)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeliveryRecord {
-                    webhook_id: webhook_id.to_string(),
-                    event_id: r.text("event_id")?.to_string(),
-                    event_type: r.text("event_type").unwrap_or_default().to_string(),
-                    status: r.text("status").unwrap_or_default().to_string(),
-                    attempts: r.i64("attempts").unwrap_or_default() as u32,
-                    last_status_code: r.i64("last_status_code").unwrap_or_default() as u32,
-                    last_latency_ms: r.i64("last_latency_ms").unwrap_or_default() as u32,
-                    last_error: r.text("last_error").unwrap_or_default().to_string(),
-                    next_attempt_at_ms: r.timestamp("next_attempt_at").unwrap_or_default(),
-                    delivered_at_ms: r.timestamp("delivered_at").unwrap_or_default(),
-                })
-            })
-            .collect()
+        let mut log = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let event_id = row.text("event_id")?;
+            let made = attempts_of(&self.store, webhook_id, event_id).await?;
+            log.push(standing(webhook_id, row, &made)?);
+        }
+        Ok(log)
     }
 }

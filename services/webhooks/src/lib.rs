@@ -5,6 +5,7 @@
 //! delivery log.
 
 pub mod address;
+pub mod attempts;
 pub mod dispatch;
 pub mod due;
 pub mod handlers;
@@ -32,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = sterling_storage::migrations!(
     1 => "0001_webhooks.cql",
     2 => "0002_due_deliveries.cql",
     3 => "0003_deliveries_by_month.cql",
+    4 => "0004_delivery_attempts.cql",
 );
 
 /// The webhooks service.
