@@ -39,8 +39,25 @@ use crate::{
     Subscription, dead_letters, now_ms, subject_matches, validate,
 };
 
-/// How long a waiting consumer sleeps at most before looking again.
+/// How soon a waiting consumer looks again after the bus stored messages of subjects it does
+/// not want (its cursor then keeps up with them).
 const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// How long a waiting consumer sleeps at most when nothing at all was stored and nothing of its
+/// own falls due: every change it must see is announced (a publish, a nak, a dead letter), so
+/// this is only a safety net, and an idle bank's consumers cost next to nothing.
+const QUIET_POLL: Duration = Duration::from_secs(5);
+
+/// What an announcement is about: which waiting consumers should look in the stream.
+#[derive(Debug, Clone)]
+enum Concern {
+    /// A message stored under this subject: the consumers that want it.
+    Subject(String),
+    /// A delivery of this consumer due again sooner (a nak): that consumer.
+    Consumer(String),
+    /// Something any consumer may want (a dead letter, a replay).
+    Any,
+}
 
 fn err(e: rusqlite::Error) -> BusError {
     BusError::Unavailable(e.to_string())
@@ -55,24 +72,23 @@ struct Shared {
     writer: Writer,
     /// The number of the last announcement: waiting consumers wake when it changes.
     published: watch::Sender<u64>,
-    /// What the recent announcements were about (`None`: any consumer may be concerned), so
-    /// that a consumer wakes to look in the stream only for subjects it wants.
-    announced: Mutex<VecDeque<(u64, Option<String>)>>,
+    /// What the recent announcements were about, so that a consumer wakes to look in the
+    /// stream only for what concerns it.
+    announced: Mutex<VecDeque<(u64, Concern)>>,
     /// Checkpoints a file's WAL (none in memory); stops with the bus.
     _checkpointer: Option<Checkpointer>,
 }
 
 impl Shared {
-    /// Tells waiting consumers that a message under `subject` was stored (`None`: something
-    /// any of them may want, such as a dead letter).
-    fn announce(&self, subject: Option<String>) {
+    /// Tells waiting consumers that something of `concern` changed in the stream.
+    fn announce(&self, concern: Concern) {
         let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
         let mut number = 0;
         self.published.send_modify(|n| {
             *n += 1;
             number = *n;
         });
-        announced.push_back((number, subject));
+        announced.push_back((number, concern));
         if announced.len() > ANNOUNCEMENTS_KEPT {
             announced.pop_front();
         }
@@ -88,7 +104,11 @@ impl Shared {
                 .iter()
                 .rev()
                 .take_while(|(n, _)| *n > seen)
-                .any(|(_, subject)| subject.as_ref().is_none_or(|s| config.wants(s))),
+                .any(|(_, concern)| match concern {
+                    Concern::Subject(subject) => config.wants(subject),
+                    Concern::Consumer(durable) => *durable == config.durable,
+                    Concern::Any => true,
+                }),
         }
     }
 
@@ -531,9 +551,13 @@ impl Acker for SqliteAcker {
                 Ok(dead)
             })
             .await?;
-        if dead {
-            self.bus.shared.announce(None);
-        }
+        // A dead letter may concern anyone; a delivery due again concerns its consumer, whose
+        // wait was set for the delivery's ack wait.
+        self.bus.shared.announce(if dead {
+            Concern::Any
+        } else {
+            Concern::Consumer(self.durable.clone())
+        });
         Ok(())
     }
 
@@ -562,7 +586,7 @@ impl Acker for SqliteAcker {
                 tx.commit().map_err(err)
             })
             .await?;
-        self.bus.shared.announce(None);
+        self.bus.shared.announce(Concern::Any);
         Ok(())
     }
 }
@@ -575,9 +599,12 @@ struct SqliteSubscription {
     seen: u64,
     /// When its next pending delivery falls due, as last read.
     due: Option<i64>,
-    /// When it last looked in the stream: it looks at least every [`IDLE_POLL`], however
-    /// busy the bus is with subjects it does not want (its cursor then keeps up with them).
+    /// When it last looked in the stream: it looks at least every [`IDLE_POLL`] while the bus
+    /// stores subjects it does not want (its cursor then keeps up with them), and every
+    /// [`QUIET_POLL`] otherwise.
     looked_at: tokio::time::Instant,
+    /// Whether announcements that did not concern it came since it last looked.
+    passed_over: bool,
     /// Whether the next call looks in the stream before waiting: the last look left a
     /// delivery due or a page unread. A take that leaves nothing due is not followed by a take
     /// that finds nothing (about half the takes under load); an announcement since the last
@@ -597,6 +624,7 @@ impl Subscription for SqliteSubscription {
             let config = self.config.clone();
             self.seen = *self.published.borrow_and_update();
             self.looked_at = tokio::time::Instant::now();
+            self.passed_over = false;
             let (taken, behind, due) = self
                 .bus
                 .blocking("take", move |c| {
@@ -636,11 +664,16 @@ impl Subscription for SqliteSubscription {
 }
 
 impl SqliteSubscription {
-    /// Waits for a reason to look in the stream again: a delivery falling due, the idle poll,
-    /// or an announcement of a subject this consumer wants (announcements of others are
-    /// looked past without touching the stream). Whether to look.
+    /// Waits for a reason to look in the stream again: a delivery falling due, the idle or the
+    /// quiet poll, or an announcement that concerns this consumer (others are looked past
+    /// without touching the stream). Whether to look.
     async fn wait(&mut self) -> bool {
-        let poll = self.looked_at + IDLE_POLL;
+        let poll = self.looked_at
+            + if self.passed_over {
+                IDLE_POLL
+            } else {
+                QUIET_POLL
+            };
         let deadline = match self.due {
             Some(at) => {
                 let due = Duration::from_millis((at - now_ms()).max(1) as u64);
@@ -657,6 +690,7 @@ impl SqliteSubscription {
                 let look = self.bus.shared.concerns(&self.config, self.seen);
                 if !look {
                     self.seen = latest;
+                    self.passed_over = true;
                 }
                 look
             }
@@ -676,7 +710,8 @@ impl Bus for SqliteBus {
         );
         let ack = self.shared.writer.publish(id, subject, body).await?;
         if !ack.duplicate {
-            self.shared.announce(Some(envelope.r#type.clone()));
+            self.shared
+                .announce(Concern::Subject(envelope.r#type.clone()));
         }
         Ok(ack)
     }
@@ -689,6 +724,7 @@ impl Bus for SqliteBus {
         }
         Ok(Box::new(SqliteSubscription {
             looked_at: tokio::time::Instant::now(),
+            passed_over: false,
             bus: self.clone(),
             published: self.shared.published.subscribe(),
             config,

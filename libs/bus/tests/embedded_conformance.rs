@@ -244,3 +244,43 @@ async fn messages_within_their_age_are_kept() {
         .unwrap();
     assert_eq!(bus.browse("card.>", 0, 100).await.unwrap().len(), 3);
 }
+
+/// A waiting consumer is told of what concerns it rather than polling for it: a nak'd delivery
+/// comes back after its delay (well before the quiet poll of 5 s), and a publish wakes it at
+/// once after a quiet wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_consumer_is_woken_by_a_nak_and_by_a_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = SqliteBus::open(&dir.path().join("bus.sqlite")).unwrap();
+    let config = ConsumerConfig {
+        ack_wait: Duration::from_secs(30),
+        backoff: vec![Duration::from_millis(100)],
+        ..ConsumerConfig::new("quiet", &["quiet.>"])
+    };
+    let mut sub = bus.subscribe(config).await.unwrap();
+    bus.publish(&event("q1", "quiet.created")).await.unwrap();
+    let first = sub.next().await.unwrap();
+    first.nak().await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(2), sub.next())
+        .await
+        .expect("redelivered after the nak's delay, not the ack wait or the quiet poll")
+        .unwrap();
+    assert_eq!((again.envelope.event_id.as_str(), again.attempt), ("q1", 2));
+    again.ack().await.unwrap();
+
+    // Nothing for a while, then a publish.
+    let publisher = bus.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        publisher
+            .publish(&event("q2", "quiet.created"))
+            .await
+            .unwrap();
+    });
+    let woken = tokio::time::timeout(Duration::from_millis(3_000), sub.next())
+        .await
+        .expect("woken by the publish")
+        .unwrap();
+    assert_eq!(woken.envelope.event_id, "q2");
+    woken.ack().await.unwrap();
+}

@@ -23,43 +23,73 @@ pub const DATA_MOVES_MIGRATION: Migration = Migration {
               rows bigint);",
 };
 
-/// How long a move's owner holds it; a move not done by then is taken over (moves are
+/// How long a move's lease lasts unless its owner renews it (every third of it while the move
+/// runs): a move whose owner died is taken over this long after its last renewal (moves are
 /// idempotent, so a second mover only repeats writes).
-const MOVE_LEASE: Duration = Duration::from_secs(600);
+pub const MOVE_LEASE: Duration = Duration::from_secs(30);
 
 /// Rows read per page of a move.
 const MOVE_PAGE: usize = 500;
 
 /// Runs `copy`, a one-time move of data that may be repeated without harm, once for the
 /// service however many instances start at once: recorded under `name` in `data_moves`, an
-/// instance that finds it being run waits for it, and a run not done within the lease is taken
-/// over. Returns what `copy` moved, or 0 when the move was done before. Run before the service
-/// reads what it moves.
+/// instance that finds it being run waits for it, and a run whose lease ([`MOVE_LEASE`]) is
+/// not renewed is taken over. Returns what `copy` moved, or 0 when the move was done before.
+/// Run before the service reads what it moves.
 pub async fn move_data_once<F, Fut>(store: &SharedStore, name: &str, copy: F) -> Result<u64>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    move_data_once_leased(store, name, MOVE_LEASE, copy).await
+}
+
+/// [`move_data_once`] under a lease of `lease`.
+pub async fn move_data_once_leased<F, Fut>(
+    store: &SharedStore,
+    name: &str,
+    lease: Duration,
+    copy: F,
+) -> Result<u64>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<u64>>,
 {
     let owner = uuid::Uuid::new_v4().to_string();
     let key = Row::new().with("name", name);
+    let held = key
+        .clone()
+        .with("state", "moving")
+        .with("owner", owner.as_str());
     loop {
         if let Some(row) = store.get("data_moves", &key).await? {
             if row.text("state")? == "done" {
                 return Ok(0);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(100).min(lease / 3)).await;
             continue;
         }
-        let lease = key
-            .clone()
-            .with("state", "moving")
-            .with("owner", owner.as_str());
-        let claim = Mutation::insert_if_not_exists("data_moves", lease).with_ttl(MOVE_LEASE);
+        let claim = Mutation::insert_if_not_exists("data_moves", held.clone()).with_ttl(lease);
         if store.apply(vec![claim]).await?.applied() {
             break;
         }
     }
-    let moved = copy().await?;
+    let copying = copy();
+    tokio::pin!(copying);
+    let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+    let moved = loop {
+        tokio::select! {
+            moved = &mut copying => break moved?,
+            _ = renewals.tick() => {
+                // Plain: only the owner renews, and a renewal lost (another took the move
+                // over) costs a repeat of idempotent writes at most.
+                let renewal = Mutation::insert("data_moves", held.clone()).with_ttl(lease);
+                if let Err(e) = store.apply(vec![renewal]).await {
+                    tracing::warn!(move_name = name, error = %e, "cannot renew a move's lease");
+                }
+            }
+        }
+    };
     let done = key
         .with("state", "done")
         .with("owner", owner.as_str())
