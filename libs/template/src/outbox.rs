@@ -12,9 +12,10 @@
 //! Publishing is idempotent on the event id, so the relay and the fast path may both publish.
 //!
 //! Staged events live in `staged_events`, a partition per minute of the event's making
-//! (`occurred_at_ms`) and shard. The relay reads the minutes from a watermark (`outbox_progress`) up to now and
-//! moves the watermark past a minute once it is empty and more than [`LATE_WRITES`] old, so
-//! the tombstones of published events are read a few times at most, never again once behind.
+//! (`occurred_at_ms`) and shard. The relay reads the minutes from a watermark
+//! (`outbox_progress`) up to now and moves the watermark past a minute once it is empty and
+//! more than [`LATE_WRITES`] old, so the tombstones of published events are read a few times
+//! at most, never again once behind.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,9 @@
 //! webhook). The dispatcher attempts due deliveries concurrently with a timeout; a failure is
 //! retried on a schedule that spans hours, and a circuit breaker per URL stops attempts to a
 //! receiver that keeps failing so it costs the others nothing. Every attempt is a row of its
-//! own in the delivery log ([`crate::attempts`]); nothing is a compare-and-set. Receivers should ignore a repeated `Sterling-Event-Id` (an instance that dies
-//! after a receiver answered but before the log was written sends again).
+//! own in the delivery log ([`crate::attempts`]); nothing is a compare-and-set. Receivers
+//! should ignore a repeated `Sterling-Event-Id` (an instance that dies after a receiver
+//! answered but before the log was written sends again).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
