@@ -25,6 +25,10 @@ const SPENDING: &str = "day_spending";
 /// Where payments were kept before, by compare-and-set; copied from once, at start.
 const LEGACY_SPENDING: &str = "spending";
 
+/// The kinds of payment message that are rows of their own in a day's spending, under the id
+/// `<kind>:<message id>` (an authorisation's row is under the processor's id).
+const OWN_ROWS: [&str; 2] = ["refund", "force_post"];
+
 /// The rank of an approval's row (and of a refund's or a force post's, rows of their own).
 const APPROVED: i64 = 1;
 
@@ -81,7 +85,11 @@ fn legacy_rank(row: &Row) -> Result<i64> {
     if let Ok(version) = row.i64("payment_version") {
         return Ok(payment_rank(version));
     }
-    let refund_or_force_post = row.text("authorisation_id")?.contains(':');
+    let id = row.text("authorisation_id")?;
+    let refund_or_force_post = OWN_ROWS.iter().any(|kind| {
+        id.strip_prefix(kind)
+            .is_some_and(|rest| rest.starts_with(':'))
+    });
     Ok(if row.i64("amount")? == 0 && !refund_or_force_post {
         REVERSED
     } else {
@@ -198,7 +206,7 @@ impl BalanceStore {
         if e.account_id.is_empty() {
             return Ok(());
         }
-        if matches!(e.kind.as_str(), "refund" | "force_post") {
+        if OWN_ROWS.contains(&e.kind.as_str()) {
             let sign = if e.kind == "refund" { -1 } else { 1 };
             let id = format!("{}:{}", e.kind, e.message_id);
             let row = spending_key(&e.account_id, &utc_date(e.occurred_at_ms), &id)
