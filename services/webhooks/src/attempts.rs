@@ -1,6 +1,7 @@
 //! The attempts of each delivery, a row of their own per attempt number
 //! (`webhook_delivery_attempts`), and where a delivery stands: its row (written once, with the
-//! status and count of any attempts made before attempts had rows) folded with its attempts.
+//! status and count of any attempts made before attempts had rows; later only its body dropped
+//! or its next attempt postponed past an open circuit) folded with its attempts.
 //! Nothing here is a compare-and-set: an attempt's row says what that attempt came to, and two
 //! instances making the same attempt write the same row.
 
@@ -73,6 +74,8 @@ pub async fn attempts_of(
 
 /// Where the delivery of `delivery` (its row in the log) stands after `attempts` (its attempt
 /// rows, in order): the row's own status and count, then every attempt numbered after them.
+/// A pending delivery's next attempt is the later of its last attempt's and its row's (where a
+/// circuit open postpones it).
 pub fn standing(webhook_id: &str, delivery: &Row, attempts: &[Row]) -> Result<DeliveryRecord> {
     let mut record = DeliveryRecord {
         webhook_id: webhook_id.to_string(),
@@ -112,6 +115,10 @@ pub fn standing(webhook_id: &str, delivery: &Row, attempts: &[Row]) -> Result<De
         if record.status != "pending" {
             break;
         }
+    }
+    if record.status == "pending" {
+        let postponed = delivery.timestamp("next_attempt_at").unwrap_or_default();
+        record.next_attempt_at_ms = record.next_attempt_at_ms.max(postponed);
     }
     Ok(record)
 }

@@ -318,7 +318,9 @@ impl Dispatcher {
     }
 
     /// Moves a delivery due at `due_at` to a later attempt at `at`, recording the attempt that
-    /// failed if one was made (a circuit open makes none).
+    /// failed if one was made; a circuit open makes none, and its postponement is written on
+    /// the delivery's row (`next_attempt_at`, a plain write), so the log says when the next
+    /// attempt really is.
     async fn reschedule(
         &self,
         (webhook_id, event_id): (&str, &str),
@@ -335,6 +337,14 @@ impl Dispatcher {
                 answer,
             );
             batches.push(vec![row]);
+        } else {
+            let postponed = Row::new().with("next_attempt_at", Value::Timestamp(at));
+            batches.push(vec![Mutation::update(
+                DELIVERIES.table,
+                delivery_key(webhook_id, event_id),
+                postponed,
+                vec![],
+            )]);
         }
         // The new queue row before the old one goes: where they are not one commit
         // (Cassandra), a crash in between leaves an extra attempt, never none.

@@ -214,3 +214,48 @@ async fn a_delivery_logged_before_attempts_had_rows_is_numbered_on_from_its_coun
     assert!(attempt_rows(&s, &delivered).await.is_empty());
     s.stopping.cancel();
 }
+
+/// The log's entry for `event_id` once `ready` holds for it (ten seconds at most).
+async fn entry_when(
+    s: &Setup,
+    event_id: &str,
+    ready: impl Fn(&DeliveryRecord) -> bool,
+) -> DeliveryRecord {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = s.dispatcher.log(&s.webhook_id, 10).await.unwrap();
+        if let Some(d) = log.iter().find(|d| d.event_id == event_id)
+            && ready(d)
+        {
+            return d.clone();
+        }
+        assert!(Instant::now() < deadline, "not yet: {log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_open_postpones_deliveries_and_the_log_says_until_when() {
+    let (url, seen) = receiver(usize::MAX).await;
+    let s = setup(&url).await;
+    let first = approval();
+    s.dispatcher.enqueue(first.clone()).await.unwrap();
+    // Five failures 50 ms apart open the circuit for 30 s; the sixth attempt, due 50 ms after
+    // the fifth, is postponed past it without being made.
+    let far = |d: &DeliveryRecord| d.next_attempt_at_ms > now_millis() + 20_000;
+    let d = entry_when(&s, &first.event_id, far).await;
+    assert_eq!((d.status.as_str(), d.attempts), ("pending", 5));
+    assert_eq!(d.last_status_code, 500);
+    assert_eq!(seen.load(Ordering::SeqCst), 5);
+    assert_eq!(attempt_rows(&s, &first.event_id).await.len(), 5);
+
+    // A delivery queued while the circuit is open is postponed before its first attempt.
+    let second = approval();
+    s.dispatcher.enqueue(second.clone()).await.unwrap();
+    let d = entry_when(&s, &second.event_id, far).await;
+    assert_eq!((d.status.as_str(), d.attempts), ("pending", 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 5, "nothing sent while open");
+    assert!(attempt_rows(&s, &second.event_id).await.is_empty());
+    s.stopping.cancel();
+}
