@@ -178,20 +178,28 @@ impl BalanceStore {
     /// Records an approved payment in its day's spending; a reversed one (a decline that
     /// follows its approval) is taken out, whichever arrives first. Once the payment's own
     /// messages have moved the row, they alone move it (their rank is higher).
+    /// A reversal needs no amount (card-processing announces one without it: nothing is held
+    /// any more); it leaves the payment's row at zero.
     async fn take_decision(&self, d: &CardAuthorisationDecided) -> Result<()> {
-        let Some(amount) = d.amount.as_ref() else {
-            return Ok(());
-        };
         if d.account_id.is_empty() || !(d.approved || d.reversed) {
             return Ok(());
         }
         let day = day_of_payment(&d.transaction_id, d.decided_at_ms);
-        let row = spending_key(&d.account_id, &day, &d.processor_authorisation_id)
-            .with("currency", amount.currency.as_str());
-        let mutation = if d.reversed {
-            spending_at(row.with("amount", 0i64), REVERSED)
-        } else {
-            spending_at(row.with("amount", amount.minor_units), APPROVED)
+        let row = spending_key(&d.account_id, &day, &d.processor_authorisation_id);
+        let mutation = match (d.reversed, d.amount.as_ref()) {
+            (true, amount) => {
+                let currency = amount.map_or("", |m| m.currency.as_str());
+                spending_at(
+                    row.with("amount", 0i64).with("currency", currency),
+                    REVERSED,
+                )
+            }
+            (false, Some(amount)) => spending_at(
+                row.with("amount", amount.minor_units)
+                    .with("currency", amount.currency.as_str()),
+                APPROVED,
+            ),
+            (false, None) => return Ok(()),
         };
         self.store.apply(vec![mutation]).await?;
         Ok(())

@@ -44,13 +44,15 @@ fn snapshot(version: i64, balance: i64, held: i64) -> Envelope {
     )
 }
 
+/// A decision as card-processing announces it: a reversal (a decline after an approval) with
+/// no amount, as nothing is held any more.
 fn decision(id: &str, approved: bool, reversed: bool, minor_units: i64) -> Envelope {
     let event = CardAuthorisationDecided {
         processor_authorisation_id: id.into(),
         account_id: "acc-1".into(),
         approved,
         reversed,
-        amount: Some(Money {
+        amount: (!reversed).then(|| Money {
             minor_units,
             currency: "GBP".into(),
         }),

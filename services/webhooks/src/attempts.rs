@@ -1,7 +1,8 @@
 //! The attempts of each delivery, a row of their own per attempt number
 //! (`webhook_delivery_attempts`), and where a delivery stands: its row (written once, with the
-//! status and count of any attempts made before attempts had rows; later only its body dropped
-//! or its next attempt postponed past an open circuit) folded with its attempts.
+//! status and count of any attempts made before attempts had rows; later only postponed past
+//! an open circuit, or finished: its body dropped and how it ended written on it) folded with
+//! its attempts.
 //! Nothing here is a compare-and-set: an attempt's row says what that attempt came to, and two
 //! instances making the same attempt write the same row.
 
@@ -60,6 +61,47 @@ pub fn attempt_row(
     Mutation::insert(ATTEMPTS, row)
 }
 
+/// What a finished delivery's own row says once attempt `attempt` finished it (`outcome`
+/// delivered or failed), its body dropped. Written with the attempt's row: where two
+/// instances made one attempt at once and one of them failed and will retry, its attempt row
+/// may overwrite the one that finished, but nothing writes a delivery's row back to pending,
+/// so the delivery stays finished (and its queued retry finds it so and drops it).
+pub fn finished_row(attempt: i64, outcome: Outcome, answer: &Answer) -> Row {
+    let (status, delivered_at) = match outcome {
+        Outcome::Delivered => ("delivered", Value::Timestamp(now_millis())),
+        Outcome::Retrying(_) | Outcome::Failed => ("failed", Value::Null),
+    };
+    Row::new()
+        .with("body", Value::Null)
+        .with("status", status)
+        .with("attempts", attempt)
+        .with("last_status_code", answer.status_code)
+        .with("last_latency_ms", answer.latency_ms)
+        .with("last_error", answer.error.as_str())
+        .with("delivered_at", delivered_at)
+}
+
+/// The write that postpones a pending delivery past an open circuit to `at`, where the log
+/// reads its next attempt: its last attempt's row, or its own row before any attempt of its
+/// own (`own_attempts`: the attempts its row counts, from before attempts had rows).
+pub fn postponement(
+    (webhook_id, event_id): (&str, &str),
+    delivery_key: Row,
+    (attempts, own_attempts): (u32, u32),
+    at: i64,
+) -> Mutation {
+    let next = Row::new().with("next_attempt_at", Value::Timestamp(at));
+    if attempts > own_attempts {
+        let key = Row::new()
+            .with("webhook_id", webhook_id)
+            .with("event_id", event_id)
+            .with("attempt", i64::from(attempts));
+        Mutation::update(ATTEMPTS, key, next, vec![])
+    } else {
+        Mutation::update(crate::dispatch::DELIVERIES.table, delivery_key, next, vec![])
+    }
+}
+
 /// The attempt rows of one delivery, in attempt order.
 pub async fn attempts_of(
     store: &SharedStore,
@@ -73,9 +115,8 @@ pub async fn attempts_of(
 }
 
 /// Where the delivery of `delivery` (its row in the log) stands after `attempts` (its attempt
-/// rows, in order): the row's own status and count, then every attempt numbered after them.
-/// A pending delivery's next attempt is the later of its last attempt's and its row's (where a
-/// circuit open postpones it).
+/// rows, in order): the row's own status and count (a finished delivery's row says how it
+/// finished), then every attempt numbered after them.
 pub fn standing(webhook_id: &str, delivery: &Row, attempts: &[Row]) -> Result<DeliveryRecord> {
     let mut record = DeliveryRecord {
         webhook_id: webhook_id.to_string(),
@@ -115,10 +156,6 @@ pub fn standing(webhook_id: &str, delivery: &Row, attempts: &[Row]) -> Result<De
         if record.status != "pending" {
             break;
         }
-    }
-    if record.status == "pending" {
-        let postponed = delivery.timestamp("next_attempt_at").unwrap_or_default();
-        record.next_attempt_at_ms = record.next_attempt_at_ms.max(postponed);
     }
     Ok(record)
 }

@@ -23,7 +23,9 @@ use sterling_template::{Error, Result};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::address::{PublicResolver, UrlPolicy};
-use crate::attempts::{Answer, Outcome, attempt_row, attempts_of, standing};
+use crate::attempts::{
+    Answer, Outcome, attempt_row, attempts_of, finished_row, postponement, standing,
+};
 use crate::due::DueQueue;
 use crate::store::Registry;
 
@@ -317,35 +319,18 @@ impl Dispatcher {
         }
     }
 
-    /// Moves a delivery due at `due_at` to a later attempt at `at`, recording the attempt that
-    /// failed if one was made; a circuit open makes none, and its postponement is written on
-    /// the delivery's row (`next_attempt_at`, a plain write), so the log says when the next
-    /// attempt really is.
+    /// Moves a delivery due at `due_at` to a later attempt at `at`, recording what moved it:
+    /// the attempt that failed, or the postponement past an open circuit (which makes none),
+    /// so the log says when the next attempt really is.
     async fn reschedule(
         &self,
         (webhook_id, event_id): (&str, &str),
         due_at: i64,
         at: i64,
-        attempt: Option<(i64, &Answer)>,
+        cause: Mutation,
     ) -> Result<()> {
         let mut batches = Vec::with_capacity(3);
-        if let Some((attempt, answer)) = attempt {
-            let row = attempt_row(
-                (webhook_id, event_id),
-                attempt,
-                Outcome::Retrying(at),
-                answer,
-            );
-            batches.push(vec![row]);
-        } else {
-            let postponed = Row::new().with("next_attempt_at", Value::Timestamp(at));
-            batches.push(vec![Mutation::update(
-                DELIVERIES.table,
-                delivery_key(webhook_id, event_id),
-                postponed,
-                vec![],
-            )]);
-        }
+        batches.push(vec![cause]);
         // The new queue row before the old one goes: where they are not one commit
         // (Cassandra), a crash in between leaves an extra attempt, never none.
         batches.push(vec![DueQueue::add(webhook_id, event_id, at)]);
@@ -364,7 +349,6 @@ impl Dispatcher {
     ) -> Result<()> {
         let mut batches = Vec::with_capacity(3);
         if let Some((attempt, outcome, answer)) = last {
-            let body = Row::new().with("body", Value::Null);
             batches.push(vec![attempt_row(
                 (webhook_id, event_id),
                 attempt,
@@ -374,7 +358,7 @@ impl Dispatcher {
             batches.push(vec![Mutation::update(
                 DELIVERIES.table,
                 delivery_key(webhook_id, event_id),
-                body,
+                finished_row(attempt, outcome, answer),
                 vec![],
             )]);
         }
@@ -445,6 +429,11 @@ impl Dispatcher {
         if standing.status != "pending" {
             return self.finish(pair, due_at, None).await;
         }
+        if delivery.blob("body").is_err() {
+            // Finished by an attempt whose outcome a concurrent retry's row overwrote (before
+            // finished deliveries said so on their own row): nothing left to send.
+            return self.finish(pair, due_at, None).await;
+        }
         let attempt = i64::from(standing.attempts) + 1;
         let url = delivery.text("url")?.to_string();
         if let Err(refused) = self.policy.check(&url) {
@@ -460,7 +449,10 @@ impl Dispatcher {
         if let Some(until) = self.breaker_open_until(&url) {
             let at =
                 now_millis() + until.saturating_duration_since(Instant::now()).as_millis() as i64;
-            return self.reschedule(pair, due_at, at, None).await;
+            let own = delivery.i64("attempts").unwrap_or_default() as u32;
+            let key = delivery_key(webhook_id, event_id);
+            let postponed = postponement(pair, key, (standing.attempts, own), at);
+            return self.reschedule(pair, due_at, at, postponed).await;
         }
         let account_id = delivery.text("account_id")?.to_string();
         let Some(webhook) = self.registry.get(&account_id, webhook_id).await? else {
@@ -495,8 +487,8 @@ impl Dispatcher {
                 let jitter = rand::random_range(0.8..1.2);
                 let at = now_millis() + delay.mul_f64(jitter).as_millis() as i64;
                 tracing::warn!(webhook_id, event_id, attempt, %error, "webhook failed; will retry");
-                self.reschedule(pair, due_at, at, Some((attempt, &answer)))
-                    .await
+                let failed = attempt_row(pair, attempt, Outcome::Retrying(at), &answer);
+                self.reschedule(pair, due_at, at, failed).await
             }
             None => {
                 tracing::warn!(webhook_id, event_id, attempt, %error, "webhook failed for good");

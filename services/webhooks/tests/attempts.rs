@@ -15,6 +15,7 @@ use sterling_storage::embedded::SqliteStore;
 use sterling_storage::{Mutation, Query, Row, SharedStore, Value, now_millis};
 use tokio_util::sync::CancellationToken;
 use webhooks::address::UrlPolicy;
+use webhooks::attempts::{Answer, Outcome, attempt_row};
 use webhooks::dispatch::{DELIVERIES, DeliveryRecord, Dispatcher};
 use webhooks::due::DueQueue;
 use webhooks::store::Registry;
@@ -257,5 +258,50 @@ async fn a_circuit_open_postpones_deliveries_and_the_log_says_until_when() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(seen.load(Ordering::SeqCst), 5, "nothing sent while open");
     assert!(attempt_rows(&s, &second.event_id).await.is_empty());
+    s.stopping.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_stays_delivered_when_another_instance_fails_the_same_attempt() {
+    let (url, seen) = receiver(0).await;
+    let s = setup(&url).await;
+    let event = approval();
+    s.dispatcher.enqueue(event.clone()).await.unwrap();
+    let d = finished(&s, &event.event_id).await;
+    assert_eq!((d.status.as_str(), d.attempts), ("delivered", 1));
+
+    // Another instance made attempt 1 at the same time, timed out, and recorded it as failed
+    // with a retry due now (its attempt row overwrites this one's).
+    let timed_out = Answer {
+        error: "timed out".into(),
+        ..Answer::default()
+    };
+    let pair = (s.webhook_id.as_str(), event.event_id.as_str());
+    let now = now_millis();
+    s.store
+        .apply_in_order(vec![
+            vec![attempt_row(pair, 1, Outcome::Retrying(now), &timed_out)],
+            vec![DueQueue::add(pair.0, pair.1, now)],
+        ])
+        .await
+        .unwrap();
+
+    // The retry finds the delivery finished, sends nothing and leaves the queue.
+    let due = DueQueue::new(s.store.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while due
+        .due(now_millis())
+        .await
+        .unwrap()
+        .iter()
+        .any(|(_, e, _)| e == &event.event_id)
+    {
+        assert!(Instant::now() < deadline, "the retry stays queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = finished(&s, &event.event_id).await;
+    assert_eq!((d.status.as_str(), d.attempts), ("delivered", 1));
+    assert!(d.delivered_at_ms > 0);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
     s.stopping.cancel();
 }
