@@ -98,7 +98,12 @@ pub fn postponement(
             .with("attempt", i64::from(attempts));
         Mutation::update(ATTEMPTS, key, next, vec![])
     } else {
-        Mutation::update(crate::dispatch::DELIVERIES.table, delivery_key, next, vec![])
+        Mutation::update(
+            crate::dispatch::DELIVERIES.table,
+            delivery_key,
+            next,
+            vec![],
+        )
     }
 }
 

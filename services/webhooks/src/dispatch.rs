@@ -329,13 +329,15 @@ impl Dispatcher {
         at: i64,
         cause: Mutation,
     ) -> Result<()> {
-        let mut batches = Vec::with_capacity(3);
-        batches.push(vec![cause]);
         // The new queue row before the old one goes: where they are not one commit
         // (Cassandra), a crash in between leaves an extra attempt, never none.
-        batches.push(vec![DueQueue::add(webhook_id, event_id, at)]);
-        batches.push(vec![DueQueue::remove(webhook_id, event_id, due_at)]);
-        self.store.apply_in_order(batches).await?;
+        self.store
+            .apply_in_order(vec![
+                vec![cause],
+                vec![DueQueue::add(webhook_id, event_id, at)],
+                vec![DueQueue::remove(webhook_id, event_id, due_at)],
+            ])
+            .await?;
         Ok(())
     }
 

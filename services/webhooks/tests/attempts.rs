@@ -98,17 +98,7 @@ fn approval() -> Envelope {
 
 /// The log's entry for `event_id` once it is no longer pending (ten seconds at most).
 async fn finished(s: &Setup, event_id: &str) -> DeliveryRecord {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = s.dispatcher.log(&s.webhook_id, 10).await.unwrap();
-        if let Some(d) = log.iter().find(|d| d.event_id == event_id)
-            && d.status != "pending"
-        {
-            return d.clone();
-        }
-        assert!(Instant::now() < deadline, "still pending: {log:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    entry_when(s, event_id, |d| d.status != "pending").await
 }
 
 /// The attempts recorded for `event_id`: (number, status).
