@@ -136,9 +136,14 @@ pub async fn connect(config: &CassandraConfig) -> Result<Session> {
         .serial_consistency(Some(SerialConsistency::LocalSerial))
         .request_timeout(Some(config.request_timeout))
         .build();
+    // Schema agreement after a schema change is awaited by `schema_agreement` below, which
+    // asks again while the pool is still reaching a node; the driver's own wait requires the
+    // coordinator's host in the pool and fails the statement after a minute where, just after
+    // a node starts, it is not yet there.
     let mut builder = SessionBuilder::new()
         .default_execution_profile_handle(profile.into_handle())
-        .connection_timeout(Duration::from_secs(3));
+        .connection_timeout(Duration::from_secs(3))
+        .auto_await_schema_agreement(false);
     for node in &config.nodes {
         builder = builder.known_node(node);
     }
@@ -188,7 +193,7 @@ impl CassandraStore {
             )
             .await
             .map_err(unavailable)?;
-        Ok(())
+        schema_agreement(&self.session).await
     }
 
     /// Opens a keyspace (creating it), applies pending migrations under a lock.

@@ -12,6 +12,7 @@
 //! - [`by_month`]: an owner's rows in a partition per month, read back newest first;
 //! - [`outbox`]: events published with the state change they announce, crash or not;
 //! - [`discovery`]: registrations with TTL, embedded, static and NATS backends;
+//! - [`ownership`]: which instance of a service owns a piece of background work;
 //! - [`telemetry`]: JSON logs carrying request and trace ids, OpenTelemetry spans, Prometheus
 //!   metrics.
 
@@ -25,6 +26,7 @@ mod gathered;
 pub mod identity;
 pub mod money;
 pub mod outbox;
+pub mod ownership;
 pub mod platform;
 mod request_metrics;
 pub mod server;

@@ -1,7 +1,9 @@
 //! Deliveries: queued from events, attempted by the dispatcher, logged.
 //!
 //! Each event becomes one delivery per webhook of the account (idempotent on event and
-//! webhook). The dispatcher attempts due deliveries concurrently with a timeout; a failure is
+//! webhook), attempted at once by the instance that queued it. Later attempts come from the
+//! queue of due deliveries, which every instance reads and each attempts only for the webhooks
+//! it owns ([`sterling_template::ownership`]), concurrently with a timeout; a failure is
 //! retried on a schedule that spans hours, and a circuit breaker per URL stops attempts to a
 //! receiver that keeps failing so it costs the others nothing. Every attempt is a row of its
 //! own in the delivery log ([`crate::attempts`]); nothing is a compare-and-set. Receivers
@@ -19,8 +21,9 @@ use sterling_proto::events::v1::{CardAuthorisationDecided, CardPaymentUpdated};
 use sterling_signature as signature;
 use sterling_storage::{Mutation, Row, SharedStore, Value, now_millis};
 use sterling_template::by_month::ByMonth;
+use sterling_template::ownership::Owners;
 use sterling_template::{Error, Result};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::address::{PublicResolver, UrlPolicy};
 use crate::attempts::{
@@ -42,6 +45,11 @@ pub const BREAKER_THRESHOLD: u32 = 5;
 
 /// How long one attempt may take, by default.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A delivery's first attempt is made at once by the instance that queued it; its place in the
+/// queue is this much later (ms), for the instance that owns it to attempt it if the first
+/// died before it recorded its attempt.
+pub const FIRST_ATTEMPT_BACKSTOP_MS: i64 = 30_000;
 
 /// The delivery log by webhook and month.
 pub const DELIVERIES: ByMonth = ByMonth {
@@ -161,6 +169,7 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     policy: UrlPolicy,
     due: DueQueue,
+    owners: Owners,
 }
 
 impl Dispatcher {
@@ -195,7 +204,16 @@ impl Dispatcher {
             in_flight: Arc::default(),
             slots: Arc::new(Semaphore::new(32)),
             wake: Arc::new(Notify::new()),
+            owners: Owners::alone("webhooks"),
         })
+    }
+
+    /// The same dispatcher, attempting from the queue only the deliveries to webhooks it owns
+    /// among the service's instances (so no two attempt one delivery at once); alone, it owns
+    /// every one.
+    pub fn with_owners(mut self, owners: Owners) -> Self {
+        self.owners = owners;
+        self
     }
 
     /// Queues a delivery of a card event (a decision, or what happened to the payment after
@@ -214,16 +232,27 @@ impl Dispatcher {
             return Ok(());
         }
         let body = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
+        let mut queued_now = false;
         for webhook in self.registry.list(&account_id).await? {
             let now = now_millis();
-            let key = delivery_key(&webhook.webhook_id, &envelope.event_id);
-            let queued = DueQueue::add(&webhook.webhook_id, &envelope.event_id, now);
+            let pair = (webhook.webhook_id.clone(), envelope.event_id.clone());
+            let key = delivery_key(&pair.0, &pair.1);
             if self.store.get(DELIVERIES.table, &key).await?.is_some() {
                 // A repeat of the event queues its delivery again (it may never have been
                 // queued, before a crash); an attempt finds it finished and drops it.
-                self.store.apply(vec![queued]).await?;
+                self.store
+                    .apply(vec![DueQueue::add(&pair.0, &pair.1, now)])
+                    .await?;
+                queued_now = true;
                 continue;
             }
+            // Attempted here at once if a slot is free (the queue's row is then the backstop),
+            // from the queue otherwise.
+            let slot = self.slots.clone().try_acquire_owned().ok();
+            let due_at = match slot {
+                Some(_) => now + FIRST_ATTEMPT_BACKSTOP_MS,
+                None => now,
+            };
             let delivery = key
                 .with("event_type", envelope.r#type.as_str())
                 .with("account_id", account_id.as_str())
@@ -238,11 +267,17 @@ impl Dispatcher {
                 .apply_in_order(vec![
                     vec![DELIVERIES.month_entry(&webhook.webhook_id, &envelope.event_id)],
                     vec![Mutation::insert(DELIVERIES.table, delivery)],
-                    vec![queued],
+                    vec![DueQueue::add(&pair.0, &pair.1, due_at)],
                 ])
                 .await?;
+            match slot {
+                Some(slot) => self.start(pair, due_at, slot),
+                None => queued_now = true,
+            }
         }
-        self.wake.notify_one();
+        if queued_now {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -262,35 +297,43 @@ impl Dispatcher {
         let _ = self.slots.acquire_many(32).await;
     }
 
+    /// Attempts the due deliveries to the webhooks this instance owns.
     async fn dispatch_due(&self) -> Result<()> {
         let now = now_millis();
         for (webhook_id, event_id, due_at) in self.due.due(now).await? {
+            if !self.owners.owns(&webhook_id) {
+                continue;
+            }
             let pair = (webhook_id, event_id);
-            if !self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pair.clone())
-            {
+            if self.in_flight().contains(&pair) {
                 continue;
             }
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 return Ok(());
             };
-            let dispatcher = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = dispatcher.attempt(&pair.0, &pair.1, due_at).await {
-                    tracing::warn!(webhook_id = %pair.0, event_id = %pair.1, error = %e, "delivery attempt failed to record");
-                }
-                dispatcher
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&pair);
-                drop(slot);
-            });
+            self.start(pair, due_at, slot);
         }
         Ok(())
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an attempt of the delivery `pair` queued at `due_at` in `slot`, unless one of it
+    /// is in flight here.
+    fn start(&self, pair: (String, String), due_at: i64, slot: OwnedSemaphorePermit) {
+        if !self.in_flight().insert(pair.clone()) {
+            return;
+        }
+        let dispatcher = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = dispatcher.attempt(&pair.0, &pair.1, due_at).await {
+                tracing::warn!(webhook_id = %pair.0, event_id = %pair.1, error = %e, "delivery attempt failed to record");
+            }
+            dispatcher.in_flight().remove(&pair);
+            drop(slot);
+        });
     }
 
     fn breaker_open_until(&self, url: &str) -> Option<Instant> {

@@ -105,7 +105,8 @@ async fn build(ctx: ServiceContext) -> anyhow::Result<Api> {
         })?,
         Duration::from_millis(timeout_ms),
         policy,
-    )?;
+    )?
+    .with_owners(ctx.owners());
     dispatcher.move_first_table().await?;
     ctx.spawn(dispatcher.clone().run(ctx.stopping()));
     let queue = dispatcher.clone();

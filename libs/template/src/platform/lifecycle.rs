@@ -170,7 +170,7 @@ where
     );
     let registration = Registration {
         service: name.to_string(),
-        instance: format!("{name}-{}", uuid::Uuid::now_v7()),
+        instance: context.instance.clone(),
         address: advertised(&platform.config, address),
         protocol,
         zone: platform.config.zone.clone(),

@@ -153,6 +153,8 @@ impl Api {
 pub struct ServiceContext {
     /// The service name.
     pub name: &'static str,
+    /// This instance's id, unique per process (what it registers in discovery under).
+    pub instance: String,
     /// The service's own store, migrations applied.
     pub store: SharedStore,
     /// The platform it runs on.
@@ -176,6 +178,7 @@ impl ServiceContext {
     ) -> Self {
         ServiceContext {
             name,
+            instance: format!("{name}-{}", uuid::Uuid::now_v7()),
             store,
             platform,
             settings,
@@ -343,6 +346,17 @@ impl ServiceContext {
     {
         let span = tracing::info_span!("task", service = self.name);
         self.add_draining(tokio::spawn(task.instrument(span)));
+    }
+
+    /// Which instance of this service owns a piece of background work, following the
+    /// service's live instances in discovery ([`crate::ownership`]).
+    pub fn owners(&self) -> crate::ownership::Owners {
+        crate::ownership::Owners::follow(
+            &self.instance,
+            self.name,
+            self.platform.discovery.clone(),
+            self.stopping(),
+        )
     }
 
     /// Fires when the service starts stopping: background work should finish what it holds
