@@ -136,14 +136,9 @@ pub async fn connect(config: &CassandraConfig) -> Result<Session> {
         .serial_consistency(Some(SerialConsistency::LocalSerial))
         .request_timeout(Some(config.request_timeout))
         .build();
-    // Schema agreement after a schema change is awaited by `schema_agreement` below, which
-    // asks again while the pool is still reaching a node; the driver's own wait requires the
-    // coordinator's host in the pool and fails the statement after a minute where, just after
-    // a node starts, it is not yet there.
     let mut builder = SessionBuilder::new()
         .default_execution_profile_handle(profile.into_handle())
-        .connection_timeout(Duration::from_secs(3))
-        .auto_await_schema_agreement(false);
+        .connection_timeout(Duration::from_secs(3));
     for node in &config.nodes {
         builder = builder.known_node(node);
     }
@@ -164,9 +159,23 @@ pub fn keyspace_of(namespace: &str, service: &str) -> String {
     format!("{namespace}_{service}").replace('-', "_")
 }
 
-/// Waits until every node agrees on the schema. Just after a session connects, its pool may
-/// not have reached a node yet ("required for schema agreement is not present in connection
-/// pool"): asked again a few times, 200 ms apart, before giving up.
+/// Runs a schema change and waits until every node agrees on it. The driver waits for the
+/// node that ran it to agree; just after a node starts, that node may not be in the
+/// session's pool yet, and the driver gives up on the wait (not the change, which is made):
+/// then the nodes the pool reaches are waited for instead.
+async fn schema_change(session: &Session, cql: String) -> Result<()> {
+    match session.query_unpaged(ddl_statement(cql), &[]).await {
+        Ok(_) => Ok(()),
+        Err(scylla::errors::ExecutionError::SchemaAgreementError(e)) => {
+            tracing::warn!(error = %e, "schema change made, its agreement not seen; waiting again");
+            schema_agreement(session).await
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Waits until every node the session reaches agrees on the schema, asking again a few times,
+/// 200 ms apart, while a connection is not ready.
 async fn schema_agreement(session: &Session) -> Result<()> {
     let mut attempt = 1;
     loop {
@@ -186,14 +195,11 @@ impl CassandraStore {
     /// Drops the store's keyspace and everything in it: for tearing a namespace down (tests
     /// remove what they made).
     pub async fn drop_keyspace(&self) -> Result<()> {
-        self.session
-            .query_unpaged(
-                ddl_statement(format!("DROP KEYSPACE IF EXISTS {}", self.keyspace)),
-                &[],
-            )
-            .await
-            .map_err(unavailable)?;
-        schema_agreement(&self.session).await
+        schema_change(
+            &self.session,
+            format!("DROP KEYSPACE IF EXISTS {}", self.keyspace),
+        )
+        .await
     }
 
     /// Opens a keyspace (creating it), applies pending migrations under a lock.
@@ -209,14 +215,7 @@ impl CassandraStore {
         let tables = schema::tables(migrations)?;
         let ddl = |cql: String| {
             let session = session.clone();
-            async move {
-                session
-                    .query_unpaged(ddl_statement(cql), &[])
-                    .await
-                    .map_err(unavailable)?;
-                schema_agreement(&session).await?;
-                Ok::<_, StorageError>(())
-            }
+            async move { schema_change(&session, cql).await }
         };
         ddl(format!(
             "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"
@@ -303,11 +302,7 @@ impl CassandraStore {
                 .use_keyspace(&self.keyspace, false)
                 .await
                 .map_err(unavailable)?;
-            self.session
-                .query_unpaged(ddl_statement(statement), &[])
-                .await
-                .map_err(unavailable)?;
-            schema_agreement(&self.session).await?;
+            schema_change(&self.session, statement).await?;
         }
         Ok(())
     }

@@ -3,55 +3,75 @@
 //! key is highest), so the instances of a service share work that every one of them can see
 //! (a queue in their common store) without taking it twice, and with no lock.
 //!
-//! An instance owns everything until it sees its own registration among the live ones (so
-//! where discovery is a static list that never shows it, nothing waits for an instance that
-//! may not share its store). While views differ (an instance starting, or stopped and not yet
-//! expired), a key may have two owners for a moment (the work is done twice, which is allowed:
-//! it is idempotent) or none (it waits until the dead instance's registration expires); it is
-//! never lost.
+//! What an instance owns follows what it sees of itself in discovery: listed, its share;
+//! listed before and no longer (stopping, deregistered, or its registration expired), nothing,
+//! as the others no longer count it; never listed yet, nothing for [`UNSEEN_GRACE`] and
+//! everything after it (discovery that never lists it, such as a static list); unable to follow
+//! discovery, everything. While views differ for a moment, a key may have two owners (the work
+//! is done twice, which is allowed: it is idempotent) or none (it waits until the dead
+//! instance's registration expires); it is never lost.
 
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::discovery::SharedDiscovery;
 
+/// How long an instance that has never seen itself in discovery owns nothing: time for its
+/// registration to appear; past it, discovery is taken not to list it and it owns everything.
+pub const UNSEEN_GRACE: Duration = Duration::from_secs(10);
+
 /// This instance's view of who owns what.
 #[derive(Clone)]
 pub struct Owners {
     me: Arc<str>,
-    /// The other live instances, once this one is seen among them (`None`: owns everything).
-    others: Arc<RwLock<Option<Vec<String>>>>,
+    view: Arc<RwLock<View>>,
+}
+
+/// Where this instance stands in what it sees of discovery.
+#[derive(Debug, Clone)]
+enum View {
+    /// Owns everything: the only instance, or discovery cannot be followed.
+    Everything,
+    /// Never listed yet, since this moment.
+    Unseen(Instant),
+    /// Listed, with these other live instances.
+    Among(Vec<String>),
+    /// Listed before and no longer: the others own everything.
+    Gone,
 }
 
 impl Owners {
-    /// An instance that owns everything (the only one).
+    /// An instance that owns everything (the only one, or one whose store no other shares).
     pub fn alone(me: &str) -> Self {
-        Owners {
-            me: me.into(),
-            others: Arc::default(),
-        }
+        Owners::with_view(me, View::Everything)
     }
 
-    /// An instance `me` among the instances `live`, as they stand (owning everything if it is
-    /// not one of them).
+    /// An instance `me` among the instances `live`, as they stand.
     pub fn fixed(me: &str, live: Vec<String>) -> Self {
-        let owners = Owners::alone(me);
-        owners.set_live(live);
+        let owners = Owners::with_view(me, View::Unseen(Instant::now()));
+        owners.see(live);
         owners
     }
 
+    fn with_view(me: &str, view: View) -> Self {
+        Owners {
+            me: me.into(),
+            view: Arc::new(RwLock::new(view)),
+        }
+    }
+
     /// An instance `me` of `service` that follows the service's live instances in discovery
-    /// until `stopping` fires. Whenever it cannot follow them (the watch cannot start, or
-    /// ends), it owns everything until it follows them again.
+    /// until `stopping` fires (owning everything whenever it cannot follow them).
     pub fn follow(
         me: &str,
         service: &str,
         discovery: SharedDiscovery,
         stopping: tokio_util::sync::CancellationToken,
     ) -> Self {
-        let owners = Owners::alone(me);
+        let owners = Owners::with_view(me, View::Unseen(Instant::now()));
         let view = owners.clone();
         let service = service.to_string();
         tokio::spawn(async move {
@@ -61,17 +81,17 @@ impl Owners {
                         tokio::select! {
                             _ = stopping.cancelled() => return,
                             change = changes.next() => match change {
-                                Some(live) => view.set_live(live.into_iter().map(|r| r.instance).collect()),
+                                Some(live) => view.see(live.into_iter().map(|r| r.instance).collect()),
                                 None => break,
                             },
                         }
                     },
                     Err(e) => tracing::warn!(error = %e, "cannot follow this service's instances"),
                 }
-                view.set_live(Vec::new());
+                view.set(View::Everything);
                 tokio::select! {
                     _ = stopping.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         });
@@ -80,18 +100,31 @@ impl Owners {
 
     /// Whether this instance owns `key`.
     pub fn owns(&self, key: &str) -> bool {
-        let others = self.others.read().unwrap_or_else(|p| p.into_inner());
-        let Some(others) = others.as_ref() else {
-            return true;
-        };
-        let mine = score(&self.me, key);
-        others.iter().all(|other| score(other, key) < mine)
+        match &*self.view.read().unwrap_or_else(|p| p.into_inner()) {
+            View::Everything => true,
+            View::Unseen(since) => since.elapsed() >= UNSEEN_GRACE,
+            View::Gone => false,
+            View::Among(others) => {
+                let mine = score(&self.me, key);
+                others.iter().all(|other| score(other, key) < mine)
+            }
+        }
     }
 
-    fn set_live(&self, live: Vec<String>) {
-        let seen = live.iter().any(|i| **i == *self.me);
-        let others = seen.then(|| live.into_iter().filter(|i| **i != *self.me).collect());
-        *self.others.write().unwrap_or_else(|p| p.into_inner()) = others;
+    /// Takes in the live instances as discovery lists them now.
+    fn see(&self, live: Vec<String>) {
+        let listed = live.iter().any(|i| **i == *self.me);
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        *view = match (&*view, listed) {
+            (_, true) => View::Among(live.into_iter().filter(|i| **i != *self.me).collect()),
+            (View::Unseen(since), false) => View::Unseen(*since),
+            (View::Everything, false) => View::Unseen(Instant::now()),
+            (View::Among(_) | View::Gone, false) => View::Gone,
+        };
+    }
+
+    fn set(&self, view: View) {
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
     }
 }
 
@@ -152,8 +185,25 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_not_yet_seen_among_the_live_owns_everything() {
+    fn an_instance_never_listed_owns_nothing_for_a_while_then_everything() {
+        let keys: Vec<String> = (0..100).map(|n| format!("k{n}")).collect();
         let unseen = Owners::fixed("d", vec!["a".into(), "b".into()]);
-        assert!((0..100).all(|n| unseen.owns(&format!("k{n}"))));
+        assert!(keys.iter().all(|k| !unseen.owns(k)));
+        unseen.set(View::Unseen(Instant::now() - UNSEEN_GRACE));
+        unseen.see(vec!["a".into(), "b".into()]);
+        assert!(keys.iter().all(|k| unseen.owns(k)));
+    }
+
+    #[test]
+    fn an_instance_no_longer_listed_owns_nothing_and_one_listed_again_its_share() {
+        let keys: Vec<String> = (0..100).map(|n| format!("k{n}")).collect();
+        let owners = Owners::fixed("a", vec!["a".into(), "b".into()]);
+        let share = keys.iter().filter(|k| owners.owns(k)).count();
+        assert!(share > 0 && share < keys.len());
+        // Stopping: deregistered, or its registration expired.
+        owners.see(vec!["b".into()]);
+        assert!(keys.iter().all(|k| !owners.owns(k)));
+        owners.see(vec!["a".into(), "b".into()]);
+        assert_eq!(keys.iter().filter(|k| owners.owns(k)).count(), share);
     }
 }

@@ -47,8 +47,9 @@ pub const BREAKER_THRESHOLD: u32 = 5;
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A delivery's first attempt is made at once by the instance that queued it; its place in the
-/// queue is this much later (ms), for the instance that owns it to attempt it if the first
-/// died before it recorded its attempt.
+/// queue is at least this much later (ms), and two attempt timeouts more with a long timeout,
+/// for the instance that owns it to attempt it if the first died before it recorded its
+/// attempt.
 pub const FIRST_ATTEMPT_BACKSTOP_MS: i64 = 30_000;
 
 /// The delivery log by webhook and month.
@@ -156,6 +157,20 @@ pub struct DeliveryRecord {
     pub delivered_at_ms: i64,
 }
 
+/// An attempt in flight: its delivery leaves the in-flight set, and its slot frees, when it
+/// is dropped.
+struct InFlight {
+    dispatcher: Dispatcher,
+    pair: (String, String),
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.dispatcher.in_flight().remove(&self.pair);
+    }
+}
+
 /// Queues and sends deliveries.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -170,6 +185,8 @@ pub struct Dispatcher {
     policy: UrlPolicy,
     due: DueQueue,
     owners: Owners,
+    /// How much later than a first attempt made at once its place in the queue is (ms).
+    backstop_ms: i64,
 }
 
 impl Dispatcher {
@@ -205,6 +222,8 @@ impl Dispatcher {
             slots: Arc::new(Semaphore::new(32)),
             wake: Arc::new(Notify::new()),
             owners: Owners::alone("webhooks"),
+            backstop_ms: FIRST_ATTEMPT_BACKSTOP_MS
+                .max(2 * timeout.as_millis().min(i64::MAX as u128 / 4) as i64 + 5_000),
         })
     }
 
@@ -250,7 +269,7 @@ impl Dispatcher {
             // from the queue otherwise.
             let slot = self.slots.clone().try_acquire_owned().ok();
             let due_at = match slot {
-                Some(_) => now + FIRST_ATTEMPT_BACKSTOP_MS,
+                Some(_) => now + self.backstop_ms,
                 None => now,
             };
             let delivery = key
@@ -328,11 +347,16 @@ impl Dispatcher {
         }
         let dispatcher = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = dispatcher.attempt(&pair.0, &pair.1, due_at).await {
-                tracing::warn!(webhook_id = %pair.0, event_id = %pair.1, error = %e, "delivery attempt failed to record");
+            // Out of the set however the attempt ends (a panic included).
+            let held = InFlight {
+                dispatcher: dispatcher.clone(),
+                pair,
+                _slot: slot,
+            };
+            let (webhook_id, event_id) = (&held.pair.0, &held.pair.1);
+            if let Err(e) = dispatcher.attempt(webhook_id, event_id, due_at).await {
+                tracing::warn!(%webhook_id, %event_id, error = %e, "delivery attempt failed to record");
             }
-            dispatcher.in_flight().remove(&pair);
-            drop(slot);
         });
     }
 
@@ -472,6 +496,11 @@ impl Dispatcher {
         let made = attempts_of(&self.store, webhook_id, event_id).await?;
         let standing = standing(webhook_id, &delivery, &made)?;
         if standing.status != "pending" {
+            return self.finish(pair, due_at, None).await;
+        }
+        if due_at < standing.next_attempt_at_ms {
+            // A place in the queue older than the attempt the log plans (two instances made
+            // the last attempt at once and each queued its retry): the later one stands.
             return self.finish(pair, due_at, None).await;
         }
         if delivery.blob("body").is_err() {

@@ -51,6 +51,10 @@ struct Setup {
 }
 
 async fn setup(url: &str) -> Setup {
+    setup_with(url, vec![Duration::from_millis(50); 5]).await
+}
+
+async fn setup_with(url: &str, schedule: Vec<Duration>) -> Setup {
     let mut migrations = webhooks::MIGRATIONS.to_vec();
     migrations.extend(sterling_template::outbox::TEMPLATE_MIGRATIONS);
     let store: SharedStore = Arc::new(SqliteStore::in_memory(&migrations).unwrap());
@@ -60,7 +64,7 @@ async fn setup(url: &str) -> Setup {
     let dispatcher = Dispatcher::new(
         store.clone(),
         registry,
-        vec![Duration::from_millis(50); 5],
+        schedule,
         Duration::from_secs(2),
         policy,
     )
@@ -293,5 +297,39 @@ async fn a_delivery_stays_delivered_when_another_instance_fails_the_same_attempt
     assert_eq!((d.status.as_str(), d.attempts), ("delivered", 1));
     assert!(d.delivered_at_ms > 0);
     assert_eq!(seen.load(Ordering::SeqCst), 1);
+    s.stopping.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_in_the_queue_older_than_the_planned_retry_is_dropped_unsent() {
+    let (url, seen) = receiver(usize::MAX).await;
+    let s = setup_with(&url, vec![Duration::from_secs(60); 3]).await;
+    let event = approval();
+    s.dispatcher.enqueue(event.clone()).await.unwrap();
+    let d = entry_when(&s, &event.event_id, |d| d.attempts == 1).await;
+    assert!(d.next_attempt_at_ms > now_millis() + 30_000);
+
+    // Another instance made the same first attempt and queued its retry sooner.
+    let pair = (s.webhook_id.as_str(), event.event_id.as_str());
+    let stale = now_millis();
+    s.store
+        .apply(vec![DueQueue::add(pair.0, pair.1, stale)])
+        .await
+        .unwrap();
+    let due = DueQueue::new(s.store.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while due
+        .due(now_millis())
+        .await
+        .unwrap()
+        .iter()
+        .any(|(_, e, at)| e == &event.event_id && *at == stale)
+    {
+        assert!(Instant::now() < deadline, "the stale place stays queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "nothing sent for it");
+    let d = entry_when(&s, &event.event_id, |_| true).await;
+    assert_eq!((d.status.as_str(), d.attempts), ("pending", 1));
     s.stopping.cancel();
 }

@@ -348,9 +348,16 @@ impl ServiceContext {
         self.add_draining(tokio::spawn(task.instrument(span)));
     }
 
-    /// Which instance of this service owns a piece of background work, following the
-    /// service's live instances in discovery ([`crate::ownership`]).
+    /// Which instance of this service owns a piece of background work in its store,
+    /// following the service's live instances in discovery ([`crate::ownership`]). On the
+    /// embedded store, which no other process shares, this instance owns all of it.
     pub fn owners(&self) -> crate::ownership::Owners {
+        if matches!(
+            self.platform.config.storage,
+            crate::platform::config::StorageBackend::Embedded
+        ) {
+            return crate::ownership::Owners::alone(&self.instance);
+        }
         crate::ownership::Owners::follow(
             &self.instance,
             self.name,
