@@ -500,8 +500,17 @@ impl Dispatcher {
         }
         if due_at < standing.next_attempt_at_ms {
             // A place in the queue older than the attempt the log plans (two instances made
-            // the last attempt at once and each queued its retry): the later one stands.
-            return self.finish(pair, due_at, None).await;
+            // the last attempt at once and each queued its retry, or one died between
+            // recording an attempt and queueing its retry): moved to the planned time, where
+            // it is one with any place already there.
+            let at = standing.next_attempt_at_ms;
+            self.store
+                .apply_in_order(vec![
+                    vec![DueQueue::add(webhook_id, event_id, at)],
+                    vec![DueQueue::remove(webhook_id, event_id, due_at)],
+                ])
+                .await?;
+            return Ok(());
         }
         if delivery.blob("body").is_err() {
             // Finished by an attempt whose outcome a concurrent retry's row overwrote (before

@@ -301,7 +301,7 @@ async fn a_delivery_stays_delivered_when_another_instance_fails_the_same_attempt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_place_in_the_queue_older_than_the_planned_retry_is_dropped_unsent() {
+async fn a_place_in_the_queue_older_than_the_planned_retry_joins_it_unsent() {
     let (url, seen) = receiver(usize::MAX).await;
     let s = setup_with(&url, vec![Duration::from_secs(60); 3]).await;
     let event = approval();
@@ -331,5 +331,15 @@ async fn a_place_in_the_queue_older_than_the_planned_retry_is_dropped_unsent() {
     assert_eq!(seen.load(Ordering::SeqCst), 1, "nothing sent for it");
     let d = entry_when(&s, &event.event_id, |_| true).await;
     assert_eq!((d.status.as_str(), d.attempts), ("pending", 1));
+    // One place left, at the planned retry.
+    let places: Vec<i64> = due
+        .due(d.next_attempt_at_ms)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e, _)| e == &event.event_id)
+        .map(|(_, _, at)| at)
+        .collect();
+    assert_eq!(places, [d.next_attempt_at_ms]);
     s.stopping.cancel();
 }
