@@ -3,14 +3,14 @@
 //! the event sends nothing more; a delivery logged before attempts had rows is numbered on
 //! from its own count, and one finished then is never sent again.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sterling_bus::Envelope;
-use sterling_proto::common::v1::Money;
+use common::approval;
 use sterling_proto::event_types as types;
-use sterling_proto::events::v1::CardAuthorisationDecided;
 use sterling_storage::embedded::SqliteStore;
 use sterling_storage::{Mutation, Query, Row, SharedStore, Value, now_millis};
 use tokio_util::sync::CancellationToken;
@@ -76,27 +76,6 @@ async fn setup_with(url: &str, schedule: Vec<Duration>) -> Setup {
         dispatcher,
         webhook_id: webhook.webhook_id,
         stopping,
-    }
-}
-
-fn approval() -> Envelope {
-    let decided = CardAuthorisationDecided {
-        processor_authorisation_id: "auth-1".into(),
-        account_id: "acc-1".into(),
-        approved: true,
-        amount: Some(Money {
-            minor_units: 450,
-            currency: "GBP".into(),
-        }),
-        transaction_id: uuid::Uuid::now_v7().to_string(),
-        ..Default::default()
-    };
-    Envelope {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        r#type: types::CARD_AUTHORISATION_APPROVED.into(),
-        occurred_at_ms: now_millis(),
-        payload: prost::Message::encode_to_vec(&decided),
-        ..Default::default()
     }
 }
 
@@ -282,17 +261,7 @@ async fn a_delivery_stays_delivered_when_another_instance_fails_the_same_attempt
 
     // The retry finds the delivery finished, sends nothing and leaves the queue.
     let due = DueQueue::new(s.store.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while due
-        .due(now_millis())
-        .await
-        .unwrap()
-        .iter()
-        .any(|(_, e, _)| e == &event.event_id)
-    {
-        assert!(Instant::now() < deadline, "the retry stays queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until_no_place(&due, &event.event_id, |_| true, "the retry stays queued").await;
     let d = finished(&s, &event.event_id).await;
     assert_eq!((d.status.as_str(), d.attempts), ("delivered", 1));
     assert!(d.delivered_at_ms > 0);
@@ -317,17 +286,8 @@ async fn a_place_in_the_queue_older_than_the_planned_retry_joins_it_unsent() {
         .await
         .unwrap();
     let due = DueQueue::new(s.store.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while due
-        .due(now_millis())
-        .await
-        .unwrap()
-        .iter()
-        .any(|(_, e, at)| e == &event.event_id && *at == stale)
-    {
-        assert!(Instant::now() < deadline, "the stale place stays queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let why = "the stale place stays queued";
+    common::until_no_place(&due, &event.event_id, |at| at == stale, why).await;
     assert_eq!(seen.load(Ordering::SeqCst), 1, "nothing sent for it");
     let d = entry_when(&s, &event.event_id, |_| true).await;
     assert_eq!((d.status.as_str(), d.attempts), ("pending", 1));

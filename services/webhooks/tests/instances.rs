@@ -2,18 +2,18 @@
 //! instance that queued it, and each retry by the instance that owns the webhook, so no
 //! attempt is made twice although both read the whole queue.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
+use common::approval;
 use sterling_bus::Envelope;
-use sterling_proto::common::v1::Money;
-use sterling_proto::event_types as types;
-use sterling_proto::events::v1::CardAuthorisationDecided;
+use sterling_storage::SharedStore;
 use sterling_storage::embedded::SqliteStore;
-use sterling_storage::{SharedStore, now_millis};
 use sterling_template::ownership::Owners;
 use tokio_util::sync::CancellationToken;
 use webhooks::address::UrlPolicy;
@@ -58,27 +58,6 @@ async fn receiver() -> (String, Seen) {
     let base = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (base, seen)
-}
-
-fn approval() -> Envelope {
-    let decided = CardAuthorisationDecided {
-        processor_authorisation_id: uuid::Uuid::now_v7().to_string(),
-        account_id: "acc-1".into(),
-        approved: true,
-        amount: Some(Money {
-            minor_units: 450,
-            currency: "GBP".into(),
-        }),
-        transaction_id: uuid::Uuid::now_v7().to_string(),
-        ..Default::default()
-    };
-    Envelope {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        r#type: types::CARD_AUTHORISATION_APPROVED.into(),
-        occurred_at_ms: now_millis(),
-        payload: prost::Message::encode_to_vec(&decided),
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
