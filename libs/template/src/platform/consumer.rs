@@ -48,6 +48,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::background::AbortOnDrop;
 use crate::context::{RequestContext, TraceContext};
 use crate::error::{Error, ErrorClass, Result};
 use crate::gathered::GatheredWrites;
@@ -276,12 +277,16 @@ where
     /// hand are finished.
     pub(crate) async fn run(self, stopping: CancellationToken) {
         let metrics = Arc::new(ConsumerMetrics::new(self.service, &self.config.durable));
-        tokio::spawn(sample_backlog(
-            self.bus.clone(),
-            self.config.clone(),
-            metrics.backlog.clone(),
-            stopping.clone(),
-        ));
+        // Ends with this consumer, whatever ends it.
+        let _sampler = AbortOnDrop(
+            tokio::spawn(sample_backlog(
+                self.bus.clone(),
+                self.config.clone(),
+                metrics.backlog.clone(),
+                stopping.clone(),
+            ))
+            .abort_handle(),
+        );
         let mut subscription = tokio::select! {
             _ = stopping.cancelled() => return,
             s = self.subscribe() => s,

@@ -139,6 +139,7 @@ pub async fn start_with<B>(
 where
     B: FnOnce(ServiceContext) -> BoxFuture<'static, anyhow::Result<Api>>,
 {
+    super::background::init(platform.config.consumer_nice);
     let mut migrations = service_migrations.to_vec();
     migrations.extend(TEMPLATE_MIGRATIONS);
     let store = open_store(&platform.config, name, &migrations).await?;

@@ -1,5 +1,6 @@
 //! What a service is given and how it is run, one concept per module:
 //!
+//! - [`background`]: the lower-priority runtime event consumers run on;
 //! - [`config`]: every `STERLING_*` variable, parsed once and strictly;
 //! - [`engines`]: discovery, the bus and each service's store, opened from the configuration;
 //! - [`service`]: a service's definition and the context its builder is handed;
@@ -9,6 +10,7 @@
 //! - [`lifecycle`]: start, register, heartbeat, announce stopping, drain, deregister;
 //! - [`process`]: `main` for a service's 3-line `main.rs`, and signals.
 
+pub mod background;
 pub mod config;
 pub mod consumer;
 pub mod dead_letters;

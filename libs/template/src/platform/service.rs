@@ -335,7 +335,9 @@ impl ServiceContext {
             handler,
             order,
         };
-        self.add_draining(tokio::spawn(consumer.run(self.stopping.clone())));
+        self.add_draining(crate::platform::background::spawn(
+            consumer.run(self.stopping.clone()),
+        ));
     }
 
     /// Runs a background task for the life of the service. At a graceful stop the task is

@@ -39,6 +39,7 @@ impl PlatformConfig {
             self.health_interval.as_millis().to_string(),
         );
         put("STERLING_MAX_IN_FLIGHT", self.max_in_flight.to_string());
+        put("STERLING_CONSUMER_NICE", self.consumer_nice.to_string());
         put("STERLING_NAMESPACE", self.namespace.clone());
         let storage = match self.storage {
             StorageBackend::Embedded => "embedded",

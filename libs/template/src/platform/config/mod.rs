@@ -157,6 +157,9 @@ pub struct PlatformConfig {
     pub health_interval: Duration,
     /// Requests a service handles at once before shedding load.
     pub max_in_flight: usize,
+    /// Steps of nice the threads event consumers run on are below the serving threads
+    /// ([`crate::platform::background`]); 0 runs consumers on the serving runtime.
+    pub consumer_nice: i32,
     /// Per-service settings, `STERLING_<SERVICE>_<NAME>`; entries here win over the environment.
     pub settings: HashMap<String, String>,
     /// Names keyspaces (`<namespace>_<service>`), the event stream and the discovery bucket.
@@ -224,6 +227,7 @@ impl PlatformConfig {
             zone: vars.text("STERLING_ZONE", ""),
             health_interval: vars.millis("STERLING_HEALTH_INTERVAL_MS", 5000)?,
             max_in_flight,
+            consumer_nice: specs::consumer_nice(&vars)?,
             settings: HashMap::new(),
             storage,
             cassandra,

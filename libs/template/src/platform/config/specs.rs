@@ -37,6 +37,15 @@ pub(super) fn max_in_flight(vars: &Vars) -> Result<usize, ConfigError> {
     }
 }
 
+/// `STERLING_CONSUMER_NICE`, 0 to 19 (a thread may lower its own priority, never raise it).
+pub(super) fn consumer_nice(vars: &Vars) -> Result<i32, ConfigError> {
+    let expected = "a whole number from 0 to 19";
+    match vars.parsed("STERLING_CONSUMER_NICE", 4i32, expected)? {
+        n @ 0..=19 => Ok(n),
+        n => Err(error("STERLING_CONSUMER_NICE", &n.to_string(), expected)),
+    }
+}
+
 /// `STERLING_NATS_REPLICAS`: JetStream accepts an odd number up to 5.
 pub(super) fn nats_replicas(vars: &Vars) -> Result<usize, ConfigError> {
     let replicas = vars.parsed("STERLING_NATS_REPLICAS", 1usize, "1, 3 or 5")?;

@@ -51,6 +51,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "requests a service serves at once before shedding load",
     ),
     (
+        "STERLING_CONSUMER_NICE",
+        "4",
+        "steps of nice (0 to 19) the threads event consumers run on are below those serving calls; 0 runs them alongside",
+    ),
+    (
         "STERLING_NAMESPACE",
         "sterling",
         "names keyspaces, the event stream and the discovery bucket",
