@@ -979,8 +979,9 @@ async fn bench_authorisations(
 
 /// `sterling load`.
 async fn bench_load(options: load::LoadOptions) -> anyhow::Result<()> {
+    let consumer_nice = PlatformConfig::from_env()?.consumer_nice;
     println!(
-        "open-loop load, engines {:?}, durability {:?}, {} customers, {} s per rate, sustained when every effect is done within {} ms of the last authorisation",
+        "open-loop load, engines {:?}, durability {:?}, consumers {consumer_nice} steps of nice below callers, {} customers, {} s per rate, sustained when every effect is done within {} ms of the last authorisation",
         options.engines,
         options.durability,
         options.customers,
