@@ -329,9 +329,14 @@ type Taken = (i64, u32, Vec<u8>);
 /// Messages past a consumer's cursor read in one take.
 const FRESH_PAGE: usize = 512;
 
-/// Takes the next due delivery for `config`, leasing it for `ack_wait`; and whether the stream
-/// may hold more past the cursor than this take read (a full page of [`FRESH_PAGE`]).
-fn take_next(conn: &mut Connection, config: &ConsumerConfig) -> Result<(Option<Taken>, bool)> {
+/// Takes up to `max` due deliveries for `config` in one transaction, oldest first, leasing
+/// each for `ack_wait`; and whether the stream may hold more past the cursor than this take
+/// read (a full page of [`FRESH_PAGE`]).
+fn take_due(
+    conn: &mut Connection,
+    config: &ConsumerConfig,
+    max: usize,
+) -> Result<(Vec<Taken>, bool)> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(err)?;
@@ -377,7 +382,8 @@ fn take_next(conn: &mut Connection, config: &ConsumerConfig) -> Result<(Option<T
             .map_err(err)?;
     }
     let now = now_ms();
-    let result = loop {
+    let mut taken = Vec::new();
+    while taken.len() < max {
         let due: Option<(i64, u32)> = tx
             .prepare_cached(
             "SELECT seq, deliveries FROM pending WHERE durable = ?1 AND next_at <= ?2 ORDER BY seq LIMIT 1",
@@ -390,7 +396,7 @@ fn take_next(conn: &mut Connection, config: &ConsumerConfig) -> Result<(Option<T
             .optional()
             .map_err(err)?;
         let Some((seq, deliveries)) = due else {
-            break None;
+            break;
         };
         if deliveries >= config.max_deliver {
             dead_letter(&tx, durable, seq, "max deliveries reached")?;
@@ -409,10 +415,25 @@ fn take_next(conn: &mut Connection, config: &ConsumerConfig) -> Result<(Option<T
             .map_err(err)?
             .query_row([seq], |r| r.get(0))
             .map_err(err)?;
-        break Some((seq, deliveries + 1, body));
-    };
+        taken.push((seq, deliveries + 1, body));
+    }
     tx.commit().map_err(err)?;
-    Ok((result, fresh.len() == FRESH_PAGE))
+    Ok((taken, fresh.len() == FRESH_PAGE))
+}
+
+/// Gives back deliveries taken and never handed out: due at once, and not counted as
+/// delivered.
+fn give_back(conn: &mut Connection, durable: &str, seqs: &[i64]) -> Result<()> {
+    let tx = conn.transaction().map_err(err)?;
+    for seq in seqs {
+        tx.prepare_cached(
+            "UPDATE pending SET deliveries = max(deliveries - 1, 0), next_at = 0 WHERE durable = ?1 AND seq = ?2",
+        )
+        .map_err(err)?
+        .execute(params![durable, seq])
+        .map_err(err)?;
+    }
+    tx.commit().map_err(err)
 }
 
 /// Events for `config`'s consumer not yet acked: its pending deliveries and the messages past
@@ -610,13 +631,50 @@ struct SqliteSubscription {
     /// that finds nothing (about half the takes under load); an announcement since the last
     /// look still wakes the wait at once.
     look_first: bool,
+    /// Deliveries taken together with an earlier one, handed out before the stream is looked
+    /// at again; never more than the consumer had room for when it asked.
+    taken: VecDeque<Taken>,
+}
+
+impl Drop for SqliteSubscription {
+    /// Deliveries taken and not handed out are given back at once, not left to their ack wait.
+    fn drop(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        let seqs: Vec<i64> = self.taken.drain(..).map(|(seq, _, _)| seq).collect();
+        let (shared, durable) = (self.bus.shared.clone(), self.config.durable.clone());
+        let give = move || {
+            if let Err(e) = shared.with("give_back", |c| give_back(c, &durable, &seqs)) {
+                tracing::debug!(error = %e, "deliveries given back at their ack wait instead");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(give)),
+            Err(_) => give(),
+        }
+    }
 }
 
 #[async_trait]
 impl Subscription for SqliteSubscription {
     async fn next(&mut self) -> Result<Delivery> {
+        self.next_within(1).await
+    }
+
+    async fn next_within(&mut self, room: usize) -> Result<Delivery> {
         let mut look = self.look_first;
         loop {
+            if let Some((seq, attempt, body)) = self.taken.pop_front() {
+                match self.delivery(seq, attempt, body).await? {
+                    Some(delivery) => return Ok(delivery),
+                    // Dropped: look again at once, as after any take.
+                    None => {
+                        look = true;
+                        continue;
+                    }
+                }
+            }
             if !look {
                 look = self.wait().await;
                 continue;
@@ -625,45 +683,55 @@ impl Subscription for SqliteSubscription {
             self.seen = *self.published.borrow_and_update();
             self.looked_at = tokio::time::Instant::now();
             self.passed_over = false;
+            let max = room.max(1);
             let (taken, behind, due) = self
                 .bus
                 .blocking("take", move |c| {
-                    let (taken, behind) = take_next(c, &config)?;
+                    let (taken, behind) = take_due(c, &config, max)?;
                     Ok((taken, behind, next_due(c, &config.durable)?))
                 })
                 .await?;
             self.due = due;
             self.look_first = behind || due.is_some_and(|at| at <= now_ms());
             // A full page read with nothing taken: the rest of the stream is looked at now.
-            look = behind && taken.is_none();
-            if let Some((seq, attempt, body)) = taken {
-                let acker = SqliteAcker {
-                    bus: self.bus.clone(),
-                    durable: self.config.durable.clone(),
-                    seq,
-                    max_deliver: self.config.max_deliver,
-                    ack_wait: self.config.ack_wait,
-                };
-                let decoded = Envelope::decode(body.as_slice())
-                    .map_err(|e| BusError::Invalid(e.to_string()))
-                    .and_then(dead_letters::unwrap_replay);
-                let envelope = match decoded {
-                    Ok((envelope, _replay)) => envelope,
-                    Err(e) => {
-                        tracing::error!(error = %e, seq, "a message that is not an event; dropped");
-                        acker.ack().await?;
-                        look = true;
-                        continue;
-                    }
-                };
-                let backoff = self.config.backoff_for(attempt);
-                return Ok(Delivery::new(envelope, attempt, backoff, Box::new(acker)));
-            }
+            look = behind && taken.is_empty();
+            self.taken.extend(taken);
         }
     }
 }
 
 impl SqliteSubscription {
+    /// The delivery of a message taken; `None` for a message that is not an event (acked and
+    /// dropped).
+    async fn delivery(&self, seq: i64, attempt: u32, body: Vec<u8>) -> Result<Option<Delivery>> {
+        let acker = SqliteAcker {
+            bus: self.bus.clone(),
+            durable: self.config.durable.clone(),
+            seq,
+            max_deliver: self.config.max_deliver,
+            ack_wait: self.config.ack_wait,
+        };
+        let decoded = Envelope::decode(body.as_slice())
+            .map_err(|e| BusError::Invalid(e.to_string()))
+            .and_then(dead_letters::unwrap_replay);
+        match decoded {
+            Ok((envelope, _replay)) => {
+                let backoff = self.config.backoff_for(attempt);
+                Ok(Some(Delivery::new(
+                    envelope,
+                    attempt,
+                    backoff,
+                    Box::new(acker),
+                )))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, seq, "a message that is not an event; dropped");
+                acker.ack().await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Waits for a reason to look in the stream again: a delivery falling due, the idle or the
     /// quiet poll, or an announcement that concerns this consumer (others are looked past
     /// without touching the stream). Whether to look.
@@ -731,6 +799,7 @@ impl Bus for SqliteBus {
             seen: 0,
             due: None,
             look_first: true,
+            taken: VecDeque::new(),
         }))
     }
 

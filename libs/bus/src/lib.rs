@@ -219,6 +219,14 @@ impl Delivery {
 pub trait Subscription: Send {
     /// The next delivery, waiting until there is one.
     async fn next(&mut self) -> Result<Delivery>;
+
+    /// The next delivery, from a consumer with room for `room` deliveries at once: a bus may
+    /// take up to that many in one step and hand the others out at the next calls (which are
+    /// then made without looking in the stream). By default, [`Subscription::next`].
+    async fn next_within(&mut self, room: usize) -> Result<Delivery> {
+        let _ = room;
+        self.next().await
+    }
 }
 
 /// A bus backend.

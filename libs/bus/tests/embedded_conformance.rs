@@ -290,3 +290,55 @@ async fn a_waiting_consumer_is_woken_by_a_nak_and_by_a_publish() {
     assert_eq!(woken.envelope.event_id, "q2");
     woken.ack().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_taken_together_are_handed_out_in_order_and_given_back_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = SqliteBus::open(&dir.path().join("bus.sqlite")).unwrap();
+    let config = ConsumerConfig {
+        ack_wait: Duration::from_secs(60),
+        ..ConsumerConfig::new("feed", &["card.>"])
+    };
+    for id in ["e1", "e2", "e3", "e4", "e5"] {
+        bus.publish(&event(id, "card.authorisation.approved"))
+            .await
+            .unwrap();
+    }
+    let mut first = bus.subscribe(config.clone()).await.unwrap();
+    // Room for three: e1, e2 and e3 are taken in one step, e1 handed out.
+    let e1 = first.next_within(3).await.unwrap();
+    let e2 = first.next_within(1).await.unwrap();
+    assert_eq!(
+        (e1.envelope.event_id.as_str(), e2.envelope.event_id.as_str()),
+        ("e1", "e2")
+    );
+    e1.ack().await.unwrap();
+    // e3 was taken and never handed out: dropped with the subscription, it is due again at
+    // once (not after its 60 s ack wait) and not counted as a delivery.
+    drop(first);
+    let mut second = bus.subscribe(config).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), second.next())
+            .await
+            .expect("given back at once")
+            .unwrap();
+        seen.push((delivery.envelope.event_id.clone(), delivery.attempt));
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        [
+            ("e3".to_string(), 1),
+            ("e4".to_string(), 1),
+            ("e5".to_string(), 1)
+        ]
+    );
+    // e2, handed out and not acked, stays leased to its ack wait.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), second.next())
+            .await
+            .is_err()
+    );
+    e2.ack().await.unwrap();
+}

@@ -348,7 +348,9 @@ where
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        Ok((subscription.next().await?, slot))
+        // This slot and every one free now: the bus may take that many in one step.
+        let room = 1 + in_hand.available_permits();
+        Ok((subscription.next_within(room).await?, slot))
     }
 
     async fn subscribe(&self) -> Box<dyn Subscription> {
