@@ -487,13 +487,26 @@ async fn a_soak_with_services_killed_and_engines_restarted_keeps_every_rule() {
         receiver.all_verify(&secrets),
         "every webhook verifies with its secret"
     );
-    let deliveries: Vec<serde_json::Value> =
-        reqwest::get(format!("{}/deliveries", fleet.url("push-sink")))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    // Pushes are at most once (one whose send failed is not sent again), so the wait for them
+    // is bounded and what never came is reported as lost, not failed on.
+    let push_deadline = Instant::now() + Duration::from_secs(30);
+    let deliveries = loop {
+        let deliveries: Vec<serde_json::Value> =
+            reqwest::get(format!("{}/deliveries", fleet.url("push-sink")))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let pushed: std::collections::BTreeSet<&str> = deliveries
+            .iter()
+            .filter_map(|d| d["payload"]["transaction_id"].as_str())
+            .collect();
+        if approved.keys().all(|t| pushed.contains(t.as_str())) || Instant::now() > push_deadline {
+            break deliveries;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     // The rule is one notification per event and device: a payment approved and then
     // reversed by a stand-in (card-api killed mid-request) has two events, and two pushes.
     let mut pushes: HashMap<(String, String), usize> = HashMap::new();

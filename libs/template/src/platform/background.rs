@@ -22,8 +22,8 @@ struct Background {
 static BACKGROUND: OnceLock<Option<Background>> = OnceLock::new();
 
 /// Makes the consumers' runtime, its threads `nice` steps below the calling thread (at most
-/// once per process; later calls keep the first). A nice value of 0, or a runtime that cannot be made, leaves consumers on the
-/// caller's runtime.
+/// once per process; later calls keep the first). A nice value of 0, or a runtime that cannot
+/// be made, leaves consumers on the caller's runtime.
 pub fn init(nice: i32) {
     BACKGROUND.get_or_init(|| {
         if nice == 0 {
