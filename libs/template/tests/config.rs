@@ -94,7 +94,7 @@ fn every_variable_is_honoured() {
         ("STERLING_ZONE", "eu-west-2a"),
         ("STERLING_HEALTH_INTERVAL_MS", "250"),
         ("STERLING_MAX_IN_FLIGHT", "7"),
-        ("STERLING_CONSUMER_NICE", "0"),
+        ("STERLING_CONSUMER_NICE", "7"),
         ("STERLING_NAMESPACE", "acceptance_1"),
         ("STERLING_STORAGE", "cassandra"),
         ("STERLING_CASSANDRA_NODES", "10.0.0.1:9042, 10.0.0.2:9042"),
@@ -122,7 +122,7 @@ fn every_variable_is_honoured() {
     assert_eq!(config.zone, "eu-west-2a");
     assert_eq!(config.health_interval, Duration::from_millis(250));
     assert_eq!(config.max_in_flight, 7);
-    assert_eq!(config.consumer_nice, 0);
+    assert_eq!(config.consumer_nice, 7);
     assert_eq!(config.namespace, "acceptance_1");
     let StorageBackend::Cassandra(cassandra) = &config.storage else {
         panic!("cassandra storage")

@@ -40,7 +40,7 @@ pub(super) fn max_in_flight(vars: &Vars) -> Result<usize, ConfigError> {
 /// `STERLING_CONSUMER_NICE`, 0 to 19 (a thread may lower its own priority, never raise it).
 pub(super) fn consumer_nice(vars: &Vars) -> Result<i32, ConfigError> {
     let expected = "a whole number from 0 to 19";
-    match vars.parsed("STERLING_CONSUMER_NICE", 4i32, expected)? {
+    match vars.parsed("STERLING_CONSUMER_NICE", 0i32, expected)? {
         n @ 0..=19 => Ok(n),
         n => Err(error("STERLING_CONSUMER_NICE", &n.to_string(), expected)),
     }

@@ -52,7 +52,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     (
         "STERLING_CONSUMER_NICE",
-        "4",
+        "0",
         "steps of nice (0 to 19) the threads event consumers run on are below those serving calls; 0 runs them alongside",
     ),
     (
